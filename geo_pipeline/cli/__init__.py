@@ -1,0 +1,238 @@
+"""Command-line interface: ``geo-pipeline <stage>`` and ``geo-pipeline run``.
+
+Each stage has a thin wrapper module ``geo_pipeline.cli._<stage>`` that defines
+
+``run(ctx: StageContext, **options) -> None``
+    read inputs, validate, call the stage's pure function, write outputs atomically
+    with :meth:`StageContext.write_gpkg`, log one INFO summary;
+``OPTIONS`` (optional)
+    extra :class:`click.Option` objects of that stage; each defaults to None,
+    meaning "take the value from the config".
+
+Only this module configures logging and prints; library modules only log.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import click
+import pandas as pd
+
+from .. import __version__
+from .._errors import GeoPipelineError
+from .._io import write_csv, write_gpkg, write_manifest
+from ..config import Settings, load_settings
+
+__all__ = ["main", "StageContext", "STAGE_ORDER"]
+
+log = logging.getLogger("geo_pipeline.cli")
+
+#: Stages in the order ``geo-pipeline run`` executes them.
+STAGE_ORDER = [
+    "fetch",
+    "boundaries",
+    "population",
+    "raster",
+    "distance",
+    "autocorrelation",
+    "infrastructure",
+    "export",
+    "atlas",
+]
+
+DEFAULT_CONFIG = "geo_pipeline.toml"
+
+
+@dataclass
+class StageContext:
+    """What a stage wrapper gets: settings, overwrite flag and path helpers."""
+
+    settings: Settings
+    overwrite: bool = False
+    stage: str = ""
+
+    @property
+    def raw(self) -> Path:
+        """The ``data_raw`` folder."""
+        return self.settings.path("data_raw")
+
+    @property
+    def processed(self) -> Path:
+        """The ``data_processed`` folder."""
+        return self.settings.path("data_processed")
+
+    @property
+    def maps(self) -> Path:
+        """The ``maps`` folder."""
+        return self.settings.path("maps")
+
+    def output(self, name: str) -> Path:
+        """Path of an output file in ``data_processed``."""
+        return self.processed / name
+
+    def write_gpkg(self, name: str, layers: Mapping[str, pd.DataFrame]) -> Path:
+        """Write layers atomically to ``data_processed/<name>`` and log them."""
+        path = write_gpkg(self.output(name), layers, overwrite=self.overwrite)
+        for lname, frame in layers.items():
+            crs = getattr(frame, "crs", None)
+            log.info(
+                "%s: wrote layer %s (%d rows%s) to %s",
+                self.stage, lname, len(frame), f", {crs.to_string()}" if crs is not None else "", path,
+            )
+        return path
+
+    def write_csv(self, name: str, frame: pd.DataFrame) -> Path:
+        """Write a CSV atomically to ``data_processed/<name>``."""
+        path = write_csv(self.output(name), frame, overwrite=self.overwrite)
+        log.info("%s: wrote %s (%d rows)", self.stage, path, len(frame))
+        return path
+
+    def manifest(
+        self,
+        *,
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        parameters: Mapping[str, Any] | None = None,
+        summary: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record this stage in ``data_processed/manifest.json``."""
+        section = getattr(self.settings, self.stage, None)
+        params = dict(parameters or {})
+        if section is not None and not params:
+            import dataclasses
+
+            params = dataclasses.asdict(section)
+        write_manifest(
+            self.output("manifest.json"), stage=self.stage, inputs=inputs, outputs=outputs,
+            parameters=params, summary=summary,
+        )
+
+
+def _stage_module(name: str) -> ModuleType | None:
+    modname = f"{__name__}._{name}"
+    try:
+        return importlib.import_module(modname)
+    except ModuleNotFoundError as exc:
+        if exc.name == modname:
+            return None
+        raise
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    if verbosity < -2:
+        level = logging.CRITICAL
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("geo_pipeline")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    logging.captureWarnings(True)
+    wlog = logging.getLogger("py.warnings")
+    wlog.handlers[:] = [handler]
+    wlog.setLevel(logging.WARNING if level <= logging.WARNING else level)
+
+
+def _run_guarded(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except GeoPipelineError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="geo-pipeline")
+@click.option(
+    "-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help=f"TOML config file (default: ./{DEFAULT_CONFIG} if present, else built-in defaults).",
+)
+@click.option("-v", "--verbose", count=True, help="More output (-vv for debug).")
+@click.option("-q", "--quiet", count=True, help="Less output (-q warnings only, -qq errors only).")
+@click.pass_context
+def main(click_ctx: click.Context, config_path: Path | None, verbose: int, quiet: int) -> None:
+    """Population net outflow and shrinking cities in China, stage by stage.
+
+    Run every stage with `geo-pipeline run`, or one stage with
+    `geo-pipeline <stage>`. Outputs go to data_processed/ and maps/.
+    """
+    _configure_logging(verbose - quiet)
+    if config_path is None and Path(DEFAULT_CONFIG).is_file():
+        config_path = Path(DEFAULT_CONFIG)
+
+    def load() -> None:
+        click_ctx.obj = load_settings(config_path)
+        if config_path is not None:
+            log.debug("config: %s", config_path)
+
+    _run_guarded(load)
+
+
+_overwrite_option = click.option(
+    "--overwrite", is_flag=True, default=False, help="Replace existing outputs (default: refuse)."
+)
+
+
+def _make_stage_command(name: str, module: ModuleType) -> click.Command:
+    doc = (module.run.__doc__ or f"Run the {name} stage.").strip()
+
+    @click.pass_obj
+    def callback(settings: Settings, overwrite: bool, **options: Any) -> None:
+        ctx = StageContext(settings=settings, overwrite=overwrite, stage=name)
+        opts = {k: v for k, v in options.items() if v is not None}
+
+        def go() -> None:
+            t0 = time.perf_counter()
+            module.run(ctx, **opts)
+            log.info("%s: finished in %.1f s", name, time.perf_counter() - t0)
+
+        _run_guarded(go)
+
+    cmd = click.Command(name, callback=callback, help=doc, params=list(getattr(module, "OPTIONS", [])))
+    return _overwrite_option(cmd)
+
+
+@main.command("run")
+@_overwrite_option
+@click.option("--from", "start", type=click.Choice(STAGE_ORDER), default=None, help="Start at this stage.")
+@click.option("--to", "stop", type=click.Choice(STAGE_ORDER), default=None, help="Stop after this stage.")
+@click.pass_obj
+def run_all(settings: Settings, overwrite: bool, start: str | None, stop: str | None) -> None:
+    """Run every stage in order (fetch ... atlas)."""
+    names = STAGE_ORDER[STAGE_ORDER.index(start) if start else 0 : STAGE_ORDER.index(stop) + 1 if stop else None]
+
+    def go() -> None:
+        t_all = time.perf_counter()
+        for name in names:
+            module = _stage_module(name)
+            if module is None:
+                log.warning("stage %s is not available in this version; skipped", name)
+                continue
+            t0 = time.perf_counter()
+            log.info("== %s ==", name)
+            module.run(StageContext(settings=settings, overwrite=overwrite, stage=name))
+            log.info("%s: finished in %.1f s", name, time.perf_counter() - t0)
+        log.info("pipeline finished in %.1f s", time.perf_counter() - t_all)
+
+    _run_guarded(go)
+
+
+for _name in STAGE_ORDER:
+    _mod = _stage_module(_name)
+    if _mod is not None:
+        main.add_command(_make_stage_command(_name, _mod))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,346 @@
+"""Validated pipeline settings, loaded from a TOML file.
+
+One :class:`Settings` object holds a section per stage. Every key is documented
+on its dataclass; unknown sections or keys and values of the wrong type are
+rejected at start with a :class:`~geo_pipeline.ConfigError` that names them.
+
+Example ``geo_pipeline.toml``::
+
+    [distance]
+    breaks_km = [50, 100, 150]
+
+    [autocorrelation]
+    permutations = 999
+    seed = 20201101
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConfigError
+
+__all__ = ["Settings", "load_settings", "MIRROR_ENV"]
+
+#: Environment variable naming a local mirror folder of the raw inputs.
+MIRROR_ENV = "GEO_PIPELINE_MIRROR"
+
+
+@dataclass(frozen=True)
+class PathsSettings:
+    """Folders, relative to the working directory unless absolute.
+
+    Attributes
+    ----------
+    data_raw : fetched inputs, never edited.
+    data_processed : stage outputs (GeoPackages, CSV, manifest).
+    maps : atlas PDF and PNG exports.
+    mirror : local mirror of the raw inputs used instead of downloading
+        (also settable with the ``GEO_PIPELINE_MIRROR`` environment variable,
+        which wins). Empty: download.
+    """
+
+    data_raw: str = "data_raw"
+    data_processed: str = "data_processed"
+    maps: str = "maps"
+    mirror: str = ""
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """Fetch stage: ``offline`` forbids downloads (mirror only)."""
+
+    offline: bool = False
+
+
+@dataclass(frozen=True)
+class BoundariesSettings:
+    """Boundaries stage.
+
+    Attributes
+    ----------
+    exclude_no_census : drop Hong Kong, Macau and Taiwan (no census rows) from
+        the analysis units; when false they are kept with ``in_census = False``.
+    """
+
+    exclude_no_census: bool = True
+
+
+@dataclass(frozen=True)
+class PopulationSettings:
+    """Population stage.
+
+    Attributes
+    ----------
+    level : analysis units, ``"county"`` (harmonised counties) or ``"prefecture"``.
+    shrink_threshold_pct : a unit shrinks when ``change_pct`` is below this.
+    """
+
+    level: str = "county"
+    shrink_threshold_pct: float = 0.0
+
+
+@dataclass(frozen=True)
+class DistanceSettings:
+    """Distance stage.
+
+    Attributes
+    ----------
+    cores : named set of metropolitan cores (``"central"`` national central
+        cities, ``"capitals"`` provincial capitals, ``"all"`` both).
+    cores_file : CSV (lon/lat columns) or GeoPackage of cores; overrides ``cores``.
+    breaks_km : upper edges of the distance bands in km; the last band is open.
+    point : representative point of a unit: ``"representative"`` (inside the
+        polygon), ``"centroid"`` (equal-area centroid) or ``"population"``
+        (population-weighted, needs the raster stage).
+    """
+
+    cores: str = "all"
+    cores_file: str = ""
+    breaks_km: list[float] = field(default_factory=lambda: [50.0, 100.0, 150.0])
+    point: str = "representative"
+
+
+@dataclass(frozen=True)
+class AutocorrelationSettings:
+    """Spatial autocorrelation stage.
+
+    Attributes
+    ----------
+    variables : numeric unit columns to analyse.
+    weights : ``"queen"``, ``"knn"`` or ``"distance"``.
+    k : neighbours for ``"knn"`` weights and for linking islands.
+    distance_km : threshold for ``"distance"`` weights.
+    permutations : conditional permutations for pseudo p-values.
+    seed : random seed; the same seed gives the same p-values.
+    alpha : significance level for LISA and Gi* classes.
+    fdr : apply the false-discovery-rate correction to local p-values.
+    """
+
+    variables: list[str] = field(default_factory=lambda: ["change_pct", "net_outflow_ratio"])
+    weights: str = "queen"
+    k: int = 6
+    distance_km: float = 150.0
+    permutations: int = 999
+    seed: int = 20201101
+    alpha: float = 0.05
+    fdr: bool = False
+
+
+@dataclass(frozen=True)
+class InfrastructureSettings:
+    """Infrastructure stage.
+
+    Attributes
+    ----------
+    lines : rail line source: ``"corridors"`` (approximate corridor file),
+        ``"osm"`` (``osm_file`` through osmnx) or a path to a GeoPackage/GeoJSON.
+    stations : station source: ``"osm_stations"`` (the OSM station shapefile)
+        or a path.
+    osm_file : local ``.osm`` XML used when ``lines = "osm"``.
+    utilisation_file : CSV of trains per day or ridership/capacity; empty: the
+        derived station train counts.
+    underused_threshold : utilisation below this share of design is underused.
+    corridor_buffer_km : half-width of a high-speed corridor.
+    """
+
+    lines: str = "corridors"
+    stations: str = "osm_stations"
+    osm_file: str = ""
+    utilisation_file: str = ""
+    underused_threshold: float = 0.4
+    corridor_buffer_km: float = 30.0
+
+
+@dataclass(frozen=True)
+class RasterSettings:
+    """Raster stage (skipped when ``path`` is empty).
+
+    Attributes
+    ----------
+    path : gridded population GeoTIFF (any CRS).
+    method : ``"auto"``, ``"centre"`` (cell centres, fast) or ``"exact"``
+        (fractional coverage).
+    window_rows : rows of raster read per window.
+    dask : run on Dask.
+    scheduler : Dask scheduler address; empty: a LocalCluster.
+    """
+
+    path: str = ""
+    method: str = "auto"
+    window_rows: int = 1024
+    dask: bool = False
+    scheduler: str = ""
+
+
+@dataclass(frozen=True)
+class AtlasSettings:
+    """Atlas stage.
+
+    Attributes
+    ----------
+    paper : ``"A4"`` or ``"A3"`` (landscape).
+    dpi : resolution of PNG exports.
+    simplify_m : tolerance for simplifying geometry once before printing.
+    per_province : add a page per province.
+    """
+
+    paper: str = "A4"
+    dpi: int = 200
+    simplify_m: float = 500.0
+    per_province: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of a pipeline run; see each section's class."""
+
+    paths: PathsSettings = field(default_factory=PathsSettings)
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+    boundaries: BoundariesSettings = field(default_factory=BoundariesSettings)
+    population: PopulationSettings = field(default_factory=PopulationSettings)
+    distance: DistanceSettings = field(default_factory=DistanceSettings)
+    autocorrelation: AutocorrelationSettings = field(default_factory=AutocorrelationSettings)
+    infrastructure: InfrastructureSettings = field(default_factory=InfrastructureSettings)
+    raster: RasterSettings = field(default_factory=RasterSettings)
+    atlas: AtlasSettings = field(default_factory=AtlasSettings)
+
+    # -- derived paths -----------------------------------------------------
+    def path(self, which: str) -> Path:
+        """Return the folder ``which`` (``data_raw``, ``data_processed``, ``maps``)."""
+        return Path(getattr(self.paths, which))
+
+    def mirror(self) -> Path | None:
+        """Mirror folder from ``GEO_PIPELINE_MIRROR`` or ``paths.mirror``, or None."""
+        value = os.environ.get(MIRROR_ENV) or self.paths.mirror
+        return Path(value) if value else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Settings as a plain dict (for the run manifest)."""
+        return dataclasses.asdict(self)
+
+
+def _check_value(section: str, key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    where = f"[{section}] {key}"
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, found {type(value).__name__} {value!r}")
+        return [_check_value(section, key, v, item_tp) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, found {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, found {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, found {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, found {value!r}")
+        return value
+    if isinstance(tp, types.UnionType):  # pragma: no cover - not used yet
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+
+
+def settings_from_dict(data: dict[str, Any], *, source: str = "config") -> Settings:
+    """Build :class:`Settings` from a nested dict, rejecting unknown keys.
+
+    Raises
+    ------
+    ConfigError
+        Naming every unknown section or key, or the first value of a wrong type.
+    """
+    hints = typing.get_type_hints(Settings)
+    unknown: list[str] = []
+    sections: dict[str, Any] = {}
+    for name, body in data.items():
+        if name not in hints:
+            unknown.append(f"[{name}]")
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table, found {body!r}")
+        cls = hints[name]
+        fields = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in body.items():
+            if key not in fields:
+                unknown.append(f"[{name}] {key}")
+                continue
+            kwargs[key] = _check_value(name, key, value, fields[key])
+        sections[name] = cls(**kwargs)
+    if unknown:
+        valid = {s: [f.name for f in dataclasses.fields(hints[s])] for s in hints}
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)}. Valid keys: "
+            + "; ".join(f"[{s}] {', '.join(k)}" for s, k in valid.items())
+        )
+    settings = Settings(**sections)
+    _check_choices(settings, source)
+    return settings
+
+
+def _check_choices(s: Settings, source: str) -> None:
+    choices = {
+        ("population", "level"): ("county", "prefecture"),
+        ("distance", "cores"): ("all", "central", "capitals"),
+        ("distance", "point"): ("representative", "centroid", "population"),
+        ("autocorrelation", "weights"): ("queen", "knn", "distance"),
+        ("raster", "method"): ("auto", "centre", "exact"),
+        ("atlas", "paper"): ("A4", "A3"),
+    }
+    for (sec, key), allowed in choices.items():
+        value = getattr(getattr(s, sec), key)
+        if value not in allowed:
+            raise ConfigError(f"{source}: [{sec}] {key} = {value!r}; expected one of {list(allowed)}")
+    breaks = s.distance.breaks_km
+    if not breaks or any(b <= 0 for b in breaks) or sorted(set(breaks)) != list(breaks):
+        raise ConfigError(f"{source}: [distance] breaks_km must be positive and increasing, found {breaks}")
+    if not 0 < s.autocorrelation.alpha < 1:
+        raise ConfigError(f"{source}: [autocorrelation] alpha must be in (0, 1)")
+    if s.autocorrelation.permutations < 0 or s.autocorrelation.k < 1:
+        raise ConfigError(f"{source}: [autocorrelation] permutations >= 0 and k >= 1 required")
+    if not 0 < s.infrastructure.underused_threshold <= 1:
+        raise ConfigError(f"{source}: [infrastructure] underused_threshold must be in (0, 1]")
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Load settings from a TOML file, or defaults when ``path`` is None.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        TOML file. ``None`` gives the documented defaults.
+
+    Returns
+    -------
+    Settings
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, not valid TOML, or has unknown keys or bad values.
+    """
+    if path is None:
+        return Settings()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    return settings_from_dict(data, source=str(p))

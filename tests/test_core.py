@@ -1,0 +1,125 @@
+"""Tests of the shared foundation: errors, validation, config, atomic I/O, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from shapely.geometry import Polygon, box
+
+from geo_pipeline import (
+    ConfigError,
+    CRSError,
+    GeometryError,
+    InputError,
+    OutputExistsError,
+    load_settings,
+)
+from geo_pipeline._io import read_layer, read_table, write_gpkg
+from geo_pipeline._validate import check_frame, check_same_crs
+from geo_pipeline.cli import main
+
+
+def _squares(crs: str = "EPSG:4326") -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame(
+        {"unit_id": ["a", "b"], "value": [1.0, 2.0]},
+        geometry=[box(0, 0, 1, 1), box(1, 0, 2, 1)],
+        crs=crs,
+    )
+
+
+def test_check_frame_collects_every_problem() -> None:
+    gdf = _squares().drop(columns=["value"])
+    with pytest.raises(InputError) as err:
+        check_frame(gdf, name="units", columns={"value": "numeric", "pop": "numeric"}, geometry=True).raise_if_any()
+    assert "missing column(s) ['value', 'pop']" in str(err.value)
+
+
+def test_check_frame_wrong_crs_is_crs_error() -> None:
+    with pytest.raises(CRSError, match="expected CRS EPSG:4326, found EPSG:3857"):
+        check_frame(_squares("EPSG:3857"), name="units", geometry=True, crs="EPSG:4326").raise_if_any()
+
+
+def test_check_frame_invalid_geometry() -> None:
+    bowtie = Polygon([(0, 0), (1, 1), (1, 0), (0, 1)])
+    gdf = gpd.GeoDataFrame({"unit_id": ["x"]}, geometry=[bowtie], crs="EPSG:4326")
+    with pytest.raises(GeometryError, match="1 invalid geometries"):
+        check_frame(gdf, name="units", geometry=True).raise_if_any()
+
+
+def test_check_same_crs_mismatch() -> None:
+    with pytest.raises(CRSError, match="GCJ-02"):
+        check_same_crs(("units", _squares()), ("rail", _squares("EPSG:3857")))
+
+
+def test_config_unknown_key_is_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[distance]\nbreaks = [50]\n[nope]\nx = 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert "[distance] breaks" in str(err.value) and "[nope]" in str(err.value)
+
+
+def test_config_type_and_choice_errors(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[autocorrelation]\npermutations = 'many'\n")
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_settings(cfg)
+    cfg.write_text("[distance]\nbreaks_km = [100, 50]\n")
+    with pytest.raises(ConfigError, match="increasing"):
+        load_settings(cfg)
+
+
+def test_config_values_read(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[distance]\nbreaks_km = [25, 75]\n[autocorrelation]\nseed = 7\n")
+    s = load_settings(cfg)
+    assert s.distance.breaks_km == [25.0, 75.0] and s.autocorrelation.seed == 7
+    assert s.autocorrelation.permutations == 999  # default kept
+
+
+def test_write_gpkg_roundtrip_and_table(tmp_path: Path) -> None:
+    out = tmp_path / "x.gpkg"
+    table = pd.DataFrame({"band": ["0-50", ">150"], "units": [3, 4]})
+    write_gpkg(out, {"units": _squares(), "summary": table})
+    back = read_layer(out, "units")
+    assert back.crs.to_epsg() == 4326 and list(back["unit_id"]) == ["a", "b"]
+    assert read_table(out, "summary")["units"].tolist() == [3, 4]
+
+
+def test_write_gpkg_refuses_overwrite_and_keeps_old_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "x.gpkg"
+    write_gpkg(out, {"units": _squares()})
+    before = out.read_bytes()
+    with pytest.raises(OutputExistsError):
+        write_gpkg(out, {"units": _squares()})
+
+    calls = []
+
+    def fail_on_second(path: Path, name: str, frame: pd.DataFrame) -> None:
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError("disk full")  # simulated failure half-way through
+        real_write(path, name, frame)
+
+    import geo_pipeline._io as io_mod
+
+    real_write = io_mod._write_layer
+    monkeypatch.setattr(io_mod, "_write_layer", fail_on_second)
+    with pytest.raises(OSError, match="disk full"):
+        write_gpkg(out, {"units": _squares(), "more": _squares()}, overwrite=True)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.gpkg"]
+
+
+def test_cli_bad_config_exits_nonzero(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[paths]\nfoo = 1\n")
+    result = CliRunner().invoke(main, ["-c", str(cfg), "run"])
+    assert result.exit_code == 2
+    assert "unknown key(s) [paths] foo" in result.output
