@@ -1,0 +1,201 @@
+"""CLI wrapper of the distance stage: read, validate, call :mod:`geo_pipeline.distance`, write."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+import geopandas as gpd
+import pandas as pd
+
+from .. import distance as dist
+from .._errors import InputError, MissingInputError
+from .._io import check_writable, list_layers, read_layer
+from .._validate import check_frame
+
+if TYPE_CHECKING:
+    from . import StageContext
+
+log = logging.getLogger("geo_pipeline.cli.distance")
+
+#: Population indicator columns copied into distance.gpkg/units for convenience.
+INDICATORS = [
+    "pop_2010", "pop_2020", "change", "change_pct", "annual_rate", "shrinking",
+    "hukou_2010", "net_outflow_ratio", "net_outflow",
+]
+_ID_COLUMNS = ["unit_id", "name", "province", "prefecture"]
+
+
+def _parse_breaks(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        breaks = [float(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers such as 50,100,150, found {value!r}") from None
+    return breaks
+
+
+OPTIONS = [
+    click.Option(
+        ["--cores"], type=click.Choice(dist.CORE_SETS), default=None,
+        help="Default core set: all, central (9 national central cities) or capitals [config: cores].",
+    ),
+    click.Option(
+        ["--cores-file"], type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help="CSV (name, lon, lat in WGS84) or GeoPackage point layer of cores; overrides --cores.",
+    ),
+    click.Option(
+        ["--point"], type=click.Choice(dist.POINT_METHODS), default=None,
+        help="Point of each unit measured from: representative, centroid or population [config: point].",
+    ),
+    click.Option(
+        ["--breaks-km"], type=str, default=None, callback=_parse_breaks,
+        help="Band edges in km, comma-separated, e.g. 50,100,150 [config: breaks_km].",
+    ),
+]
+
+
+def read_cores_file(path: str | Path) -> gpd.GeoDataFrame:
+    """Read and validate a user file of cores (CSV or GeoPackage).
+
+    Parameters
+    ----------
+    path : path-like
+        ``.csv`` (UTF-8, columns ``name``, ``lon``, ``lat`` in WGS84 degrees;
+        ``longitude``/``latitude``/``lng`` accepted) or ``.gpkg`` with one
+        point layer (or a layer named ``cores``), any CRS.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        Standardised cores, see :func:`geo_pipeline.distance.cores_from_frame`.
+
+    Raises
+    ------
+    MissingInputError
+        The file does not exist.
+    InputError, CRSError, GeometryError
+        Unsupported format or invalid content.
+    """
+    p = Path(path)
+    source = f"cores file {p}"
+    if not p.is_file():
+        raise MissingInputError(f"{source} not found; set [distance] cores_file to an existing CSV or GeoPackage")
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        try:
+            frame = pd.read_csv(p, encoding="utf-8-sig", dtype={"adcode": str})
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{source}: not UTF-8 ({exc}); save the CSV as UTF-8") from exc
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise InputError(f"{source}: not a readable CSV: {exc}") from exc
+        return dist.cores_from_frame(frame, source=source)
+    if suffix == ".gpkg":
+        layers = list_layers(p)
+        if len(layers) == 1:
+            layer = layers[0]
+        elif "cores" in layers:
+            layer = "cores"
+        else:
+            raise InputError(f"{source}: {len(layers)} layers {layers}; expected one layer or a layer named 'cores'")
+        frame = read_layer(p, layer)
+        if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry.isna().all():
+            raise InputError(f"{source}: layer {layer!r} has no geometry; expected a point layer")
+        return dist.cores_from_frame(frame, source=source)
+    raise InputError(f"{source}: expected a .csv or .gpkg file, found {suffix or 'no extension'!r}")
+
+
+def run(
+    ctx: StageContext,
+    *,
+    cores: str | None = None,
+    cores_file: Path | None = None,
+    point: str | None = None,
+    breaks_km: list[float] | None = None,
+) -> None:
+    """Distance of every unit to the nearest metropolitan core, in bands.
+
+    Reads data_processed/population.gpkg (layer units) and, with point =
+    population, raster.gpkg. Measures the geodesic (WGS84) distance from each
+    unit's representative point to the nearest core (default: 9 national central
+    cities and 31 provincial capitals), cuts it into bands [0,50), [50,100),
+    [100,150), 150+ km, and writes data_processed/distance.gpkg (layers units,
+    cores, rings, band_summary) and data_processed/band_summary.csv.
+    """
+    s = ctx.settings.distance
+    cores_set = cores or s.cores
+    cores_path = cores_file if cores_file is not None else (Path(s.cores_file) if s.cores_file else None)
+    point = point or s.point
+    breaks = list(breaks_km) if breaks_km is not None else list(s.breaks_km)
+    dist.band_labels(breaks)  # validates the breaks before any reading
+    for name in ("distance.gpkg", "band_summary.csv"):  # fail before the work, not after
+        check_writable(ctx.output(name), overwrite=ctx.overwrite)
+
+    pop_path = ctx.output("population.gpkg")
+    units = read_layer(pop_path, "units", hint="run `geo-pipeline population` first")
+    present = [c for c in INDICATORS if c in units.columns]
+    check_frame(
+        units, name=f"{pop_path} layer units",
+        columns={"unit_id": "string", "pop_2010": "numeric", "pop_2020": "numeric",
+                 "change_pct": "numeric", "shrinking": "bool"},
+        crs="EPSG:4326", geometry=True, geom_types=("Polygon", "MultiPolygon"),
+        unique=["unit_id"], not_null=["unit_id", "pop_2010", "pop_2020"],
+    ).raise_if_any()
+    inputs: dict[str, Path] = {"population": pop_path}
+    if point == "population":
+        raster_path = ctx.output("raster.gpkg")
+        raster = read_layer(
+            raster_path, "units", read_geometry=False,
+            hint="run `geo-pipeline raster` (needs [raster] path) or set [distance] point = 'representative'",
+        )
+        check_frame(
+            raster, name=f"{raster_path} layer units",
+            columns={"unit_id": "string", "pop_centroid_lon": "numeric", "pop_centroid_lat": "numeric"},
+            unique=["unit_id"],
+        ).raise_if_any()
+        units = units.merge(
+            pd.DataFrame(raster)[["unit_id", "pop_centroid_lon", "pop_centroid_lat"]], on="unit_id", how="left"
+        )
+        inputs["raster"] = raster_path
+
+    if cores_path is not None:
+        core_frame = read_cores_file(cores_path)
+        inputs["cores_file"] = cores_path
+        cores_desc = str(cores_path)
+    else:
+        core_frame = dist.default_cores(cores_set)
+        cores_desc = f"default set {cores_set!r}"
+
+    t0 = time.perf_counter()
+    banded = dist.distance_bands(units, core_frame, breaks_km=breaks, point=point)
+    summary = dist.band_summary(banded, breaks_km=breaks)
+    rings = dist.geodesic_rings(core_frame, radii_km=breaks)
+    elapsed = time.perf_counter() - t0
+
+    keep = [c for c in _ID_COLUMNS if c in banded.columns] + dist.RESULT_COLUMNS + present
+    out_units = gpd.GeoDataFrame(banded[keep], geometry=banded.geometry.values, crs=banded.crs)
+    gpkg = ctx.write_gpkg(
+        "distance.gpkg",
+        {"units": out_units, "cores": core_frame, "rings": rings, "band_summary": summary},
+    )
+    csv = ctx.write_csv("band_summary.csv", summary)
+    bands = summary[summary["band_index"] >= 0]
+    shares = ", ".join(
+        f"{b}: {sh:.0%} shrinking" if pd.notna(sh) else f"{b}: no units"
+        for b, sh in zip(bands["band"], bands["shrinking_share"], strict=True)
+    )
+    ctx.manifest(
+        inputs=inputs,
+        outputs={"distance": gpkg, "band_summary": csv},
+        parameters={"cores": cores_desc, "point": point, "breaks_km": breaks},
+        summary={"units": len(banded), "cores": len(core_frame), "seconds": round(elapsed, 3),
+                 "n_units_per_band": dict(zip(bands["band"], bands["n_units"].tolist(), strict=True))},
+    )
+    log.info(
+        "distance: %d units, %d cores (%s), point=%s, EPSG:4326 -> %s; %s (%.2f s)",
+        len(banded), len(core_frame), cores_desc, point, gpkg, shares, elapsed,
+    )
