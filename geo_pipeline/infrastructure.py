@@ -1,0 +1,577 @@
+"""High-speed rail corridors overlaid on the analysis units.
+
+Pure functions of the ``infrastructure`` stage (sources and utilisation are in
+:mod:`geo_pipeline.rail`):
+
+* :func:`corridor_buffers` - a buffer of ``buffer_km`` around each high-speed line;
+* :func:`dissolve_corridors` - their union, the ``corridors`` layer;
+* :func:`unit_overlay` - per unit: distance to the nearest high-speed station,
+  whether a high-speed line crosses it, the share of its area in a corridor,
+  and the opening year of its first high-speed service;
+* :func:`corridor_summary` - shrinkage inside vs outside corridors and by period
+  of first high-speed service.
+
+Every overlay first checks that the layers share one CRS
+(:func:`geo_pipeline._validate.check_same_crs`): GCJ-02 (Amap) data must be
+converted to WGS84 before, a mismatch is a :class:`~geo_pipeline.CRSError`.
+
+Projections
+-----------
+Layers in a geographic CRS (the pipeline's EPSG:4326) are handled so that
+lengths and areas are metric and true:
+
+* each line is buffered in its own transverse Mercator centred on the line's
+  central meridian (:func:`line_tm_crs`); the scale factor is
+  ``k = 1 / cos(asin(cos(phi) sin(dlon)))`` ~ ``1 + x^2 / (2 R^2)`` at an
+  east-west offset ``x`` from that meridian. For the national high-speed
+  lines (at most about 9.5 degrees of longitude either side) the buffer width
+  is at most about 1.3 % too narrow at the far ends (0.4 km of 30 km) compared
+  with a true geodesic buffer, and exact along the central meridian;
+* areas and area shares are computed in an Albers equal-area projection for
+  China (:data:`CHINA_ALBERS`, standard parallels 25 and 47 N), where areas
+  are exact up to the vertex density of the polygons (buffers are densified
+  to 2 km before reprojection).
+
+Layers in a projected CRS are buffered and measured in that CRS as given; use
+an equal-area projection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyproj
+import shapely
+from scipy.spatial import cKDTree
+
+from ._errors import CRSError, DataQualityWarning, InputError
+from ._validate import check_frame, check_same_crs
+from .rail import APPROXIMATE_NOTE
+
+__all__ = [
+    "CHINA_ALBERS",
+    "UNIT_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "CENSUS_YEARS",
+    "line_tm_crs",
+    "corridor_buffers",
+    "dissolve_corridors",
+    "nearest_station_km",
+    "unit_overlay",
+    "hsr_period",
+    "corridor_summary",
+]
+
+log = logging.getLogger(__name__)
+
+#: Albers equal-area conic for China (WGS84), used for every area in degrees-based input.
+CHINA_ALBERS = "+proj=aea +lat_0=0 +lon_0=105 +lat_1=25 +lat_2=47 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
+
+#: The two census years the population change is measured between.
+CENSUS_YEARS = (2010, 2020)
+
+#: Columns of the ``units`` layer written by the stage (plus ``geometry``).
+UNIT_COLUMNS: dict[str, str] = {
+    "unit_id": "str",
+    "hsr_station_km": "float64",
+    "hsr_station": "str",
+    "hsr_crosses": "bool",
+    "corridor_share": "float64",
+    "in_corridor": "bool",
+    "hsr_first_open_year": "Int64",
+    "hsr_period": "str",
+}
+
+#: Columns of the ``corridor_summary`` table.
+SUMMARY_COLUMNS: dict[str, str] = {
+    "grouping": "str",
+    "group": "str",
+    "n_units": "int64",
+    "n_shrinking": "int64",
+    "shrinking_share": "float64",
+    "pop_2010": "int64",
+    "pop_2020": "int64",
+    "pop_change_pct": "float64",
+    "median_change_pct": "float64",
+    "mean_hsr_station_km": "float64",
+}
+
+_DENSIFY_DEG = 0.05  # lon/lat step before projecting lines (about 5 km)
+_DENSIFY_M = 2000.0  # metre step of buffer outlines before reprojection
+
+
+def line_tm_crs(geom: Any) -> pyproj.CRS:
+    """Transverse Mercator centred on the central meridian of a lon/lat geometry.
+
+    Parameters
+    ----------
+    geom : shapely geometry
+        In longitude/latitude degrees.
+
+    Returns
+    -------
+    pyproj.CRS
+        ``+proj=tmerc`` on WGS84 with ``lon_0`` the middle of the geometry's
+        longitude range, scale 1 on that meridian.
+    """
+    minx, _, maxx, _ = shapely.bounds(geom)
+    lon0 = round((minx + maxx) / 2.0, 6)
+    return pyproj.CRS.from_proj4(f"+proj=tmerc +lat_0=0 +lon_0={lon0} +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m")
+
+
+def _metres_per_unit(crs: pyproj.CRS) -> float:
+    return float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
+
+
+def _high_speed(lines: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    keep = (lines["class"] == "high-speed") & ~shapely.is_missing(lines.geometry.values)
+    return lines.loc[keep & ~shapely.is_empty(lines.geometry.values)]
+
+
+def corridor_buffers(lines: gpd.GeoDataFrame, *, buffer_km: float = 30.0) -> gpd.GeoDataFrame:
+    """Buffer every high-speed line by ``buffer_km``.
+
+    Parameters
+    ----------
+    lines : geopandas.GeoDataFrame
+        Standard lines (:data:`geo_pipeline.rail.LINE_COLUMNS`); only
+        ``class == "high-speed"`` rows are used.
+    buffer_km : float, default 30
+        Half-width of a corridor in km.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        One polygon per high-speed line in the CRS of ``lines`` with
+        ``line_id``, ``name``, ``open_year``, ``buffer_km``,
+        ``max_scale_error`` (largest relative error of the buffer width from
+        the transverse Mercator, see module notes; 0 for projected input).
+
+    Raises
+    ------
+    InputError
+        If ``buffer_km`` is not positive or columns are missing.
+    """
+    check_frame(
+        lines, name="rail lines", columns={"line_id": "any", "name": "any", "class": "string", "open_year": "any"},
+        geometry=True,
+    ).raise_if_any()
+    if not buffer_km > 0:
+        raise InputError(f"buffer_km must be positive, found {buffer_km}")
+    hs = _high_speed(lines)
+    cols = {"line_id": hs["line_id"].astype(str), "name": hs["name"].astype(str),
+            "open_year": hs["open_year"].astype("Int64")}
+    if hs.empty:
+        empty = pd.DataFrame({k: v.iloc[:0] for k, v in cols.items()})
+        empty["buffer_km"] = pd.Series(dtype="float64")
+        empty["max_scale_error"] = pd.Series(dtype="float64")
+        return gpd.GeoDataFrame(empty, geometry=gpd.GeoSeries([], crs=lines.crs), crs=lines.crs)
+    crs = pyproj.CRS.from_user_input(lines.crs)
+    geoms, errors = [], []
+    if crs.is_geographic:
+        geod_crs = crs
+        for geom in hs.geometry.values:
+            dense = shapely.segmentize(geom, _DENSIFY_DEG)
+            tm = line_tm_crs(dense)
+            fwd = pyproj.Transformer.from_crs(geod_crs, tm, always_xy=True)
+            back = pyproj.Transformer.from_crs(tm, geod_crs, always_xy=True)
+            projected = shapely.transform(dense, lambda xy, f=fwd: np.column_stack(f.transform(xy[:, 0], xy[:, 1])))
+            buf = shapely.segmentize(shapely.buffer(projected, buffer_km * 1000.0, quad_segs=16), _DENSIFY_M)
+            geoms.append(
+                shapely.make_valid(
+                    shapely.transform(buf, lambda xy, b=back: np.column_stack(b.transform(xy[:, 0], xy[:, 1])))
+                )
+            )
+            # TM scale factor k = 1/sqrt(1 - (cos(phi) sin(dlon))^2) at the far side of the buffer
+            coords = shapely.get_coordinates(dense)
+            lon0 = tm.to_dict().get("lon_0", 0.0)
+            b = np.cos(np.radians(coords[:, 1])) * np.sin(np.radians(np.abs(coords[:, 0] - lon0)))
+            b = np.minimum(b + buffer_km / 6371.0, 0.999)
+            errors.append(float(np.max(1.0 / np.sqrt(1.0 - b**2)) - 1.0))
+    else:
+        dist = buffer_km * 1000.0 / _metres_per_unit(crs)
+        geoms = list(shapely.buffer(hs.geometry.values, dist, quad_segs=16))
+        errors = [0.0] * len(geoms)
+    out = gpd.GeoDataFrame(
+        {**{k: v.to_numpy() for k, v in cols.items()}, "buffer_km": float(buffer_km), "max_scale_error": errors},
+        geometry=geoms,
+        crs=lines.crs,
+    )
+    out["open_year"] = out["open_year"].astype("Int64")
+    if crs.is_geographic:
+        log.debug("corridor buffers: largest width error of the TM buffers %.2f %%", 100 * max(errors))
+    return out
+
+
+def dissolve_corridors(buffers: gpd.GeoDataFrame, *, approximate: bool = False) -> gpd.GeoDataFrame:
+    """Union of the corridor buffers: the ``corridors`` layer.
+
+    Parameters
+    ----------
+    buffers : geopandas.GeoDataFrame
+        Output of :func:`corridor_buffers`.
+    approximate : bool, default False
+        The lines come from the approximate corridor file; the ``note`` column
+        then says that positions err by up to tens of km.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        One row (none for no buffers): ``buffer_km``, ``n_lines``,
+        ``first_open_year``, ``last_open_year``, ``area_km2`` (equal-area),
+        ``note``; MultiPolygon geometry in the CRS of ``buffers``.
+    """
+    schema = {
+        "buffer_km": "float64", "n_lines": "int64", "first_open_year": "Int64", "last_open_year": "Int64",
+        "area_km2": "float64", "note": "str",
+    }
+    if buffers.empty:
+        data = {k: pd.Series(dtype=v) for k, v in schema.items()}
+        return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries([], crs=buffers.crs), crs=buffers.crs)
+    union = shapely.union_all(buffers.geometry.values)
+    if union.geom_type == "Polygon":
+        union = shapely.MultiPolygon([union])
+    area = float(_to_area_crs(gpd.GeoSeries([union], crs=buffers.crs)).area.iloc[0]) / 1e6
+    years = buffers["open_year"].dropna()
+    note = f"union of {float(buffers['buffer_km'].iloc[0]):g} km buffers around high-speed lines"
+    if approximate:
+        note += "; " + APPROXIMATE_NOTE
+    out = gpd.GeoDataFrame(
+        {
+            "buffer_km": [float(buffers["buffer_km"].iloc[0])],
+            "n_lines": [len(buffers)],
+            "first_open_year": pd.array([years.min() if len(years) else pd.NA], dtype="Int64"),
+            "last_open_year": pd.array([years.max() if len(years) else pd.NA], dtype="Int64"),
+            "area_km2": [area],
+            "note": [note],
+        },
+        geometry=[union],
+        crs=buffers.crs,
+    )
+    return out
+
+
+def _to_area_crs(geoms: gpd.GeoSeries) -> gpd.GeoSeries:
+    crs = pyproj.CRS.from_user_input(geoms.crs)
+    if crs.is_geographic:
+        return geoms.to_crs(CHINA_ALBERS)
+    return geoms
+
+
+def _lonlat(points: np.ndarray, crs: pyproj.CRS) -> tuple[np.ndarray, np.ndarray]:
+    """Longitude/latitude on the CRS's own datum of point geometries."""
+    xy = shapely.get_coordinates(points)
+    if crs.is_geographic:
+        return xy[:, 0], xy[:, 1]
+    t = pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
+    lon, lat = t.transform(xy[:, 0], xy[:, 1])
+    return np.asarray(lon), np.asarray(lat)
+
+
+def _unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    lo, la = np.radians(lon), np.radians(lat)
+    return np.column_stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)])
+
+
+def nearest_station_km(
+    points: gpd.GeoSeries, stations: gpd.GeoDataFrame
+) -> tuple[np.ndarray, np.ndarray]:
+    """Geodesic distance (km) from each point to the nearest station, and its position.
+
+    Parameters
+    ----------
+    points : geopandas.GeoSeries
+        Points in a geographic or projected CRS.
+    stations : geopandas.GeoDataFrame
+        Station points in the same CRS.
+
+    Returns
+    -------
+    distance_km : numpy.ndarray
+        Geodesic distance on the CRS's ellipsoid; NaN when there are no stations.
+    index : numpy.ndarray
+        Positional index into ``stations`` of the nearest one (-1 when none).
+
+    Notes
+    -----
+    Candidates are picked cheaply on the unit sphere with a k-d tree: every
+    station whose chord distance is within 1 % of the nearest one (ellipsoidal
+    and spherical distances differ by less than 0.6 %), so the exact geodesic
+    (:meth:`pyproj.Geod.inv`, Karney's algorithm) is taken over a set that
+    always contains the true nearest station.
+    """
+    check_same_crs(("points", points), ("stations", stations))
+    n = len(points)
+    dist = np.full(n, np.nan)
+    idx = np.full(n, -1, dtype=np.int64)
+    if n == 0 or stations.empty:
+        return dist, idx
+    crs = pyproj.CRS.from_user_input(points.crs)
+    geod = crs.get_geod()
+    if geod is None:
+        raise CRSError(f"CRS {crs.to_string()} has no ellipsoid; geodesic distances need one")
+    plon, plat = _lonlat(points.values, crs)
+    slon, slat = _lonlat(stations.geometry.values, crs)
+    tree = cKDTree(_unit_vectors(slon, slat))
+    pv = _unit_vectors(plon, plat)
+    d0, _ = tree.query(pv, k=1)
+    cands = tree.query_ball_point(pv, r=d0 * 1.01 + 1e-12)
+    for i, cand in enumerate(cands):
+        c = np.asarray(cand, dtype=np.int64)
+        _, _, d = geod.inv(np.full(len(c), plon[i]), np.full(len(c), plat[i]), slon[c], slat[c])
+        j = int(np.argmin(d))
+        dist[i], idx[i] = d[j] / 1000.0, c[j]
+    return dist, idx
+
+
+def hsr_period(year: pd.Series) -> pd.Series:
+    """Period of first high-speed service relative to the census years.
+
+    ``"before 2010"`` (opened 2009 or earlier), ``"2010-2020"`` (opened in the
+    census decade, 2010 to 2020 inclusive), ``"none"`` (no high-speed service,
+    or its year is unknown).
+    """
+    y = pd.to_numeric(year, errors="coerce")
+    out = pd.Series("none", index=year.index, dtype=object)
+    out[y < CENSUS_YEARS[0]] = f"before {CENSUS_YEARS[0]}"
+    out[(y >= CENSUS_YEARS[0]) & (y <= CENSUS_YEARS[1])] = f"{CENSUS_YEARS[0]}-{CENSUS_YEARS[1]}"
+    out[y > CENSUS_YEARS[1]] = f"after {CENSUS_YEARS[1]}"
+    return out.astype(str)
+
+
+def _empty_units(crs: Any) -> gpd.GeoDataFrame:
+    data = {c: pd.Series(dtype=t) for c, t in UNIT_COLUMNS.items()}
+    return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+
+
+def unit_overlay(
+    units: gpd.GeoDataFrame,
+    lines: gpd.GeoDataFrame,
+    stations: gpd.GeoDataFrame,
+    *,
+    buffer_km: float = 30.0,
+    min_share: float = 0.5,
+) -> gpd.GeoDataFrame:
+    """High-speed rail measures of every unit.
+
+    Parameters
+    ----------
+    units : geopandas.GeoDataFrame
+        Analysis units with a unique ``unit_id`` and (Multi)Polygon geometry.
+    lines : geopandas.GeoDataFrame
+        Standard lines (``line_id``, ``name``, ``class``, ``open_year``); only
+        high-speed lines are used.
+    stations : geopandas.GeoDataFrame
+        Standard stations (``name``, ``high_speed``).
+    buffer_km : float, default 30
+        Corridor half-width.
+    min_share : float, default 0.5
+        Share of a unit's area that must lie in corridors for ``in_corridor``.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        :data:`UNIT_COLUMNS` and the units' geometry, index of ``units``:
+
+        ``hsr_station_km``, ``hsr_station``
+            geodesic distance from the unit's representative point (a point
+            inside the polygon) to the nearest high-speed station, and its name;
+        ``hsr_crosses``
+            a high-speed line intersects the unit polygon;
+        ``corridor_share``
+            area of the unit within ``buffer_km`` of any high-speed line divided
+            by the unit's area (equal-area projection), in [0, 1];
+        ``in_corridor``
+            ``corridor_share >= min_share`` or ``hsr_crosses``;
+        ``hsr_first_open_year``
+            earliest year *Y* at which the unit was in the corridor counting
+            only lines opened in or before *Y*: a line opened by *Y* crosses it,
+            or the corridors of lines opened by *Y* cover at least ``min_share``
+            of it. Missing when not in a corridor or years are unknown;
+        ``hsr_period``
+            :func:`hsr_period` of that year.
+
+    Raises
+    ------
+    CRSError
+        If the three layers do not share one CRS (e.g. GCJ-02 vs WGS84).
+    InputError
+        Missing columns, duplicated ``unit_id``, bad geometry, bad options.
+    """
+    p = check_frame(
+        units, name="units layer", columns={"unit_id": "any"}, geometry=True, unique=["unit_id"],
+        not_null=["unit_id"], geom_types=("Polygon", "MultiPolygon"),
+    )
+    check_frame(lines, name="rail lines", columns={"line_id": "any", "class": "string", "open_year": "any"},
+                geometry=True, problems=p)
+    check_frame(stations, name="rail stations", columns={"name": "any", "high_speed": "bool"},
+                geometry=True, problems=p)
+    if not 0 < min_share <= 1:
+        p.add(f"min_share must be in (0, 1], found {min_share}")
+    p.raise_if_any()
+    check_same_crs(("units layer", units), ("rail lines", lines), ("rail stations", stations))
+    if units.empty:
+        return _empty_units(units.crs)
+
+    out = gpd.GeoDataFrame(
+        {"unit_id": units["unit_id"].astype(str)}, geometry=units.geometry.copy(), crs=units.crs
+    )
+    # -- nearest high-speed station -------------------------------------------------------------
+    hs_st = stations.loc[stations["high_speed"].astype(bool)]
+    if hs_st.empty:
+        warnings.warn("no high-speed stations: hsr_station_km is missing for every unit", DataQualityWarning,
+                      stacklevel=2)
+    rep = gpd.GeoSeries(shapely.point_on_surface(units.geometry.values), crs=units.crs, index=units.index)
+    dist, pos = nearest_station_km(rep, hs_st)
+    out["hsr_station_km"] = dist
+    names = hs_st["name"].astype(str).to_numpy()
+    out["hsr_station"] = np.where(pos >= 0, names[np.maximum(pos, 0)] if len(names) else "", "")
+
+    # -- lines crossing units -------------------------------------------------------------------
+    hs = _high_speed(lines)
+    if hs.empty:
+        warnings.warn("no high-speed lines: no unit is crossed or in a corridor", DataQualityWarning, stacklevel=2)
+    ugeom = units.geometry.values
+    tree = shapely.STRtree(hs.geometry.values)
+    u_idx, l_idx = tree.query(ugeom, predicate="intersects") if len(hs) else (np.array([], int), np.array([], int))
+    years = hs["open_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    n = len(units)
+    crosses = np.zeros(n, dtype=bool)
+    crosses[u_idx] = True
+    cross_year = np.full(n, np.inf)
+    np.minimum.at(cross_year, u_idx, np.where(np.isnan(years[l_idx]), np.inf, years[l_idx]))
+    out["hsr_crosses"] = crosses
+
+    # -- corridor shares (equal-area) -----------------------------------------------------------
+    buffers = corridor_buffers(lines, buffer_km=buffer_km)
+    share = np.zeros(n)
+    share_year = np.full(n, np.inf)
+    if not buffers.empty:
+        ua = _to_area_crs(gpd.GeoSeries(ugeom, crs=units.crs)).values
+        ba = _to_area_crs(buffers.geometry).values
+        byear = buffers["open_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+        unit_area = shapely.area(ua)
+        bi, bj = shapely.STRtree(ba).query(ua, predicate="intersects")
+        pieces = shapely.intersection(ua[bi], ba[bj])
+        frame = pd.DataFrame({"i": bi, "year": byear[bj], "piece": pieces})
+        for i, grp in frame.groupby("i", sort=False):
+            ii = int(i)  # type: ignore[call-overload]
+            total = float(shapely.area(shapely.union_all(grp["piece"].to_numpy())))
+            share[ii] = min(total / unit_area[ii], 1.0) if unit_area[ii] > 0 else 0.0
+            if share[ii] < min_share:
+                continue
+            known = grp.dropna(subset=["year"]).sort_values("year")
+            for y in known["year"].unique():
+                sel = known.loc[known["year"] <= y, "piece"].to_numpy()
+                if shapely.area(shapely.union_all(sel)) / unit_area[ii] >= min_share - 1e-12:
+                    share_year[ii] = y
+                    break
+    out["corridor_share"] = share
+    out["in_corridor"] = (share >= min_share - 1e-12) | crosses
+    first = np.minimum(cross_year, share_year)
+    out["hsr_first_open_year"] = pd.array(np.where(np.isfinite(first), first, np.nan), dtype="Float64").astype(
+        "Int64"
+    )
+    out["hsr_period"] = hsr_period(out["hsr_first_open_year"]).to_numpy()
+    log.info(
+        "units: %d of %d in high-speed corridors (%g km, share >= %g or crossed); median distance to a "
+        "high-speed station %.1f km",
+        int(out["in_corridor"].sum()), n, buffer_km, min_share, float(np.nanmedian(dist)) if hs_st.size else math.nan,
+    )
+    return out[[*UNIT_COLUMNS, out.geometry.name]]
+
+
+_SUMMARY_INPUT = {"unit_id": "any", "pop_2010": "numeric", "pop_2020": "numeric", "change_pct": "numeric",
+                  "shrinking": "bool"}
+
+
+def corridor_summary(units: pd.DataFrame, overlay: pd.DataFrame) -> pd.DataFrame:
+    """Shrinkage inside vs outside corridors and by period of first high-speed service.
+
+    Parameters
+    ----------
+    units : pandas.DataFrame
+        Population units: ``unit_id``, ``pop_2010``, ``pop_2020``,
+        ``change_pct``, ``shrinking``.
+    overlay : pandas.DataFrame
+        Output of :func:`unit_overlay` (``unit_id``, ``in_corridor``,
+        ``hsr_period``, ``hsr_station_km``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`SUMMARY_COLUMNS`, rows for ``grouping = "corridor"`` (groups
+        ``"inside"``, ``"outside"``), ``grouping = "first_hsr"`` (``"before
+        2010"``, ``"2010-2020"``, ``"none"``) and ``"all"``.
+
+    Raises
+    ------
+    InputError
+        Missing columns or unit ids of ``overlay`` not in ``units``.
+
+    Notes
+    -----
+    For a group *G*: ``shrinking_share = |{u in G: shrinking}| / |G|``,
+    population-weighted change ``100 (sum P2020 - sum P2010) / sum P2010``,
+    and the median of the units' ``change_pct``.
+
+    The census gives population only in 2010 and 2020, so "before/after" is a
+    comparison between units, not within a unit over time: units first served
+    before 2010 had high-speed service over the whole decade, units first
+    served 2010-2020 gained it during the decade (lines opened late in 2010 or
+    in 2020 straddle the census dates, 1 November), units without service
+    are the reference. It is descriptive, not a causal effect.
+    """
+    p = check_frame(units, name="population units", columns=_SUMMARY_INPUT, unique=["unit_id"])
+    check_frame(overlay, name="infrastructure overlay",
+                columns={"unit_id": "any", "in_corridor": "bool", "hsr_period": "any", "hsr_station_km": "numeric"},
+                problems=p)
+    p.raise_if_any()
+    left = pd.DataFrame(units[list(_SUMMARY_INPUT)]).assign(unit_id=lambda d: d["unit_id"].astype(str))
+    right = pd.DataFrame(overlay[["unit_id", "in_corridor", "hsr_period", "hsr_station_km"]]).assign(
+        unit_id=lambda d: d["unit_id"].astype(str)
+    )
+    unknown = sorted(set(right["unit_id"]) - set(left["unit_id"]))
+    if unknown:
+        raise InputError(
+            f"infrastructure overlay: {len(unknown)} unit_id(s) not in the population units, e.g. {unknown[:5]}; "
+            "rerun the infrastructure stage on the current population.gpkg"
+        )
+    df = left.merge(right, on="unit_id", how="inner", validate="one_to_one")
+    df["corridor"] = np.where(df["in_corridor"].astype(bool), "inside", "outside")
+    rows = []
+    groupings = [
+        ("corridor", "corridor", ["inside", "outside"]),
+        ("first_hsr", "hsr_period", [f"before {CENSUS_YEARS[0]}", f"{CENSUS_YEARS[0]}-{CENSUS_YEARS[1]}", "none"]),
+    ]
+    for grouping, col, order in groupings:
+        for g in order:
+            rows.append(_summary_row(grouping, g, df.loc[df[col] == g]))
+    rows.append(_summary_row("all", "all", df))
+    out = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    return out.astype(SUMMARY_COLUMNS)
+
+
+def _summary_row(grouping: str, group: str, d: pd.DataFrame) -> dict[str, Any]:
+    n = len(d)
+    p10 = float(pd.to_numeric(d["pop_2010"]).sum())
+    p20 = float(pd.to_numeric(d["pop_2020"]).sum())
+    n_shr = int(d["shrinking"].astype(bool).sum())
+    return {
+        "grouping": grouping,
+        "group": group,
+        "n_units": n,
+        "n_shrinking": n_shr,
+        "shrinking_share": n_shr / n if n else np.nan,
+        "pop_2010": int(round(p10)),
+        "pop_2020": int(round(p20)),
+        "pop_change_pct": 100.0 * (p20 - p10) / p10 if p10 > 0 else np.nan,
+        "median_change_pct": float(d["change_pct"].median()) if n else np.nan,
+        "mean_hsr_station_km": float(d["hsr_station_km"].mean()) if n else np.nan,
+    }
