@@ -149,6 +149,15 @@ class InfrastructureSettings:
         derived station train counts.
     underused_threshold : utilisation below this share of design is underused.
     corridor_buffer_km : half-width of a high-speed corridor.
+    corridor_min_share : a unit is in a corridor when at least this share of
+        its area lies within ``corridor_buffer_km`` of a high-speed line (or a
+        high-speed line crosses it).
+    hsr_min_trains : a station with at least this many G/D/C trains a day in
+        the station train counts is a high-speed station.
+    add_key_stations : add key stations of high-speed lines from the corridor
+        file that the station layer lacks (approximate positions).
+    utilisation_quantile : without design capacities, a line's utilisation
+        proxy is its key-station trains per day over this quantile of its class.
     """
 
     lines: str = "corridors"
@@ -157,6 +166,10 @@ class InfrastructureSettings:
     utilisation_file: str = ""
     underused_threshold: float = 0.4
     corridor_buffer_km: float = 30.0
+    corridor_min_share: float = 0.5
+    hsr_min_trains: int = 1
+    add_key_stations: bool = True
+    utilisation_quantile: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -169,15 +182,25 @@ class RasterSettings:
     method : ``"auto"``, ``"centre"`` (cell centres, fast) or ``"exact"``
         (fractional coverage).
     window_rows : rows of raster read per window.
+    window_cols : columns per window (0: the full width); memory is about
+        10 bytes per window cell.
+    min_cells : with ``method = "auto"``, units with fewer cell centres than
+        this are recomputed with exact fractional coverage.
+    band : raster band holding people per cell.
     dask : run on Dask.
     scheduler : Dask scheduler address; empty: a LocalCluster.
+    workers : worker processes of the LocalCluster.
     """
 
     path: str = ""
     method: str = "auto"
     window_rows: int = 1024
+    window_cols: int = 16384
+    min_cells: int = 100
+    band: int = 1
     dask: bool = False
     scheduler: str = ""
+    workers: int = 2
 
 
 @dataclass(frozen=True)
@@ -313,8 +336,31 @@ def _check_choices(s: Settings, source: str) -> None:
         raise ConfigError(f"{source}: [autocorrelation] alpha must be in (0, 1)")
     if s.autocorrelation.permutations < 0 or s.autocorrelation.k < 1:
         raise ConfigError(f"{source}: [autocorrelation] permutations >= 0 and k >= 1 required")
-    if not 0 < s.infrastructure.underused_threshold <= 1:
+    r = s.raster
+    if r.window_rows < 1 or r.window_cols < 0 or r.min_cells < 0 or r.band < 1 or r.workers < 1:
+        raise ConfigError(
+            f"{source}: [raster] needs window_rows >= 1, window_cols >= 0, min_cells >= 0, band >= 1 "
+            f"and workers >= 1; found {r.window_rows}, {r.window_cols}, {r.min_cells}, {r.band}, {r.workers}"
+        )
+    inf = s.infrastructure
+    if not 0 < inf.underused_threshold <= 1:
         raise ConfigError(f"{source}: [infrastructure] underused_threshold must be in (0, 1]")
+    for key in ("corridor_min_share", "utilisation_quantile"):
+        if not 0 < getattr(inf, key) <= 1:
+            raise ConfigError(f"{source}: [infrastructure] {key} must be in (0, 1], found {getattr(inf, key)}")
+    if not inf.corridor_buffer_km > 0 or inf.hsr_min_trains < 1:
+        raise ConfigError(f"{source}: [infrastructure] corridor_buffer_km > 0 and hsr_min_trains >= 1 required")
+    layer_suffixes = (".gpkg", ".geojson", ".json", ".shp", ".zip")
+    if inf.lines not in ("corridors", "osm") and not inf.lines.lower().endswith(layer_suffixes):
+        raise ConfigError(
+            f"{source}: [infrastructure] lines = {inf.lines!r}; expected 'corridors', 'osm' or a path ending "
+            f"in one of {list(layer_suffixes)}"
+        )
+    if inf.stations not in ("osm_stations", "osm") and not inf.stations.lower().endswith(layer_suffixes):
+        raise ConfigError(
+            f"{source}: [infrastructure] stations = {inf.stations!r}; expected 'osm_stations', 'osm' or a path "
+            f"ending in one of {list(layer_suffixes)}"
+        )
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:

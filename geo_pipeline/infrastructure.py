@@ -120,9 +120,13 @@ def line_tm_crs(geom: Any) -> pyproj.CRS:
         ``+proj=tmerc`` on WGS84 with ``lon_0`` the middle of the geometry's
         longitude range, scale 1 on that meridian.
     """
-    minx, _, maxx, _ = shapely.bounds(geom)
-    lon0 = round((minx + maxx) / 2.0, 6)
+    lon0 = _central_meridian(geom)
     return pyproj.CRS.from_proj4(f"+proj=tmerc +lat_0=0 +lon_0={lon0} +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m")
+
+
+def _central_meridian(geom: Any) -> float:
+    minx, _, maxx, _ = shapely.bounds(geom)
+    return round((float(minx) + float(maxx)) / 2.0, 6)
 
 
 def _metres_per_unit(crs: pyproj.CRS) -> float:
@@ -190,7 +194,7 @@ def corridor_buffers(lines: gpd.GeoDataFrame, *, buffer_km: float = 30.0) -> gpd
             )
             # TM scale factor k = 1/sqrt(1 - (cos(phi) sin(dlon))^2) at the far side of the buffer
             coords = shapely.get_coordinates(dense)
-            lon0 = tm.to_dict().get("lon_0", 0.0)
+            lon0 = _central_meridian(dense)
             b = np.cos(np.radians(coords[:, 1])) * np.sin(np.radians(np.abs(coords[:, 0] - lon0)))
             b = np.minimum(b + buffer_km / 6371.0, 0.999)
             errors.append(float(np.max(1.0 / np.sqrt(1.0 - b**2)) - 1.0))
@@ -357,6 +361,7 @@ def unit_overlay(
     *,
     buffer_km: float = 30.0,
     min_share: float = 0.5,
+    buffers: gpd.GeoDataFrame | None = None,
 ) -> gpd.GeoDataFrame:
     """High-speed rail measures of every unit.
 
@@ -373,6 +378,8 @@ def unit_overlay(
         Corridor half-width.
     min_share : float, default 0.5
         Share of a unit's area that must lie in corridors for ``in_corridor``.
+    buffers : geopandas.GeoDataFrame, optional
+        Precomputed :func:`corridor_buffers` of ``lines`` with ``buffer_km``.
 
     Returns
     -------
@@ -449,7 +456,10 @@ def unit_overlay(
     out["hsr_crosses"] = crosses
 
     # -- corridor shares (equal-area) -----------------------------------------------------------
-    buffers = corridor_buffers(lines, buffer_km=buffer_km)
+    if buffers is None:
+        buffers = corridor_buffers(lines, buffer_km=buffer_km)
+    else:
+        check_same_crs(("units layer", units), ("corridor buffers", buffers))
     share = np.zeros(n)
     share_year = np.full(n, np.inf)
     if not buffers.empty:

@@ -1,0 +1,329 @@
+"""CLI wrapper of the infrastructure stage: read, validate, call :mod:`geo_pipeline.rail` and
+:mod:`geo_pipeline.infrastructure`, write ``infrastructure.gpkg``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import time
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import geopandas as gpd
+import pandas as pd
+import pyogrio
+
+from .. import infrastructure as inf
+from .. import rail
+from .._errors import ConfigError, InputError, MissingInputError
+from .._io import check_writable, read_layer
+from .._validate import check_frame
+
+if TYPE_CHECKING:
+    from . import StageContext
+
+log = logging.getLogger("geo_pipeline.cli.infrastructure")
+
+#: Raw inputs (copied into data_raw/ by the fetch stage, same names as the mirror).
+CATALOGUE = Path("rail") / "railways_lines.csv"
+CORRIDORS = Path("rail") / "approx_corridors_keystations.geojson"
+TRAIN_COUNTS = Path("rail") / "derived_station_train_counts.csv"
+OSM_STATIONS = Path("rail") / "osm_railway_stations.zip"
+
+_ID_COLUMNS = ["unit_id", "name", "province", "prefecture"]
+_INDICATORS = ["pop_2010", "pop_2020", "change_pct", "shrinking"]
+_FETCH_HINT = "run `geo-pipeline fetch` first"
+
+#: Layer descriptions written to gpkg_contents (QGIS shows them as the layer abstract).
+DESCRIPTIONS = {
+    "rail_lines": "Rail lines with class (high-speed/fast/conventional), design speed, opening year and a "
+    "utilisation ratio (see utilisation_basis: 'proxy' = key-station trains/day relative to the p90 of "
+    "the class, not design capacity).",
+    "rail_stations": "Railway stations; high_speed from G/D/C train counts (~Jan 2021) matched by name "
+    "and key stations of high-speed lines (high_speed_basis).",
+    "corridors": "Union of buffers around high-speed lines (buffer_km).",
+    "units": "Analysis units with high-speed rail measures (hsr_station_km geodesic, corridor_share "
+    "equal-area).",
+    "corridor_summary": "Shrinkage inside vs outside high-speed corridors and by period of first service; "
+    "census years 2010 and 2020 only, descriptive.",
+}
+
+OPTIONS = [
+    click.Option(
+        ["--lines"], type=str, default=None,
+        help="Rail lines: corridors (approximate file), osm (--osm-file) or a .gpkg/.geojson path [config: lines].",
+    ),
+    click.Option(
+        ["--stations"], type=str, default=None,
+        help="Stations: osm_stations (OSM station file), osm (--osm-file) or a path [config: stations].",
+    ),
+    click.Option(
+        ["--osm-file"], type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help="Local .osm XML read offline with osmnx when lines/stations = osm [config: osm_file].",
+    ),
+    click.Option(
+        ["--utilisation-file"], type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help="CSV: line, design_capacity, ridership or trains_per_day (or station, trains_per_day) "
+        "[config: utilisation_file].",
+    ),
+    click.Option(
+        ["--buffer-km"], type=click.FloatRange(min=0, min_open=True), default=None,
+        help="Half-width of a high-speed corridor in km [config: corridor_buffer_km].",
+    ),
+    click.Option(
+        ["--underused-threshold"], type=click.FloatRange(0, 1, min_open=True), default=None,
+        help="A line is underused below this utilisation [config: underused_threshold].",
+    ),
+]
+
+
+def read_vector(path: str | Path, *, what: str, hint: str = "") -> gpd.GeoDataFrame:
+    """Read the only (or first) layer of a GeoPackage, GeoJSON, shapefile or zipped shapefile.
+
+    Raises
+    ------
+    MissingInputError
+        The file does not exist.
+    InputError
+        The file cannot be read.
+    """
+    p = Path(path)
+    if not p.is_file():
+        extra = f"; {hint}" if hint else ""
+        raise MissingInputError(f"{what} {p} not found{extra}")
+    source = str(p)
+    if p.suffix.lower() == ".zip":
+        with zipfile.ZipFile(p) as zf:
+            shps = [n for n in zf.namelist() if n.lower().endswith(".shp")]
+        if not shps:
+            raise InputError(f"{what} {p}: no .shp inside the zip; expected a zipped shapefile")
+        source = f"/vsizip/{p.resolve().as_posix()}/{shps[0]}"
+    try:
+        layers = pyogrio.list_layers(source)
+        layer = str(layers[0][0])
+        if p.suffix.lower() == ".gpkg" and len(layers) > 1:
+            names = [str(n) for n in layers[:, 0]]
+            log.warning("%s %s has %d layers %s; reading %r", what, p, len(names), names, layer)
+        return pyogrio.read_dataframe(source, layer=layer, use_arrow=True)
+    except Exception as exc:  # pyogrio raises several error types for unreadable files
+        raise InputError(f"{what} {p}: cannot read: {exc}") from exc
+
+
+def read_csv(path: str | Path, *, what: str, hint: str = "") -> pd.DataFrame:
+    """Read a UTF-8 CSV; a missing or unreadable file is a pipeline error."""
+    p = Path(path)
+    if not p.is_file():
+        extra = f"; {hint}" if hint else ""
+        raise MissingInputError(f"{what} {p} not found{extra}")
+    try:
+        return pd.read_csv(p, encoding="utf-8-sig")
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{what} {p}: not a readable UTF-8 CSV: {exc}") from exc
+
+
+def read_osm(path: str | Path, tags: dict[str, Any]) -> gpd.GeoDataFrame:
+    """Features of a local ``.osm`` XML file through :func:`osmnx.features_from_xml` (offline)."""
+    import osmnx as ox
+
+    p = Path(path)
+    if not p.is_file():
+        raise MissingInputError(f"OSM file {p} not found; set [infrastructure] osm_file or --osm-file")
+    try:
+        return ox.features_from_xml(p, tags=tags)
+    except ox._errors.InsufficientResponseError:  # no matching features
+        return gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs="EPSG:4326"), crs="EPSG:4326")
+    except Exception as exc:  # XML errors and friends
+        raise InputError(f"OSM file {p}: cannot read with osmnx: {exc}") from exc
+
+
+def _describe_layers(path: Path, descriptions: dict[str, str]) -> None:
+    """Set gpkg_contents.description (the layer abstract QGIS shows); best effort."""
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as con, con:
+            for name, text in descriptions.items():
+                con.execute("UPDATE gpkg_contents SET description = ? WHERE table_name = ?", (text, name))
+    except sqlite3.Error as exc:  # the data are written; only the descriptions are missing
+        log.warning("could not write layer descriptions to %s: %s", path, exc)
+
+
+def run(
+    ctx: StageContext,
+    *,
+    lines: str | None = None,
+    stations: str | None = None,
+    osm_file: Path | None = None,
+    utilisation_file: Path | None = None,
+    buffer_km: float | None = None,
+    underused_threshold: float | None = None,
+) -> None:
+    """High-speed rail lines, stations and corridors overlaid on the units.
+
+    Reads data_processed/population.gpkg (layer units) and the rail inputs in
+    data_raw/rail/ (line catalogue railways_lines.csv, APPROXIMATE corridor
+    polylines with errors up to tens of km, station train counts, OSM
+    station points) or an OSM extract (--lines osm --osm-file x.osm, read
+    offline with osmnx) or your own line layer. Per unit: geodesic distance to
+    the nearest high-speed station, whether a high-speed line crosses it, the
+    share of its area within 30 km of one (equal-area), and the year of its
+    first high-speed service. Writes data_processed/infrastructure.gpkg
+    (rail_lines, rail_stations, corridors, units, corridor_summary) and
+    corridor_summary.csv.
+    """
+    s = ctx.settings.infrastructure
+    lines_src = lines or s.lines
+    stations_src = stations or s.stations
+    osm_path = osm_file if osm_file is not None else (Path(s.osm_file) if s.osm_file else None)
+    util_path = utilisation_file if utilisation_file is not None else (
+        Path(s.utilisation_file) if s.utilisation_file else None
+    )
+    buffer = float(buffer_km if buffer_km is not None else s.corridor_buffer_km)
+    threshold = float(underused_threshold if underused_threshold is not None else s.underused_threshold)
+    if "osm" in (lines_src, stations_src) and osm_path is None:
+        raise ConfigError("lines or stations = 'osm' needs an OSM file: set [infrastructure] osm_file or --osm-file")
+    for name in ("infrastructure.gpkg", "corridor_summary.csv"):  # fail before the work, not after
+        check_writable(ctx.output(name), overwrite=ctx.overwrite)
+
+    pop_path = ctx.output("population.gpkg")
+    units = read_layer(pop_path, "units", hint="run `geo-pipeline population` first")
+    check_frame(
+        units, name=f"{pop_path} layer units",
+        columns={"unit_id": "string", "pop_2010": "numeric", "pop_2020": "numeric",
+                 "change_pct": "numeric", "shrinking": "bool"},
+        crs="EPSG:4326", geometry=True, geom_types=("Polygon", "MultiPolygon"),
+        unique=["unit_id"], not_null=["unit_id"],
+    ).raise_if_any()
+    inputs: dict[str, Path] = {"population": pop_path}
+
+    t0 = time.perf_counter()
+    catalogue = None
+    cat_path = ctx.raw / CATALOGUE
+    if cat_path.is_file():
+        catalogue = rail.prepare_catalogue(read_csv(cat_path, what="rail line catalogue"))
+        inputs["rail_catalogue"] = cat_path
+    elif lines_src == "corridors":
+        raise MissingInputError(f"rail line catalogue {cat_path} not found; {_FETCH_HINT}")
+    corr_path = ctx.raw / CORRIDORS
+    raw_corridors = None
+    if lines_src == "corridors" or corr_path.is_file():
+        raw_corridors = read_vector(corr_path, what="rail corridor file", hint=_FETCH_HINT)
+        inputs["rail_corridors"] = corr_path
+    reference = raw_corridors.loc[raw_corridors.geometry.notna()] if raw_corridors is not None else None
+
+    # -- lines ----------------------------------------------------------------------------------
+    if lines_src == "corridors" and raw_corridors is not None:
+        line_frame = rail.lines_from_corridors(raw_corridors)
+    elif lines_src == "osm" and osm_path is not None:
+        line_frame = rail.lines_from_osm(
+            read_osm(osm_path, {"railway": "rail"}), catalogue=catalogue, reference=reference
+        )
+        inputs["osm_file"] = osm_path
+    else:
+        line_frame = rail.lines_from_user(
+            read_vector(lines_src, what="rail lines layer"), catalogue=catalogue, reference=reference
+        )
+        inputs["lines"] = Path(lines_src)
+
+    # -- stations -------------------------------------------------------------------------------
+    if stations_src == "osm_stations":
+        st_path = ctx.raw / OSM_STATIONS
+        station_frame = rail.stations_from_points(read_vector(st_path, what="OSM station file", hint=_FETCH_HINT))
+        inputs["osm_stations"] = st_path
+    elif stations_src == "osm" and osm_path is not None:
+        feats = read_osm(osm_path, {"railway": ["station", "halt"]})
+        station_frame = rail.stations_from_points(
+            feats if "name" in feats.columns else feats.assign(name=""), kinds=("station", "halt"),
+            kind_column="railway",
+        )
+        inputs["osm_file"] = osm_path
+    else:
+        user = read_vector(stations_src, what="rail stations layer")
+        station_frame = rail.stations_from_points(user, kinds=None, source="user")
+        if "high_speed" in user.columns:
+            station_frame["high_speed"] = user["high_speed"].fillna(False).astype(bool).to_numpy()
+            station_frame.loc[station_frame["high_speed"], "high_speed_basis"] = "user"
+        inputs["stations"] = Path(stations_src)
+
+    counts_path = ctx.raw / TRAIN_COUNTS
+    train_counts = None
+    if counts_path.is_file():
+        train_counts = read_csv(counts_path, what="station train counts")
+        inputs["train_counts"] = counts_path
+    line_table = None
+    if util_path is not None:
+        table = read_csv(util_path, what="utilisation file")
+        inputs["utilisation_file"] = util_path
+        if "line" in table.columns:
+            line_table = table
+        elif "station" in table.columns:
+            train_counts = table
+        else:
+            raise InputError(
+                f"utilisation file {util_path}: expected a 'line' column (with design_capacity and ridership or "
+                f"trains_per_day) or a 'station' column (with trains_per_day); found {list(table.columns)}"
+            )
+    key = rail.key_stations(raw_corridors) if (raw_corridors is not None and s.add_key_stations) else None
+    if station_frame.crs is not None and not station_frame.empty and key is not None:
+        key = key.to_crs(station_frame.crs) if not key.crs.equals(station_frame.crs) else key
+    station_frame = rail.flag_high_speed(
+        station_frame, train_counts=train_counts, key=key, min_hsr_trains=s.hsr_min_trains,
+        add_missing_key_stations=s.add_key_stations,
+    )
+    line_frame = rail.line_utilisation(
+        line_frame, train_counts=train_counts, line_table=line_table, threshold=threshold,
+        reference_quantile=s.utilisation_quantile,
+    )
+
+    # -- overlay --------------------------------------------------------------------------------
+    buffers = inf.corridor_buffers(line_frame, buffer_km=buffer)
+    overlay = inf.unit_overlay(
+        units, line_frame, station_frame, buffer_km=buffer, min_share=s.corridor_min_share, buffers=buffers
+    )
+    corridors = inf.dissolve_corridors(buffers, approximate=bool(line_frame["approximate"].any()))
+    summary = inf.corridor_summary(units, overlay)
+    elapsed = time.perf_counter() - t0
+
+    ids = [c for c in _ID_COLUMNS if c in units.columns]
+    extra = [c for c in _INDICATORS if c in units.columns]
+    table_units = pd.DataFrame(units[ids + extra]).assign(unit_id=lambda d: d["unit_id"].astype(str))
+    joined = table_units.merge(pd.DataFrame(overlay.drop(columns=overlay.geometry.name)), on="unit_id")
+    cols = ids + [c for c in inf.UNIT_COLUMNS if c != "unit_id"] + extra
+    out_units = gpd.GeoDataFrame(joined[cols], geometry=overlay.geometry.to_numpy(), crs=units.crs)
+    gpkg = ctx.write_gpkg(
+        "infrastructure.gpkg",
+        {"rail_lines": line_frame, "rail_stations": station_frame, "corridors": corridors,
+         "units": out_units, "corridor_summary": summary},
+    )
+    descriptions = dict(DESCRIPTIONS)
+    if bool(line_frame["approximate"].any()):
+        for layer in ("rail_lines", "corridors"):
+            descriptions[layer] += " " + rail.APPROXIMATE_NOTE
+    _describe_layers(gpkg, descriptions)
+    csv = ctx.write_csv("corridor_summary.csv", summary)
+
+    hs_lines = int((line_frame["class"] == "high-speed").sum())
+    hs_stations = int(station_frame["high_speed"].sum())
+    inside = summary.loc[(summary["grouping"] == "corridor") & (summary["group"] == "inside")].iloc[0]
+    outside = summary.loc[(summary["grouping"] == "corridor") & (summary["group"] == "outside")].iloc[0]
+    ctx.manifest(
+        inputs=inputs,
+        outputs={"infrastructure": gpkg, "corridor_summary": csv},
+        parameters={"lines": lines_src, "stations": stations_src, "osm_file": str(osm_path or ""),
+                    "utilisation_file": str(util_path or ""), "corridor_buffer_km": buffer,
+                    "underused_threshold": threshold, "corridor_min_share": s.corridor_min_share,
+                    "hsr_min_trains": s.hsr_min_trains, "add_key_stations": s.add_key_stations,
+                    "utilisation_quantile": s.utilisation_quantile},
+        summary={"units": len(out_units), "lines": len(line_frame), "high_speed_lines": hs_lines,
+                 "stations": len(station_frame), "high_speed_stations": hs_stations,
+                 "units_in_corridor": int(inside["n_units"]), "seconds": round(elapsed, 3)},
+    )
+    log.info(
+        "infrastructure: %d units, %d lines (%d high-speed, source %s), %d stations (%d high-speed), "
+        "EPSG:4326 -> %s; in corridors (%g km): %d units, %.0f%% shrinking; outside: %d units, %.0f%% "
+        "shrinking (%.1f s)",
+        len(out_units), len(line_frame), hs_lines, lines_src, len(station_frame), hs_stations, gpkg, buffer,
+        int(inside["n_units"]), 100 * float(inside["shrinking_share"] if inside["n_units"] else 0),
+        int(outside["n_units"]), 100 * float(outside["shrinking_share"] if outside["n_units"] else 0), elapsed,
+    )
