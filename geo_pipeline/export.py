@@ -1,0 +1,615 @@
+"""Export stage: one QGIS-ready GeoPackage with every result, styled and described.
+
+:func:`merge_unit_columns` joins the per-unit columns of every stage onto the
+population units by ``unit_id``; :func:`assemble_layers` turns the stage
+outputs into the layers of ``shrinkage.gpkg``, each with a description, field
+descriptions and QGIS styles (QML, see :mod:`geo_pipeline.styles`). Writing the
+file (pyogrio, then the ``layer_styles`` and ``gpkg_data_columns`` tables with
+sqlite3, atomically) is done by :func:`write_styled_gpkg`, the one function here
+that touches the disk; everything else is pure.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import pandas as pd
+import pyogrio
+
+from . import styles
+from ._errors import CRSError, DataQualityWarning, InputError
+from ._io import atomic_path
+from ._validate import Problems, check_frame
+
+__all__ = [
+    "ExportLayer",
+    "LayerStyle",
+    "merge_unit_columns",
+    "assemble_layers",
+    "field_descriptions",
+    "write_styled_gpkg",
+    "LAYER_ORDER",
+]
+
+log = logging.getLogger(__name__)
+
+#: Layers of ``shrinkage.gpkg`` in the order they are written (absent ones are skipped).
+LAYER_ORDER = (
+    "units", "prefectures", "provinces", "lisa", "distance_rings", "cores",
+    "rail_lines", "rail_stations", "corridors",
+    "band_summary", "global_moran", "corridor_summary",
+)
+
+LAYER_DESCRIPTIONS = {
+    "units": "Analysis units (harmonised counties) with every indicator of the pipeline: population "
+             "2010/2020 and change, net outflow (hukou vs resident), distance to metropolitan cores, "
+             "spatial autocorrelation, rail access and, if run, gridded population.",
+    "prefectures": "Prefecture-level cities with population 2010/2020 and change (census city table).",
+    "provinces": "Province-level divisions (outline).",
+    "lisa": "Local Moran's I (LISA) clusters of the analysis units: High-High, Low-Low, Low-High, "
+            "High-Low, not significant.",
+    "distance_rings": "Geodesic distance bands (rings) around the metropolitan cores.",
+    "cores": "Metropolitan cores used for the distance bands.",
+    "rail_lines": "Rail lines by class (high-speed, fast, conventional); approximate corridor geometry.",
+    "rail_stations": "Rail stations (OpenStreetMap) with derived train counts where known.",
+    "corridors": "Buffers around high-speed rail corridors.",
+    "band_summary": "Population change summarised by distance band.",
+    "global_moran": "Global Moran's I of each analysed variable.",
+    "corridor_summary": "Population change inside and outside the rail corridors.",
+}
+
+LAYER_TITLES = {
+    "units": "Analysis units (all indicators)",
+    "prefectures": "Prefecture-level cities",
+    "provinces": "Provinces",
+    "lisa": "LISA clusters",
+    "distance_rings": "Distance bands to cores",
+    "cores": "Metropolitan cores",
+    "rail_lines": "Rail lines",
+    "rail_stations": "Rail stations",
+    "corridors": "High-speed rail corridors",
+    "band_summary": "Summary by distance band",
+    "global_moran": "Global Moran's I",
+    "corridor_summary": "Summary by rail corridor",
+}
+
+_FIELD_DESCRIPTIONS = {
+    "unit_id": "Identifier of the analysis unit (key shared by every stage)",
+    "name": "Name",
+    "province": "Province name",
+    "province_code": "Province code (6-digit administrative code)",
+    "prefecture": "Prefecture-level city name",
+    "prefecture_code": "Prefecture code (6-digit administrative code)",
+    "adcode": "Administrative code (6 digits)",
+    "level": "Administrative level of the unit (county, prefecture, province)",
+    "in_census": "True when census rows exist for the unit",
+    "n_members": "Number of boundary polygons merged into the unit",
+    "pop_2010": "Resident population, 2010 census (6th)",
+    "pop_2020": "Resident population, 2020 census (7th)",
+    "change": "Population change 2010-2020 (persons) = pop_2020 - pop_2010",
+    "change_pct": "Population change 2010-2020 in % = 100 * (pop_2020 - pop_2010) / pop_2010",
+    "annual_rate": "Compound annual growth rate 2010-2020 in % per year",
+    "shrinking": "True when change_pct is below the shrinking threshold",
+    "hukou_2010": "Registered (hukou) population, 2010 census",
+    "net_outflow_ratio": "Net outflow ratio = (hukou_2010 - pop_2010) / hukou_2010; positive: net outflow",
+    "net_outflow": "True when the net outflow ratio is positive (more registered than resident people)",
+    "pop_raster_sum": "Sum of gridded population inside the unit",
+    "pop_raster_mean": "Mean gridded population density inside the unit",
+    "pop_centroid_lon": "Longitude of the population-weighted centroid",
+    "pop_centroid_lat": "Latitude of the population-weighted centroid",
+}
+
+_PATTERNS = (
+    (r"lisa_(.+)_cluster", "LISA cluster of {0} (HH, LL, LH, HL, ns = not significant)"),
+    (r"lisa_(.+)_(p|p_sim|pvalue)", "Pseudo p-value of the local Moran's I of {0}"),
+    (r"lisa_(.+)_(i|is)", "Local Moran's I of {0}"),
+    (r"lisa_(.+)_q", "LISA quadrant of {0} (1 HH, 2 LH, 3 LL, 4 HL)"),
+    (r"gi_(.+)_z", "Getis-Ord Gi* z-score of {0}"),
+    (r"gi_(.+)_p", "Pseudo p-value of Getis-Ord Gi* of {0}"),
+    (r"gi_(.+)_(class|cluster)", "Getis-Ord Gi* hot/cold spot class of {0}"),
+)
+
+
+@dataclass(frozen=True)
+class LayerStyle:
+    """One QGIS style of a layer, as stored in ``layer_styles``."""
+
+    name: str
+    qml: str
+    description: str
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class ExportLayer:
+    """A layer of the export GeoPackage with its descriptions and styles.
+
+    Attributes
+    ----------
+    name : layer (table) name.
+    frame : GeoDataFrame (spatial layer) or DataFrame (attribute table).
+    title : short title (``gpkg_contents.identifier``).
+    description : layer description (``gpkg_contents.description``).
+    fields : column name to description (``gpkg_data_columns``).
+    styles : QGIS styles; exactly one is the default for spatial layers.
+    sources : stage outputs the layer was made from.
+    """
+
+    name: str
+    frame: pd.DataFrame
+    title: str
+    description: str
+    fields: dict[str, str] = field(default_factory=dict)
+    styles: tuple[LayerStyle, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    @property
+    def spatial(self) -> bool:
+        """True for layers with geometry."""
+        return isinstance(self.frame, gpd.GeoDataFrame)
+
+
+def field_descriptions(columns: Sequence[str], provenance: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Human-readable description of each column (known names, LISA patterns, else its stage).
+
+    Parameters
+    ----------
+    columns : sequence of str
+        Column names (the geometry column is skipped).
+    provenance : mapping, optional
+        Column to the stage that made it, used for columns without a known description.
+
+    Returns
+    -------
+    dict
+        Column name to description.
+    """
+    out = {}
+    prov = provenance or {}
+    for col in columns:
+        if col in ("geometry", "geom"):
+            continue
+        if col in _FIELD_DESCRIPTIONS:
+            out[col] = _FIELD_DESCRIPTIONS[col]
+            continue
+        for pattern, template in _PATTERNS:
+            m = re.fullmatch(pattern, col)
+            if m:
+                out[col] = template.format(m.group(1))
+                break
+        else:
+            stage = prov.get(col)
+            out[col] = f"{col} (from the {stage} stage)" if stage else col
+    return out
+
+
+def merge_unit_columns(
+    units: gpd.GeoDataFrame,
+    tables: Mapping[str, pd.DataFrame],
+) -> tuple[gpd.GeoDataFrame, dict[str, str]]:
+    """Join the per-unit columns of each stage onto ``units`` by ``unit_id``.
+
+    Parameters
+    ----------
+    units : geopandas.GeoDataFrame
+        The population stage's ``units`` layer (keeps its geometry and columns).
+    tables : mapping of str to DataFrame
+        Stage name to that stage's ``units`` layer: ``unit_id`` plus new
+        columns (a geometry column, if any, is ignored).
+
+    Returns
+    -------
+    merged : geopandas.GeoDataFrame
+        ``units`` with the new columns, same rows and order.
+    provenance : dict
+        Column name to the stage it came from (``"population"`` for the
+        columns of ``units``).
+
+    Raises
+    ------
+    InputError
+        If ``unit_id`` is missing or not unique in ``units`` or in a table.
+
+    Warns
+    -----
+    DataQualityWarning
+        When a table has ``unit_id`` values that are not in ``units``, or
+        does not cover every unit, or repeats a column with different values
+        (the first stage's column is kept).
+    """
+    check_frame(units, name="population units", columns={"unit_id": "any"}, unique=["unit_id"],
+                not_null=["unit_id"]).raise_if_any()
+    geom = units.geometry.name
+    provenance = {c: "population" for c in units.columns if c != geom}
+    merged = pd.DataFrame(units.drop(columns=geom)).copy()
+    merged["unit_id"] = merged["unit_id"].astype(str)
+    for stage, table in tables.items():
+        check_frame(table, name=f"{stage} units", columns={"unit_id": "any"}, unique=["unit_id"],
+                    not_null=["unit_id"]).raise_if_any()
+        tab = pd.DataFrame(table).copy()
+        if isinstance(table, gpd.GeoDataFrame):
+            tab = tab.drop(columns=table.geometry.name)
+        tab["unit_id"] = tab["unit_id"].astype(str)
+        extra = sorted(set(tab["unit_id"]) - set(merged["unit_id"]))
+        if extra:
+            warnings.warn(
+                f"{stage} units: {len(extra)} unit_id value(s) not in the population units "
+                f"(e.g. {extra[:5]}); those rows are left out of the export",
+                DataQualityWarning, stacklevel=2,
+            )
+        missing = len(set(merged["unit_id"]) - set(tab["unit_id"]))
+        if missing:
+            warnings.warn(
+                f"{stage} units: {missing} of {len(merged)} units have no row; their {stage} "
+                "columns are empty in the export",
+                DataQualityWarning, stacklevel=2,
+            )
+        new_cols = []
+        for col in tab.columns:
+            if col == "unit_id":
+                continue
+            if col in merged.columns:
+                joined = merged[["unit_id", col]].merge(tab[["unit_id", col]], on="unit_id", how="inner")
+                a, b = joined[f"{col}_x"], joined[f"{col}_y"]
+                same = (a.astype(str) == b.astype(str)) | (a.isna() & b.isna())
+                if not same.all():
+                    warnings.warn(
+                        f"{stage} units: column {col!r} differs from the one of the "
+                        f"{provenance[col]} stage in {int((~same).sum())} rows; the {provenance[col]} "
+                        "column is kept",
+                        DataQualityWarning, stacklevel=2,
+                    )
+                continue
+            new_cols.append(col)
+            provenance[col] = stage
+        if new_cols:
+            merged = merged.merge(tab[["unit_id", *new_cols]], on="unit_id", how="left", validate="1:1")
+    out = gpd.GeoDataFrame(merged, geometry=units.geometry.to_numpy(), crs=units.crs)
+    out = out.rename_geometry(geom) if geom != "geometry" else out
+    out.index = units.index
+    return out, provenance
+
+
+def _find_column(frame: pd.DataFrame, names: Sequence[str], contains: str | None = None) -> str | None:
+    for n in names:
+        if n in frame.columns:
+            return n
+    if contains:
+        geom = frame.geometry.name if isinstance(frame, gpd.GeoDataFrame) else None
+        for c in frame.columns:
+            if contains in c.lower() and c != geom:
+                return c
+    return None
+
+
+def _kind(frame: gpd.GeoDataFrame) -> styles.SymbolKind:
+    types = frame.geometry.geom_type.dropna().unique()
+    return styles.symbol_kind(str(types[0]) if len(types) else "Polygon")
+
+
+def lisa_column(frame: pd.DataFrame) -> str | None:
+    """The LISA cluster column to map: ``lisa_change_pct_cluster`` or the first ``lisa_*_cluster``."""
+    if "lisa_change_pct_cluster" in frame.columns:
+        return "lisa_change_pct_cluster"
+    found = [c for c in frame.columns if re.fullmatch(r"lisa_.+_cluster", c)]
+    return found[0] if found else None
+
+
+def band_column(frame: pd.DataFrame) -> str | None:
+    """The distance band column (``band``, ``band_label``, ``distance_band`` or any ``*band*``)."""
+    return _find_column(frame, ("band", "band_label", "distance_band", "band_km"), contains="band")
+
+
+def rail_class_column(frame: pd.DataFrame) -> str | None:
+    """The rail line class column (``class``, ``rail_class``, ``line_class``, ``type`` ...)."""
+    return _find_column(frame, ("class", "rail_class", "line_class", "speed_class", "type", "category", "kind"))
+
+
+def _graduated(frame: gpd.GeoDataFrame, column: str, name: str, *, default: bool,
+               outflow: bool = False) -> LayerStyle:
+    kw: dict[str, Any] = {"unit": " %"}
+    if outflow:  # positive ratio = net outflow: warm colours, like shrinking
+        kw = {"below_colors": tuple(reversed(styles.GROW_COLORS)),
+              "above_colors": tuple(reversed(styles.SHRINK_COLORS)), "decimals": 2}
+    classes = styles.diverging_classes(frame[column], column=column, **kw)
+    qml = styles.graduated_qml(classes, _kind(frame))
+    return LayerStyle(name, qml, f"Graduated colours of {column}: {classes.method}", default)
+
+
+def _styles_for(name: str, frame: gpd.GeoDataFrame) -> tuple[LayerStyle, ...]:
+    kind = _kind(frame)
+    out: list[LayerStyle] = []
+    if not len(frame):
+        pass
+    elif name in ("units", "prefectures") and "change_pct" in frame.columns and frame["change_pct"].notna().any():
+        out.append(_graduated(frame, "change_pct", "Population change 2010-2020 (%)", default=True))
+        if "net_outflow_ratio" in frame.columns and frame["net_outflow_ratio"].notna().any():
+            out.append(_graduated(frame, "net_outflow_ratio", "Net outflow ratio", default=False,
+                                  outflow=True))
+        lisa = lisa_column(frame)
+        if lisa:
+            out.append(LayerStyle("LISA clusters", styles.categorized_qml(
+                lisa, styles.lisa_categories(frame[lisa]), kind), f"LISA clusters ({lisa})"))
+        band = band_column(frame)
+        if band:
+            out.append(LayerStyle("Distance bands", styles.categorized_qml(
+                band, styles.band_categories(frame[band]), kind), f"Distance bands ({band})"))
+    elif name == "lisa":
+        col = lisa_column(frame)
+        if col:
+            out.append(LayerStyle("LISA clusters", styles.categorized_qml(
+                col, styles.lisa_categories(frame[col]), kind), f"LISA clusters ({col})", True))
+    elif name == "distance_rings":
+        col = band_column(frame)
+        if col:
+            out.append(LayerStyle("Distance bands", styles.categorized_qml(
+                col, styles.band_categories(frame[col]), kind, alpha=0.55, outline="#ffffff"),
+                f"Distance bands ({col})", True))
+    elif name == "rail_lines":
+        col = rail_class_column(frame)
+        if col:
+            out.append(LayerStyle("Rail lines by class", styles.categorized_qml(
+                col, styles.rail_categories(frame[col]), kind), f"Rail lines by class ({col})", True))
+    elif name == "cores":
+        out.append(LayerStyle("Cores", styles.single_qml(kind, "#000000", outline="#ffffff", size=3.2,
+                                                          shape="star"), "Metropolitan cores", True))
+    elif name == "rail_stations":
+        out.append(LayerStyle("Stations", styles.single_qml(kind, "#3f3f3f", outline="#ffffff", size=1.2,
+                                                             width=0.1), "Rail stations", True))
+    elif name == "corridors":
+        out.append(LayerStyle("Corridors", styles.single_qml(kind, "#c51b7d", outline="#c51b7d", width=0.2,
+                                                              alpha=0.25), "Rail corridor buffers", True))
+    if not out:  # provinces, and any layer whose thematic column is absent: an outline
+        width = 0.4 if name == "provinces" else 0.15
+        qml = (styles.single_qml(kind, "#000000", outline="#404040", width=width, fill=False)
+               if kind == "fill" else styles.single_qml(kind, "#404040", width=width))
+        out.append(LayerStyle("Outline", qml, f"{name} outline", True))
+    return tuple(out)
+
+
+def assemble_layers(
+    units: gpd.GeoDataFrame,
+    *,
+    unit_tables: Mapping[str, pd.DataFrame] | None = None,
+    layers: Mapping[str, pd.DataFrame] | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> dict[str, ExportLayer]:
+    """Build the layers of the export GeoPackage, with descriptions and QGIS styles.
+
+    Parameters
+    ----------
+    units : geopandas.GeoDataFrame
+        Population ``units`` (EPSG:4326, ``unit_id`` unique).
+    unit_tables : mapping of str to DataFrame, optional
+        Stage name to its per-unit table (merged by :func:`merge_unit_columns`).
+    layers : mapping of str to DataFrame, optional
+        Further layers by export name (``prefectures``, ``provinces``,
+        ``cores``, ``distance_rings``, ``rail_lines``, ``rail_stations``,
+        ``corridors``) and attribute tables (``band_summary``,
+        ``global_moran``, ``corridor_summary``). A ``lisa`` layer is derived
+        from the merged units when they have ``lisa_*`` columns.
+    sources : mapping of str to str, optional
+        Layer name to the file it came from (recorded in the layer metadata).
+
+    Returns
+    -------
+    dict of str to ExportLayer
+        In :data:`LAYER_ORDER`, then any other layer in the given order.
+
+    Raises
+    ------
+    CRSError
+        If a spatial layer is not in EPSG:4326 (the data contract).
+    InputError
+        If ``unit_id`` is missing or duplicated.
+    """
+    unit_tables = dict(unit_tables or {})
+    extra = dict(layers or {})
+    sources = dict(sources or {})
+    check_frame(units, name="population units", geometry=True, crs="EPSG:4326",
+                columns={"unit_id": "any"}).raise_if_any()
+    crs_problems = Problems("export inputs")
+    for lname, frame in extra.items():
+        if isinstance(frame, gpd.GeoDataFrame) and (frame.crs is None or not frame.crs.equals("EPSG:4326")):
+            found = frame.crs.to_string() if frame.crs is not None else "no CRS"
+            crs_problems.add(f"layer {lname!r}: expected CRS EPSG:4326 (the data contract), found {found}; "
+                             "reproject it with .to_crs('EPSG:4326') in the stage that wrote it",
+                             kind=CRSError)
+    crs_problems.raise_if_any()
+    merged, provenance = merge_unit_columns(units, unit_tables)
+    frames: dict[str, pd.DataFrame] = {"units": merged}
+    lisa_cols = [c for c in merged.columns if c.startswith(("lisa_", "gi_"))]
+    if lisa_cols:
+        keep = [c for c in ("unit_id", "name", "province", "prefecture") if c in merged.columns]
+        frames["lisa"] = merged[[*keep, *lisa_cols, merged.geometry.name]].copy()
+    for lname, frame in extra.items():
+        if lname in frames:
+            raise InputError(f"layer {lname!r} given twice; expected one frame per export layer")
+        frames[lname] = frame
+    ordered = [n for n in LAYER_ORDER if n in frames] + [n for n in frames if n not in LAYER_ORDER]
+    out: dict[str, ExportLayer] = {}
+    for lname in ordered:
+        frame = frames[lname]
+        spatial = isinstance(frame, gpd.GeoDataFrame)
+        layer_styles = _styles_for(lname, frame) if spatial else ()
+        prov = provenance if lname in ("units", "lisa") else {}
+        src = tuple(sorted({f"{s}.gpkg" for s in (set(prov.values()) if prov else ())})) or (
+            (sources[lname],) if lname in sources else ())
+        out[lname] = ExportLayer(
+            name=lname, frame=frame, title=LAYER_TITLES.get(lname, lname),
+            description=LAYER_DESCRIPTIONS.get(lname, f"{lname} (from {', '.join(src) or 'the pipeline'})"),
+            fields=field_descriptions(list(frame.columns), prov), styles=layer_styles, sources=src,
+        )
+    return out
+
+
+# -- writing (the only I/O of this module) ------------------------------------------------
+_LAYER_STYLES_DDL = """
+CREATE TABLE IF NOT EXISTS "layer_styles" (
+  "id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+  "f_table_catalog" TEXT(256), "f_table_schema" TEXT(256), "f_table_name" TEXT(256),
+  "f_geometry_column" TEXT(256), "styleName" TEXT(30), "styleQML" TEXT, "styleSLD" TEXT,
+  "useAsDefault" BOOLEAN, "description" TEXT, "owner" TEXT(30), "ui" TEXT(30),
+  "update_time" DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+)"""
+
+_DATA_COLUMNS_DDL = """
+CREATE TABLE IF NOT EXISTS gpkg_data_columns (
+  table_name TEXT NOT NULL, column_name TEXT NOT NULL, name TEXT, title TEXT, description TEXT,
+  mime_type TEXT, constraint_name TEXT,
+  CONSTRAINT pk_gdc PRIMARY KEY (table_name, column_name),
+  CONSTRAINT gdc_tn UNIQUE (table_name, name)
+)"""
+
+_CONSTRAINTS_DDL = """
+CREATE TABLE IF NOT EXISTS gpkg_data_column_constraints (
+  constraint_name TEXT NOT NULL, constraint_type TEXT NOT NULL, value TEXT, min NUMERIC,
+  min_is_inclusive BOOLEAN, max NUMERIC, max_is_inclusive BOOLEAN, description TEXT,
+  CONSTRAINT gdcc_ntv UNIQUE (constraint_name, constraint_type, value)
+)"""
+
+_EXTENSIONS_DDL = """
+CREATE TABLE IF NOT EXISTS gpkg_extensions (
+  table_name TEXT, column_name TEXT, extension_name TEXT NOT NULL, definition TEXT NOT NULL,
+  scope TEXT NOT NULL, CONSTRAINT ge_tce UNIQUE (table_name, column_name, extension_name)
+)"""
+
+
+def write_styled_gpkg(
+    path: str | Path,
+    layers: Mapping[str, ExportLayer],
+    *,
+    overwrite: bool = False,
+    dataset_metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the export layers, their styles and descriptions into one GeoPackage, atomically.
+
+    Layers are written with pyogrio into a temporary file (GeoPackage 1.2, with
+    ``gpkg_contents.identifier``/``description`` and GDAL layer metadata in
+    ``gpkg_metadata``); then, with sqlite3 in the same temporary file, the
+    styles go into the QGIS ``layer_styles`` table (registered in
+    ``gpkg_contents`` as an attributes table, as QGIS does) and the field
+    descriptions into ``gpkg_data_columns`` (GeoPackage schema extension);
+    finally the file is moved into place.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.gpkg``.
+    layers : mapping of str to ExportLayer
+        From :func:`assemble_layers`.
+    overwrite : bool, default False
+        Replace an existing file.
+    dataset_metadata : mapping, optional
+        Key/value metadata of the whole GeoPackage (GDAL dataset metadata).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``path`` exists and ``overwrite`` is false.
+    """
+    dest = Path(path)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    with atomic_path(dest, overwrite=overwrite) as tmp:
+        first = True
+        for name, layer in layers.items():
+            opts: dict[str, Any] = {
+                "layer": name, "driver": "GPKG", "append": not first,
+                "layer_options": {"DESCRIPTION": layer.description, "IDENTIFIER": layer.title},
+                "layer_metadata": {"SOURCE": ", ".join(layer.sources) or "geo_pipeline",
+                                   "CREATED_BY": "geo_pipeline export"},
+            }
+            if first:
+                opts["dataset_options"] = {"VERSION": "1.2"}
+                if dataset_metadata:
+                    opts["dataset_metadata"] = dict(dataset_metadata)
+            if layer.spatial:
+                pyogrio.write_dataframe(layer.frame, tmp, promote_to_multi=None, **opts)
+            else:
+                pyogrio.write_dataframe(pd.DataFrame(layer.frame), tmp, **opts)
+            first = False
+        con = sqlite3.connect(tmp)
+        try:
+            with con:
+                _write_styles(con, layers, now)
+                _write_field_descriptions(con, layers)
+        finally:
+            con.close()
+    n_styles = sum(len(layer.styles) for layer in layers.values())
+    log.debug("wrote %s: %d layers, %d styles", dest, len(layers), n_styles)
+    return dest
+
+
+def _geometry_column(con: sqlite3.Connection, table: str) -> str:
+    row = con.execute("SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (table,)).fetchone()
+    return str(row[0]) if row else ""
+
+
+def _write_styles(con: sqlite3.Connection, layers: Mapping[str, ExportLayer], now: str) -> None:
+    rows = []
+    for name, layer in layers.items():
+        if not layer.styles:
+            continue
+        geom = _geometry_column(con, name)
+        for st in layer.styles:
+            rows.append(("", "", name, geom, st.name, st.qml, "", 1 if st.default else 0,
+                         st.description, "geo_pipeline", None, now))
+    if not rows:
+        return
+    con.execute(_LAYER_STYLES_DDL)
+    con.executemany(
+        'INSERT INTO "layer_styles" (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, '
+        "styleName, styleQML, styleSLD, useAsDefault, description, owner, ui, update_time) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    con.execute(
+        "INSERT OR REPLACE INTO gpkg_contents (table_name, data_type, identifier, description, last_change, "
+        "srs_id) VALUES ('layer_styles', 'attributes', 'layer_styles', 'QGIS layer styles (QML)', ?, 0)",
+        (now,),
+    )
+    has_ogr = con.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gpkg_ogr_contents'"
+    ).fetchone()
+    if has_ogr:
+        con.execute("INSERT OR REPLACE INTO gpkg_ogr_contents (table_name, feature_count) VALUES (?, ?)",
+                    ("layer_styles", len(rows)))
+
+
+def _write_field_descriptions(con: sqlite3.Connection, layers: Mapping[str, ExportLayer]) -> None:
+    rows = []
+    for name, layer in layers.items():
+        present = {r[1] for r in con.execute(f'PRAGMA table_info("{name}")')}
+        for col, desc in layer.fields.items():
+            if col in present:
+                rows.append((name, col, col, desc.split(" = ")[0].split(" (")[0], desc))
+    if not rows:
+        return
+    con.execute(_EXTENSIONS_DDL)
+    con.execute(_DATA_COLUMNS_DDL)
+    con.execute(_CONSTRAINTS_DDL)
+    con.executemany(
+        "INSERT OR REPLACE INTO gpkg_data_columns (table_name, column_name, name, title, description) "
+        "VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+    for table in ("gpkg_data_columns", "gpkg_data_column_constraints"):
+        con.execute(
+            "INSERT OR IGNORE INTO gpkg_extensions (table_name, column_name, extension_name, definition, scope) "
+            "VALUES (?, NULL, 'gpkg_schema', 'http://www.geopackage.org/spec/#extension_schema', 'read-write')",
+            (table,),
+        )
