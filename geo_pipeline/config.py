@@ -55,9 +55,21 @@ class PathsSettings:
 
 @dataclass(frozen=True)
 class FetchSettings:
-    """Fetch stage: ``offline`` forbids downloads (mirror only)."""
+    """Fetch stage.
+
+    Attributes
+    ----------
+    offline : forbid downloads; the inputs must then come from a mirror folder
+        (``[paths] mirror``, ``GEO_PIPELINE_MIRROR`` or ``--mirror``).
+    base_url : base of the download URLs, ``<base_url>/<repo>/<commit>/<path>``
+        (raw GitHub files at pinned commits); change it only for a proxy that
+        serves the same layout.
+    timeout_s : network timeout per request, in seconds.
+    """
 
     offline: bool = False
+    base_url: str = "https://raw.githubusercontent.com"
+    timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -329,6 +341,8 @@ def _check_choices(s: Settings, source: str) -> None:
         value = getattr(getattr(s, sec), key)
         if value not in allowed:
             raise ConfigError(f"{source}: [{sec}] {key} = {value!r}; expected one of {list(allowed)}")
+    if s.fetch.timeout_s <= 0 or not s.fetch.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: [fetch] timeout_s must be > 0 and base_url an http(s) URL")
     breaks = s.distance.breaks_km
     if not breaks or any(b <= 0 for b in breaks) or sorted(set(breaks)) != list(breaks):
         raise ConfigError(f"{source}: [distance] breaks_km must be positive and increasing, found {breaks}")
