@@ -349,11 +349,11 @@ def _styles_for(name: str, frame: gpd.GeoDataFrame) -> tuple[LayerStyle, ...]:
             out.append(LayerStyle("LISA clusters", styles.categorized_qml(
                 col, styles.lisa_categories(frame[col]), kind), f"LISA clusters ({col})", True))
     elif name == "distance_rings":
-        col = band_column(frame)
+        col = _find_column(frame, ("radius_km", "band", "band_label", "distance_band"))
         if col:
-            out.append(LayerStyle("Distance bands", styles.categorized_qml(
-                col, styles.band_categories(frame[col]), kind, alpha=0.55, outline="#ffffff"),
-                f"Distance bands ({col})", True))
+            out.append(LayerStyle("Distance rings", styles.categorized_qml(
+                col, styles.band_categories(frame[col]), kind, width=0.5, fill=False),
+                f"Distance rings by {col} (outlines, rings of several cores overlap)", True))
     elif name == "rail_lines":
         col = rail_class_column(frame)
         if col:
@@ -362,6 +362,11 @@ def _styles_for(name: str, frame: gpd.GeoDataFrame) -> tuple[LayerStyle, ...]:
     elif name == "cores":
         out.append(LayerStyle("Cores", styles.single_qml(kind, "#000000", outline="#ffffff", size=3.2,
                                                           shape="star"), "Metropolitan cores", True))
+    elif name == "rail_stations" and "high_speed" in frame.columns:
+        cats = [styles.Category(True, styles.RAIL_COLORS["high_speed"], "High-speed station", 0.1),
+                styles.Category(False, "#7f7f7f", "Other station", 0.1)]
+        out.append(LayerStyle("Stations", styles.categorized_qml("high_speed", cats, kind, outline="#ffffff"),
+                              "Rail stations, high-speed in magenta", True))
     elif name == "rail_stations":
         out.append(LayerStyle("Stations", styles.single_qml(kind, "#3f3f3f", outline="#ffffff", size=1.2,
                                                              width=0.1), "Rail stations", True))
@@ -382,6 +387,7 @@ def assemble_layers(
     unit_tables: Mapping[str, pd.DataFrame] | None = None,
     layers: Mapping[str, pd.DataFrame] | None = None,
     sources: Mapping[str, str] | None = None,
+    descriptions: Mapping[str, str] | None = None,
 ) -> dict[str, ExportLayer]:
     """Build the layers of the export GeoPackage, with descriptions and QGIS styles.
 
@@ -399,6 +405,9 @@ def assemble_layers(
         from the merged units when they have ``lisa_*`` columns.
     sources : mapping of str to str, optional
         Layer name to the file it came from (recorded in the layer metadata).
+    descriptions : mapping of str to str, optional
+        Layer descriptions written by the source stages; they win over the
+        built-in ones.
 
     Returns
     -------
@@ -415,6 +424,7 @@ def assemble_layers(
     unit_tables = dict(unit_tables or {})
     extra = dict(layers or {})
     sources = dict(sources or {})
+    own_descriptions = {k: v for k, v in (descriptions or {}).items() if v}
     check_frame(units, name="population units", geometry=True, crs="EPSG:4326",
                 columns={"unit_id": "any"}).raise_if_any()
     crs_problems = Problems("export inputs")
@@ -446,7 +456,8 @@ def assemble_layers(
             (sources[lname],) if lname in sources else ())
         out[lname] = ExportLayer(
             name=lname, frame=frame, title=LAYER_TITLES.get(lname, lname),
-            description=LAYER_DESCRIPTIONS.get(lname, f"{lname} (from {', '.join(src) or 'the pipeline'})"),
+            description=own_descriptions.get(lname) or LAYER_DESCRIPTIONS.get(
+                lname, f"{lname} (from {', '.join(src) or 'the pipeline'})"),
             fields=field_descriptions(list(frame.columns), prov), styles=layer_styles, sources=src,
         )
     return out

@@ -297,7 +297,7 @@ def band_categories(values: Iterable[Any], *, palette: str = "YlGnBu") -> list[C
     cmap = colormaps[palette]
     n = len(vals)
     cols = [to_hex(cmap(0.85 - 0.7 * i / max(n - 1, 1))) for i in range(n)]
-    return [Category(v, c, str(v)) for v, c in zip(vals, cols)]
+    return [Category(v, c, f"{v:g} km" if isinstance(v, (int, float)) else str(v)) for v, c in zip(vals, cols)]
 
 
 def _is_missing(v: Any) -> bool:
@@ -476,6 +476,7 @@ def categorized_qml(
     outline: str = "#6e6e6e",
     width: float | None = 0.05,
     alpha: float = 1.0,
+    fill: bool = True,
     aliases: Mapping[str, str] | None = None,
 ) -> str:
     """QML of a categorized renderer on ``column`` (QGIS ``categorizedSymbol``).
@@ -491,6 +492,9 @@ def categorized_qml(
         Symbol type of the layer's geometry.
     outline, width, alpha : optional
         Outline colour and width (mm, line width for lines), symbol opacity.
+    fill : bool, default True
+        False draws polygons as outlines in the category colour (for
+        overlapping rings).
     aliases : mapping, optional
         Field aliases.
 
@@ -505,8 +509,8 @@ def categorized_qml(
     for i, cat in enumerate(categories):
         ET.SubElement(cats, "category", symbol=str(i), value=str(cat.value), label=cat.label, render="true")
         w = cat.width if cat.width is not None else width
-        _symbol(symbols, "symbol", str(i), kind, cat.color, alpha=alpha, width=w,
-                outline=outline if kind != "line" else None)
+        edge = (outline if fill else cat.color) if kind != "line" else None
+        _symbol(symbols, "symbol", str(i), kind, cat.color, alpha=alpha, width=w, outline=edge, fill=fill)
     src = ET.SubElement(r, "source-symbol")
     _symbol(src, "symbol", "0", kind, NO_DATA_COLOR, alpha=alpha, width=width)
     ET.SubElement(r, "rotation")

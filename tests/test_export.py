@@ -30,7 +30,7 @@ QGIS_CHECK = ROOT / "tests" / "qgis_check.py"
 CHANGE = [-30.0, -12.0, -4.0, 8.0, -22.0, -6.0, 0.5, 15.0, -1.5, 3.0, 25.0, 40.0]
 LISA = ["LL", "LL", "ns", "ns", "LL", "ns", "ns", "HH", "ns", "LH", "HH", "HH"]
 BANDS = ["0-50 km", "0-50 km", "50-100 km", "50-100 km", "0-50 km", "50-100 km",
-         "100-150 km", "100-150 km", "50-100 km", "100-150 km", ">150 km", ">150 km"]
+         "100-150 km", "100-150 km", "50-100 km", "100-150 km", "150+ km", "150+ km"]
 
 
 def synthetic_units() -> gpd.GeoDataFrame:
@@ -74,10 +74,8 @@ def write_stage_outputs(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str
     cores = gpd.GeoDataFrame({"core_id": ["c1"], "name": ["核心市"]}, geometry=[Point(110.25, 30.25)],
                              crs="EPSG:4326")
     rings = gpd.GeoDataFrame(
-        {"band": ["0-50 km", "50-100 km", "100-150 km", ">150 km"]},
-        geometry=[Point(110.25, 30.25).buffer(r).difference(Point(110.25, 30.25).buffer(r - 0.5))
-                  if r > 0.5 else Point(110.25, 30.25).buffer(r) for r in (0.5, 1.0, 1.5, 2.0)],
-        crs="EPSG:4326",
+        {"core": ["核心市"] * 3, "radius_km": [50.0, 100.0, 150.0]},
+        geometry=[Point(110.25, 30.25).buffer(r) for r in (0.45, 0.9, 1.35)], crs="EPSG:4326",
     )
     files["distance"] = {
         "units": gpd.GeoDataFrame({"unit_id": ids, "dist_core_km": np.arange(12) * 20.0, "band": BANDS},
@@ -100,7 +98,8 @@ def write_stage_outputs(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str
         "units": pd.DataFrame({"unit_id": ids, "dist_hsr_km": np.arange(12) * 5.0,
                                "in_corridor": [True] * 6 + [False] * 6}),
         "rail_lines": lines,
-        "rail_stations": gpd.GeoDataFrame({"name": ["甲站", "乙站", "丙站"], "trains_per_day": [120, 40, 8]},
+        "rail_stations": gpd.GeoDataFrame({"name": ["甲站", "乙站", "丙站"], "trains_per_day": [120, 40, 8],
+                                           "high_speed": [True, True, False]},
                                           geometry=[Point(110.2, 30.1), Point(111.0, 30.7), Point(111.8, 31.3)],
                                           crs="EPSG:4326"),
         "corridors": gpd.GeoDataFrame({"name": ["京广高铁"]}, geometry=[lines.geometry.iloc[0].buffer(0.2)],
@@ -192,8 +191,10 @@ def test_lisa_categories_accept_codes_and_labels() -> None:
 
 
 def test_band_categories_are_ordered_by_distance() -> None:
-    cats = styles.band_categories([">150 km", "50-100 km", "0-50 km", "100-150 km"])
-    assert [c.value for c in cats] == ["0-50 km", "50-100 km", "100-150 km", ">150 km"]
+    cats = styles.band_categories(["150+ km", "50-100 km", "0-50 km", "100-150 km"])
+    assert [c.value for c in cats] == ["0-50 km", "50-100 km", "100-150 km", "150+ km"]
+    assert [c.value for c in styles.band_categories([">150 km", "100-150 km"])] == ["100-150 km", ">150 km"]
+    assert [c.label for c in styles.band_categories([100.0, 50.0])] == ["50 km", "100 km"]
 
 
 def test_graduated_qml_ranges_match_classes() -> None:
@@ -286,7 +287,7 @@ def test_export_styles_one_default_per_spatial_layer(exported: tuple[Path, dict[
     assert renderer == {
         "units": "graduatedSymbol", "prefectures": "graduatedSymbol", "provinces": "singleSymbol",
         "lisa": "categorizedSymbol", "distance_rings": "categorizedSymbol", "cores": "singleSymbol",
-        "rail_lines": "categorizedSymbol", "rail_stations": "singleSymbol", "corridors": "singleSymbol",
+        "rail_lines": "categorizedSymbol", "rail_stations": "categorizedSymbol", "corridors": "singleSymbol",
     }
     # units also carry the alternative styles a user can switch to in QGIS
     assert set(st.loc[st["f_table_name"] == "units", "styleName"]) == {

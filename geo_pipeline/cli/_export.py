@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
+import pyogrio
 
 from .. import __version__
 from .._errors import DataQualityWarning
@@ -76,6 +77,7 @@ def run(ctx: StageContext) -> None:
 
     extra: dict[str, pd.DataFrame] = {}
     sources: dict[str, str] = {}
+    descriptions: dict[str, str] = {}
     for fname, lname, export_name, spatial in _OPTIONAL_LAYERS:
         path = processed / fname
         if lname not in layers_of(path):
@@ -83,9 +85,12 @@ def run(ctx: StageContext) -> None:
             continue
         extra[export_name] = read_layer(path, lname) if spatial else read_table(path, lname)
         sources[export_name] = f"{fname}:{lname}"
+        layer_md = pyogrio.read_info(path, layer=lname).get("layer_metadata") or {}
+        descriptions[export_name] = str(layer_md.get("DESCRIPTION") or "")
         inputs[fname.removesuffix(".gpkg")] = path
 
-    layers = assemble_layers(units, unit_tables=unit_tables, layers=extra, sources=sources)
+    layers = assemble_layers(units, unit_tables=unit_tables, layers=extra, sources=sources,
+                             descriptions=descriptions)
     out = write_styled_gpkg(
         ctx.output(OUTPUT), layers, overwrite=ctx.overwrite,
         dataset_metadata={
