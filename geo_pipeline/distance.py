@@ -118,7 +118,7 @@ _LAT_ALIASES = ("lat", "latitude")
 
 
 def default_cores(which: str = "all") -> gpd.GeoDataFrame:
-    """The documented default metropolitan cores shipped with the package.
+    """Return the documented default metropolitan cores shipped with the package.
 
     Parameters
     ----------
@@ -206,7 +206,9 @@ def cores_from_frame(frame: pd.DataFrame, *, source: str = "cores file") -> gpd.
     if spatial:
         geoms = frame.geometry.values
         if frame.crs is None:
-            p.add("point layer has no CRS; assign one (e.g. EPSG:4326) in QGIS or with set_crs", kind=CRSError)
+            p.add(
+                "point layer has no CRS; assign one (e.g. EPSG:4326) in QGIS or with set_crs", kind=CRSError
+            )
         n_bad = int(np.sum(shapely.is_missing(geoms) | shapely.is_empty(geoms)))
         if n_bad:
             p.add(f"{n_bad} missing or empty geometries; every core needs a point", kind=GeometryError)
@@ -221,8 +223,12 @@ def cores_from_frame(frame: pd.DataFrame, *, source: str = "cores file") -> gpd.
         lat_cols = _find_column(cols, _LAT_ALIASES)
         hint = ""
         if {"x", "y"} <= {c.lower() for c in cols}:
-            hint = " (x/y columns are not accepted: rename them to lon/lat once you are sure they are WGS84 degrees)"
-        for what, found, aliases in (("longitude", lon_cols, _LON_ALIASES), ("latitude", lat_cols, _LAT_ALIASES)):
+            hint = (
+                " (x/y columns are not accepted: rename them to lon/lat once you are sure"
+                " they are WGS84 degrees)"
+            )
+        checks = (("longitude", lon_cols, _LON_ALIASES), ("latitude", lat_cols, _LAT_ALIASES))
+        for what, found, aliases in checks:
             if not found:
                 p.add(f"missing {what} column: expected one of {list(aliases)}, found {cols}{hint}")
             elif len(found) > 1:
@@ -250,8 +256,9 @@ def cores_from_frame(frame: pd.DataFrame, *, source: str = "cores file") -> gpd.
         p.add("no cores found; the file must list at least one core")
     if len(name_cols) == 1:
         names = frame[name_cols[0]]
-        if names.isna().any() or (names.astype(str).str.strip() == "").any():
-            p.add(f"{int(names.isna().sum() + (names.astype(str).str.strip() == '').sum())} core(s) without a name")
+        unnamed = names.isna() | (names.astype(str).str.strip() == "")
+        if unnamed.any():
+            p.add(f"{int(unnamed.sum())} core(s) without a name (rows {list(frame.index[unnamed][:5])})")
         dup = names[names.duplicated()].unique()
         if len(dup):
             p.add(f"core names must be unique; duplicated: {list(dup[:5])}")
@@ -322,7 +329,8 @@ def unit_points(
         if missing:
             raise InputError(
                 f"units: point = 'population' needs columns {missing} from the raster stage; "
-                "run `geo-pipeline raster` (with [raster] path set) or set [distance] point = 'representative'"
+                "run `geo-pipeline raster` (with [raster] path set) or set "
+                "[distance] point = 'representative'"
             )
     if len(units) == 0:
         return empty.set_axis(units.index[:0])
@@ -333,7 +341,7 @@ def unit_points(
         to_ll = pyproj.Transformer.from_crs(equal_area_crs, WGS84, always_xy=True)
         lon, lat = to_ll.transform(xy[:, 0], xy[:, 1])
         inside = shapely.contains_xy(projected.values, xy[:, 0], xy[:, 1])
-        log.debug("centroid: %d of %d units have their centroid outside the unit", int((~inside).sum()), len(xy))
+        log.debug("centroid: %d of %d units have their centroid outside", int((~inside).sum()), len(xy))
     else:
         lon, lat = _lonlat(shapely.point_on_surface(geoms), units.crs)
     lon, lat = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
@@ -372,7 +380,7 @@ def _unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
 def nearest_geodesic(
     lon: np.ndarray, lat: np.ndarray, target_lon: np.ndarray, target_lat: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact nearest target of each point on the WGS84 ellipsoid.
+    r"""Exact nearest target of each point on the WGS84 ellipsoid.
 
     Parameters
     ----------
@@ -397,20 +405,22 @@ def nearest_geodesic(
     -----
     Candidates are picked cheaply and then measured geodesically. Map each
     point to the unit sphere using its geodetic latitude and longitude, and
-    let :math:`\\theta` be the central angle there. The WGS84 metric in the
-    same coordinates, :math:`ds^2 = M^2 d\\varphi^2 + N^2\\cos^2\\varphi\\,d\\lambda^2`,
-    is bounded by the sphere's metric times :math:`R_{min} = b^2/a` and
-    :math:`R_{max} = a^2/b` (the extreme values of the meridian and normal radii
-    of curvature :math:`M`, :math:`N`), so every geodesic distance satisfies
+    let :math:`\theta` be the central angle there. The WGS84 metric in the
+    same coordinates, :math:`ds^2 = M^2 d\varphi^2 + N^2\cos^2\varphi\,d\lambda^2`,
+    lies between :math:`R_{min}^2` and :math:`R_{max}^2` times the unit sphere's
+    metric :math:`d\varphi^2 + \cos^2\varphi\,d\lambda^2`, with :math:`R_{min} = b^2/a`
+    and :math:`R_{max} = a^2/b` the extreme values of the meridian and normal radii
+    of curvature :math:`M`, :math:`N`. Every curve's length is bounded the same
+    way, hence also the shortest one's, so every geodesic distance satisfies
 
-    .. math:: R_{min}\\,\\theta \\le s \\le R_{max}\\,\\theta .
+    .. math:: R_{min}\,\theta \le s \le R_{max}\,\theta .
 
     Let :math:`c_1` be the target nearest on the sphere (a KD-tree query on
-    3-D unit vectors; chord length is monotone in :math:`\\theta`) with angle
-    :math:`\\theta_1`. Any target :math:`j` at least as near as :math:`c_1`
-    on the ellipsoid has :math:`R_{min}\\theta_j \\le s_j \\le s_1 \\le
-    R_{max}\\theta_1`, i.e. :math:`\\theta_j \\le (a/b)^3\\,\\theta_1`
-    (:math:`(a/b)^3 \\approx 1.0101`). A ball query with that angle (plus a
+    3-D unit vectors; chord length is monotone in :math:`\theta`) with angle
+    :math:`\theta_1`. Any target :math:`j` at least as near as :math:`c_1`
+    on the ellipsoid has :math:`R_{min}\theta_j \le s_j \le s_1 \le
+    R_{max}\theta_1`, i.e. :math:`\theta_j \le (a/b)^3\,\theta_1`
+    (:math:`(a/b)^3 \approx 1.0101`). A ball query with that angle (plus a
     1e-9 relative margin for rounding) therefore returns a candidate set that
     always contains the geodesic nearest; only those pairs are solved with
     :meth:`pyproj.Geod.inv`. On the Chinese counties with 31 cores this
@@ -500,7 +510,9 @@ def assign_bands(
     b = _check_breaks(breaks_km)
     d = np.asarray(distance_km, dtype=float)
     if d.size and (not np.all(np.isfinite(d)) or np.any(d < 0)):
-        raise InputError("distance_km: expected finite non-negative distances, found missing or negative values")
+        raise InputError(
+            "distance_km: expected finite non-negative distances, found missing or negative values"
+        )
     return np.searchsorted(b, d, side="right").astype(np.int64)
 
 
@@ -584,7 +596,7 @@ def band_summary(
     breaks_km: Sequence[float] = DEFAULT_BREAKS_KM,
     include_all: bool = True,
 ) -> pd.DataFrame:
-    """Shrinkage and net outflow per distance band.
+    r"""Shrinkage and net outflow per distance band.
 
     Parameters
     ----------
@@ -614,9 +626,9 @@ def band_summary(
     For the units :math:`i` of a band:
 
     - ``shrinking_share`` :math:`= n_{shrinking} / n`;
-    - ``pop_weighted_change_pct`` :math:`= 100\\,(\\sum P_{2020,i} - \\sum P_{2010,i}) / \\sum P_{2010,i}`;
+    - ``pop_weighted_change_pct`` :math:`= 100\,(\sum P_{2020,i} - \sum P_{2010,i}) / \sum P_{2010,i}`;
     - ``median_change_pct`` is the median of the units' ``change_pct``;
-    - ``net_outflow_share`` :math:`= n_{net\\,outflow} / n_{with\\,hukou}`, among the
+    - ``net_outflow_share`` :math:`= n_{net\,outflow} / n_{with\,hukou}`, among the
       units with both ``hukou_2010`` and ``net_outflow`` present.
     """
     labels = band_labels(breaks_km)
@@ -637,7 +649,7 @@ def band_summary(
     if "net_outflow" in units.columns:
         has_hukou = units["net_outflow"].notna().to_numpy()
         if "hukou_2010" in units.columns:
-            has_hukou &= units["hukou_2010"].notna().to_numpy()
+            has_hukou = has_hukou & units["hukou_2010"].notna().to_numpy()
         outflow = units["net_outflow"].astype("boolean").fillna(False).to_numpy(dtype=bool) & has_hukou
     else:
         has_hukou = np.zeros(len(units), dtype=bool)
@@ -688,7 +700,7 @@ def geodesic_rings(
     radii_km: Sequence[float] = DEFAULT_BREAKS_KM,
     n_vertices: int = 180,
 ) -> gpd.GeoDataFrame:
-    """Geodesic circles around each core, for maps.
+    r"""Geodesic circles around each core, for maps.
 
     Parameters
     ----------
@@ -715,7 +727,7 @@ def geodesic_rings(
     Every vertex is the point at geodesic distance :math:`r` from the core at
     azimuth :math:`360 k / n` (:meth:`pyproj.Geod.fwd`); no planar buffer is
     used. Between vertices the edge is straight in lon/lat; with 180 vertices
-    it departs from the true circle by about :math:`r (1 - \\cos 1^\\circ)`,
+    it departs from the true circle by about :math:`r (1 - \cos 1^\circ)`,
     23 m at 150 km. Circles crossing the antimeridian or a pole are not
     handled (not needed for China).
     """
@@ -783,12 +795,15 @@ def planar_band_changes(
     """
     check_frame(
         banded, name="banded units",
-        columns={"point_lon": "numeric", "point_lat": "numeric", "distance_km": "numeric", "band_index": "integer"},
+        columns={"point_lon": "numeric", "point_lat": "numeric", "distance_km": "numeric",
+                 "band_index": "integer"},
     ).raise_if_any()
     to_p = pyproj.Transformer.from_crs(WGS84, crs, always_xy=True)
     clon, clat = _lonlat(cores.geometry.values, cores.crs)
     cx, cy = to_p.transform(clon, clat)
-    ux, uy = to_p.transform(banded["point_lon"].to_numpy(dtype=float), banded["point_lat"].to_numpy(dtype=float))
+    ux, uy = to_p.transform(
+        banded["point_lon"].to_numpy(dtype=float), banded["point_lat"].to_numpy(dtype=float)
+    )
     if len(banded):
         d, _ = cKDTree(np.column_stack([cx, cy])).query(np.column_stack([ux, uy]), k=1)
     else:

@@ -35,7 +35,9 @@ def _parse_breaks(_ctx: click.Context, _param: click.Parameter, value: str | Non
     try:
         breaks = [float(v) for v in value.replace(" ", "").split(",") if v]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers such as 50,100,150, found {value!r}") from None
+        raise click.BadParameter(
+            f"expected comma-separated numbers such as 50,100,150, found {value!r}"
+        ) from None
     return breaks
 
 
@@ -84,7 +86,9 @@ def read_cores_file(path: str | Path) -> gpd.GeoDataFrame:
     p = Path(path)
     source = f"cores file {p}"
     if not p.is_file():
-        raise MissingInputError(f"{source} not found; set [distance] cores_file to an existing CSV or GeoPackage")
+        raise MissingInputError(
+            f"{source} not found; set [distance] cores_file to an existing CSV or GeoPackage"
+        )
     suffix = p.suffix.lower()
     if suffix == ".csv":
         try:
@@ -101,7 +105,9 @@ def read_cores_file(path: str | Path) -> gpd.GeoDataFrame:
         elif "cores" in layers:
             layer = "cores"
         else:
-            raise InputError(f"{source}: {len(layers)} layers {layers}; expected one layer or a layer named 'cores'")
+            raise InputError(
+                f"{source}: {len(layers)} layers {layers}; expected one layer or a layer named 'cores'"
+            )
         frame = read_layer(p, layer)
         if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry.isna().all():
             raise InputError(f"{source}: layer {layer!r} has no geometry; expected a point layer")
@@ -157,9 +163,8 @@ def run(
             columns={"unit_id": "string", "pop_centroid_lon": "numeric", "pop_centroid_lat": "numeric"},
             unique=["unit_id"],
         ).raise_if_any()
-        units = units.merge(
-            pd.DataFrame(raster)[["unit_id", "pop_centroid_lon", "pop_centroid_lat"]], on="unit_id", how="left"
-        )
+        centres = pd.DataFrame(raster)[["unit_id", "pop_centroid_lon", "pop_centroid_lat"]]
+        units = units.merge(centres, on="unit_id", how="left")
         inputs["raster"] = raster_path
 
     if cores_path is not None:
