@@ -476,6 +476,25 @@ def test_cli_cores_file_csv_gpkg_and_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "expected a .csv or .gpkg" in result.output
 
 
+def test_cli_rejects_bad_population_layer(tmp_path: Path) -> None:
+    cfg = _write_workdir(tmp_path)
+    pop = tmp_path / "data_processed" / "population.gpkg"
+    good = read_layer(pop, "units")
+    runner = CliRunner()
+    write_gpkg(pop, {"units": good.to_crs(3857)}, overwrite=True)
+    result = runner.invoke(main, ["-c", str(cfg), "distance"])
+    assert result.exit_code == 2 and "expected EPSG:4326" in result.output
+    write_gpkg(pop, {"units": good.drop(columns=["shrinking"])}, overwrite=True)
+    result = runner.invoke(main, ["-c", str(cfg), "distance"])
+    assert result.exit_code == 2 and "missing column(s) ['shrinking']" in result.output
+    bowtie = Polygon([(116, 39), (117, 40), (117, 39), (116, 40)])
+    broken = good.set_geometry([bowtie, *good.geometry.iloc[1:]], crs="EPSG:4326")
+    write_gpkg(pop, {"units": broken}, overwrite=True)
+    result = runner.invoke(main, ["-c", str(cfg), "distance"])
+    assert result.exit_code == 2 and "1 invalid geometries" in result.output
+    assert not (tmp_path / "data_processed" / "distance.gpkg").exists()
+
+
 def test_cli_population_point_without_raster(tmp_path: Path) -> None:
     cfg = _write_workdir(tmp_path)
     result = CliRunner().invoke(main, ["-c", str(cfg), "distance", "--point", "population"])

@@ -12,7 +12,7 @@ import geopandas as gpd
 import pandas as pd
 
 from .. import distance as dist
-from .._errors import InputError, MissingInputError
+from .._errors import CRSError, InputError, MissingInputError
 from .._io import check_writable, list_layers, read_layer
 from .._validate import check_frame
 
@@ -144,13 +144,19 @@ def run(
     pop_path = ctx.output("population.gpkg")
     units = read_layer(pop_path, "units", hint="run `geo-pipeline population` first")
     present = [c for c in INDICATORS if c in units.columns]
+    where = f"{pop_path} layer units"
     check_frame(
-        units, name=f"{pop_path} layer units",
+        units, name=where,
         columns={"unit_id": "string", "pop_2010": "numeric", "pop_2020": "numeric",
                  "change_pct": "numeric", "shrinking": "bool"},
-        crs="EPSG:4326", geometry=True, geom_types=("Polygon", "MultiPolygon"),
         unique=["unit_id"], not_null=["unit_id", "pop_2010", "pop_2020"],
     ).raise_if_any()
+    # Geometry validity is checked once, inside distance_bands; here only the CRS of the contract.
+    if units.crs is None or not units.crs.equals(dist.WGS84):
+        found = units.crs.to_string() if units.crs is not None else "no CRS"
+        raise CRSError(
+            f"{where}: expected EPSG:4326 (WGS84 lon/lat), found {found}; rerun the population stage"
+        )
     inputs: dict[str, Path] = {"population": pop_path}
     if point == "population":
         raster_path = ctx.output("raster.gpkg")
