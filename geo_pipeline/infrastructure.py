@@ -51,7 +51,7 @@ import shapely
 from scipy.spatial import cKDTree
 
 from ._errors import CRSError, DataQualityWarning, InputError
-from ._validate import check_frame, check_same_crs
+from ._validate import Kind, check_frame, check_same_crs
 from .rail import APPROXIMATE_NOTE
 
 __all__ = [
@@ -71,7 +71,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Albers equal-area conic for China (WGS84), used for every area in degrees-based input.
-CHINA_ALBERS = "+proj=aea +lat_0=0 +lon_0=105 +lat_1=25 +lat_2=47 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
+CHINA_ALBERS = (
+    "+proj=aea +lat_0=0 +lon_0=105 +lat_1=25 +lat_2=47 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
+)
 
 #: The two census years the population change is measured between.
 CENSUS_YEARS = (2010, 2020)
@@ -121,7 +123,9 @@ def line_tm_crs(geom: Any) -> pyproj.CRS:
         longitude range, scale 1 on that meridian.
     """
     lon0 = _central_meridian(geom)
-    return pyproj.CRS.from_proj4(f"+proj=tmerc +lat_0=0 +lon_0={lon0} +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m")
+    return pyproj.CRS.from_proj4(
+        f"+proj=tmerc +lat_0=0 +lon_0={lon0} +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m"
+    )
 
 
 def _central_meridian(geom: Any) -> float:
@@ -163,14 +167,19 @@ def corridor_buffers(lines: gpd.GeoDataFrame, *, buffer_km: float = 30.0) -> gpd
         If ``buffer_km`` is not positive or columns are missing.
     """
     check_frame(
-        lines, name="rail lines", columns={"line_id": "any", "name": "any", "class": "string", "open_year": "any"},
+        lines,
+        name="rail lines",
+        columns={"line_id": "any", "name": "any", "class": "string", "open_year": "any"},
         geometry=True,
     ).raise_if_any()
     if not buffer_km > 0:
         raise InputError(f"buffer_km must be positive, found {buffer_km}")
     hs = _high_speed(lines)
-    cols = {"line_id": hs["line_id"].astype(str), "name": hs["name"].astype(str),
-            "open_year": hs["open_year"].astype("Int64")}
+    cols = {
+        "line_id": hs["line_id"].astype(str),
+        "name": hs["name"].astype(str),
+        "open_year": hs["open_year"].astype("Int64"),
+    }
     if hs.empty:
         empty = pd.DataFrame({k: v.iloc[:0] for k, v in cols.items()})
         empty["buffer_km"] = pd.Series(dtype="float64")
@@ -185,11 +194,15 @@ def corridor_buffers(lines: gpd.GeoDataFrame, *, buffer_km: float = 30.0) -> gpd
             tm = line_tm_crs(dense)
             fwd = pyproj.Transformer.from_crs(geod_crs, tm, always_xy=True)
             back = pyproj.Transformer.from_crs(tm, geod_crs, always_xy=True)
-            projected = shapely.transform(dense, lambda xy, f=fwd: np.column_stack(f.transform(xy[:, 0], xy[:, 1])))
+            projected = shapely.transform(
+                dense, lambda xy, f=fwd: np.column_stack(f.transform(xy[:, 0], xy[:, 1]))
+            )
             buf = shapely.segmentize(shapely.buffer(projected, buffer_km * 1000.0, quad_segs=16), _DENSIFY_M)
             geoms.append(
                 shapely.make_valid(
-                    shapely.transform(buf, lambda xy, b=back: np.column_stack(b.transform(xy[:, 0], xy[:, 1])))
+                    shapely.transform(
+                        buf, lambda xy, b=back: np.column_stack(b.transform(xy[:, 0], xy[:, 1]))
+                    )
                 )
             )
             # TM scale factor k = 1/sqrt(1 - (cos(phi) sin(dlon))^2) at the far side of the buffer
@@ -203,7 +216,11 @@ def corridor_buffers(lines: gpd.GeoDataFrame, *, buffer_km: float = 30.0) -> gpd
         geoms = list(shapely.buffer(hs.geometry.values, dist, quad_segs=16))
         errors = [0.0] * len(geoms)
     out = gpd.GeoDataFrame(
-        {**{k: v.to_numpy() for k, v in cols.items()}, "buffer_km": float(buffer_km), "max_scale_error": errors},
+        {
+            **{k: v.to_numpy() for k, v in cols.items()},
+            "buffer_km": float(buffer_km),
+            "max_scale_error": errors,
+        },
         geometry=geoms,
         crs=lines.crs,
     )
@@ -232,8 +249,12 @@ def dissolve_corridors(buffers: gpd.GeoDataFrame, *, approximate: bool = False) 
         ``note``; MultiPolygon geometry in the CRS of ``buffers``.
     """
     schema = {
-        "buffer_km": "float64", "n_lines": "int64", "first_open_year": "Int64", "last_open_year": "Int64",
-        "area_km2": "float64", "note": "str",
+        "buffer_km": "float64",
+        "n_lines": "int64",
+        "first_open_year": "Int64",
+        "last_open_year": "Int64",
+        "area_km2": "float64",
+        "note": "str",
     }
     if buffers.empty:
         data = {k: pd.Series(dtype=v) for k, v in schema.items()}
@@ -283,9 +304,7 @@ def _unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     return np.column_stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)])
 
 
-def nearest_station_km(
-    points: gpd.GeoSeries, stations: gpd.GeoDataFrame
-) -> tuple[np.ndarray, np.ndarray]:
+def nearest_station_km(points: gpd.GeoSeries, stations: gpd.GeoDataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Geodesic distance (km) from each point to the nearest station, and its position.
 
     Parameters
@@ -412,13 +431,28 @@ def unit_overlay(
         Missing columns, duplicated ``unit_id``, bad geometry, bad options.
     """
     p = check_frame(
-        units, name="units layer", columns={"unit_id": "any"}, geometry=True, unique=["unit_id"],
-        not_null=["unit_id"], geom_types=("Polygon", "MultiPolygon"),
+        units,
+        name="units layer",
+        columns={"unit_id": "any"},
+        geometry=True,
+        unique=["unit_id"],
+        not_null=["unit_id"],
+        geom_types=("Polygon", "MultiPolygon"),
     )
-    check_frame(lines, name="rail lines", columns={"line_id": "any", "class": "string", "open_year": "any"},
-                geometry=True, problems=p)
-    check_frame(stations, name="rail stations", columns={"name": "any", "high_speed": "bool"},
-                geometry=True, problems=p)
+    check_frame(
+        lines,
+        name="rail lines",
+        columns={"line_id": "any", "class": "string", "open_year": "any"},
+        geometry=True,
+        problems=p,
+    )
+    check_frame(
+        stations,
+        name="rail stations",
+        columns={"name": "any", "high_speed": "bool"},
+        geometry=True,
+        problems=p,
+    )
     if not 0 < min_share <= 1:
         p.add(f"min_share must be in (0, 1], found {min_share}")
     p.raise_if_any()
@@ -432,8 +466,11 @@ def unit_overlay(
     # -- nearest high-speed station -------------------------------------------------------------
     hs_st = stations.loc[stations["high_speed"].astype(bool)]
     if hs_st.empty:
-        warnings.warn("no high-speed stations: hsr_station_km is missing for every unit", DataQualityWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "no high-speed stations: hsr_station_km is missing for every unit",
+            DataQualityWarning,
+            stacklevel=2,
+        )
     rep = gpd.GeoSeries(shapely.point_on_surface(units.geometry.values), crs=units.crs, index=units.index)
     dist, pos = nearest_station_km(rep, hs_st)
     out["hsr_station_km"] = dist
@@ -443,10 +480,14 @@ def unit_overlay(
     # -- lines crossing units -------------------------------------------------------------------
     hs = _high_speed(lines)
     if hs.empty:
-        warnings.warn("no high-speed lines: no unit is crossed or in a corridor", DataQualityWarning, stacklevel=2)
+        warnings.warn(
+            "no high-speed lines: no unit is crossed or in a corridor", DataQualityWarning, stacklevel=2
+        )
     ugeom = units.geometry.values
     tree = shapely.STRtree(hs.geometry.values)
-    u_idx, l_idx = tree.query(ugeom, predicate="intersects") if len(hs) else (np.array([], int), np.array([], int))
+    u_idx, l_idx = (
+        tree.query(ugeom, predicate="intersects") if len(hs) else (np.array([], int), np.array([], int))
+    )
     years = hs["open_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
     n = len(units)
     crosses = np.zeros(n, dtype=bool)
@@ -485,20 +526,29 @@ def unit_overlay(
     out["corridor_share"] = share
     out["in_corridor"] = (share >= min_share - 1e-12) | crosses
     first = np.minimum(cross_year, share_year)
-    out["hsr_first_open_year"] = pd.array(np.where(np.isfinite(first), first, np.nan), dtype="Float64").astype(
-        "Int64"
-    )
+    out["hsr_first_open_year"] = pd.array(
+        np.where(np.isfinite(first), first, np.nan), dtype="Float64"
+    ).astype("Int64")
     out["hsr_period"] = hsr_period(out["hsr_first_open_year"]).to_numpy()
     log.info(
         "units: %d of %d in high-speed corridors (%g km, share >= %g or crossed); median distance to a "
         "high-speed station %.1f km",
-        int(out["in_corridor"].sum()), n, buffer_km, min_share, float(np.nanmedian(dist)) if hs_st.size else math.nan,
+        int(out["in_corridor"].sum()),
+        n,
+        buffer_km,
+        min_share,
+        float(np.nanmedian(dist)) if hs_st.size else math.nan,
     )
     return out[[*UNIT_COLUMNS, out.geometry.name]]
 
 
-_SUMMARY_INPUT = {"unit_id": "any", "pop_2010": "numeric", "pop_2020": "numeric", "change_pct": "numeric",
-                  "shrinking": "bool"}
+_SUMMARY_INPUT: dict[str, Kind] = {
+    "unit_id": "any",
+    "pop_2010": "numeric",
+    "pop_2020": "numeric",
+    "change_pct": "numeric",
+    "shrinking": "bool",
+}
 
 
 def corridor_summary(units: pd.DataFrame, overlay: pd.DataFrame) -> pd.DataFrame:
@@ -539,9 +589,12 @@ def corridor_summary(units: pd.DataFrame, overlay: pd.DataFrame) -> pd.DataFrame
     are the reference. It is descriptive, not a causal effect.
     """
     p = check_frame(units, name="population units", columns=_SUMMARY_INPUT, unique=["unit_id"])
-    check_frame(overlay, name="infrastructure overlay",
-                columns={"unit_id": "any", "in_corridor": "bool", "hsr_period": "any", "hsr_station_km": "numeric"},
-                problems=p)
+    check_frame(
+        overlay,
+        name="infrastructure overlay",
+        columns={"unit_id": "any", "in_corridor": "bool", "hsr_period": "any", "hsr_station_km": "numeric"},
+        problems=p,
+    )
     p.raise_if_any()
     left = pd.DataFrame(units[list(_SUMMARY_INPUT)]).assign(unit_id=lambda d: d["unit_id"].astype(str))
     right = pd.DataFrame(overlay[["unit_id", "in_corridor", "hsr_period", "hsr_station_km"]]).assign(
@@ -550,7 +603,8 @@ def corridor_summary(units: pd.DataFrame, overlay: pd.DataFrame) -> pd.DataFrame
     unknown = sorted(set(right["unit_id"]) - set(left["unit_id"]))
     if unknown:
         raise InputError(
-            f"infrastructure overlay: {len(unknown)} unit_id(s) not in the population units, e.g. {unknown[:5]}; "
+            f"infrastructure overlay: {len(unknown)} unit_id(s) not in the population units, "
+            f"e.g. {unknown[:5]}; "
             "rerun the infrastructure stage on the current population.gpkg"
         )
     df = left.merge(right, on="unit_id", how="inner", validate="one_to_one")
@@ -558,7 +612,11 @@ def corridor_summary(units: pd.DataFrame, overlay: pd.DataFrame) -> pd.DataFrame
     rows = []
     groupings = [
         ("corridor", "corridor", ["inside", "outside"]),
-        ("first_hsr", "hsr_period", [f"before {CENSUS_YEARS[0]}", f"{CENSUS_YEARS[0]}-{CENSUS_YEARS[1]}", "none"]),
+        (
+            "first_hsr",
+            "hsr_period",
+            [f"before {CENSUS_YEARS[0]}", f"{CENSUS_YEARS[0]}-{CENSUS_YEARS[1]}", "none"],
+        ),
     ]
     for grouping, col, order in groupings:
         for g in order:

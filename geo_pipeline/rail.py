@@ -38,7 +38,7 @@ import pandas as pd
 import shapely
 
 from ._errors import DataQualityWarning, InputError
-from ._validate import check_frame
+from ._validate import Kind, check_frame
 
 __all__ = [
     "CLASS_MAP",
@@ -206,7 +206,12 @@ def _unique_ids(ids: pd.Series) -> pd.Series:
 
 # -- catalogue -----------------------------------------------------------------------------------
 
-_CATALOGUE_COLUMNS = {"线路": "string", "线路类型": "string", "现设计时速": "any", "建成年份": "any"}
+_CATALOGUE_COLUMNS: dict[str, Kind] = {
+    "线路": "string",
+    "线路类型": "string",
+    "现设计时速": "any",
+    "建成年份": "any",
+}
 
 
 def prepare_catalogue(table: pd.DataFrame) -> pd.DataFrame:
@@ -230,16 +235,20 @@ def prepare_catalogue(table: pd.DataFrame) -> pd.DataFrame:
     InputError
         If a required column is missing or a line type is not one of the three.
     """
-    p = check_frame(table, name="rail line catalogue", columns=_CATALOGUE_COLUMNS, not_null=["线路", "线路类型"])
+    p = check_frame(
+        table, name="rail line catalogue", columns=_CATALOGUE_COLUMNS, not_null=["线路", "线路类型"]
+    )
     if "线路类型" in table.columns:
         bad = sorted(set(table["线路类型"].dropna()) - set(CLASS_MAP))
         if bad:
             p.add(f"column '线路类型' has unknown line type(s) {bad}; expected one of {list(CLASS_MAP)}")
     p.raise_if_any()
     stations = table.get("途径站点", pd.Series(np.nan, index=table.index)).astype(object)
-    ends = table.get("起点", pd.Series("", index=table.index)).fillna("").astype(str) + "-" + table.get(
-        "终点", pd.Series("", index=table.index)
-    ).fillna("").astype(str)
+    ends = (
+        table.get("起点", pd.Series("", index=table.index)).fillna("").astype(str)
+        + "-"
+        + table.get("终点", pd.Series("", index=table.index)).fillna("").astype(str)
+    )
     stations = stations.where(stations.notna() & (stations.astype(str) != ""), ends)
     out = pd.DataFrame(
         {
@@ -296,7 +305,9 @@ def join_catalogue(
     first_part = catalogue["line_key"].str.split("-").str[0]
     ref_geom: dict[str, Any] = {}
     if reference is not None and not reference.empty:
-        ref_geom = {str(n): g for n, g in zip(reference["line"], reference.geometry, strict=True) if g is not None}
+        ref_geom = {
+            str(n): g for n, g in zip(reference["line"], reference.geometry, strict=True) if g is not None
+        }
     for idx, name, geom in zip(out.index, out["name"], out.geometry, strict=True):
         key = line_key(name)
         if not key:
@@ -305,7 +316,7 @@ def join_catalogue(
         if key in by_key:
             match, how = by_key[key], "exact"
         else:
-            cands = list(np.flatnonzero((first_part == key).to_numpy()))
+            cands = [int(c) for c in np.flatnonzero((first_part == key).to_numpy())]
             if len(cands) == 1:
                 match, how = cands[0], "prefix"
             elif len(cands) > 1:
@@ -343,7 +354,7 @@ def _force_epsg4326(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 
 
 def lines_from_corridors(corridors: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """Standard lines from the approximate corridor file.
+    """Build standard lines from the approximate corridor file.
 
     Parameters
     ----------
@@ -366,7 +377,9 @@ def lines_from_corridors(corridors: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
         If a required column is missing or a line type is unknown.
     """
     p = check_frame(
-        corridors, name="rail corridors", columns={"line": "string", "type": "string", "open_year": "any"},
+        corridors,
+        name="rail corridors",
+        columns={"line": "string", "type": "string", "open_year": "any"},
     )
     if "type" in corridors.columns:
         bad = sorted(set(corridors["type"].dropna()) - set(CLASS_MAP))
@@ -387,9 +400,11 @@ def lines_from_corridors(corridors: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     if frame.empty:
         return _empty_lines(frame.crs)
     stations = frame.get("stations", pd.Series(np.nan, index=frame.index)).astype(object)
-    ends = frame.get("start", pd.Series("", index=frame.index)).fillna("").astype(str) + "-" + frame.get(
-        "end", pd.Series("", index=frame.index)
-    ).fillna("").astype(str)
+    ends = (
+        frame.get("start", pd.Series("", index=frame.index)).fillna("").astype(str)
+        + "-"
+        + frame.get("end", pd.Series("", index=frame.index)).fillna("").astype(str)
+    )
     out = gpd.GeoDataFrame(
         {
             "line_id": frame["line"].astype(str).to_numpy(),
@@ -472,7 +487,9 @@ def lines_from_osm(
     ways["_name"] = _osm_first(ways, ["name", "name:zh", "name:zh-Hans"]).fillna("").astype(str).str.strip()
     unnamed = int((ways["_name"] == "").sum())
     ways = ways.loc[ways["_name"] != ""]
-    log.info("OSM rail: %d named ways into lines, %d unnamed ways (sidings, spurs) left out", len(ways), unnamed)
+    log.info(
+        "OSM rail: %d named ways into lines, %d unnamed ways (sidings, spurs) left out", len(ways), unnamed
+    )
     if ways.empty:
         return _empty_lines(frame.crs)
     ways["_speed"] = ways["maxspeed"].map(_speed) if "maxspeed" in ways.columns else np.nan
@@ -483,7 +500,9 @@ def lines_from_osm(
     rows = []
     for name, grp in ways.groupby("_name", sort=True):
         merged = shapely.line_merge(shapely.union_all(grp.geometry.to_numpy()))
-        speed = float(np.nanmax(grp["_speed"].to_numpy(dtype=float))) if grp["_speed"].notna().any() else np.nan
+        speed = (
+            float(np.nanmax(grp["_speed"].to_numpy(dtype=float))) if grp["_speed"].notna().any() else np.nan
+        )
         hs = bool(grp["_hs"].any())
         usage = ";".join(sorted({str(u) for u in grp["_usage"].dropna()}))
         start = grp["start_date"].dropna().astype(str).min() if "start_date" in grp.columns else np.nan
@@ -512,7 +531,9 @@ def lines_from_osm(
     fill = out["class"] == ""
     out.loc[fill, "class"] = [
         _class_from_speed(s, h)
-        for s, h in zip(out.loc[fill, "maxspeed_kmh"].astype(float), out.loc[fill, "highspeed_tag"], strict=True)
+        for s, h in zip(
+            out.loc[fill, "maxspeed_kmh"].astype(float), out.loc[fill, "highspeed_tag"], strict=True
+        )
     ]
     return out
 
@@ -523,7 +544,7 @@ def lines_from_user(
     catalogue: pd.DataFrame | None = None,
     reference: gpd.GeoDataFrame | None = None,
 ) -> gpd.GeoDataFrame:
-    """Standard lines from a user layer (GeoPackage / GeoJSON).
+    """Build standard lines from a user layer (GeoPackage / GeoJSON).
 
     Parameters
     ----------
@@ -546,7 +567,10 @@ def lines_from_user(
         Missing ``name`` column, bad geometry or an unknown class.
     """
     p = check_frame(
-        frame, name="rail lines layer", columns={"name": "string"}, geometry=True,
+        frame,
+        name="rail lines layer",
+        columns={"name": "string"},
+        geometry=True,
         geom_types=("LineString", "MultiLineString"),
     )
     if "class" in frame.columns:
@@ -563,7 +587,8 @@ def lines_from_user(
             "name": src["name"].astype(str),
             "class": src["class"].map(lambda c: CLASS_MAP.get(c, c)) if "class" in src.columns else "",
             "design_speed_kmh": pd.to_numeric(src.get("design_speed_kmh"), errors="coerce")
-            if "design_speed_kmh" in src.columns else np.nan,
+            if "design_speed_kmh" in src.columns
+            else np.nan,
             "open_year": src["open_year"].map(_year) if "open_year" in src.columns else np.nan,
             "source": "user",
             "approximate": False,
@@ -594,7 +619,7 @@ def stations_from_points(
     kind_column: str = "station",
     source: str = "osm",
 ) -> gpd.GeoDataFrame:
-    """Standard stations from a point layer (the OSM station shapefile or osmnx output).
+    """Build standard stations from a point layer (the OSM station shapefile or osmnx output).
 
     Parameters
     ----------
@@ -636,7 +661,8 @@ def stations_from_points(
             "station_id": [f"{source}:{i}" for i in range(len(frame))],
             "name": frame["name"].astype(object).where(frame["name"].notna(), "").astype(str).to_numpy(),
             "kind": np.asarray(kind if isinstance(kind, str) else kind.to_numpy(), dtype=object)
-            if not isinstance(kind, str) else kind,
+            if not isinstance(kind, str)
+            else kind,
             "high_speed": False,
             "high_speed_basis": "",
             "trains_per_day": np.nan,
@@ -683,7 +709,9 @@ def key_stations(lines: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
         names = [s for s in text.split("-") if s and s not in unmatched]
         coords = shapely.get_coordinates(geom)
         if len(names) != len(coords):
-            log.debug("corridor %s: %d names for %d vertices; skipped", r.get("line"), len(names), len(coords))
+            log.debug(
+                "corridor %s: %d names for %d vertices; skipped", r.get("line"), len(names), len(coords)
+            )
             continue
         for n, (x, y) in zip(names, coords, strict=True):
             rows.append((n, x, y, r.get("type") == "高速铁路"))
@@ -711,7 +739,13 @@ def key_stations(lines: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 def _station_counts(table: pd.DataFrame) -> pd.DataFrame:
     """Per normalised station name: ``trains_per_day`` and ``hsr_trains_per_day``."""
     p = check_frame(table, name="station train counts", columns=["station"])
-    total_col = "total" if "total" in table.columns else "trains_per_day" if "trains_per_day" in table.columns else None
+    total_col = (
+        "total"
+        if "total" in table.columns
+        else "trains_per_day"
+        if "trains_per_day" in table.columns
+        else None
+    )
     if total_col is None:
         p.add(f"expected a 'total' or 'trains_per_day' column, found {list(map(str, table.columns))}")
     p.raise_if_any()
@@ -721,7 +755,8 @@ def _station_counts(table: pd.DataFrame) -> pd.DataFrame:
             "key": table["station"].map(station_key),
             "trains_per_day": pd.to_numeric(table[total_col], errors="coerce"),
             "hsr_trains_per_day": pd.to_numeric(table[hs_col], errors="coerce")
-            if hs_col in table.columns else np.nan,
+            if hs_col in table.columns
+            else np.nan,
         }
     )
     counts = counts.loc[counts["key"] != ""]
@@ -801,7 +836,9 @@ def flag_high_speed(
                 out = pd.concat([out, extra[out.columns]], ignore_index=True)
                 basis += [{"hsr_line_key_station"} for _ in range(len(extra))]
     out["high_speed_basis"] = ["+".join(sorted(b)) for b in basis]
-    out["high_speed"] = out["high_speed"].astype(bool).to_numpy() | np.array([bool(b) for b in basis], dtype=bool)
+    out["high_speed"] = out["high_speed"].astype(bool).to_numpy() | np.array(
+        [bool(b) for b in basis], dtype=bool
+    )
     return gpd.GeoDataFrame(out, geometry=out.geometry.name, crs=stations.crs)
 
 
@@ -816,7 +853,7 @@ def line_utilisation(
     threshold: float = 0.4,
     reference_quantile: float = 0.9,
 ) -> gpd.GeoDataFrame:
-    """Trains per day, utilisation and the ``underused`` flag of each line.
+    r"""Trains per day, utilisation and the ``underused`` flag of each line.
 
     Parameters
     ----------
@@ -851,8 +888,8 @@ def line_utilisation(
     The proxy, used without a user table: for line *l* with key stations
     *S_l* found in the counts,
 
-    .. math:: t_l = \\frac{1}{|S_l|} \\sum_{s \\in S_l} n_s, \\qquad
-              u_l = t_l / Q_{q}(\\{t_m : \\operatorname{class}(m) = \\operatorname{class}(l)\\})
+    .. math:: t_l = \frac{1}{|S_l|} \sum_{s \in S_l} n_s, \qquad
+              u_l = t_l / Q_{q}(\{t_m : \operatorname{class}(m) = \operatorname{class}(l)\})
 
     with *n_s* the G/D/C trains per day at station *s* for high-speed lines
     and all trains for other classes, and *Q_q* the ``reference_quantile``
@@ -888,14 +925,20 @@ def line_utilisation(
         ref = out.groupby("class")["trains_per_day"].transform(lambda s: s.quantile(reference_quantile))
         ok = out["trains_per_day"].notna() & (ref > 0)
         out.loc[ok, "utilisation"] = out.loc[ok, "trains_per_day"] / ref[ok]
-        out.loc[ok, "utilisation_basis"] = f"proxy: key-station trains vs class p{round(reference_quantile * 100)}"
+        out.loc[ok, "utilisation_basis"] = (
+            f"proxy: key-station trains vs class p{round(reference_quantile * 100)}"
+        )
     if line_table is not None:
-        p = check_frame(line_table, name="utilisation table", columns={"line": "string", "design_capacity": "numeric"})
+        p = check_frame(
+            line_table, name="utilisation table", columns={"line": "string", "design_capacity": "numeric"}
+        )
         use = "ridership" if "ridership" in line_table.columns else "trains_per_day"
         if use not in line_table.columns:
             p.add("expected a 'ridership' or 'trains_per_day' column; add one (same unit as design_capacity)")
         p.raise_if_any()
-        table = line_table.assign(_key=line_table["line"].map(line_key)).drop_duplicates("_key").set_index("_key")
+        table = (
+            line_table.assign(_key=line_table["line"].map(line_key)).drop_duplicates("_key").set_index("_key")
+        )
         keys = out["name"].map(line_key)
         matched = keys.isin(table.index) & (keys != "")
         alt = out["catalogue_line"].map(line_key) if "catalogue_line" in out.columns else keys

@@ -18,15 +18,13 @@ import pyproj
 import pytest
 import shapely
 from click.testing import CliRunner
+from conftest import MIRROR, write_config
 from shapely.geometry import LineString, Point, box
 
-from geo_pipeline import CRSError, DataQualityWarning, InputError, OutputExistsError
+from geo_pipeline import CRSError, DataQualityWarning, InputError, OutputExistsError, rail
 from geo_pipeline import infrastructure as inf
-from geo_pipeline import rail
 from geo_pipeline._io import list_layers, read_layer, read_table, write_gpkg
 from geo_pipeline.cli import main
-
-from conftest import MIRROR, write_config
 
 RAIL = MIRROR / "rail"
 GUIXI = MIRROR / "osm" / "guixi_jiangxi.osm"
@@ -40,7 +38,7 @@ GEOD = pyproj.Geod(ellps="WGS84")
 
 
 def _lines(rows: list[tuple[str, str, float | None, object]], crs: str) -> gpd.GeoDataFrame:
-    """Standard lines from (name, class, open_year, geometry) tuples."""
+    """Build standard lines from (name, class, open_year, geometry) tuples."""
     frame = gpd.GeoDataFrame(
         {
             "line_id": [r[0] for r in rows],
@@ -63,7 +61,7 @@ def _stations(rows: list[tuple[str, bool, float, float]], crs: str) -> gpd.GeoDa
 
 
 def _vline(x_km: float) -> LineString:
-    """A north-south line at x (km from X0) running well beyond the unit row."""
+    """Return a north-south line at x (km from X0) running well beyond the unit row."""
     return LineString([(X0 + x_km * KM, -500 * KM), (X0 + x_km * KM, 600 * KM)])
 
 
@@ -149,7 +147,9 @@ def test_corridor_lines_real_counts() -> None:
     with_geom = [f for f in feats if f["geometry"] is not None]
     expected_hs = sum(f["properties"]["type"] == "高速铁路" for f in with_geom)
     raw = gpd.read_file(RAIL / "approx_corridors_keystations.geojson")
-    with pytest.warns(DataQualityWarning, match=f"{len(feats) - len(with_geom)} line\\(s\\) have no geometry"):
+    with pytest.warns(
+        DataQualityWarning, match=f"{len(feats) - len(with_geom)} line\\(s\\) have no geometry"
+    ):
         lines = rail.lines_from_corridors(raw)
     assert len(lines) == len(with_geom)
     assert (lines["class"] == "high-speed").sum() == expected_hs
@@ -206,8 +206,13 @@ def test_osm_class_from_tags() -> None:
             "highspeed": ["yes", None, None, "yes", None],
             "maxspeed": [None, "300", "200 km/h", None, None],
         },
-        geometry=[LineString([(0, 0), (1, 0)]), LineString([(0, 1), (1, 1)]), LineString([(0, 2), (1, 2)]),
-                  LineString([(0, 3), (1, 3)]), Point(0, 0)],
+        geometry=[
+            LineString([(0, 0), (1, 0)]),
+            LineString([(0, 1), (1, 1)]),
+            LineString([(0, 2), (1, 2)]),
+            LineString([(0, 3), (1, 3)]),
+            Point(0, 0),
+        ],
         crs="EPSG:4326",
     )
     lines = rail.lines_from_osm(feats).set_index("name")
@@ -221,8 +226,10 @@ def test_osm_class_from_tags() -> None:
 
 
 def test_real_high_speed_stations_count() -> None:
-    """Flagged stations = OSM train points whose name (minus 站) has G/D/C trains, or is an HSR key station."""
-    pts = pyogrio.read_dataframe(f"/vsizip/{(RAIL / 'osm_railway_stations.zip').as_posix()}/Railway-station_oData.shp")
+    """Flagged = OSM train points whose name (minus 站) has G/D/C trains or is an HSR key station."""
+    pts = pyogrio.read_dataframe(
+        f"/vsizip/{(RAIL / 'osm_railway_stations.zip').as_posix()}/Railway-station_oData.shp"
+    )
     train = pts.loc[pts["station"] == "train"]
     counts = pd.read_csv(RAIL / "derived_station_train_counts.csv")
     corridors = json.loads((RAIL / "approx_corridors_keystations.geojson").read_text(encoding="utf-8"))
@@ -252,8 +259,11 @@ def test_real_high_speed_stations_count() -> None:
 
 def test_flag_high_speed_threshold_and_names() -> None:
     st = rail.stations_from_points(
-        gpd.GeoDataFrame({"name": ["甲站", "乙", "丙"], "station": "train"},
-                         geometry=[Point(0, 0), Point(1, 0), Point(2, 0)], crs="EPSG:4326")
+        gpd.GeoDataFrame(
+            {"name": ["甲站", "乙", "丙"], "station": "train"},
+            geometry=[Point(0, 0), Point(1, 0), Point(2, 0)],
+            crs="EPSG:4326",
+        )
     )
     counts = pd.DataFrame({"station": ["甲", "乙", "丙"], "total": [50, 40, 30], "hsr_GDC": [20, 5, 0]})
     out = rail.flag_high_speed(st, train_counts=counts, min_hsr_trains=10)
@@ -268,10 +278,15 @@ def test_flag_high_speed_threshold_and_names() -> None:
 def test_utilisation_proxy_and_user_table() -> None:
     geom = [LineString([(0, i), (1, i)]) for i in range(4)]
     lines = gpd.GeoDataFrame(
-        {"line_id": list("abcd"), "name": ["HS1", "HS2", "HS3", "Slow"],
-         "class": ["high-speed", "high-speed", "high-speed", "conventional"],
-         "key_stations": ["P-Q", "Q-R", "R-Z", "P-R"], "catalogue_line": ""},
-        geometry=geom, crs="EPSG:4326",
+        {
+            "line_id": list("abcd"),
+            "name": ["HS1", "HS2", "HS3", "Slow"],
+            "class": ["high-speed", "high-speed", "high-speed", "conventional"],
+            "key_stations": ["P-Q", "Q-R", "R-Z", "P-R"],
+            "catalogue_line": "",
+        },
+        geometry=geom,
+        crs="EPSG:4326",
     )
     counts = pd.DataFrame({"station": ["P站", "Q", "R"], "total": [100, 60, 20], "hsr_GDC": [80, 40, 10]})
     out = rail.line_utilisation(lines, train_counts=counts, threshold=0.4, reference_quantile=0.9)
@@ -285,7 +300,10 @@ def test_utilisation_proxy_and_user_table() -> None:
     # a user table gives the real ratio where it matches, by normalised name
     table = pd.DataFrame({"line": ["HS3", "Slow铁路"], "ridership": [90, 10], "design_capacity": [100, 100]})
     out2 = rail.line_utilisation(lines, train_counts=counts, line_table=table, threshold=0.4)
-    assert out2["utilisation"].iloc[2] == pytest.approx(0.9) and out2["utilisation_basis"].iloc[2] == "user table"
+    assert (
+        out2["utilisation"].iloc[2] == pytest.approx(0.9)
+        and out2["utilisation_basis"].iloc[2] == "user table"
+    )
     assert out2["utilisation"].iloc[3] == pytest.approx(0.1) and bool(out2["underused"].iloc[3])
     # no data: utilisation and underused missing
     none = rail.line_utilisation(lines)
@@ -356,10 +374,12 @@ def test_geographic_buffer_width_close_to_geodesic() -> None:
     edge = edge[(edge[:, 0] > 110.5) & (edge[:, 0] < 119.5)]  # leave out the round caps
     dense = shapely.get_coordinates(shapely.segmentize(shapely.segmentize(line, 0.05), 0.002))
     # distance from each edge vertex to the line: nearest of the densely sampled line points
-    d = np.array([
-        GEOD.inv(np.full(len(dense), x), np.full(len(dense), y), dense[:, 0], dense[:, 1])[2].min() / 1000
-        for x, y in edge[::10]
-    ])
+    d = np.array(
+        [
+            GEOD.inv(np.full(len(dense), x), np.full(len(dense), y), dense[:, 0], dense[:, 1])[2].min() / 1000
+            for x, y in edge[::10]
+        ]
+    )
     assert d.max() <= 30.0 * (1 + 1e-3)  # never wider than 30 km
     assert d.min() >= 30.0 * (1 - err) - 0.05  # narrower by at most the reported TM scale error
     # dissolved corridor: equal-area size ~ 2 x 30 km x length + caps (pi 30^2)
@@ -382,8 +402,11 @@ def test_crs_mismatch_is_an_error(layout: tuple[gpd.GeoDataFrame, ...]) -> None:
     )
     u4326 = units.to_crs("EPSG:4326")
     with pytest.raises(CRSError, match=r"rail stations is in .*GCJ-02 \(fake\)"):
-        inf.unit_overlay(u4326, lines.to_crs("EPSG:4326"), stations.to_crs("EPSG:4326").set_crs(fake_gcj02,
-                                                                                               allow_override=True))
+        inf.unit_overlay(
+            u4326,
+            lines.to_crs("EPSG:4326"),
+            stations.to_crs("EPSG:4326").set_crs(fake_gcj02, allow_override=True),
+        )
 
 
 def test_missing_columns_and_bad_geometry(layout: tuple[gpd.GeoDataFrame, ...]) -> None:
@@ -404,7 +427,9 @@ def test_empty_units_give_empty_schema(layout: tuple[gpd.GeoDataFrame, ...]) -> 
     units, lines, stations = layout
     out = inf.unit_overlay(units.iloc[:0], lines, stations)
     assert out.empty and list(out.columns) == [*inf.UNIT_COLUMNS, "geometry"] and out.crs.equals(UTM50)
-    empty_lines = rail.lines_from_corridors(gpd.read_file(RAIL / "approx_corridors_keystations.geojson").iloc[:0])
+    empty_lines = rail.lines_from_corridors(
+        gpd.read_file(RAIL / "approx_corridors_keystations.geojson").iloc[:0]
+    )
     assert empty_lines.empty and list(empty_lines.columns) == [*rail.LINE_COLUMNS, "geometry"]
 
 
@@ -421,8 +446,13 @@ def test_no_high_speed_lines_warns(layout: tuple[gpd.GeoDataFrame, ...]) -> None
 def test_corridor_summary_values(layout: tuple[gpd.GeoDataFrame, ...]) -> None:
     units, lines, stations = layout
     out = inf.unit_overlay(units, lines, stations)
-    pop = pd.DataFrame({"unit_id": ["U1", "U2", "U3", "U4"], "pop_2010": [100, 200, 300, 400],
-                        "pop_2020": [110, 180, 300, 300]})
+    pop = pd.DataFrame(
+        {
+            "unit_id": ["U1", "U2", "U3", "U4"],
+            "pop_2010": [100, 200, 300, 400],
+            "pop_2020": [110, 180, 300, 300],
+        }
+    )
     pop["change_pct"] = 100 * (pop["pop_2020"] / pop["pop_2010"] - 1)
     pop["shrinking"] = pop["change_pct"] < 0
     s = inf.corridor_summary(pop, out).set_index(["grouping", "group"])
@@ -455,9 +485,17 @@ def _workdir(tmp_path: Path, units: gpd.GeoDataFrame, extra: str = "") -> Path:
 def _small_units() -> gpd.GeoDataFrame:
     """Dongcheng (Beijing), Huangpu (Shanghai) and a remote square in western Tibet, WGS84."""
     units = gpd.GeoDataFrame(
-        {"unit_id": ["110101", "310101", "542523"], "name": ["东城区", "黄浦区", "remote"],
-         "pop_2010": [919253, 678670, 10000], "pop_2020": [708829, 662030, 11000]},
-        geometry=[box(116.38, 39.86, 116.45, 39.97), box(121.46, 31.19, 121.51, 31.25), box(80.0, 32.0, 80.5, 32.5)],
+        {
+            "unit_id": ["110101", "310101", "542523"],
+            "name": ["东城区", "黄浦区", "remote"],
+            "pop_2010": [919253, 678670, 10000],
+            "pop_2020": [708829, 662030, 11000],
+        },
+        geometry=[
+            box(116.38, 39.86, 116.45, 39.97),
+            box(121.46, 31.19, 121.51, 31.25),
+            box(80.0, 32.0, 80.5, 32.5),
+        ],
         crs="EPSG:4326",
     )
     units["change_pct"] = 100 * (units["pop_2020"] / units["pop_2010"] - 1)
@@ -495,13 +533,20 @@ def test_cli_writes_layers_and_refuses_overwrite(tmp_path: Path) -> None:
 
 def test_cli_osm_lines_and_options(tmp_path: Path) -> None:
     guixi = gpd.GeoDataFrame(
-        {"unit_id": ["360681"], "pop_2010": [560000], "pop_2020": [540000], "change_pct": [-3.57],
-         "shrinking": [True]},
-        geometry=[box(117.0, 28.1, 117.5, 28.5)], crs="EPSG:4326",
+        {
+            "unit_id": ["360681"],
+            "pop_2010": [560000],
+            "pop_2020": [540000],
+            "change_pct": [-3.57],
+            "shrinking": [True],
+        },
+        geometry=[box(117.0, 28.1, 117.5, 28.5)],
+        crs="EPSG:4326",
     )
     cfg = _workdir(tmp_path, guixi)
     result = CliRunner().invoke(
-        main, ["-c", str(cfg), "infrastructure", "--lines", "osm", "--osm-file", str(GUIXI), "--buffer-km", "5"],
+        main,
+        ["-c", str(cfg), "infrastructure", "--lines", "osm", "--osm-file", str(GUIXI), "--buffer-km", "5"],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output

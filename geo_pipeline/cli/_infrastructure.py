@@ -1,5 +1,8 @@
-"""CLI wrapper of the infrastructure stage: read, validate, call :mod:`geo_pipeline.rail` and
-:mod:`geo_pipeline.infrastructure`, write ``infrastructure.gpkg``."""
+"""CLI wrapper of the infrastructure stage.
+
+Reads and validates the inputs, calls :mod:`geo_pipeline.rail` and
+:mod:`geo_pipeline.infrastructure`, writes ``infrastructure.gpkg``.
+"""
 
 from __future__ import annotations
 
@@ -55,28 +58,41 @@ DESCRIPTIONS = {
 
 OPTIONS = [
     click.Option(
-        ["--lines"], type=str, default=None,
-        help="Rail lines: corridors (approximate file), osm (--osm-file) or a .gpkg/.geojson path [config: lines].",
+        ["--lines"],
+        type=str,
+        default=None,
+        help="Rail lines: corridors (approximate file), osm (--osm-file) or a .gpkg/.geojson path "
+        "[config: lines].",
     ),
     click.Option(
-        ["--stations"], type=str, default=None,
+        ["--stations"],
+        type=str,
+        default=None,
         help="Stations: osm_stations (OSM station file), osm (--osm-file) or a path [config: stations].",
     ),
     click.Option(
-        ["--osm-file"], type=click.Path(dir_okay=False, path_type=Path), default=None,
+        ["--osm-file"],
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
         help="Local .osm XML read offline with osmnx when lines/stations = osm [config: osm_file].",
     ),
     click.Option(
-        ["--utilisation-file"], type=click.Path(dir_okay=False, path_type=Path), default=None,
+        ["--utilisation-file"],
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
         help="CSV: line, design_capacity, ridership or trains_per_day (or station, trains_per_day) "
         "[config: utilisation_file].",
     ),
     click.Option(
-        ["--buffer-km"], type=click.FloatRange(min=0, min_open=True), default=None,
+        ["--buffer-km"],
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
         help="Half-width of a high-speed corridor in km [config: corridor_buffer_km].",
     ),
     click.Option(
-        ["--underused-threshold"], type=click.FloatRange(0, 1, min_open=True), default=None,
+        ["--underused-threshold"],
+        type=click.FloatRange(0, 1, min_open=True),
+        default=None,
         help="A line is underused below this utilisation [config: underused_threshold].",
     ),
 ]
@@ -196,24 +212,37 @@ def run(
     lines_src = lines or s.lines
     stations_src = stations or s.stations
     osm_path = osm_file if osm_file is not None else (Path(s.osm_file) if s.osm_file else None)
-    util_path = utilisation_file if utilisation_file is not None else (
-        Path(s.utilisation_file) if s.utilisation_file else None
+    util_path = (
+        utilisation_file
+        if utilisation_file is not None
+        else (Path(s.utilisation_file) if s.utilisation_file else None)
     )
     buffer = float(buffer_km if buffer_km is not None else s.corridor_buffer_km)
     threshold = float(underused_threshold if underused_threshold is not None else s.underused_threshold)
     if "osm" in (lines_src, stations_src) and osm_path is None:
-        raise ConfigError("lines or stations = 'osm' needs an OSM file: set [infrastructure] osm_file or --osm-file")
+        raise ConfigError(
+            "lines or stations = 'osm' needs an OSM file: set [infrastructure] osm_file or --osm-file"
+        )
     for name in ("infrastructure.gpkg", "corridor_summary.csv"):  # fail before the work, not after
         check_writable(ctx.output(name), overwrite=ctx.overwrite)
 
     pop_path = ctx.output("population.gpkg")
     units = read_layer(pop_path, "units", hint="run `geo-pipeline population` first")
     check_frame(
-        units, name=f"{pop_path} layer units",
-        columns={"unit_id": "string", "pop_2010": "numeric", "pop_2020": "numeric",
-                 "change_pct": "numeric", "shrinking": "bool"},
-        crs="EPSG:4326", geometry=True, geom_types=("Polygon", "MultiPolygon"),
-        unique=["unit_id"], not_null=["unit_id"],
+        units,
+        name=f"{pop_path} layer units",
+        columns={
+            "unit_id": "string",
+            "pop_2010": "numeric",
+            "pop_2020": "numeric",
+            "change_pct": "numeric",
+            "shrinking": "bool",
+        },
+        crs="EPSG:4326",
+        geometry=True,
+        geom_types=("Polygon", "MultiPolygon"),
+        unique=["unit_id"],
+        not_null=["unit_id"],
     ).raise_if_any()
     inputs: dict[str, Path] = {"population": pop_path}
 
@@ -250,12 +279,15 @@ def run(
         # -- stations -------------------------------------------------------------------------------
         if stations_src == "osm_stations":
             st_path = ctx.raw / OSM_STATIONS
-            station_frame = rail.stations_from_points(read_vector(st_path, what="OSM station file", hint=_FETCH_HINT))
+            station_frame = rail.stations_from_points(
+                read_vector(st_path, what="OSM station file", hint=_FETCH_HINT)
+            )
             inputs["osm_stations"] = st_path
         elif stations_src == "osm" and osm_path is not None:
             feats = read_osm(osm_path, {"railway": ["station", "halt"]})
             station_frame = rail.stations_from_points(
-                feats if "name" in feats.columns else feats.assign(name=""), kinds=("station", "halt"),
+                feats if "name" in feats.columns else feats.assign(name=""),
+                kinds=("station", "halt"),
                 kind_column="railway",
             )
             inputs["osm_file"] = osm_path
@@ -282,25 +314,37 @@ def run(
                 train_counts = table
             else:
                 raise InputError(
-                    f"utilisation file {util_path}: expected a 'line' column (with design_capacity and ridership or "
-                    f"trains_per_day) or a 'station' column (with trains_per_day); found {list(table.columns)}"
+                    f"utilisation file {util_path}: expected a 'line' column (with design_capacity and "
+                    "ridership or trains_per_day) or a 'station' column (with trains_per_day); "
+                    f"found {list(table.columns)}"
                 )
         key = rail.key_stations(raw_corridors) if (raw_corridors is not None and s.add_key_stations) else None
         if station_frame.crs is not None and not station_frame.empty and key is not None:
             key = key.to_crs(station_frame.crs) if not key.crs.equals(station_frame.crs) else key
         station_frame = rail.flag_high_speed(
-            station_frame, train_counts=train_counts, key=key, min_hsr_trains=s.hsr_min_trains,
+            station_frame,
+            train_counts=train_counts,
+            key=key,
+            min_hsr_trains=s.hsr_min_trains,
             add_missing_key_stations=s.add_key_stations,
         )
         line_frame = rail.line_utilisation(
-            line_frame, train_counts=train_counts, line_table=line_table, threshold=threshold,
+            line_frame,
+            train_counts=train_counts,
+            line_table=line_table,
+            threshold=threshold,
             reference_quantile=s.utilisation_quantile,
         )
 
         # -- overlay --------------------------------------------------------------------------------
         buffers = inf.corridor_buffers(line_frame, buffer_km=buffer)
         overlay = inf.unit_overlay(
-            units, line_frame, station_frame, buffer_km=buffer, min_share=s.corridor_min_share, buffers=buffers
+            units,
+            line_frame,
+            station_frame,
+            buffer_km=buffer,
+            min_share=s.corridor_min_share,
+            buffers=buffers,
         )
         corridors = inf.dissolve_corridors(buffers, approximate=bool(line_frame["approximate"].any()))
         summary = inf.corridor_summary(units, overlay)
@@ -314,8 +358,13 @@ def run(
     out_units = gpd.GeoDataFrame(joined[cols], geometry=overlay.geometry.to_numpy(), crs=units.crs)
     gpkg = ctx.write_gpkg(
         "infrastructure.gpkg",
-        {"rail_lines": line_frame, "rail_stations": station_frame, "corridors": corridors,
-         "units": out_units, "corridor_summary": summary},
+        {
+            "rail_lines": line_frame,
+            "rail_stations": station_frame,
+            "corridors": corridors,
+            "units": out_units,
+            "corridor_summary": summary,
+        },
     )
     descriptions = dict(DESCRIPTIONS)
     if bool(line_frame["approximate"].any()):
@@ -331,20 +380,43 @@ def run(
     ctx.manifest(
         inputs=inputs,
         outputs={"infrastructure": gpkg, "corridor_summary": csv},
-        parameters={"lines": lines_src, "stations": stations_src, "osm_file": str(osm_path or ""),
-                    "utilisation_file": str(util_path or ""), "corridor_buffer_km": buffer,
-                    "underused_threshold": threshold, "corridor_min_share": s.corridor_min_share,
-                    "hsr_min_trains": s.hsr_min_trains, "add_key_stations": s.add_key_stations,
-                    "utilisation_quantile": s.utilisation_quantile},
-        summary={"units": len(out_units), "lines": len(line_frame), "high_speed_lines": hs_lines,
-                 "stations": len(station_frame), "high_speed_stations": hs_stations,
-                 "units_in_corridor": int(inside["n_units"]), "seconds": round(elapsed, 3)},
+        parameters={
+            "lines": lines_src,
+            "stations": stations_src,
+            "osm_file": str(osm_path or ""),
+            "utilisation_file": str(util_path or ""),
+            "corridor_buffer_km": buffer,
+            "underused_threshold": threshold,
+            "corridor_min_share": s.corridor_min_share,
+            "hsr_min_trains": s.hsr_min_trains,
+            "add_key_stations": s.add_key_stations,
+            "utilisation_quantile": s.utilisation_quantile,
+        },
+        summary={
+            "units": len(out_units),
+            "lines": len(line_frame),
+            "high_speed_lines": hs_lines,
+            "stations": len(station_frame),
+            "high_speed_stations": hs_stations,
+            "units_in_corridor": int(inside["n_units"]),
+            "seconds": round(elapsed, 3),
+        },
     )
     log.info(
         "infrastructure: %d units, %d lines (%d high-speed, source %s), %d stations (%d high-speed), "
         "EPSG:4326 -> %s; in corridors (%g km): %d units, %.0f%% shrinking; outside: %d units, %.0f%% "
         "shrinking (%.1f s)",
-        len(out_units), len(line_frame), hs_lines, lines_src, len(station_frame), hs_stations, gpkg, buffer,
-        int(inside["n_units"]), 100 * float(inside["shrinking_share"] if inside["n_units"] else 0),
-        int(outside["n_units"]), 100 * float(outside["shrinking_share"] if outside["n_units"] else 0), elapsed,
+        len(out_units),
+        len(line_frame),
+        hs_lines,
+        lines_src,
+        len(station_frame),
+        hs_stations,
+        gpkg,
+        buffer,
+        int(inside["n_units"]),
+        100 * float(inside["shrinking_share"] if inside["n_units"] else 0),
+        int(outside["n_units"]),
+        100 * float(outside["shrinking_share"] if outside["n_units"] else 0),
+        elapsed,
     )
