@@ -501,6 +501,27 @@ def test_cli_population_point_without_raster(tmp_path: Path) -> None:
     assert result.exit_code == 3 and "geo-pipeline raster" in result.output
 
 
+def test_cli_population_point_from_raster_stage(tmp_path: Path) -> None:
+    """pop_centroid_lon/lat of raster.gpkg are used; a unit without one falls back with a warning."""
+    cfg = _write_workdir(tmp_path)
+    bj = _core("北京")
+    lon, lat, _ = GEOD.fwd(bj[0], bj[1], 330.0, 150_000.0)  # north-north-west, away from 天津
+    raster = pd.DataFrame({
+        "unit_id": ["u0", "u1", "u2", "u3"],
+        "pop_raster_sum": [1.0, 2.0, 3.0, 0.0],
+        "pop_centroid_lon": [lon, bj[0], 100.0, np.nan],
+        "pop_centroid_lat": [lat, bj[1], 34.0, np.nan],
+    })
+    write_gpkg(tmp_path / "data_processed" / "raster.gpkg", {"units": raster})
+    with pytest.warns(DataQualityWarning, match="1 unit"):
+        result = CliRunner().invoke(main, ["-c", str(cfg), "distance", "--point", "population"])
+    assert result.exit_code == 0, result.output
+    units = read_layer(tmp_path / "data_processed" / "distance.gpkg", "units").set_index("unit_id")
+    assert units.loc["u0", "distance_km"] == 150.0 and units.loc["u0", "band"] == "150+ km"
+    assert units.loc["u1", "distance_km"] == 0.0 and units.loc["u1", "nearest_core"] == "北京"
+    assert units.loc["u3", "band"] == "150+ km"  # representative point of the Qinghai square
+
+
 def test_cli_missing_population(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[paths]\ndata_processed = "{(tmp_path / "dp").as_posix()}"\n', encoding="utf-8")
