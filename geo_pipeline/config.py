@@ -79,7 +79,9 @@ class BoundariesSettings:
     Attributes
     ----------
     exclude_no_census : drop Hong Kong, Macau and Taiwan (no census rows) from
-        the analysis units; when false they are kept with ``in_census = False``.
+        the county and prefecture layers; when false they are kept with
+        ``in_census = False``. The province layer always keeps all 34
+        provinces (flagged), as the map frame.
     """
 
     exclude_no_census: bool = True

@@ -123,21 +123,29 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> list[RegistryEn
         unknown = set(item) - fields
         missing = {"path", "sha256", "method"} - set(item)
         if unknown or missing:
-            raise InputError(f"{where}: file entry {i}: unknown keys {sorted(unknown)}, missing {sorted(missing)}")
+            raise InputError(
+                f"{where}: file entry {i}: unknown keys {sorted(unknown)}, missing {sorted(missing)}"
+            )
         entry = RegistryEntry(**item)
         if entry.method not in _METHODS:
-            raise InputError(f"{where}: {entry.path}: method must be one of {list(_METHODS)}, found {entry.method!r}")
+            raise InputError(
+                f"{where}: {entry.path}: method must be one of {list(_METHODS)}, found {entry.method!r}"
+            )
         if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256):
-            raise InputError(f"{where}: {entry.path}: sha256 must be 64 lowercase hex digits, found {entry.sha256!r}")
+            raise InputError(
+                f"{where}: {entry.path}: sha256 must be 64 lowercase hex digits, found {entry.sha256!r}"
+            )
         if entry.method != "mirror" and not (entry.repo and entry.commit and entry.source_path):
-            raise InputError(f"{where}: {entry.path}: method {entry.method!r} needs repo, commit and source_path")
+            raise InputError(
+                f"{where}: {entry.path}: method {entry.method!r} needs repo, commit and source_path"
+            )
         entries.append(entry)
     return entries
 
 
 @contextlib.contextmanager
 def _temp_next_to(dest: Path) -> Iterator[Path]:
-    """A temporary folder in ``dest``'s folder (same file system: os.replace is atomic)."""
+    """Yield a temporary folder next to ``dest`` (same file system, so os.replace is atomic)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
@@ -156,7 +164,7 @@ def _check(path: Path, entry: RegistryEntry, *, what: str, fix: str) -> None:
 
 @contextlib.contextmanager
 def _quiet_pooch() -> Iterator[None]:
-    """pooch logs to its own stderr handler; keep it to warnings while we log ourselves."""
+    """Keep pooch's own stderr logger to warnings while we log ourselves."""
     import pooch
 
     logger = pooch.get_logger()
@@ -270,7 +278,8 @@ def fetch_one(
                 )
             tmp = tmpdir / "copy"
             shutil.copyfile(src, tmp)
-            _check(tmp, entry, what=f"mirror file {src} for", fix="Replace the mirror copy with the published file.")
+            fix = "Replace the mirror copy with the published file."
+            _check(tmp, entry, what=f"mirror file {src} for", fix=fix)
             action: Action = "copied"
         elif entry.method == "mirror":
             raise MissingInputError(
@@ -354,9 +363,12 @@ def fetch_inputs(
                 unavailable.append(entry.path)
                 continue
             raise
-        source = str(Path(mirror) / entry.path) if action == "copied" else (
-            entry.url(base_url) if action == "downloaded" else str(path)
-        )
+        if action == "copied" and mirror is not None:
+            source = str(Path(mirror) / entry.path)
+        elif action == "downloaded":
+            source = entry.url(base_url)
+        else:
+            source = str(path)
         rows.append((entry.path, entry.sha256, action, source, entry.method, entry.license))
     if unavailable:
         raise MissingInputError(

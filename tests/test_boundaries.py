@@ -127,13 +127,17 @@ def test_geometry_conversion_keeps_rings_closed_and_input() -> None:
     np.testing.assert_array_equal(shapely.get_coordinates(poly), before)  # input untouched
     ref = [prcoords.gcj_wgs_bored((y, x)) for x, y in before]
     got = shapely.get_coordinates(out[1])
-    assert _metres(got[:, 0], got[:, 1], np.array([r.lon for r in ref]), np.array([r.lat for r in ref])).max() < 0.05
+    ref_lon, ref_lat = np.array([r.lon for r in ref]), np.array([r.lat for r in ref])
+    assert _metres(got[:, 0], got[:, 1], ref_lon, ref_lat).max() < 0.05
 
 
 # --------------------------------------------------------------------------- synthetic
 def _raw() -> gpd.GeoDataFrame:
-    """A tiny cnmaps-like frame in GCJ-02: one province with a prefecture, a
-    county-level city directly under the province, and Hong Kong."""
+    """Build a tiny cnmaps-like frame in GCJ-02.
+
+    One province with a prefecture, a county-level city directly under the
+    province, and Hong Kong.
+    """
     rows = [
         ("360000", "江西省", "", "", "省", box(116.0, 27.0, 118.0, 29.0)),
         ("360600", "江西省", "鹰潭市", "", "市", box(116.5, 28.0, 117.5, 28.6)),
@@ -153,7 +157,7 @@ def test_build_synthetic_layers_and_codes() -> None:
     raw = _raw()
     copy = raw.copy()
     layers = build_boundaries(raw, exclude_no_census=True)
-    pd.testing.assert_frame_equal(pd.DataFrame(raw.drop(columns="geometry")), pd.DataFrame(copy.drop(columns="geometry")))
+    pd.testing.assert_frame_equal(pd.DataFrame(raw), pd.DataFrame(copy))  # input not mutated
     assert list(layers) == ["counties", "prefectures", "provinces"]
     c, p, v = layers["counties"], layers["prefectures"], layers["provinces"]
     for layer in layers.values():
@@ -247,7 +251,7 @@ def test_invalid_geometry_is_repaired_and_counted(caplog: pytest.LogCaptureFixtu
 
 # --------------------------------------------------------------------------- real data
 def _index_counts() -> dict[str, int]:
-    """Counts straight from the cnmaps sqlite index (independent of our reader)."""
+    """Count rows straight from the cnmaps sqlite index (independent of our reader)."""
     with sqlite3.connect(cnmaps_index_path()) as con:
         rows = con.execute(
             "SELECT level, count(*) FROM ADMINISTRATIVE WHERE source='高德' AND kind='陆地' GROUP BY level"
@@ -302,11 +306,13 @@ def test_real_layers_after_exclusion(run_stage: Callable[[str], Path]) -> None:
     assert set(p["province_code"]) <= set(v["adcode"])
     assert (c["adcode"].str[:2] == c["province_code"].str[:2]).all()
     ci = c.set_index("adcode")
-    assert ci.loc["429004", ["name", "prefecture_code", "province_code"]].tolist() == ["仙桃市", "429004", "420000"]
+    xiantao = ci.loc["429004", ["name", "prefecture_code", "province_code"]].tolist()
+    assert xiantao == ["仙桃市", "429004", "420000"]
     assert ci.loc["419001", "prefecture_code"] == "419001"
     assert ci.loc["469001", "prefecture_code"] == "469001"
     assert ci.loc["500101", "prefecture_code"] == "500000"  # Chongqing
-    assert ci.loc["360681", ["name", "prefecture", "prefecture_code"]].tolist() == ["贵溪市", "鹰潭市", "360600"]
+    guixi = ci.loc["360681", ["name", "prefecture", "prefecture_code"]].tolist()
+    assert guixi == ["贵溪市", "鹰潭市", "360600"]
     # direct-administered units are both county and prefecture
     both = set(c["adcode"]) & set(p["adcode"])
     assert {"429004", "441900", "442000", "460400", "620200", "659001"} <= both
@@ -322,7 +328,7 @@ def test_hong_kong_shares_border_with_shenzhen_in_raw_data(raw_cnmaps: gpd.GeoDa
 
 def _guixi_osm(path: Path) -> tuple[list[shapely.LineString], shapely.Point]:
     root = ET.parse(path).getroot()
-    nodes = {n.get("id"): (float(n.get("lon")), float(n.get("lat"))) for n in root.iter("node")}
+    nodes = {n.get("id"): (float(n.get("lon", "nan")), float(n.get("lat", "nan"))) for n in root.iter("node")}
     lines, station = [], None
     for way in root.iter("way"):
         tags = {t.get("k"): t.get("v") for t in way.iter("tag")}
@@ -348,7 +354,9 @@ def test_guixi_osm_lines_up_after_conversion(mirror: Path) -> None:
     conv = gcj02_to_wgs84(np.array([raw], dtype=object))[0]
     utm = "EPSG:32650"
     pts = shapely.points(shapely.get_coordinates(gpd.GeoSeries(lines, crs=4326).to_crs(utm).values))
-    border = {k: gpd.GeoSeries([g.boundary], crs=4326).to_crs(utm).iloc[0] for k, g in (("raw", raw), ("wgs", conv))}
+    border = {
+        k: gpd.GeoSeries([g.boundary], crs=4326).to_crs(utm).iloc[0] for k, g in (("raw", raw), ("wgs", conv))
+    }
     d_raw = np.median(shapely.distance(pts, border["raw"]))
     d_wgs = np.median(shapely.distance(pts, border["wgs"]))
     assert len(pts) > 100
@@ -396,7 +404,8 @@ def test_cli_overwrite_rules(tmp_path: Path, small_cnmaps: None) -> None:
     assert gpkg.stat().st_mtime_ns == stamp
     result = runner.invoke(main, ["-c", str(cfg), "boundaries", "--keep-no-census", "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert sorted(read_layer(gpkg, "counties")["adcode"]) == ["360602", "360603", "360681", "810001", "810002"]
+    codes = sorted(read_layer(gpkg, "counties")["adcode"])
+    assert codes == ["360602", "360603", "360681", "810001", "810002"]
     manifest = (tmp_path / "out" / "manifest.json").read_text(encoding="utf-8")
     assert '"exclude_no_census": false' in manifest and '"counties": 5' in manifest
 

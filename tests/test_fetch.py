@@ -29,7 +29,8 @@ def test_registry_matches_provenance_and_mirror(mirror: Path) -> None:
     reg = {e.path: e for e in load_registry()}
     # The census hashes are published in PROVENANCE.md: an independent source.
     text = (mirror / "PROVENANCE.md").read_text(encoding="utf-8")
-    published = dict((m.group(1), m.group(2)) for m in re.finditer(r"- (\S+\.(?:xlsx|csv)) ([0-9a-f]{64})", text))
+    pattern = r"- (\S+\.(?:xlsx|csv)) ([0-9a-f]{64})"
+    published = {m.group(1): m.group(2) for m in re.finditer(pattern, text)}
     assert len(published) == 3
     for name, digest in published.items():
         assert reg[f"census/{name}"].sha256 == digest
@@ -168,8 +169,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture()
 def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], str]]:
-    """Serve a folder on 127.0.0.1 (random port) in a daemon thread; stops after the test
-    or, at the latest, after 120 s."""
+    """Serve a folder on 127.0.0.1 (random port) in a daemon thread.
+
+    The server stops after the test or, at the latest, after 120 s.
+    """
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
@@ -202,7 +205,9 @@ def test_download_with_pooch_from_local_server(tmp_path: Path, serve: Callable[[
     plain = b"<osm version='0.6'/>\n"
     text = "线路,线路类型\n京沪高铁,高速铁路\n"
     e_plain = RegistryEntry("osm/x.osm", _sha(plain), "download", "o/r", "c0ffee", "data/x.osm")
-    e_gbk = RegistryEntry("rail/lines.csv", _sha(text.encode("utf-8")), "download-gbk", "o/r", "c0ffee", "l.csv")
+    e_gbk = RegistryEntry(
+        "rail/lines.csv", _sha(text.encode("utf-8")), "download-gbk", "o/r", "c0ffee", "l.csv"
+    )
     _publish(site, e_plain, plain)
     _publish(site, e_gbk, text.encode("gbk"))
     base = serve(site)
@@ -250,7 +255,9 @@ def _config(folder: Path, extra: str = "") -> Path:
     return cfg
 
 
-def test_cli_mirror_option_and_manifest(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_mirror_option_and_manifest(
+    tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("GEO_PIPELINE_MIRROR", raising=False)
     cfg = _config(tmp_path)
     runner = CliRunner()
@@ -275,7 +282,9 @@ def test_cli_offline_without_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "offline = true but no mirror folder is set" in result.output
 
 
-def test_cli_corrupted_mirror_exit_code(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_corrupted_mirror_exit_code(
+    tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bad = tmp_path / "bad_mirror"
     shutil.copytree(mirror, bad)
     (bad / "osm/guixi_jiangxi.osm").chmod(0o644)
@@ -308,7 +317,8 @@ def test_cli_downloads_real_registry_from_local_server(
     assert result.exit_code == 3
     assert "3 input(s) have no public download" in result.output
     assert "rail/derived_station_train_counts.csv" in result.output
-    got = {p.relative_to(tmp_path / "data_raw").as_posix() for p in (tmp_path / "data_raw").rglob("*") if p.is_file()}
+    raw = tmp_path / "data_raw"
+    got = {p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file()}
     assert len(got) == 7
     for rel in got:
         assert (tmp_path / "data_raw" / rel).read_bytes() == (mirror / rel).read_bytes(), rel
