@@ -51,6 +51,7 @@ import shapely
 from scipy.spatial import cKDTree
 
 from ._errors import CRSError, DataQualityWarning, InputError
+from ._progress import timed
 from ._validate import Kind, check_frame, check_same_crs
 from .rail import APPROXIMATE_NOTE
 
@@ -510,19 +511,25 @@ def unit_overlay(
         unit_area = shapely.area(ua)
         bi, bj = shapely.STRtree(ba).query(ua, predicate="intersects")
         pieces = shapely.intersection(ua[bi], ba[bj])
-        frame = pd.DataFrame({"i": bi, "year": byear[bj], "piece": pieces})
-        for i, grp in frame.groupby("i", sort=False):
-            ii = int(i)  # type: ignore[call-overload]
-            total = float(shapely.area(shapely.union_all(grp["piece"].to_numpy())))
-            share[ii] = min(total / unit_area[ii], 1.0) if unit_area[ii] > 0 else 0.0
-            if share[ii] < min_share:
-                continue
-            known = grp.dropna(subset=["year"]).sort_values("year")
-            for y in known["year"].unique():
-                sel = known.loc[known["year"] <= y, "piece"].to_numpy()
-                if shapely.area(shapely.union_all(sel)) / unit_area[ii] >= min_share - 1e-12:
-                    share_year[ii] = y
-                    break
+        order = np.argsort(bi, kind="stable")
+        bi, bj, pieces = bi[order], bj[order], pieces[order]
+        starts = np.flatnonzero(np.r_[True, bi[1:] != bi[:-1]])
+        ends = np.r_[starts[1:], len(bi)]
+        with timed("corridor shares", log):
+            for a, b in zip(starts, ends, strict=True):
+                ii = int(bi[a])
+                pcs, yrs = pieces[a:b], byear[bj[a:b]]
+                merged = pcs[0] if len(pcs) == 1 else shapely.union_all(pcs)
+                total = float(shapely.area(merged))
+                share[ii] = min(total / unit_area[ii], 1.0) if unit_area[ii] > 0 else 0.0
+                if share[ii] < min_share - 1e-12:
+                    continue
+                for y in np.unique(yrs[~np.isnan(yrs)]):  # sorted
+                    sel = pcs[yrs <= y]
+                    part = sel[0] if len(sel) == 1 else shapely.union_all(sel)
+                    if shapely.area(part) / unit_area[ii] >= min_share - 1e-12:
+                        share_year[ii] = y
+                        break
     out["corridor_share"] = share
     out["in_corridor"] = (share >= min_share - 1e-12) | crosses
     first = np.minimum(cross_year, share_year)

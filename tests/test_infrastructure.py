@@ -577,22 +577,24 @@ def test_real_units_overlay(run_stage: Callable[[str], Path]) -> None:
     assert len(units) == len(pop) and set(units["unit_id"]) == set(pop["unit_id"])
     assert units["corridor_share"].between(0, 1).all()
     assert units.crs.equals("EPSG:4326")
-    by_name = units.set_index("name")
-    # central districts of Beijing and Shanghai: on the high-speed network, near a station
-    for name, province in (("东城区", "北京市"), ("西城区", "北京市"), ("黄浦区", "上海市")):
-        row = units.loc[(units["name"] == name) & (units["province"] == province)].iloc[0]
+    # units holding central Beijing (Tiananmen), Shanghai (People's Square) and Guangzhou (Yuexiu): fully
+    # inside corridors, a high-speed station within a few km, served since the first lines (2008-2011)
+    for lon, lat in ((116.3975, 39.9087), (121.4737, 31.2304), (113.2644, 23.1291)):
+        row = units.loc[units.contains(Point(lon, lat))].iloc[0]
         assert row["in_corridor"] and row["corridor_share"] == pytest.approx(1.0)
         assert row["hsr_station_km"] < 25 and row["hsr_first_open_year"] <= 2011
-    # remote counties of Tibet: no high-speed line within hundreds of km
-    tibet = units.loc[units["province"].astype(str).str.startswith("西藏")]
-    for name in ("改则县", "噶尔县", "日土县"):
-        row = tibet.loc[tibet["name"] == name].iloc[0]
-        assert not row["in_corridor"] and row["corridor_share"] == 0 and row["hsr_station_km"] > 500
-    assert not by_name.empty
+    # remote counties of western Tibet (Gerze, Gar/Shiquanhe, Rutog): no high-speed line within hundreds of km
+    for lon, lat in ((84.06, 32.30), (80.10, 32.50), (79.72, 33.38)):
+        row = units.loc[units.contains(Point(lon, lat))].iloc[0]
+        assert not row["in_corridor"] and row["corridor_share"] == 0 and row["hsr_station_km"] > 400
+        assert row["hsr_period"] == "none"
     # summary agrees with the units layer
     summary = read_table(gpkg, "corridor_summary").set_index(["grouping", "group"])
     assert summary.loc[("corridor", "inside"), "n_units"] == int(units["in_corridor"].sum())
     assert summary.loc[("all", "all"), "n_units"] == len(units)
+    assert summary.loc[("all", "all"), "pop_2010"] == int(pop["pop_2010"].sum())
+    n_in, n_out = summary.loc[("corridor", "inside"), "n_units"], summary.loc[("corridor", "outside"), "n_units"]
+    assert n_in + n_out == len(units) and n_in > 0 and n_out > 0
     lines = read_layer(gpkg, "rail_lines")
     raw = json.loads((RAIL / "approx_corridors_keystations.geojson").read_text(encoding="utf-8"))
     expected_hs = sum(
