@@ -234,6 +234,14 @@ def prepare_catalogue(table: pd.DataFrame) -> pd.DataFrame:
     ------
     InputError
         If a required column is missing or a line type is not one of the three.
+
+    Notes
+    -----
+    ``open_year`` is the year of ``建成年份`` as published. For a few lines
+    that date is the start of construction rather than the opening (e.g.
+    ``沪昆高铁-长昆段`` 2010.3.26, opened 2016; ``沪昆高铁-杭长段`` 2010.6.18,
+    opened 2014), so "first high-speed service" years derived from it can be
+    too early; a user line layer with its own ``open_year`` avoids this.
     """
     p = check_frame(
         table, name="rail line catalogue", columns=_CATALOGUE_COLUMNS, not_null=["线路", "线路类型"]

@@ -46,7 +46,8 @@ _FETCH_HINT = "run `geo-pipeline fetch` first"
 DESCRIPTIONS = {
     "rail_lines": "Rail lines with class (high-speed/fast/conventional), design speed, opening year and a "
     "utilisation ratio (see utilisation_basis: 'proxy' = key-station trains/day relative to the p90 of "
-    "the class, not design capacity).",
+    "the class, not design capacity). open_year is railways_lines.csv 建成年份, for a few lines the start of "
+    "construction (e.g. 沪昆高铁-长昆段 2010, opened 2016).",
     "rail_stations": "Railway stations; high_speed from G/D/C train counts (~Jan 2021) matched by name "
     "and key stations of high-speed lines (high_speed_basis).",
     "corridors": "Union of buffers around high-speed lines (buffer_km).",
