@@ -593,7 +593,10 @@ def test_real_units_overlay(run_stage: Callable[[str], Path]) -> None:
     assert summary.loc[("corridor", "inside"), "n_units"] == int(units["in_corridor"].sum())
     assert summary.loc[("all", "all"), "n_units"] == len(units)
     assert summary.loc[("all", "all"), "pop_2010"] == int(pop["pop_2010"].sum())
-    n_in, n_out = summary.loc[("corridor", "inside"), "n_units"], summary.loc[("corridor", "outside"), "n_units"]
+    n_in, n_out = (
+        summary.loc[("corridor", "inside"), "n_units"],
+        summary.loc[("corridor", "outside"), "n_units"],
+    )
     assert n_in + n_out == len(units) and n_in > 0 and n_out > 0
     lines = read_layer(gpkg, "rail_lines")
     raw = json.loads((RAIL / "approx_corridors_keystations.geojson").read_text(encoding="utf-8"))
@@ -602,3 +605,77 @@ def test_real_units_overlay(run_stage: Callable[[str], Path]) -> None:
     )
     assert int((lines["class"] == "high-speed").sum()) == expected_hs
     assert re.search("tens of km", read_layer(gpkg, "corridors")["note"].iloc[0])
+
+
+def test_user_lines_join_catalogue_by_name() -> None:
+    user = gpd.GeoDataFrame(
+        {"name": ["京沪高速铁路", "my line"], "class": [None, "快速铁路"]},
+        geometry=[LineString([(116.4, 39.9), (121.3, 31.2)]), LineString([(0, 0), (1, 1)])],
+        crs="EPSG:4326",
+    )
+    cat = rail.prepare_catalogue(pd.read_csv(RAIL / "railways_lines.csv"))
+    out = rail.lines_from_user(user, catalogue=cat).set_index("name")
+    assert out.loc["京沪高速铁路", "catalogue_line"] == "京沪高铁"
+    assert out.loc["京沪高速铁路", "class"] == "high-speed" and out.loc["京沪高速铁路", "open_year"] == 2011
+    assert out.loc["my line", "class"] == "fast" and out.loc["my line", "catalogue_match"] == ""
+    with pytest.raises(InputError, match=r"missing column\(s\) \['name'\]"):
+        rail.lines_from_user(user.drop(columns=["name"]))
+    with pytest.raises(InputError, match="unknown value"):
+        rail.lines_from_user(user.assign(**{"class": "maglev"}))
+
+
+def test_cli_user_layers_and_utilisation_table(tmp_path: Path) -> None:
+    units = gpd.GeoDataFrame(
+        {
+            "unit_id": ["a", "b"],
+            "pop_2010": [100, 100],
+            "pop_2020": [90, 120],
+            "change_pct": [-10.0, 20.0],
+            "shrinking": [True, False],
+        },
+        geometry=[box(100.0, 30.0, 100.2, 30.2), box(101.0, 30.0, 101.2, 30.2)],
+        crs="EPSG:4326",
+    )
+    cfg = _workdir(tmp_path, units)
+    lines = gpd.GeoDataFrame(
+        {"name": ["Test HSR"], "class": ["high-speed"], "open_year": [2015]},
+        geometry=[LineString([(100.1, 29.0), (100.1, 31.0)])],
+        crs="EPSG:4326",
+    )
+    lines.to_file(tmp_path / "lines.geojson", driver="GeoJSON")
+    stations = gpd.GeoDataFrame(
+        {"name": ["S1"], "high_speed": [True]}, geometry=[Point(100.1, 30.1)], crs="EPSG:4326"
+    )
+    write_gpkg(tmp_path / "stations.gpkg", {"stations": stations})
+    pd.DataFrame({"line": ["Test HSR"], "trains_per_day": [30], "design_capacity": [100]}).to_csv(
+        tmp_path / "util.csv", index=False
+    )
+    cfg.write_text(
+        cfg.read_text(encoding="utf-8")
+        + f'[infrastructure]\nlines = "{(tmp_path / "lines.geojson").as_posix()}"\n'
+        f'stations = "{(tmp_path / "stations.gpkg").as_posix()}"\nadd_key_stations = false\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(
+        main,
+        ["-c", str(cfg), "infrastructure", "--utilisation-file", str(tmp_path / "util.csv")],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    gpkg = tmp_path / "data_processed" / "infrastructure.gpkg"
+    out_lines = read_layer(gpkg, "rail_lines")
+    assert out_lines["utilisation"].tolist() == pytest.approx([0.3]) and bool(out_lines["underused"].iloc[0])
+    out_st = read_layer(gpkg, "rail_stations")
+    assert out_st["name"].tolist() == ["S1"] and bool(out_st["high_speed"].iloc[0])
+    u = read_layer(gpkg, "units").set_index("unit_id")
+    assert u.loc["a", "hsr_crosses"] and u.loc["a", "corridor_share"] == pytest.approx(1.0)
+    assert u.loc["a", "hsr_first_open_year"] == 2015 and u.loc["a", "hsr_period"] == "2010-2020"
+    assert not u.loc["b", "in_corridor"]  # about 87 km east of the line
+    _, _, d = GEOD.inv(101.1, 30.1, 100.1, 30.1)
+    assert u.loc["b", "hsr_station_km"] == pytest.approx(d / 1000, abs=0.5)  # representative point ~ centre
+
+
+def test_config_rejects_bad_sources(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, MIRROR, '[infrastructure]\nlines = "openrailwaymap"\n')
+    result = CliRunner().invoke(main, ["-c", str(cfg), "infrastructure"])
+    assert result.exit_code == 2 and "expected 'corridors', 'osm' or a path" in result.output
