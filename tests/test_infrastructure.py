@@ -679,3 +679,15 @@ def test_config_rejects_bad_sources(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, MIRROR, '[infrastructure]\nlines = "openrailwaymap"\n')
     result = CliRunner().invoke(main, ["-c", str(cfg), "infrastructure"])
     assert result.exit_code == 2 and "expected 'corridors', 'osm' or a path" in result.output
+
+
+def test_shuffled_index_and_string_ids(layout: tuple[gpd.GeoDataFrame, ...]) -> None:
+    units, lines, stations = layout
+    base = inf.unit_overlay(units, lines, stations).set_index("unit_id")
+    shuffled = units.iloc[[2, 0, 3, 1]].set_index(pd.Index([10, 7, 99, 3]))
+    out = inf.unit_overlay(shuffled, lines.iloc[::-1], stations)
+    assert list(out.index) == [10, 7, 99, 3]
+    got = out.set_index("unit_id").loc[base.index]
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(got.drop(columns="geometry")), pd.DataFrame(base.drop(columns="geometry"))
+    )
