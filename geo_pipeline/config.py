@@ -129,19 +129,26 @@ class AutocorrelationSettings:
     Attributes
     ----------
     variables : numeric unit columns to analyse.
-    weights : ``"queen"``, ``"knn"`` or ``"distance"``.
-    k : neighbours for ``"knn"`` weights and for linking islands.
-    distance_km : threshold for ``"distance"`` weights.
+    weights : ``"queen"`` (shared-vertex contiguity), ``"knn"`` or
+        ``"distance"`` (geodesic, between equal-area centroids).
+    k : neighbours for ``"knn"`` weights.
+    distance_km : threshold on the ground for ``"distance"`` weights.
+    link_k : links added per island or island group (per disconnected
+        component) to its nearest unit(s) in another component, by
+        great-circle distance between centroids; repeated until the weights
+        are connected.
     permutations : conditional permutations for pseudo p-values.
     seed : random seed; the same seed gives the same p-values.
     alpha : significance level for LISA and Gi* classes.
-    fdr : apply the false-discovery-rate correction to local p-values.
+    fdr : judge local significance on Benjamini-Hochberg q-values
+        (false-discovery rate ``alpha``) instead of p-values.
     """
 
     variables: list[str] = field(default_factory=lambda: ["change_pct", "net_outflow_ratio"])
     weights: str = "queen"
     k: int = 6
     distance_km: float = 150.0
+    link_k: int = 1
     permutations: int = 999
     seed: int = 20201101
     alpha: float = 0.05
@@ -352,6 +359,10 @@ def _check_choices(s: Settings, source: str) -> None:
         raise ConfigError(f"{source}: [autocorrelation] alpha must be in (0, 1)")
     if s.autocorrelation.permutations < 0 or s.autocorrelation.k < 1:
         raise ConfigError(f"{source}: [autocorrelation] permutations >= 0 and k >= 1 required")
+    if s.autocorrelation.link_k < 1 or not s.autocorrelation.distance_km > 0:
+        raise ConfigError(f"{source}: [autocorrelation] link_k >= 1 and distance_km > 0 required")
+    if not s.autocorrelation.variables:
+        raise ConfigError(f"{source}: [autocorrelation] variables must name at least one column")
     r = s.raster
     if r.window_rows < 1 or r.window_cols < 0 or r.min_cells < 0 or r.band < 1 or r.workers < 1:
         raise ConfigError(
