@@ -118,21 +118,22 @@ def dask_client(
 # -- raster windows ------------------------------------------------------------
 
 
-def _window_task(grid: Any, window: Any, geoms: np.ndarray, hit: np.ndarray, n_units: int) -> np.ndarray:
+def _window_task(grid: Any, window: Any, spans: Any, n_units: int) -> np.ndarray:
     from .raster import window_partials
 
-    return window_partials(grid, window, geoms[hit], (hit + 1).astype(np.int32), n_units)
+    return window_partials(grid, window, spans, n_units)
 
 
 def map_window_partials(
-    client: Any, grid: Any, geoms: np.ndarray, windows: Sequence[Any], *, n_units: int
+    client: Any, grid: Any, spans: Any, windows: Sequence[Any], *, n_units: int
 ) -> Iterator[np.ndarray]:
     """Run :func:`geo_pipeline.raster.window_partials` for every window on Dask.
 
-    The unit geometries are scattered to every worker once; each window is one
-    task that opens the raster itself. Results are yielded in window order
-    (the caller adds them in that order, as the in-process path does), and each
-    one is released as soon as it is yielded, so memory stays bounded.
+    Each window is one task that receives the runs of unit cells of its rows
+    (:meth:`geo_pipeline.raster.Spans.select`, small arrays) and opens the
+    raster itself. Results are yielded in window order (the caller adds them
+    in that order, as the in-process path does), and each one is released as
+    soon as it is yielded, so memory on the client stays bounded.
 
     Parameters
     ----------
@@ -140,8 +141,8 @@ def map_window_partials(
         Where to run.
     grid : geo_pipeline.raster.RasterGrid
         The raster (its path must be readable from the workers).
-    geoms : numpy.ndarray of shapely geometries
-        Units in the raster CRS.
+    spans : geo_pipeline.raster.Spans
+        The units rasterised once.
     windows : sequence of rasterio.windows.Window
         Windows in row-major order.
     n_units : int
@@ -152,12 +153,8 @@ def map_window_partials(
     numpy.ndarray
         Partial sums of shape ``(5, n_units + 1)`` per window.
     """
-    from .raster import _window_tasks
-
-    geoms_f = client.scatter(np.asarray(geoms, dtype=object), broadcast=True, hash=False)
     futures = [
-        client.submit(_window_task, grid, win, geoms_f, hit, n_units, pure=False)
-        for win, hit in _window_tasks(grid, np.asarray(geoms, dtype=object), windows)
+        client.submit(_window_task, grid, win, spans.select(win), n_units, pure=False) for win in windows
     ]
     try:
         for fut in futures:
@@ -167,7 +164,6 @@ def map_window_partials(
     finally:
         for fut in futures:
             fut.release()
-        geoms_f.release()
 
 
 # -- local Moran permutations ----------------------------------------------------

@@ -135,6 +135,20 @@ def test_nan_cells_are_ignored_without_nodata(tmp_path: Path) -> None:
     assert out["n_cells"].iloc[0] == 90 and out["pop_raster_sum"].iloc[0] == 180.0
 
 
+def test_centre_on_shared_edge_counted_once(tmp_path: Path) -> None:
+    tif = write_tif(tmp_path / "ones.tif", np.ones((60, 80), "float32"))
+    # the shared edge x = 10.5 cells runs through a column of cell centres, as does y = 20.5
+    left = box(X0 + 2 * CELL, Y0 - 20.5 * CELL, X0 + 10.5 * CELL, Y0 - 4 * CELL)
+    right = box(X0 + 10.5 * CELL, Y0 - 20.5 * CELL, X0 + 19 * CELL, Y0 - 4 * CELL)
+    below = box(X0 + 2 * CELL, Y0 - 30 * CELL, X0 + 19 * CELL, Y0 - 20.5 * CELL)
+    units = gpd.GeoDataFrame({"unit_id": ["l", "r", "b"]}, geometry=[left, right, below], crs=UTM)
+    out = zonal_population(units, tif, method="centre")
+    # union: columns 2..18 (17) x rows 4..29 (26); every centre in exactly one unit
+    assert out["n_cells"].sum() == 17 * 26
+    # half-open rule: the centre column x = 10.5 goes right, the centre row y = 20.5 goes below
+    assert out["n_cells"].tolist() == [8 * 16, 9 * 16, 17 * 10]
+
+
 @pytest.mark.parametrize("window", [(1, 1), (7, 13), (16, 0), (1024, 16384)])
 def test_windowed_equals_one_shot_exactly(tmp_path: Path, random_counts: np.ndarray, window: tuple) -> None:
     tif = write_tif(tmp_path / "counts.tif", random_counts)
@@ -369,4 +383,5 @@ def test_real_units_on_synthetic_national_raster(run_stage, tmp_path: Path) -> N
     assert exact.any()  # urban districts smaller than four 5 km cells exist
     centre = out.index[(out["zonal_method"] == "centre").to_numpy()][:200]
     ref = rasterstats.zonal_stats(list(units.geometry.loc[centre]), str(tif), stats=["sum"])
-    np.testing.assert_array_equal(out.loc[centre, "pop_raster_sum"], [r["sum"] for r in ref])
+    # rasterstats sums in float32: equal to 1e-6
+    np.testing.assert_allclose(out.loc[centre, "pop_raster_sum"], [r["sum"] for r in ref], rtol=1e-6)
