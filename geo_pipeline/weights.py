@@ -1,0 +1,743 @@
+"""Spatial weights for the analysis units, with islands and island groups linked.
+
+Three kinds of binary neighbour relations are built on a set of polygon units:
+
+``"queen"`` (default)
+    Queen contiguity: two units are neighbours when their boundaries share at
+    least one vertex. Contiguity is topological, so lon/lat coordinates are fine.
+``"knn"``
+    The ``k`` nearest units by geodesic distance between equal-area centroids
+    (asymmetric).
+``"distance"``
+    Every pair of units whose equal-area centroids are at most
+    ``distance_km`` apart on the WGS84 ellipsoid (symmetric).
+
+Units that are not connected to the rest (islands such as 长海县 or 南澳县, and
+groups such as Hainan, Zhoushan or Xiamen island) are then joined by
+:func:`link_components`, so every unit has at least one neighbour and the graph
+forms a single connected component. Added links are flagged and listed
+(:attr:`UnitWeights.links`) so they can be inspected in QGIS.
+
+Pure functions, no file I/O: the CLI caches a built :class:`UnitWeights` on disk
+with :meth:`UnitWeights.to_arrays` / :meth:`UnitWeights.from_arrays` under a
+name from :func:`weights_key`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyproj
+import shapely
+from libpysal.graph import Graph
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from ._errors import InputError
+from ._validate import check_frame
+
+__all__ = [
+    "KINDS",
+    "UnitWeights",
+    "build_weights",
+    "queen_pairs",
+    "knn_pairs",
+    "distance_pairs",
+    "link_components",
+    "equal_area_centroids",
+    "weights_key",
+]
+
+log = logging.getLogger(__name__)
+
+#: Kinds of weights :func:`build_weights` understands.
+KINDS = ("queen", "knn", "distance")
+
+#: Albers equal-area conic for China (standard parallels 25 N and 47 N, central
+#: meridian 105 E); used only to compute area-weighted centroids.
+CHINA_ALBERS = "+proj=aea +lat_0=0 +lon_0=105 +lat_1=25 +lat_2=47 +datum=WGS84 +units=m +no_defs"
+
+#: Mean Earth radius (IUGG) in km, for the unit-sphere nearest-neighbour search.
+EARTH_RADIUS_KM = 6371.0088
+
+#: Bump when the cached array layout or the construction rules change.
+FORMAT_VERSION = 1
+
+_GEOD = pyproj.Geod(ellps="WGS84")
+
+
+# ---------------------------------------------------------------------------
+# neighbour pairs
+# ---------------------------------------------------------------------------
+def queen_pairs(geometries: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Queen contiguity pairs: polygons sharing at least one vertex.
+
+    Parameters
+    ----------
+    geometries : array-like of shapely geometries
+        Polygons or multipolygons, in any CRS (coordinates are compared exactly).
+
+    Returns
+    -------
+    i, j : numpy.ndarray of int64
+        Positions of each unordered neighbour pair, ``i < j``, sorted.
+
+    Notes
+    -----
+    This is the rule of :class:`libpysal.weights.Queen` and of
+    ``libpysal.graph.Graph.build_contiguity(rook=False, strict=False)``: two
+    polygons are neighbours when a vertex of one is exactly (bit for bit) a
+    vertex of the other. Instead of a Python dictionary of vertices, every
+    vertex is tagged with its polygon, the ``(x, y, polygon)`` triples are
+    sorted with :func:`numpy.lexsort`, and the polygons found at the same
+    ``(x, y)`` are paired.
+
+    Why our own: on the 2,875 Amap counties (4.2 million vertices)
+    ``libpysal.weights.Queen.from_dataframe`` took 14.5 s and
+    ``Graph.build_contiguity`` 9.9 s, this function 1.6 s, with identical
+    neighbour sets (8,205 pairs; ``tests/test_weights.py`` checks the identity
+    against libpysal on synthetic and real units).
+    """
+    geoms = np.asarray(geometries, dtype=object)
+    n = len(geoms)
+    empty = np.zeros(0, dtype=np.int64)
+    if n < 2:
+        return empty, empty
+    coords, owner = shapely.get_coordinates(geoms, return_index=True)
+    if len(coords) == 0:
+        return empty, empty
+    x, y = coords[:, 0], coords[:, 1]
+    order = np.lexsort((owner, y, x))
+    x, y, owner = x[order], y[order], owner[order]
+    same_xy = np.zeros(len(x), dtype=bool)
+    same_xy[1:] = (x[1:] == x[:-1]) & (y[1:] == y[:-1])
+    # drop repeats of a vertex within one polygon (ring closures, shared parts)
+    keep = ~(same_xy & np.r_[False, owner[1:] == owner[:-1]])
+    same_xy = same_xy[keep]
+    owner = owner[keep]
+    group = np.cumsum(~same_xy) - 1
+    size = np.bincount(group)
+    shared = size[group] > 1
+    group, owner = group[shared], owner[shared]
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    d = 1
+    while d < len(group):
+        hit = group[d:] == group[:-d]
+        if not hit.any():
+            break
+        rows.append(owner[:-d][hit])
+        cols.append(owner[d:][hit])
+        d += 1
+    if not rows:
+        return empty, empty
+    a = np.concatenate(rows).astype(np.int64)
+    b = np.concatenate(cols).astype(np.int64)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    key = np.unique(lo * n + hi)
+    return key // n, key % n
+
+
+def _unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    lam, phi = np.radians(lon), np.radians(lat)
+    return np.column_stack((np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)))
+
+
+def _geodesic_km(lon1: np.ndarray, lat1: np.ndarray, lon2: np.ndarray, lat2: np.ndarray) -> np.ndarray:
+    if len(lon1) == 0:
+        return np.zeros(0)
+    _, _, metres = _GEOD.inv(lon1, lat1, lon2, lat2)
+    return np.asarray(metres, dtype=float) / 1000.0
+
+
+def _chord(km: float) -> float:
+    return float(2.0 * np.sin(min(np.pi, km / EARTH_RADIUS_KM) / 2.0))
+
+
+def knn_pairs(lon: np.ndarray, lat: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Directed ``k``-nearest-neighbour pairs by geodesic distance.
+
+    Parameters
+    ----------
+    lon, lat : numpy.ndarray
+        Points in degrees (WGS84).
+    k : int
+        Neighbours per point (capped at ``n - 1``).
+
+    Returns
+    -------
+    focal, neighbor : numpy.ndarray of int64
+        ``k`` rows per focal point, nearest first.
+
+    Notes
+    -----
+    Candidates (``k + 8``) come from a KD-tree on 3-D unit vectors, whose
+    chord length is monotone in great-circle distance, so the search is
+    exact on the sphere; they are then ranked by the WGS84 geodesic distance
+    (:class:`pyproj.Geod`), ties by position.
+    """
+    n = len(lon)
+    empty = np.zeros(0, dtype=np.int64)
+    k = min(int(k), n - 1)
+    if n < 2 or k < 1:
+        return empty, empty
+    kq = min(n, k + 9)
+    _, idx = cKDTree(_unit_vectors(lon, lat)).query(_unit_vectors(lon, lat), k=kq)
+    focal = np.repeat(np.arange(n), kq)
+    cand = idx.reshape(-1)
+    km = _geodesic_km(lon[focal], lat[focal], lon[cand], lat[cand])
+    km[cand == focal] = np.inf
+    order = np.lexsort((cand, km, focal))
+    chosen = order.reshape(n, kq)[:, :k].reshape(-1)
+    return focal[chosen], cand[chosen]
+
+
+def distance_pairs(lon: np.ndarray, lat: np.ndarray, *, distance_km: float) -> tuple[np.ndarray, np.ndarray]:
+    """Unordered pairs of points at most ``distance_km`` apart (WGS84 geodesic).
+
+    Parameters
+    ----------
+    lon, lat : numpy.ndarray
+        Points in degrees (WGS84).
+    distance_km : float
+        Threshold on the ground, in km.
+
+    Returns
+    -------
+    i, j : numpy.ndarray of int64
+        Pair positions with ``i < j``, sorted.
+
+    Notes
+    -----
+    Candidates come from a unit-sphere KD-tree with a radius 1 % larger than
+    the threshold (the sphere and the ellipsoid differ by less than 0.6 %),
+    then the geodesic distance on the WGS84 ellipsoid decides.
+    """
+    n = len(lon)
+    empty = np.zeros(0, dtype=np.int64)
+    if n < 2 or distance_km <= 0:
+        return empty, empty
+    tree = cKDTree(_unit_vectors(lon, lat))
+    pairs = tree.query_pairs(_chord(distance_km * 1.01), output_type="ndarray")
+    if len(pairs) == 0:
+        return empty, empty
+    i, j = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+    km = _geodesic_km(lon[i], lat[i], lon[j], lat[j])
+    ok = km <= distance_km
+    i, j = np.minimum(i[ok], j[ok]), np.maximum(i[ok], j[ok])
+    order = np.lexsort((j, i))
+    return i[order], j[order]
+
+
+def link_components(
+    n: int,
+    focal: np.ndarray,
+    neighbor: np.ndarray,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    *,
+    link_k: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Join disconnected components by links to their nearest units.
+
+    Parameters
+    ----------
+    n : int
+        Number of units.
+    focal, neighbor : numpy.ndarray of int
+        Existing (directed) neighbour pairs.
+    lon, lat : numpy.ndarray
+        Unit points (equal-area centroids) in degrees.
+    link_k : int, default 1
+        Links added per component and round.
+
+    Returns
+    -------
+    a, b : numpy.ndarray of int64
+        Added unordered pairs (``a`` in the component being joined).
+    rounds : numpy.ndarray of int64
+        Round (1, 2, ...) in which each pair was added.
+
+    Notes
+    -----
+    Components are the weakly connected components of the neighbour graph
+    (:func:`scipy.sparse.csgraph.connected_components`); the largest is the
+    main one. In each round every other component gets the ``link_k``
+    shortest pairs (u, v) with u inside and v outside it, by great-circle
+    distance between points (unit-sphere KD-tree). Pairs are added in both
+    directions. Rounds repeat until one component is left: two small
+    components may first join each other (e.g. 西沙区 and 南沙区), so each
+    round at least halves the number of components.
+    """
+    a_all: list[int] = []
+    b_all: list[int] = []
+    r_all: list[int] = []
+    if n < 2:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z
+    xyz = _unit_vectors(lon, lat)
+    f = np.asarray(focal, dtype=np.int64)
+    g = np.asarray(neighbor, dtype=np.int64)
+    existing = set(zip(np.minimum(f, g).tolist(), np.maximum(f, g).tolist(), strict=True))
+    rnd = 0
+    while True:
+        labels = _components(n, f, g)
+        ncomp = int(labels.max()) + 1
+        if ncomp <= 1:
+            break
+        rnd += 1
+        sizes = np.bincount(labels)
+        main = int(np.argmax(sizes))
+        new: list[tuple[int, int]] = []
+        for c in range(ncomp):
+            if c == main:
+                continue
+            members = np.flatnonzero(labels == c)
+            others = np.flatnonzero(labels != c)
+            kk = min(int(link_k), len(others))
+            dist, idx = cKDTree(xyz[others]).query(xyz[members], k=kk)
+            dist = np.asarray(dist).reshape(len(members), kk)
+            idx = np.asarray(idx).reshape(len(members), kk)
+            mem = np.repeat(members, kk)
+            oth = others[idx.reshape(-1)]
+            order = np.lexsort((oth, mem, dist.reshape(-1)))
+            for o in order[:kk]:
+                u, v = int(mem[o]), int(oth[o])
+                new.append((u, v))
+        added = 0
+        for u, v in new:
+            key = (min(u, v), max(u, v))
+            if key in existing:
+                continue
+            existing.add(key)
+            a_all.append(u)
+            b_all.append(v)
+            r_all.append(rnd)
+            added += 1
+        if added == 0:  # pragma: no cover - cannot happen with n >= 2
+            break
+        f = np.r_[f, np.asarray(a_all[-added:]), np.asarray(b_all[-added:])]
+        g = np.r_[g, np.asarray(b_all[-added:]), np.asarray(a_all[-added:])]
+    as_int = np.int64
+    return np.asarray(a_all, dtype=as_int), np.asarray(b_all, dtype=as_int), np.asarray(r_all, dtype=as_int)
+
+
+def _components(n: int, focal: np.ndarray, neighbor: np.ndarray) -> np.ndarray:
+    """Weak component labels, relabelled so 0 is the largest, then by first unit."""
+    adj = sparse.coo_array((np.ones(len(focal)), (focal, neighbor)), shape=(n, n)).tocsr()
+    _, labels = connected_components(adj, directed=True, connection="weak")
+    sizes = np.bincount(labels)
+    first = np.full(len(sizes), n)
+    np.minimum.at(first, labels, np.arange(n))
+    order = np.lexsort((first, -sizes))
+    remap = np.empty_like(order)
+    remap[order] = np.arange(len(order))
+    return remap[labels]
+
+
+# ---------------------------------------------------------------------------
+# points
+# ---------------------------------------------------------------------------
+def equal_area_centroids(geometry: gpd.GeoSeries) -> tuple[np.ndarray, np.ndarray]:
+    """Area-weighted centroids, computed in an Albers equal-area projection.
+
+    Parameters
+    ----------
+    geometry : geopandas.GeoSeries
+        Polygons with a CRS.
+
+    Returns
+    -------
+    lon, lat : numpy.ndarray
+        Centroids in WGS84 degrees.
+
+    Notes
+    -----
+    A centroid computed on lon/lat coordinates weights high latitudes too
+    much; on the 2,875 counties it is off by 13 m (median) and up to 3.5 km.
+    The projection is :data:`CHINA_ALBERS`.
+    """
+    if len(geometry) == 0:
+        return np.zeros(0), np.zeros(0)
+    projected = geometry.to_crs(CHINA_ALBERS)
+    cent = shapely.centroid(projected.values)
+    to_wgs = pyproj.Transformer.from_crs(CHINA_ALBERS, "EPSG:4326", always_xy=True)
+    lon, lat = to_wgs.transform(shapely.get_x(cent), shapely.get_y(cent))
+    return np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
+
+
+# ---------------------------------------------------------------------------
+# the weights object
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class UnitWeights:
+    """Binary neighbour relations between units, with the links added to join components.
+
+    Build with :func:`build_weights`. Positions refer to :attr:`ids`.
+
+    Attributes
+    ----------
+    ids : numpy.ndarray of str
+        Unit ids, in the order of the input frame.
+    focal, neighbor : numpy.ndarray of int64
+        Directed neighbour pairs (symmetric kinds hold both directions).
+    link : numpy.ndarray of bool
+        True for pairs added by :func:`link_components`.
+    lon, lat : numpy.ndarray
+        Equal-area centroids (WGS84 degrees) used for distances and links.
+    component : numpy.ndarray of int64
+        Component of each unit before linking; 0 is the largest.
+    kind : str
+        ``"queen"``, ``"knn"`` or ``"distance"``.
+    options : dict
+        ``k``, ``distance_km`` and ``link_k`` used to build it.
+    """
+
+    ids: np.ndarray
+    focal: np.ndarray
+    neighbor: np.ndarray
+    link: np.ndarray
+    lon: np.ndarray
+    lat: np.ndarray
+    component: np.ndarray
+    kind: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    # -- summaries ---------------------------------------------------------
+    @property
+    def n(self) -> int:
+        """Number of units."""
+        return len(self.ids)
+
+    @property
+    def n_links(self) -> int:
+        """Number of added (undirected) links."""
+        return int(self.link.sum()) // 2
+
+    @property
+    def cardinalities(self) -> np.ndarray:
+        """Neighbours per unit (including added links)."""
+        return np.bincount(self.focal, minlength=self.n)
+
+    @property
+    def linked(self) -> np.ndarray:
+        """True for units that received an added link."""
+        out = np.zeros(self.n, dtype=bool)
+        out[self.focal[self.link]] = True
+        return out
+
+    @property
+    def links(self) -> pd.DataFrame:
+        """The added links, one row per pair.
+
+        Columns ``unit_id`` (the unit in the component being joined),
+        ``neighbor_id``, ``distance_km`` (WGS84 geodesic between centroids),
+        ``lon``, ``lat``, ``neighbor_lon``, ``neighbor_lat``.
+        """
+        sel = np.flatnonzero(self.link)
+        sel = sel[: len(sel) // 2]  # first half: one direction (see _assemble)
+        a, b = self.focal[sel], self.neighbor[sel]
+        return pd.DataFrame(
+            {
+                "unit_id": self.ids[a].astype(object),
+                "neighbor_id": self.ids[b].astype(object),
+                "distance_km": _geodesic_km(self.lon[a], self.lat[a], self.lon[b], self.lat[b]),
+                "lon": self.lon[a],
+                "lat": self.lat[a],
+                "neighbor_lon": self.lon[b],
+                "neighbor_lat": self.lat[b],
+            }
+        )
+
+    @property
+    def description(self) -> str:
+        """One line saying how the weights were built."""
+        o = self.options
+        base = {
+            "queen": "queen contiguity (shared vertex)",
+            "knn": f"{o.get('k')} nearest neighbours (geodesic, equal-area centroids)",
+            "distance": f"distance band {o.get('distance_km')} km (geodesic, equal-area centroids)",
+        }[self.kind]
+        ncomp = int(self.component.max()) + 1 if self.n else 0
+        return (
+            f"{base}; {self.n} units, {(len(self.focal) - int(self.link.sum()))} directed pairs; "
+            f"{ncomp} component(s) joined by {self.n_links} nearest-centroid link(s)"
+        )
+
+    def neighbor_sets(self, *, links: bool = True) -> list[set[int]]:
+        """Neighbour positions of every unit (optionally without added links)."""
+        out: list[set[int]] = [set() for _ in range(self.n)]
+        keep = np.ones(len(self.focal), dtype=bool) if links else ~self.link
+        for f, g in zip(self.focal[keep].tolist(), self.neighbor[keep].tolist(), strict=True):
+            out[f].add(g)
+        return out
+
+    # -- conversions -------------------------------------------------------
+    def graph(self) -> Graph:
+        """Binary :class:`libpysal.graph.Graph` with ids in the order of :attr:`ids`.
+
+        Units without any neighbour are kept as zero-weight self-loops
+        (libpysal's convention for isolates).
+        """
+        n = self.n
+        f, g = self.focal, self.neighbor
+        w = np.ones(len(f))
+        lonely = np.setdiff1d(np.arange(n), f)
+        if len(lonely):
+            f, g, w = np.r_[f, lonely], np.r_[g, lonely], np.r_[w, np.zeros(len(lonely))]
+        order = np.lexsort((g, f))
+        ids = self.ids.astype(object)
+        graph = Graph.from_arrays(ids[f[order]], ids[g[order]], w[order])
+        if n and not np.array_equal(np.asarray(graph.unique_ids, dtype=object), ids):
+            raise RuntimeError("libpysal Graph reordered the unit ids")  # pragma: no cover
+        return graph
+
+    def subset(self, keep: np.ndarray) -> UnitWeights:
+        """Weights restricted to some units, re-linked if that disconnects them.
+
+        Parameters
+        ----------
+        keep : numpy.ndarray of bool
+            One flag per unit (e.g. ``values.notna()``).
+
+        Returns
+        -------
+        UnitWeights
+            Pairs between kept units (added links included); components
+            created by the removal are joined again by :func:`link_components`
+            with the same ``link_k``.
+        """
+        keep = np.asarray(keep, dtype=bool)
+        if len(keep) != self.n:
+            raise InputError(f"subset: expected {self.n} flags, found {len(keep)}")
+        if keep.all():
+            return self
+        pos = np.full(self.n, -1, dtype=np.int64)
+        pos[keep] = np.arange(int(keep.sum()))
+        ok = keep[self.focal] & keep[self.neighbor]
+        return _assemble(
+            ids=self.ids[keep],
+            focal=pos[self.focal[ok]],
+            neighbor=pos[self.neighbor[ok]],
+            link=self.link[ok],
+            lon=self.lon[keep],
+            lat=self.lat[keep],
+            kind=self.kind,
+            options=self.options,
+        )
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for caching (e.g. ``numpy.savez``); see :meth:`from_arrays`."""
+        meta = {"format": FORMAT_VERSION, "kind": self.kind, "options": dict(self.options)}
+        return {
+            "ids": self.ids.astype(str),
+            "focal": self.focal,
+            "neighbor": self.neighbor,
+            "link": self.link,
+            "lon": self.lon,
+            "lat": self.lat,
+            "component": self.component,
+            "meta": np.array(json.dumps(meta)),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> UnitWeights:
+        """Rebuild weights saved with :meth:`to_arrays`.
+
+        Raises
+        ------
+        InputError
+            If arrays are missing or were written by another format version.
+        """
+        need = ("ids", "focal", "neighbor", "link", "lon", "lat", "component", "meta")
+        missing = [k for k in need if k not in arrays]
+        if missing:
+            raise InputError(f"cached weights: missing arrays {missing}; delete the cache file to rebuild")
+        meta = json.loads(str(arrays["meta"][()]))
+        if meta.get("format") != FORMAT_VERSION:
+            raise InputError(
+                f"cached weights: format {meta.get('format')}, expected {FORMAT_VERSION}; "
+                "delete the cache file to rebuild"
+            )
+        return cls(
+            ids=np.asarray(arrays["ids"]).astype(object),
+            focal=np.asarray(arrays["focal"], dtype=np.int64),
+            neighbor=np.asarray(arrays["neighbor"], dtype=np.int64),
+            link=np.asarray(arrays["link"], dtype=bool),
+            lon=np.asarray(arrays["lon"], dtype=float),
+            lat=np.asarray(arrays["lat"], dtype=float),
+            component=np.asarray(arrays["component"], dtype=np.int64),
+            kind=str(meta["kind"]),
+            options=dict(meta["options"]),
+        )
+
+
+def _assemble(
+    *,
+    ids: np.ndarray,
+    focal: np.ndarray,
+    neighbor: np.ndarray,
+    link: np.ndarray | None,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    kind: str,
+    options: Mapping[str, Any],
+) -> UnitWeights:
+    """Link components and build the object (added links stored first a->b, then b->a)."""
+    n = len(ids)
+    focal = np.asarray(focal, dtype=np.int64)
+    neighbor = np.asarray(neighbor, dtype=np.int64)
+    old_link = np.zeros(len(focal), dtype=bool) if link is None else np.asarray(link, dtype=bool)
+    component = _components(n, focal, neighbor) if n else np.zeros(0, dtype=np.int64)
+    a, b, _ = link_components(n, focal, neighbor, lon, lat, link_k=int(options.get("link_k", 1)))
+    # keep earlier links (after a subset) together with new ones: a->b half, then b->a half
+    old_pairs = [(u, v) for u, v in zip(focal[old_link].tolist(), neighbor[old_link].tolist(), strict=True)]
+    seen: set[tuple[int, int]] = set()
+    la: list[int] = []
+    lb: list[int] = []
+    for u, v in old_pairs + list(zip(a.tolist(), b.tolist(), strict=True)):
+        key = (min(u, v), max(u, v))
+        if key in seen:
+            continue
+        seen.add(key)
+        la.append(u)
+        lb.append(v)
+    base_f, base_g = focal[~old_link], neighbor[~old_link]
+    la_arr, lb_arr = np.asarray(la, dtype=np.int64), np.asarray(lb, dtype=np.int64)
+    return UnitWeights(
+        ids=np.asarray(ids, dtype=object),
+        focal=np.r_[base_f, la_arr, lb_arr],
+        neighbor=np.r_[base_g, lb_arr, la_arr],
+        link=np.r_[np.zeros(len(base_f), dtype=bool), np.ones(2 * len(la), dtype=bool)],
+        lon=np.asarray(lon, dtype=float),
+        lat=np.asarray(lat, dtype=float),
+        component=component,
+        kind=kind,
+        options=dict(options),
+    )
+
+
+def build_weights(
+    units: gpd.GeoDataFrame,
+    *,
+    kind: str = "queen",
+    k: int = 6,
+    distance_km: float = 150.0,
+    link_k: int = 1,
+    id_column: str = "unit_id",
+) -> UnitWeights:
+    """Build binary spatial weights on polygon units and join their components.
+
+    Parameters
+    ----------
+    units : geopandas.GeoDataFrame
+        Polygon units with a CRS and a unique ``id_column``. Not modified.
+    kind : {"queen", "knn", "distance"}, default "queen"
+        Neighbour rule (see the module docstring).
+    k : int, default 6
+        Neighbours per unit for ``"knn"``.
+    distance_km : float, default 150.0
+        Threshold on the ground for ``"distance"``.
+    link_k : int, default 1
+        Links added per disconnected component and round (see
+        :func:`link_components`).
+    id_column : str, default "unit_id"
+        Column of unique unit ids.
+
+    Returns
+    -------
+    UnitWeights
+        Neighbour pairs in the order of ``units``; every unit has at least
+        one neighbour when there are two units or more.
+
+    Raises
+    ------
+    InputError
+        On a missing or duplicated id column, an unknown ``kind`` or bad
+        ``k``/``distance_km``/``link_k``.
+    CRSError, GeometryError
+        On a missing CRS or missing, empty or invalid geometries.
+
+    Notes
+    -----
+    Points for distances and links are area-weighted centroids
+    (:func:`equal_area_centroids`). KNN and distance-band distances are WGS84
+    geodesics (:func:`knn_pairs`, :func:`distance_pairs`).
+    """
+    problems = check_frame(
+        units,
+        name="units",
+        columns={id_column: "string"},
+        geometry=True,
+        geom_types=("Polygon", "MultiPolygon"),
+        unique=[id_column],
+        not_null=[id_column],
+    )
+    if kind not in KINDS:
+        problems.add(f"weights kind {kind!r} unknown; expected one of {list(KINDS)}")
+    if int(k) < 1 or int(link_k) < 1:
+        problems.add(f"k and link_k must be >= 1, found k={k}, link_k={link_k}")
+    if not distance_km > 0:
+        problems.add(f"distance_km must be > 0, found {distance_km}")
+    problems.raise_if_any()
+    ids = units[id_column].astype(str).to_numpy(dtype=object)
+    options = {"k": int(k), "distance_km": float(distance_km), "link_k": int(link_k)}
+    lon, lat = equal_area_centroids(units.geometry)
+    if kind == "queen":
+        i, j = queen_pairs(units.geometry.values)
+        focal, neighbor = np.r_[i, j], np.r_[j, i]
+    elif kind == "knn":
+        focal, neighbor = knn_pairs(lon, lat, k=int(k))
+    else:
+        i, j = distance_pairs(lon, lat, distance_km=float(distance_km))
+        focal, neighbor = np.r_[i, j], np.r_[j, i]
+    order = np.lexsort((neighbor, focal))
+    weights = _assemble(
+        ids=ids,
+        focal=focal[order],
+        neighbor=neighbor[order],
+        link=None,
+        lon=lon,
+        lat=lat,
+        kind=kind,
+        options=options,
+    )
+    log.debug("weights: %s", weights.description)
+    return weights
+
+
+def weights_key(
+    units: gpd.GeoDataFrame,
+    *,
+    kind: str,
+    k: int,
+    distance_km: float,
+    link_k: int,
+    id_column: str = "unit_id",
+) -> str:
+    """SHA-256 of unit ids, geometries (WKB), CRS and weight options.
+
+    Two unit sets with the same key give identical weights, so the key names
+    a cache file. Options that do not affect ``kind`` still enter the key
+    (simple and safe).
+    """
+    h = hashlib.sha256()
+    h.update(f"geo_pipeline.weights v{FORMAT_VERSION}\n".encode())
+    opts = {"kind": kind, "k": int(k), "distance_km": float(distance_km), "link_k": int(link_k)}
+    h.update(json.dumps(opts, sort_keys=True).encode())
+    h.update((units.crs.to_wkt() if units.crs is not None else "").encode())
+    for uid in units[id_column].astype(str):
+        h.update(uid.encode("utf-8") + b"\0")
+    wkb = shapely.to_wkb(units.geometry.values, byte_order=1, include_srid=False)
+    for blob in wkb:
+        h.update(blob if blob is not None else b"")
+    return h.hexdigest()
