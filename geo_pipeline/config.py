@@ -234,12 +234,19 @@ class AtlasSettings:
     dpi : resolution of PNG exports.
     simplify_m : tolerance for simplifying geometry once before printing.
     per_province : add a page per province.
+    generalise_mm : page-scale generalisation in millimetres on paper: each
+        page drops detail finer than this at its scale (never below
+        ``simplify_m``), which keeps the PDF small; 0 disables it.
+    font : CJK font file (TTF/OTF/TTC) or family name; empty: Noto Sans CJK SC
+        (Debian ``fonts-noto-cjk``).
     """
 
     paper: str = "A4"
     dpi: int = 200
     simplify_m: float = 500.0
     per_province: bool = True
+    generalise_mm: float = 0.25
+    font: str = ""
 
 
 @dataclass(frozen=True)
@@ -368,6 +375,12 @@ def _check_choices(s: Settings, source: str) -> None:
         raise ConfigError(
             f"{source}: [raster] needs window_rows >= 1, window_cols >= 0, min_cells >= 0, band >= 1 "
             f"and workers >= 1; found {r.window_rows}, {r.window_cols}, {r.min_cells}, {r.band}, {r.workers}"
+        )
+    a = s.atlas
+    if a.simplify_m < 0 or a.generalise_mm < 0 or not 20 <= a.dpi <= 1200:
+        raise ConfigError(
+            f"{source}: [atlas] needs simplify_m >= 0, generalise_mm >= 0 and dpi in [20, 1200]; "
+            f"found {a.simplify_m}, {a.generalise_mm}, {a.dpi}"
         )
     inf = s.infrastructure
     if not 0 < inf.underused_threshold <= 1:
