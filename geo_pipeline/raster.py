@@ -89,6 +89,9 @@ METHODS = ("auto", "centre", "exact")
 _N_ROWS = 5
 _COUNT, _SUM, _A, _B, _C = range(_N_ROWS)
 
+#: Vertices rasterised at a time by :func:`rasterise_spans` (bounds its memory).
+_SPAN_CHUNK_VERTICES = 500_000
+
 #: Target number of raster cells (bounding boxes) per exactextract batch.
 _EXACT_BATCH_CELLS = 20_000_000
 
@@ -294,24 +297,48 @@ def rasterise_spans(geoms: Sequence[Any] | np.ndarray, grid: RasterGrid) -> Span
     Spans
     """
     geoms = np.asarray(geoms, dtype=object)
+    # a bounded number of vertices at a time keeps the edge arrays small
+    nverts = shapely.get_num_coordinates(geoms)
+    bounds = np.searchsorted(np.cumsum(nverts), np.arange(_SPAN_CHUNK_VERTICES, nverts.sum(), _SPAN_CHUNK_VERTICES))
+    edges = [0, *np.unique(bounds[bounds < len(geoms)]).tolist(), len(geoms)]
+    pieces = [
+        _spans_of(geoms[lo:hi], lo, grid) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo
+    ]
+    row = np.concatenate([p[0] for p in pieces]) if pieces else np.zeros(0, np.int64)
+    c0 = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, np.int64)
+    c1 = np.concatenate([p[2] for p in pieces]) if pieces else np.zeros(0, np.int64)
+    unit = np.concatenate([p[3] for p in pieces]) if pieces else np.zeros(0, np.int64)
+    order = np.lexsort((c0, unit, row))
+    return Spans(row=row[order], c0=c0[order], c1=c1[order], unit=unit[order])
+
+
+def _spans_of(
+    geoms: np.ndarray, offset: int, grid: RasterGrid
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Runs (row, c0, c1, unit) of the geometries ``geoms`` (unit ids from ``offset + 1``)."""
     parts, owner = shapely.get_parts(geoms, return_index=True)
     rings, ring_part = shapely.get_rings(parts, return_index=True)
     coords, vert_ring = shapely.get_coordinates(rings, return_index=True)
     inv = ~grid.transform
     px = inv.a * coords[:, 0] + inv.b * coords[:, 1] + inv.c  # pixel space: cell (c, r) spans [c, c+1)
     py = inv.d * coords[:, 0] + inv.e * coords[:, 1] + inv.f
+    del coords
     same = vert_ring[1:] == vert_ring[:-1]
-    x0, y0, x1, y1 = px[:-1][same], py[:-1][same], px[1:][same], py[1:][same]
-    unit = (owner[ring_part[vert_ring[:-1][same]]] + 1).astype(np.int32)
-    lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
-    r_start = np.clip(np.ceil(lo - 0.5), 0, grid.height).astype(np.int64)  # centres y = r + 0.5 in [lo, hi)
-    r_end = np.clip(np.ceil(hi - 0.5), 0, grid.height).astype(np.int64)
-    k = np.maximum(r_end - r_start, 0)
+    y0, y1 = py[:-1], py[1:]
+    # rows whose centre line y = r + 0.5 lies in [min(y0, y1), max(y0, y1)): half-open edges
+    r_start = np.clip(np.ceil(np.minimum(y0, y1) - 0.5), 0, grid.height).astype(np.int64)
+    r_end = np.clip(np.ceil(np.maximum(y0, y1) - 0.5), 0, grid.height).astype(np.int64)
+    crossing = same & (r_end > r_start)
+    idx = np.flatnonzero(crossing)
+    x0, y0, x1, y1 = px[:-1][idx], y0[idx], px[1:][idx], y1[idx]
+    r_start, r_end = r_start[idx], r_end[idx]
+    unit = owner[ring_part[vert_ring[:-1][idx]]] + 1 + offset
+    del px, py, same, crossing
+    k = r_end - r_start
     edge = np.repeat(np.arange(len(k)), k)
     first = np.repeat(np.cumsum(k) - k, k)
     row = r_start[edge] + (np.arange(len(edge)) - first)
-    slope = (x1 - x0)[edge] / (y1 - y0)[edge]
-    x = x0[edge] + (row + 0.5 - y0[edge]) * slope
+    x = x0[edge] + (row + 0.5 - y0[edge]) * ((x1 - x0) / (y1 - y0))[edge]
     u = unit[edge]
     order = np.lexsort((x, row, u))
     x, row, u = x[order], row[order], u[order]
@@ -321,14 +348,7 @@ def rasterise_spans(geoms: Sequence[Any] | np.ndarray, grid: RasterGrid) -> Span
     c0 = np.clip(np.ceil(xa - 0.5), 0, grid.width).astype(np.int64)  # centres x = c + 0.5 in [xa, xb)
     c1 = np.clip(np.ceil(xb - 0.5), 0, grid.width).astype(np.int64)
     keep = c1 > c0
-    row, c0, c1, u = row[keep], c0[keep], c1[keep], u[keep]
-    order = np.lexsort((c0, u, row))
-    return Spans(
-        row=row[order].astype(np.int64),
-        c0=c0[order].astype(np.int64),
-        c1=c1[order].astype(np.int64),
-        unit=u[order].astype(np.int64),
-    )
+    return row[keep], c0[keep], c1[keep], u[keep].astype(np.int64)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -1,0 +1,664 @@
+#!/usr/bin/env python
+"""Benchmarks of geo_pipeline against the naive library paths.
+
+Usage::
+
+    python benchmarks/bench.py [--quick] [--repeat N] [--out benchmarks/results/bench.json]
+                               [--workdir DIR] [--skip-run]
+
+What it does:
+
+1. Runs ``geo-pipeline run`` once on the real data (mirror: ``GEO_PIPELINE_MIRROR`` or
+   ``../shared/data``) in a work folder (``--workdir``, default a new temporary folder) and
+   times it end to end ("whole pipeline", target 60 s); the per-stage times come from the
+   run's own log.
+2. Times stage functions on those real outputs and on scaled synthetic inputs (units x10:
+   each unit cut by a fishnet; population rasters of China's extent at 0.01 and 0.0025 deg),
+   each against the naive library path: GeoPackage I/O (pyogrio + Arrow vs fiona),
+   distance bands (vs pyproj.Geod over all unit-core pairs), Queen weights (vs
+   libpysal.weights.Queen), LISA with 999 permutations (esda warm; the Dask-ready chunked
+   permutations in-process and on a LocalCluster), raster zonal statistics (vs rasterstats
+   and exactextract).
+3. Prints a table (step, median s, baseline, baseline median s, ratio = baseline / ours,
+   target, pass/fail, peak RSS above the step's start) and writes it as JSON.
+
+Each benchmark is a small function; one that fails (e.g. a stage not available yet) is
+reported as an error row and the others still run. ``--quick`` keeps the whole run under
+about two minutes (fewer repeats, no 0.0025 deg raster, no x10 baselines that take long).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MIRROR = ROOT.parent / "shared" / "data"
+CHINA_BOUNDS = (73.0, 3.0, 135.0, 54.0)  # lon/lat box holding every unit, incl. the Nansha islands
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+# -- measuring ------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Sample this process's resident memory in a thread; report the peak above the start."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.peak = 0
+        self.start = 0
+        try:
+            import psutil
+
+            self._proc: Any = psutil.Process()
+        except ImportError:  # pragma: no cover
+            self._proc = None
+
+    def _rss(self) -> int:
+        if self._proc is not None:
+            return int(self._proc.memory_info().rss)
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+    def __enter__(self) -> PeakRSS:
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def delta_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def measure(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
+    """Median wall time over ``repeat`` calls, peak RSS increase (MB), last result."""
+    times = []
+    result = None
+    with PeakRSS() as mem:
+        for _ in range(max(1, repeat)):
+            t0 = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), mem.delta_mb, result
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    step: str
+    median_s: float | None = None
+    baseline: str = ""
+    baseline_s: float | None = None
+    target_s: float | None = None
+    peak_mb: float | None = None
+    note: str = ""
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.median_s and self.baseline_s:
+            return self.baseline_s / self.median_s
+        return None
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "ERROR"
+        if self.target_s is None or self.median_s is None:
+            return ""
+        return "pass" if self.median_s <= self.target_s else "FAIL"
+
+
+def compare(
+    step: str,
+    ours: Callable[[], Any],
+    *,
+    repeat: int,
+    baseline: tuple[str, Callable[[], Any]] | None = None,
+    baseline_repeat: int | None = None,
+    target_s: float | None = None,
+    note: str = "",
+) -> Row:
+    """Time ``ours`` (and a baseline) and build a row."""
+    med, peak, _ = measure(ours, repeat)
+    row = Row(step=step, median_s=med, target_s=target_s, peak_mb=peak, note=note)
+    if baseline is not None:
+        name, fn = baseline
+        bmed, bpeak, _ = measure(fn, baseline_repeat or repeat)
+        row.baseline, row.baseline_s = name, bmed
+        row.extra["baseline_peak_mb"] = bpeak
+    return row
+
+
+# -- context: real outputs and synthetic inputs ---------------------------------------------
+
+
+@dataclass
+class Context:
+    """What the benchmarks share."""
+
+    args: argparse.Namespace
+    workdir: Path
+    mirror: Path
+    processed: Path
+    units_source: str = ""
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def cached(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def repeat(self) -> int:
+        return self.args.repeat
+
+    # real units -------------------------------------------------------------------------
+    def units(self) -> Any:
+        return self.cached("units", self._load_units)
+
+    def _load_units(self) -> Any:
+        from geo_pipeline._io import read_layer
+
+        pop = self.processed / "population.gpkg"
+        if pop.is_file():
+            self.units_source = f"real county units ({pop})"
+            return read_layer(pop, "units")
+        bnd = self.processed / "boundaries.gpkg"
+        if not bnd.is_file():
+            raise RuntimeError(
+                f"neither {pop} nor {bnd} exists: the pipeline run failed before the population stage"
+            )
+        # stand-in while the population stage is not available: the county polygons with
+        # a synthetic indicator (clearly labelled in the output)
+        units = read_layer(bnd, "counties").rename(columns={"adcode": "unit_id"})
+        rng = np.random.default_rng(2020)
+        lon = units.geometry.representative_point().x.to_numpy()
+        units["change_pct"] = 8.0 * np.tanh((lon - 110.0) / 8.0) + rng.normal(0.0, 6.0, len(units))
+        self.units_source = f"STAND-IN: boundaries counties + synthetic change_pct ({bnd}); population.gpkg missing"
+        return units
+
+    def units_x10(self) -> Any:
+        return self.cached("units_x10", lambda: subdivide(self.units(), 10, self.workdir))
+
+    def raster(self, res: float) -> Path:
+        return self.cached(f"raster_{res}", lambda: synthetic_raster(self.workdir / "rasters", res))
+
+
+def subdivide(units: Any, factor: int, workdir: Path) -> Any:
+    """Cut every unit by a fishnet so that there are about ``factor`` times as many pieces."""
+    import geopandas as gpd
+    import shapely
+
+    from geo_pipeline._io import read_layer, write_gpkg
+
+    path = workdir / f"units_x{factor}.gpkg"
+    if path.is_file():
+        return read_layer(path, "units")
+    geoms = np.asarray(units.geometry.values, dtype=object)
+    minx, miny, maxx, maxy = units.total_bounds
+    area = float(shapely.area(geoms).sum())
+    step = float(np.sqrt(area / (factor * len(units)))) * 0.9
+    xs = np.arange(minx, maxx + step, step)
+    ys = np.arange(miny, maxy + step, step)
+    gx, gy = np.meshgrid(xs[:-1], ys[:-1])
+    boxes = shapely.box(gx.ravel(), gy.ravel(), gx.ravel() + step, gy.ravel() + step)
+    tree = shapely.STRtree(boxes)
+    ui, bi = tree.query(geoms, predicate="intersects")
+    pieces = shapely.intersection(geoms[ui], boxes[bi])
+    parts, idx = shapely.get_parts(pieces, return_index=True)
+    poly = shapely.get_type_id(parts) == 3
+    parts, idx = parts[poly], idx[poly]
+    owner = ui[idx]
+    merged = gpd.GeoDataFrame({"owner": owner, "piece": np.arange(len(owner))}, geometry=parts, crs=units.crs)
+    merged = merged[shapely.area(merged.geometry.to_numpy()) > 1e-8]
+    rng = np.random.default_rng(10)
+    parent = units.iloc[merged["owner"].to_numpy()]
+    out = gpd.GeoDataFrame(
+        {
+            "unit_id": [f"{p}_{k}" for p, k in zip(parent["unit_id"], range(len(merged)), strict=True)],
+            "change_pct": parent["change_pct"].to_numpy() + rng.normal(0, 3.0, len(merged)),
+        },
+        geometry=shapely.make_valid(merged.geometry.to_numpy()),
+        crs=units.crs,
+    )
+    out = out[out.geometry.geom_type.isin(["Polygon", "MultiPolygon"])].reset_index(drop=True)
+    write_gpkg(path, {"units": out}, overwrite=True)
+    return out
+
+
+def synthetic_raster(folder: Path, res: float) -> Path:
+    """People-per-cell GeoTIFF over China's extent (EPSG:4326), tiled, deflate, nodata -99999."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"china_{res:g}deg.tif"
+    if path.is_file():
+        return path
+    minx, miny, maxx, maxy = CHINA_BOUNDS
+    width, height = round((maxx - minx) / res), round((maxy - miny) / res)
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32",
+        "crs": "EPSG:4326", "transform": from_origin(minx, maxy, res, res), "nodata": -99999.0,
+        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "zlevel": 1,
+    }
+    rng = np.random.default_rng(int(1 / res))
+    lon = minx + (np.arange(width) + 0.5) * res
+    east = np.clip((lon - 95.0) / 25.0, 0.05, 1.0).astype("float32")  # denser to the east
+    tmp = path.with_suffix(".part.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for r0 in range(0, height, 2048):
+            h = min(2048, height - r0)
+            block = (rng.random((h, width), dtype=np.float32) ** 4) * 400.0 * east
+            block[rng.random((h, width), dtype=np.float32) < 0.02] = -99999.0
+            dst.write(block, 1, window=Window(0, r0, width, h))
+    os.replace(tmp, path)
+    return path
+
+
+# -- the whole pipeline ------------------------------------------------------------------------
+
+
+def run_pipeline(ctx: Context) -> list[Row]:
+    """``geo-pipeline run`` end to end in a subprocess, per-stage times from its log."""
+    cfg = ctx.workdir / "geo_pipeline.toml"
+    cfg.write_text(
+        "[paths]\n"
+        f'data_raw = "{(ctx.workdir / "data_raw").as_posix()}"\n'
+        f'data_processed = "{ctx.processed.as_posix()}"\n'
+        f'maps = "{(ctx.workdir / "maps").as_posix()}"\n'
+        f'mirror = "{ctx.mirror.as_posix()}"\n',
+        encoding="utf-8",
+    )
+    exe = Path(sys.executable).with_name("geo-pipeline")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "geo_pipeline.cli"]
+    cmd += ["-c", str(cfg), "run", "--overwrite"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ctx.workdir, check=False)
+    wall = time.perf_counter() - t0
+    (ctx.workdir / "run.log").write_text(proc.stderr + proc.stdout, encoding="utf-8")
+    rows = []
+    for name, secs in re.findall(r"cli: (\w+): finished in ([\d.]+) s", proc.stderr):
+        rows.append(Row(step=f"stage {name} (CLI, from the run log)", median_s=float(secs)))
+    skipped = re.findall(r"stage (\w+) is not available", proc.stderr)
+    whole = Row(step="whole pipeline: geo-pipeline run (subprocess)", median_s=wall, target_s=60.0)
+    if skipped:
+        whole.note = f"stages not available yet: {', '.join(skipped)}"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        whole.error = f"exit code {proc.returncode}: {last}"
+    return [whole, *rows]
+
+
+# -- benchmarks (each a small function returning rows) -----------------------------------------
+
+
+def bench_gpkg(ctx: Context) -> list[Row]:
+    """Read and write the units layer: pyogrio + Arrow (project I/O) vs fiona."""
+    import geopandas as gpd
+
+    from geo_pipeline._io import read_layer, write_gpkg
+
+    rows = []
+    for label, frame in (("units", ctx.units()), ("units x10", None if ctx.args.quick else ctx.units_x10())):
+        if frame is None:
+            continue
+        src = ctx.workdir / f"io_{label.replace(' ', '_')}.gpkg"
+        write_gpkg(src, {"units": frame}, overwrite=True)
+        out_ours = ctx.workdir / "io_ours.gpkg"
+        out_fiona = ctx.workdir / "io_fiona.gpkg"
+
+        def write_ours(f: Any = frame) -> None:
+            write_gpkg(out_ours, {"units": f}, overwrite=True)
+
+        def write_fiona(f: Any = frame) -> None:
+            if out_fiona.exists():
+                out_fiona.unlink()
+            f.to_file(out_fiona, layer="units", driver="GPKG", engine="fiona")
+
+        rows.append(compare(
+            f"GeoPackage read {label} ({len(frame)} rows)", lambda s=src: read_layer(s, "units"),
+            repeat=ctx.repeat, baseline=("fiona", lambda s=src: gpd.read_file(s, layer="units", engine="fiona")),
+            target_s=0.5 if label == "units" else None,
+        ))
+        rows.append(compare(
+            f"GeoPackage write {label} ({len(frame)} rows)", write_ours, repeat=ctx.repeat,
+            baseline=("fiona", write_fiona), target_s=0.5 if label == "units" else None,
+        ))
+    return rows
+
+
+def bench_distance(ctx: Context) -> list[Row]:
+    """Distance bands to the default cores vs pyproj.Geod over every unit-core pair."""
+    import pyproj
+
+    from geo_pipeline import distance as dist
+
+    units = ctx.units()
+    cores = dist.default_cores("all")
+    pts = units.geometry.representative_point()
+    lon, lat = pts.x.to_numpy(), pts.y.to_numpy()
+    clon, clat = cores.geometry.x.to_numpy(), cores.geometry.y.to_numpy()
+    geod = pyproj.Geod(ellps="WGS84")
+
+    def naive() -> np.ndarray:
+        d = np.empty((len(lon), len(clon)))
+        for j in range(len(clon)):
+            _, _, d[:, j] = geod.inv(lon, lat, np.full_like(lon, clon[j]), np.full_like(lat, clat[j]))
+        return np.digitize(d.min(axis=1) / 1000.0, [50.0, 100.0, 150.0])
+
+    dist.distance_bands(units, cores, breaks_km=[50.0, 100.0, 150.0])  # warm
+    return [compare(
+        f"distance bands ({len(units)} units x {len(cores)} cores)",
+        lambda: dist.distance_bands(units, cores, breaks_km=[50.0, 100.0, 150.0]),
+        repeat=max(ctx.repeat, 5), baseline=("pyproj.Geod all pairs", naive), target_s=0.05,
+        note="ours includes representative points; the baseline gets them precomputed",
+    )]
+
+
+def bench_weights(ctx: Context) -> list[Row]:
+    """Queen contiguity: the project's builder vs libpysal.weights.Queen."""
+    import libpysal
+
+    from geo_pipeline.weights import build_weights
+
+    rows = []
+    sets = [("units", ctx.units())]
+    if not ctx.args.quick:
+        sets.append(("units x10", ctx.units_x10()))
+    for label, units in sets:
+        def lib(u: Any = units) -> Any:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return libpysal.weights.Queen.from_dataframe(u, use_index=False, silence_warnings=True)
+
+        rows.append(compare(
+            f"Queen weights {label} ({len(units)})", lambda u=units: build_weights(u, kind="queen"),
+            repeat=ctx.repeat if label == "units" else 1, baseline=("libpysal.weights.Queen", lib),
+            note="ours also links islands/components and computes equal-area centroids",
+        ))
+    return rows
+
+
+def bench_lisa(ctx: Context) -> list[Row]:
+    """LISA with 999 permutations: esda warm, chunked permutations in-process and on Dask."""
+    import esda
+
+    from geo_pipeline.parallel import dask_client, permutation_pvalues_local
+    from geo_pipeline.weights import build_weights
+
+    rows = []
+    sets = [("units", ctx.units())]
+    if not ctx.args.quick:
+        sets.append(("units x10", ctx.units_x10()))
+    try:
+        from geo_pipeline.autocorrelation import warm_up
+
+        t_warm = warm_up()
+    except ImportError:
+        t_warm = float("nan")
+    for label, units in sets:
+        w = build_weights(units, kind="queen")
+        graph = w.graph()
+        y = units["change_pct"].to_numpy(dtype=float)
+        y = np.where(np.isfinite(y), y, np.nanmean(y))
+
+        def run_esda(g: Any = graph, v: np.ndarray = y) -> Any:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return esda.Moran_Local(v, g, transformation="r", permutations=999, seed=1, n_jobs=1,
+                                        keep_simulations=False)
+
+        run_esda()  # warm (numba compile of esda's kernels, if warm_up was not available)
+        row = compare(f"LISA 999 perm. esda.Moran_Local warm, {label} ({len(y)})", run_esda,
+                      repeat=ctx.repeat, target_s=0.5 if label == "units" else None)
+        row.extra["esda_warm_up_s"] = t_warm
+        rows.append(row)
+        rows.append(compare(
+            f"LISA 999 perm. parallel.permutation_pvalues_local in-process, {label}",
+            lambda g=graph, v=y: permutation_pvalues_local(v, g, permutations=999, seed=1),
+            repeat=ctx.repeat, baseline=("esda.Moran_Local warm", run_esda),
+        ))
+    if not ctx.args.quick:
+        label, units = sets[-1]
+        w = build_weights(units, kind="queen")
+        graph = w.graph()
+        y = units["change_pct"].to_numpy(dtype=float)
+        local = permutation_pvalues_local(y, graph, permutations=999, seed=1)
+        with dask_client(n_workers=2) as client:
+            permutation_pvalues_local(y[:100], np.eye(100), permutations=9, seed=1, client=client)  # warm
+            row = compare(
+                f"LISA 999 perm. on Dask LocalCluster(2), {label}",
+                lambda: permutation_pvalues_local(y, graph, permutations=999, seed=1, client=client),
+                repeat=ctx.repeat,
+                baseline=("same, in-process", lambda: permutation_pvalues_local(y, graph, permutations=999, seed=1)),
+            )
+            remote = permutation_pvalues_local(y, graph, permutations=999, seed=1, client=client)
+        row.note = "p-values identical to in-process: " + str(bool(np.array_equal(remote.p_sim, local.p_sim)))
+        rows.append(row)
+    return rows
+
+
+def _zonal_baselines(units: Any, tif: Path) -> dict[str, Callable[[], Any]]:
+    import exactextract
+    import rasterstats
+
+    def rs() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return rasterstats.zonal_stats(list(units.geometry), str(tif), stats=["sum", "count"])
+
+    def ee() -> Any:
+        return exactextract.exact_extract(str(tif), units, ["sum", "count"], output="pandas")
+
+    return {"rasterstats": rs, "exactextract": ee}
+
+
+def bench_raster(ctx: Context) -> list[Row]:
+    """Zonal statistics over synthetic national rasters: project vs rasterstats vs exactextract."""
+    from geo_pipeline.raster import zonal_population
+
+    rows: list[Row] = []
+    units = ctx.units()
+    resolutions = [0.01] if ctx.args.quick else [0.01, 0.0025]
+    subset_n = 300
+    rng = np.random.default_rng(0)
+    subset = units.iloc[np.sort(rng.choice(len(units), size=min(subset_n, len(units)), replace=False))]
+    for res in resolutions:
+        t0 = time.perf_counter()
+        tif = ctx.raster(res)
+        t_make = time.perf_counter() - t0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for method in ("centre", "auto"):
+                med, peak, out = measure(lambda m=method: zonal_population(units, tif, method=m),
+                                         1 if res < 0.01 else ctx.repeat)
+                info = out.attrs["raster"]
+                rows.append(Row(
+                    step=f"raster zonal {method}, {res:g} deg ({info['cells_read'] / 1e6:.0f} Mcells), all units",
+                    median_s=med, peak_mb=peak,
+                    note=(f"{info['cells_read'] / med / 1e6:.0f} Mcells/s end to end; exact for {info['n_exact']} "
+                          f"units; raster made in {t_make:.0f} s"),
+                    extra={"cells": info["cells_read"], "n_exact": info["n_exact"]},
+                ))
+            # baselines on the same random subset of units (the full set would take minutes)
+            base = _zonal_baselines(subset, tif)
+            ours_row = compare(
+                f"raster zonal centre, {res:g} deg, {len(subset)} random units",
+                lambda: zonal_population(subset, tif, method="centre"), repeat=1 if res < 0.01 else ctx.repeat,
+                baseline=("rasterstats", base["rasterstats"]), baseline_repeat=1,
+            )
+            rows.append(ours_row)
+            exact_row = compare(
+                f"raster zonal exact, {res:g} deg, {len(subset)} random units",
+                lambda: zonal_population(subset, tif, method="exact"), repeat=1,
+                baseline=("exactextract sum/count", base["exactextract"]), baseline_repeat=1,
+                note="ours also computes the weighted centroid from exactextract's cell arrays",
+            )
+            rows.append(exact_row)
+            rows.append(compare(
+                f"raster zonal centre vs exactextract, {res:g} deg, {len(subset)} random units",
+                lambda: zonal_population(subset, tif, method="centre"), repeat=1,
+                baseline=("exactextract sum/count", base["exactextract"]), baseline_repeat=1,
+            ))
+    if not ctx.args.quick:
+        units10 = ctx.units_x10()
+        tif = ctx.raster(0.01)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            med, peak, out = measure(lambda: zonal_population(units10, tif, method="auto"), 1)
+        info = out.attrs["raster"]
+        rows.append(Row(
+            step=f"raster zonal auto, 0.01 deg, units x10 ({len(units10)})", median_s=med, peak_mb=peak,
+            note=f"exact for {info['n_exact']} units",
+        ))
+        rows.extend(bench_raster_dask(ctx, units, ctx.raster(0.0025)))
+    return rows
+
+
+def bench_raster_dask(ctx: Context, units: Any, tif: Path) -> list[Row]:
+    """The centre method on a 2-worker LocalCluster vs in-process (same result)."""
+    from geo_pipeline.parallel import dask_client
+    from geo_pipeline.raster import zonal_population
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        local = zonal_population(units, tif, method="centre")
+        with dask_client(n_workers=2) as client:
+            zonal_population(units.iloc[:5], tif, method="centre", client=client)  # warm the workers
+            t0 = time.perf_counter()
+            remote = zonal_population(units, tif, method="centre", client=client)
+            t_dask = time.perf_counter() - t0
+    same = bool(np.array_equal(local["pop_raster_sum"].to_numpy(), remote["pop_raster_sum"].to_numpy(),
+                               equal_nan=True))
+    return [Row(
+        step="raster zonal centre, 0.0025 deg, on Dask LocalCluster(2)", median_s=t_dask,
+        baseline="same, in-process", baseline_s=local.attrs["raster"]["seconds"],
+        note=f"sums identical to in-process: {same}",
+    )]
+
+
+BENCHMARKS: list[Callable[[Context], list[Row]]] = [
+    bench_gpkg, bench_distance, bench_weights, bench_lisa, bench_raster,
+]
+
+
+# -- driver -------------------------------------------------------------------------------------
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
+
+
+def print_table(rows: list[Row], out: Any = sys.stdout) -> None:
+    header = ["step", "median s", "baseline", "baseline s", "ratio", "target s", "", "peak MB"]
+    table = [header]
+    for r in rows:
+        table.append([
+            r.step, _fmt(r.median_s), r.baseline, _fmt(r.baseline_s), _fmt(r.ratio, ".1f") + ("x" if r.ratio else ""),
+            _fmt(r.target_s, "g"), r.status, _fmt(r.peak_mb, ".0f"),
+        ])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for k, row in enumerate(table):
+        print("  ".join(c.ljust(w) if i in (0, 2, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))),
+              file=out)
+        if k == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+    for r in rows:
+        if r.error:
+            print(f"ERROR {r.step}: {r.error}", file=out)
+    for r in rows:
+        if r.note and not r.error:
+            print(f"note  {r.step}: {r.note}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a lighter run (about two minutes)")
+    parser.add_argument("--repeat", type=int, default=None, help="repeats per timing (default 3, quick 1)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results file")
+    parser.add_argument("--workdir", type=Path, default=None, help="work folder (kept; default: temporary)")
+    parser.add_argument("--skip-run", action="store_true",
+                        help="do not run the pipeline; use the outputs already in --workdir")
+    args = parser.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    mirror = Path(os.environ.get("GEO_PIPELINE_MIRROR") or DEFAULT_MIRROR).resolve()
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="geo_bench_")
+        workdir = Path(tmp.name)
+    else:
+        workdir = args.workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(args=args, workdir=workdir, mirror=mirror, processed=workdir / "data_processed")
+    rows: list[Row] = []
+    t_all = time.perf_counter()
+    steps: list[Callable[[Context], list[Row]]] = [] if args.skip_run else [run_pipeline]
+    for bench in [*steps, *BENCHMARKS]:
+        name = bench.__name__
+        print(f"[{time.perf_counter() - t_all:6.1f} s] {name} ...", file=sys.stderr, flush=True)
+        try:
+            rows.extend(bench(ctx))
+        except Exception as exc:  # a missing stage or library must not stop the others
+            detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            rows.append(Row(step=name, error=detail))
+            traceback.print_exc(file=sys.stderr)
+    total = time.perf_counter() - t_all
+    print(f"\ngeo_pipeline benchmarks ({'quick' if args.quick else 'full'}, repeat {args.repeat}, "
+          f"{os.cpu_count()} cores, {platform.python_version()}), {total:.0f} s in all")
+    print(f"units: {ctx.units_source or 'not loaded'}\n")
+    print_table(rows)
+    out = args.out or ROOT / "benchmarks" / "results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "quick": args.quick, "repeat": args.repeat, "total_s": total, "units": ctx.units_source,
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "rows": [{**asdict(r), "ratio": r.ratio, "status": r.status} for r in rows],
+    }, indent=2, default=str), encoding="utf-8")
+    print(f"\nresults written to {out}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 1 if any(r.error for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
