@@ -93,12 +93,19 @@ class PopulationSettings:
 
     Attributes
     ----------
-    level : analysis units, ``"county"`` (harmonised counties) or ``"prefecture"``.
+    level : analysis units, ``"county"`` (harmonised counties) or ``"prefecture"``
+        (the ``units`` layer then holds the prefectures of
+        census_city_2010-2020_v1.csv, ``unit_id`` = prefecture adcode).
     shrink_threshold_pct : a unit shrinks when ``change_pct`` is below this.
+    crosswalk_file : optional CSV of extra census-row-to-polygon links, appended
+        to the packaged table ``geo_pipeline/data/census_crosswalk.csv``; same
+        columns (year, census_code, census_name, adcode, relation, reason,
+        source). Unknown codes are an error. Empty: the packaged table only.
     """
 
     level: str = "county"
     shrink_threshold_pct: float = 0.0
+    crosswalk_file: str = ""
 
 
 @dataclass(frozen=True)
