@@ -62,6 +62,7 @@ import re
 import warnings
 import zipfile
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,6 +82,9 @@ __all__ = [
     "standardise_county_table",
     "classify_county_rows",
     "check_totals",
+    "load_corrections",
+    "apply_corrections",
+    "CORRECTION_COLUMNS",
     "normalise_name",
     "name_stem",
 ]
@@ -310,6 +314,90 @@ def standardise_county_table(frame: pd.DataFrame, *, year: int, source: str = "c
         out["hukou"] = _numeric(frame[cols["hukou"]].reset_index(drop=True), name=cols["hukou"], source=source)
     else:
         out["hukou"] = pd.array([pd.NA] * n, dtype="Int64")
+    out["note"] = pd.Series([None] * n, dtype=object)
+    return out
+
+
+#: Columns of a census corrections table.
+CORRECTION_COLUMNS = ["year", "code", "name", "action", "value", "reason"]
+
+
+def load_corrections() -> pd.DataFrame:
+    """The packaged corrections of the county tables (``geo_pipeline/data/census_corrections.csv``).
+
+    Each row fixes one documented error of a source table: ``swap_values``
+    swaps the population and hukou figures of the row ``code`` with those of
+    the row ``value`` (figures printed on the wrong row), ``rename`` replaces
+    the row's name by ``value`` (names printed on the wrong row, codes and
+    figures right). The ``name`` column is the name as printed, checked
+    before anything is changed.
+    """
+    ref = resources.files("geo_pipeline").joinpath("data/census_corrections.csv")
+    with resources.as_file(ref) as path:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    missing = [c for c in CORRECTION_COLUMNS if c not in frame.columns]
+    if missing:  # pragma: no cover - packaged file
+        raise InputError(f"census_corrections.csv: missing column(s) {missing}")
+    frame["year"] = frame["year"].astype(int)
+    return frame[CORRECTION_COLUMNS]
+
+
+def apply_corrections(table: pd.DataFrame, corrections: pd.DataFrame, *, year: int) -> pd.DataFrame:
+    """Return a copy of a standardised county table with the corrections of ``year`` applied (pure).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :func:`standardise_county_table` output.
+    corrections : pandas.DataFrame
+        :data:`CORRECTION_COLUMNS` (see :func:`load_corrections`).
+    year : {2010, 2020}
+
+    Returns
+    -------
+    pandas.DataFrame
+        The corrected copy; ``note`` says what was changed on each row.
+
+    Raises
+    ------
+    InputError
+        If a correction names a code that is not in the table, or the row's
+        printed name differs from the correction's ``name`` (another edition
+        of the table: the correction would be wrong).
+    """
+    out = table.copy()
+    out["note"] = out["note"].astype(object)
+    todo = corrections[corrections["year"].astype(int).eq(year)]
+    index = {c: i for i, c in zip(out.index, out["code"], strict=True) if c is not None}
+
+    def locate(code: str, name: str | None) -> int:
+        if code not in index:
+            raise InputError(f"census correction {year} {code}: no row with this code in the {year} table")
+        i = index[code]
+        printed = normalise_name(out.at[i, "label"])
+        if name is not None and printed != name:
+            raise InputError(
+                f"census correction {year} {code}: expected the row to be named {name!r}, found {printed!r}; "
+                "the table is not the edition the correction was made for"
+            )
+        return i
+
+    for c in todo.itertuples(index=False):
+        i = locate(c.code, c.name)
+        if c.action == "swap_values":
+            j = locate(c.value, None)
+            for col in ("pop", "hukou"):
+                out.loc[i, col], out.loc[j, col] = out.at[j, col], out.at[i, col]
+            msg = f"figures swapped with row {c.value} (census_corrections.csv): {c.reason}"
+            out.at[i, "note"] = msg
+            out.at[j, "note"] = msg
+        elif c.action == "rename":
+            old = out.at[i, "label"]
+            indent = old[: len(old) - len(old.lstrip())] if isinstance(old, str) else ""
+            out.at[i, "label"] = indent + c.value
+            out.at[i, "note"] = f"name corrected from {c.name} (census_corrections.csv): {c.reason}"
+        else:
+            raise InputError(f"census correction {year} {c.code}: unknown action {c.action!r}")
     return out
 
 
@@ -441,7 +529,9 @@ def classify_county_rows(table: pd.DataFrame, *, year: int) -> pd.DataFrame:
     province_code: list[str | None] = [None] * n
     prefecture_code: list[str | None] = [None] * n
     keys: list[str | None] = [None] * n
-    notes: list[str | None] = [None] * n
+    notes: list[str | None] = (
+        [_opt_str(v) for v in table["note"]] if "note" in table.columns else [None] * n
+    )
     cur_prov: str | None = None
     cur_pref: str | None = None
     for i, kind in enumerate(kinds):

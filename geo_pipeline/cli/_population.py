@@ -14,7 +14,13 @@ from .._errors import DataQualityWarning
 from .._io import check_writable, read_layer
 from .._progress import timed
 from .._validate import check_frame
-from ..census import classify_county_rows, read_city_table, read_county_table
+from ..census import (
+    apply_corrections,
+    classify_county_rows,
+    load_corrections,
+    read_city_table,
+    read_county_table,
+)
 from ..crosswalk import check_crosswalk_table, load_known_changes, read_crosswalk_table
 from ..population import build_population, prefecture_indicators, wkt_offset_km
 from . import StageContext
@@ -74,9 +80,14 @@ def run(ctx: StageContext, **options: Any) -> None:
     paths = {f"census_{y}": ctx.raw / p for y, p in CENSUS_FILES.items()}
     paths["census_city"] = ctx.raw / CITY_FILE
     boundaries = ctx.output(BOUNDARIES)
+    corrections = load_corrections()
     with timed("reading census tables", log):
-        rows = {y: classify_county_rows(read_county_table(paths[f"census_{y}"], year=y), year=y)
-                for y in CENSUS_FILES}
+        rows = {
+            y: classify_county_rows(
+                apply_corrections(read_county_table(paths[f"census_{y}"], year=y), corrections, year=y), year=y
+            )
+            for y in CENSUS_FILES
+        }
         city = read_city_table(paths["census_city"])
     counties = read_layer(boundaries, "counties", hint=_BOUNDARY_HINT)
     prefectures = read_layer(boundaries, "prefectures", hint=_BOUNDARY_HINT)
