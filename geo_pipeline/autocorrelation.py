@@ -1,0 +1,684 @@
+"""Spatial autocorrelation of unit indicators: global Moran's I, LISA and Getis-Ord Gi*.
+
+The statistics are PySAL's (:mod:`esda`) on the binary weights of
+:mod:`geo_pipeline.weights`, row-standardised for Moran's I and LISA and
+binary with a self-weight for Gi*. Pure functions: frames in, frames out; the
+CLI (``geo-pipeline autocorrelation``) reads the units, caches the weights and
+writes ``autocorrelation.gpkg`` and the Moran scatterplots.
+
+Example
+-------
+>>> res = spatial_autocorrelation(units, variables=["change_pct"], seed=1)  # doctest: +SKIP
+>>> res.global_moran[["variable", "I", "p_sim"]]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from matplotlib.figure import Figure
+from scipy import stats
+
+from ._errors import DataQualityWarning, InputError
+from ._validate import check_frame
+from .weights import UnitWeights, build_weights
+
+__all__ = [
+    "AutocorrelationResult",
+    "spatial_autocorrelation",
+    "global_moran",
+    "local_statistics",
+    "benjamini_hochberg",
+    "moran_scatterplot",
+    "warm_up",
+    "start_warm_up",
+    "LISA_LABELS",
+    "GI_LABELS",
+    "NO_DATA",
+]
+
+log = logging.getLogger(__name__)
+
+#: LISA quadrant labels (esda ``q``: 1 HH, 2 LH, 3 LL, 4 HL).
+LISA_LABELS = {1: "HH", 2: "LH", 3: "LL", 4: "HL"}
+#: Label of units whose local statistic is not significant.
+NOT_SIGNIFICANT = "not significant"
+#: Gi* classes.
+GI_LABELS = ("hot spot", "cold spot", NOT_SIGNIFICANT)
+#: Label of units left out because the variable is missing there.
+NO_DATA = "no data"
+
+GLOBAL_COLUMNS = [
+    "variable",
+    "I",
+    "EI",
+    "z_norm",
+    "p_norm",
+    "z_sim",
+    "p_sim",
+    "permutations",
+    "seed",
+    "n",
+    "n_missing",
+    "n_links",
+    "weights",
+]
+_CRAND_WARNING = "The alternative hypothesis for conditional randomization"
+
+
+@dataclass(frozen=True)
+class AutocorrelationResult:
+    """Outputs of :func:`spatial_autocorrelation`.
+
+    Attributes
+    ----------
+    units : geopandas.GeoDataFrame
+        ``unit_id``, ``w_neighbors``, ``w_component``, ``w_linked`` and per
+        variable ``lisa_<var>_I``, ``_p``, ``_q``, ``_cluster``, ``_std``,
+        ``_lag``, ``gi_<var>_z``, ``_p``, ``_class``; geometry.
+    global_moran : pandas.DataFrame
+        One row per variable (columns :data:`GLOBAL_COLUMNS`).
+    links : geopandas.GeoDataFrame
+        Links added to join islands and island groups, as lines between
+        centroids (``unit_id``, ``neighbor_id``, ``distance_km``).
+    weights : UnitWeights
+        The full weights used (before per-variable subsetting).
+    """
+
+    units: gpd.GeoDataFrame
+    global_moran: pd.DataFrame
+    links: gpd.GeoDataFrame
+    weights: UnitWeights
+
+
+# ---------------------------------------------------------------------------
+# numba warm-up
+# ---------------------------------------------------------------------------
+def warm_up() -> float:
+    """Compile esda's numba kernels for local Moran and Gi* now; return seconds spent.
+
+    esda's conditional randomisation (``esda.crand``) is compiled by numba
+    on first use in every process (about 15-20 s: its kernels take a function
+    argument, so numba cannot cache them on disk). Running it once on a tiny
+    lattice compiles exactly the specialisations the real calls use (same
+    argument types), so the real calls start at full speed.
+
+    It touches neither the warning filters nor NumPy's global random state,
+    so it can run in a background thread (:func:`start_warm_up`).
+    """
+    t0 = time.perf_counter()
+    from esda import crand
+    from esda.getisord import _g_local_star_crand
+    from esda.moran import _moran_local_crand
+    from libpysal.graph import Graph
+
+    ids = np.arange(9)
+    i, j = [], []
+    for a in ids:
+        for b in ids:
+            if a != b and abs(a // 3 - b // 3) + abs(a % 3 - b % 3) == 1:
+                i.append(a)
+                j.append(b)
+    graph = Graph.from_arrays(np.array(i), np.array(j), np.ones(len(i))).transform("r")
+    z = np.linspace(-1.0, 1.0, 9)
+    observed = np.zeros(9)
+    crand.crand(z, graph, observed, 9, False, 1, _moran_local_crand, seed=1, alternative="directed")
+    star = Graph.from_arrays(np.r_[np.array(i), ids], np.r_[np.array(j), ids], np.ones(len(i) + 9)).transform(
+        "b"
+    )
+    y = z + 2.0
+    crand.crand(
+        y,
+        star,
+        observed,
+        9,
+        False,
+        1,
+        _g_local_star_crand,
+        scaling=y.sum(),
+        seed=1,
+        island_weight=0,
+        alternative="directed",
+    )
+    return time.perf_counter() - t0
+
+
+def start_warm_up() -> threading.Thread:
+    """Start :func:`warm_up` in a daemon thread and return it (join before the statistics).
+
+    numba's LLVM passes release the GIL, so compilation overlaps reading the
+    units and building or loading the weights.
+    """
+
+    def target() -> None:
+        try:
+            spent = warm_up()
+            log.debug("esda numba kernels compiled in the background in %.1f s", spent)
+        except Exception as exc:  # noqa: BLE001 - warm-up is optional; the real call compiles
+            log.debug("numba warm-up failed (%s); kernels compile on first use", exc)
+
+    thread = threading.Thread(target=target, name="esda-numba-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+@contextmanager
+def _quiet_esda() -> Iterator[None]:
+    """Silence esda 2.9's announcement about a future default (not a data issue)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CRAND_WARNING, category=DeprecationWarning)
+        yield
+
+
+@contextmanager
+def _seeded_global_rng(seed: int) -> Iterator[None]:
+    """Seed NumPy's legacy global RNG (esda.Moran uses it) and restore it afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+# ---------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    r"""Benjamini-Hochberg adjusted p-values (q-values); NaN stays NaN.
+
+    Notes
+    -----
+    With the ``m`` p-values sorted, :math:`p_{(1)} \le \dots \le p_{(m)}`,
+    :math:`q_{(i)} = \min_{j \ge i} \min(1, m\,p_{(j)}/j)`. A unit is
+    significant at false-discovery rate ``alpha`` when :math:`q \le \alpha`,
+    the same units as the step-up rule "largest ``i`` with
+    :math:`p_{(i)} \le i\alpha/m`" (:func:`scipy.stats.false_discovery_control`).
+    """
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = stats.false_discovery_control(p[ok], method="bh")
+    return out
+
+
+def global_moran(y: np.ndarray, weights: UnitWeights, *, permutations: int, seed: int) -> dict[str, float]:
+    r"""Global Moran's I of ``y`` on row-standardised ``weights``.
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        Values in the order of ``weights.ids``, no missing values.
+    weights : UnitWeights
+    permutations : int
+        Random permutations for the pseudo p-value (0: none).
+    seed : int
+        Seed of the permutations (NumPy's global RNG, restored afterwards).
+
+    Returns
+    -------
+    dict
+        ``I``, ``EI``, ``z_norm``, ``p_norm`` (two-sided, normality),
+        ``z_sim``, ``p_sim`` (NaN without permutations).
+
+    Notes
+    -----
+    :math:`I = \frac{n}{S_0} \frac{\sum_i \sum_j w_{ij} z_i z_j}{\sum_i z_i^2}`
+    with :math:`z = y - \bar y` and row-standardised :math:`w` (so
+    :math:`S_0 = n`); :math:`E[I] = -1/(n-1)`. ``p_sim`` is esda's one-sided
+    pseudo p-value in the direction of the observed I,
+    :math:`(\min(G, P - G) + 1)/(P + 1)` with ``G`` permutations giving a
+    value at least as large.
+    """
+    import esda
+
+    graph = weights.graph()
+    with _seeded_global_rng(seed), _quiet_esda():
+        mi = esda.Moran(np.asarray(y, dtype=float), graph, transformation="r", permutations=permutations)
+    return {
+        "I": float(mi.I),
+        "EI": float(mi.EI),
+        "z_norm": float(mi.z_norm),
+        "p_norm": float(mi.p_norm),
+        "z_sim": float(mi.z_sim) if permutations else np.nan,
+        "p_sim": float(mi.p_sim) if permutations else np.nan,
+    }
+
+
+def _exact_p(p: np.ndarray, permutations: int) -> np.ndarray:
+    """Recover esda's float32 pseudo p-values (k+1)/(P+1) exactly in float64."""
+    return np.round(np.asarray(p, dtype=float) * (permutations + 1)) / (permutations + 1)
+
+
+def local_statistics(
+    y: np.ndarray,
+    weights: UnitWeights,
+    *,
+    permutations: int,
+    seed: int,
+    alpha: float,
+    fdr: bool,
+) -> pd.DataFrame:
+    r"""LISA (local Moran's I) and Getis-Ord Gi* for one variable.
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        Values in the order of ``weights.ids``, no missing values.
+    weights : UnitWeights
+    permutations : int
+        Conditional permutations per unit (0: normal approximation).
+    seed : int
+        Seed of the permutations (esda's ``seed``; same seed, same p-values).
+    alpha : float
+        Significance level of clusters and hot/cold spots.
+    fdr : bool
+        Judge significance on Benjamini-Hochberg q-values instead of p.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``I``, ``p``, ``q``, ``cluster``, ``std``, ``lag``, ``gi_z``,
+        ``gi_p``, ``gi_class``, one row per unit.
+
+    Notes
+    -----
+    LISA (Anselin 1995) on row-standardised weights, as esda computes it:
+    :math:`I_i = (n-1)\, z_i \sum_j w_{ij} z_j / \sum_k z_k^2` with
+    :math:`z = (y - \bar y)/s` (``std``); ``lag`` is
+    :math:`\sum_j w_{ij} z_j`. The quadrant of (``std``, ``lag``) gives HH,
+    LL, HL (high value, low neighbours) or LH; a unit keeps its label when
+    its pseudo p-value (or q-value with ``fdr``) is at most ``alpha``, else
+    "not significant".
+
+    Gi* (Getis & Ord 1992, Ord & Getis 1995) uses binary weights including
+    the unit itself. It is computed on :math:`y - \min y`: the statistic
+    assumes non-negative values, and a shift leaves the standardised
+    :math:`z^*_i = (\sum_j w_{ij} y_j - \bar y W_i) / (s \sqrt{(n W_i - W_i^2)/(n-1)})`
+    and the permutation p-values unchanged. Hot spot: :math:`z^* > 0` and
+    p at most ``alpha``; cold spot: :math:`z^* < 0`.
+
+    Pseudo p-values are esda's one-sided ones in the direction of the
+    observed value, :math:`(\min(G, P-G) + 1)/(P+1)`. Without
+    permutations, p comes from the normal approximation
+    (:math:`\Phi(-|z|)`, total-randomisation moments for LISA).
+    """
+    import esda
+
+    y = np.asarray(y, dtype=float)
+    n = len(y)
+    graph = weights.graph()
+    with _quiet_esda():
+        lisa = esda.Moran_Local(
+            y,
+            graph,
+            transformation="r",
+            permutations=permutations,
+            n_jobs=1,
+            keep_simulations=False,
+            seed=seed,
+        )
+    if permutations:
+        p = _exact_p(lisa.p_sim, permutations)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = stats.norm.sf(np.abs((lisa.Is - lisa.EI) / np.sqrt(lisa.VI)))
+    # a value exactly at the mean gives I_i = 0 for every permutation too; esda's
+    # tie rule would call that p = 1/(P+1): it is no evidence of anything
+    p = np.where(np.asarray(lisa.Is) == 0.0, 1.0, p)
+    q = benjamini_hochberg(p)
+    judge = q if fdr else p
+    sig = judge <= alpha
+    quad = np.asarray(lisa.q, dtype=int)
+    cluster = np.where(sig, [LISA_LABELS.get(v, NOT_SIGNIFICANT) for v in quad], NOT_SIGNIFICANT)
+    std = np.asarray(lisa.z, dtype=float)
+    lag = np.asarray(graph.transform("r").sparse @ std, dtype=float)
+
+    star = graph.assign_self_weight(1.0)
+    shifted = y - y.min()
+    with _quiet_esda():
+        gi = esda.G_Local(
+            shifted,
+            star,
+            transform="B",
+            permutations=permutations,
+            star=True,
+            n_jobs=1,
+            keep_simulations=False,
+            seed=seed,
+        )
+    gz = np.asarray(gi.Zs, dtype=float)
+    gp = _exact_p(gi.p_sim, permutations) if permutations else np.asarray(gi.p_norm, dtype=float)
+    gjudge = benjamini_hochberg(gp) if fdr else gp
+    gsig = gjudge <= alpha
+    gclass = np.where(gsig & (gz > 0), "hot spot", np.where(gsig & (gz < 0), "cold spot", NOT_SIGNIFICANT))
+    if n and not np.isfinite(lisa.Is).all():  # pragma: no cover - guarded by the caller
+        raise InputError("local Moran's I is not finite; is the variable constant?")
+    return pd.DataFrame(
+        {
+            "I": np.asarray(lisa.Is, dtype=float),
+            "p": p,
+            "q": q,
+            "cluster": cluster.astype(object),
+            "std": std,
+            "lag": lag,
+            "gi_z": gz,
+            "gi_p": gp,
+            "gi_class": gclass.astype(object),
+        }
+    )
+
+
+def _empty_columns(variables: Sequence[str]) -> dict[str, str]:
+    cols = {"w_neighbors": "int64", "w_component": "int64", "w_linked": "bool"}
+    for v in variables:
+        cols.update(
+            {
+                f"lisa_{v}_I": "float64",
+                f"lisa_{v}_p": "float64",
+                f"lisa_{v}_q": "float64",
+                f"lisa_{v}_cluster": "object",
+                f"lisa_{v}_std": "float64",
+                f"lisa_{v}_lag": "float64",
+                f"gi_{v}_z": "float64",
+                f"gi_{v}_p": "float64",
+                f"gi_{v}_class": "object",
+            }
+        )
+    return cols
+
+
+def _links_frame(weights: UnitWeights, crs: object) -> gpd.GeoDataFrame:
+    links = weights.links
+    lines = (
+        shapely.linestrings(
+            np.stack(
+                [links[["lon", "lat"]].to_numpy(), links[["neighbor_lon", "neighbor_lat"]].to_numpy()], axis=1
+            ).reshape(-1, 2, 2)
+        )
+        if len(links)
+        else np.array([], dtype=object)
+    )
+    frame = gpd.GeoDataFrame(
+        links[["unit_id", "neighbor_id", "distance_km"]].reset_index(drop=True),
+        geometry=gpd.GeoSeries(lines, crs="EPSG:4326"),
+    )
+    return frame.to_crs(crs) if len(frame) else frame.set_crs(crs, allow_override=True)
+
+
+def spatial_autocorrelation(
+    units: gpd.GeoDataFrame,
+    *,
+    variables: Sequence[str] = ("change_pct", "net_outflow_ratio"),
+    weights: UnitWeights | None = None,
+    kind: str = "queen",
+    k: int = 6,
+    distance_km: float = 150.0,
+    link_k: int = 1,
+    permutations: int = 999,
+    seed: int = 20201101,
+    alpha: float = 0.05,
+    fdr: bool = False,
+    id_column: str = "unit_id",
+) -> AutocorrelationResult:
+    """Global Moran's I, LISA clusters and Gi* hot/cold spots of unit indicators.
+
+    Parameters
+    ----------
+    units : geopandas.GeoDataFrame
+        Analysis units with a unique ``id_column``, polygon geometry and the
+        numeric ``variables``. Not modified.
+    variables : sequence of str, default ("change_pct", "net_outflow_ratio")
+        Numeric columns to analyse. Units where a variable is missing are left
+        out of that variable's statistics (weights subset and re-linked).
+    weights : UnitWeights, optional
+        Prebuilt weights for exactly these units in this order (e.g. from the
+        CLI's cache); built with ``kind``, ``k``, ``distance_km`` and
+        ``link_k`` when not given.
+    kind, k, distance_km, link_k
+        See :func:`geo_pipeline.weights.build_weights`.
+    permutations : int, default 999
+        Permutations for pseudo p-values (global and local).
+    seed : int, default 20201101
+        Seed; the same seed gives the same p-values.
+    alpha : float, default 0.05
+        Significance level for LISA clusters and Gi* classes.
+    fdr : bool, default False
+        Use Benjamini-Hochberg q-values (false-discovery rate ``alpha``).
+    id_column : str, default "unit_id"
+
+    Returns
+    -------
+    AutocorrelationResult
+        ``units`` (id, weight summary and per-variable columns, geometry),
+        ``global_moran`` (one row per variable), ``links`` (added links as
+        lines) and the ``weights``.
+
+    Raises
+    ------
+    InputError
+        Missing or non-numeric variables, duplicated ids, weights built for
+        other units, ``permutations < 0`` or ``alpha`` outside (0, 1).
+    CRSError, GeometryError
+        Missing CRS or bad geometries.
+
+    Warns
+    -----
+    DataQualityWarning
+        A variable is constant or has fewer than 3 values (its columns stay
+        empty).
+
+    Notes
+    -----
+    See :func:`global_moran` and :func:`local_statistics` for the formulas.
+    Everything random is seeded: esda's conditional permutations take
+    ``seed``; esda.Moran draws from NumPy's global RNG, seeded with ``seed``
+    and restored afterwards.
+    """
+    variables = list(dict.fromkeys(variables))
+    problems = check_frame(
+        units,
+        name="units",
+        columns={id_column: "string", **{v: "numeric" for v in variables}},
+        geometry=True,
+        unique=[id_column],
+        not_null=[id_column],
+    )
+    if not variables:
+        problems.add("no variables given; expected at least one numeric column such as 'change_pct'")
+    if permutations < 0:
+        problems.add(f"permutations must be >= 0, found {permutations}")
+    if not 0 < alpha < 1:
+        problems.add(f"alpha must be in (0, 1), found {alpha}")
+    if weights is not None and id_column in units.columns:
+        ids = units[id_column].astype(str).to_numpy(dtype=object)
+        if len(ids) != weights.n or not np.array_equal(ids, weights.ids.astype(object)):
+            problems.add(
+                f"weights were built for {weights.n} other units (or another order) than these "
+                f"{len(ids)}; rebuild them with build_weights(units)"
+            )
+    problems.raise_if_any()
+
+    schema = _empty_columns(variables)
+    if len(units) == 0:
+        empty = gpd.GeoDataFrame(
+            {
+                id_column: pd.Series([], dtype=object),
+                **{c: pd.Series([], dtype=t) for c, t in schema.items()},
+            },
+            geometry=gpd.GeoSeries([], crs=units.crs),
+        )
+        gm = pd.DataFrame({c: [] for c in GLOBAL_COLUMNS})
+        w0 = (
+            weights
+            if weights is not None
+            else build_weights(
+                units, kind=kind, k=k, distance_km=distance_km, link_k=link_k, id_column=id_column
+            )
+        )
+        return AutocorrelationResult(empty, gm, _links_frame(w0, units.crs), w0)
+
+    if weights is None:
+        weights = build_weights(
+            units, kind=kind, k=k, distance_km=distance_km, link_k=link_k, id_column=id_column
+        )
+    out = pd.DataFrame(index=units.index)
+    out[id_column] = units[id_column].astype(str).to_numpy(dtype=object)
+    out["w_neighbors"] = weights.cardinalities.astype("int64")
+    out["w_component"] = weights.component.astype("int64")
+    out["w_linked"] = weights.linked
+    rows = []
+    for var in variables:
+        values = units[var].to_numpy(dtype=float, na_value=np.nan)
+        ok = np.isfinite(values)
+        cols = {c: t for c, t in schema.items() if c.startswith((f"lisa_{var}_", f"gi_{var}_"))}
+        for c, t in cols.items():
+            out[c] = NO_DATA if t == "object" else np.nan
+        n_missing = int((~ok).sum())
+        row = {
+            "variable": var,
+            "permutations": permutations,
+            "seed": seed,
+            "n": int(ok.sum()),
+            "n_missing": n_missing,
+        }
+        if ok.sum() < 3 or np.nanstd(values[ok]) == 0:
+            warnings.warn(
+                f"{var}: {int(ok.sum())} unit(s) with a value"
+                f"{', all equal' if ok.sum() >= 3 else ''}; spatial autocorrelation is undefined, "
+                "its columns are left empty",
+                DataQualityWarning,
+                stacklevel=2,
+            )
+            rows.append(
+                {
+                    **row,
+                    "I": np.nan,
+                    "EI": np.nan,
+                    "z_norm": np.nan,
+                    "p_norm": np.nan,
+                    "z_sim": np.nan,
+                    "p_sim": np.nan,
+                    "n_links": weights.n_links,
+                    "weights": weights.description,
+                }
+            )
+            continue
+        if n_missing:
+            log.info("%s: %d unit(s) without a value left out", var, n_missing)
+        w_var = weights.subset(ok)
+        t0 = time.perf_counter()
+        g = global_moran(values[ok], w_var, permutations=permutations, seed=seed)
+        loc = local_statistics(values[ok], w_var, permutations=permutations, seed=seed, alpha=alpha, fdr=fdr)
+        log.debug("%s: statistics in %.2f s", var, time.perf_counter() - t0)
+        idx = out.index[ok]
+        for src, dst in (
+            ("I", "I"),
+            ("p", "p"),
+            ("q", "q"),
+            ("cluster", "cluster"),
+            ("std", "std"),
+            ("lag", "lag"),
+        ):
+            out.loc[idx, f"lisa_{var}_{dst}"] = loc[src].to_numpy()
+        for src, dst in (("gi_z", "z"), ("gi_p", "p"), ("gi_class", "class")):
+            out.loc[idx, f"gi_{var}_{dst}"] = loc[src].to_numpy()
+        rows.append({**row, **g, "n_links": w_var.n_links, "weights": w_var.description})
+        counts = pd.Series(loc["cluster"]).value_counts()
+        log.info(
+            "%s: Moran's I = %.3f (p_sim = %.3g); LISA HH %d, LL %d, HL %d, LH %d",
+            var,
+            g["I"],
+            g["p_sim"],
+            counts.get("HH", 0),
+            counts.get("LL", 0),
+            counts.get("HL", 0),
+            counts.get("LH", 0),
+        )
+    for c, t in schema.items():
+        out[c] = out[c].astype(t)
+    result_units = gpd.GeoDataFrame(out, geometry=units.geometry.copy(), crs=units.crs)
+    gm = pd.DataFrame(rows)[GLOBAL_COLUMNS]
+    return AutocorrelationResult(result_units, gm, _links_frame(weights, units.crs), weights)
+
+
+# ---------------------------------------------------------------------------
+# plot
+# ---------------------------------------------------------------------------
+_COLOURS = {"HH": "#d7191c", "LL": "#2c7bb6", "HL": "#fdae61", "LH": "#abd9e9", NOT_SIGNIFICANT: "#bdbdbd"}
+
+
+def moran_scatterplot(
+    units: pd.DataFrame,
+    variable: str,
+    *,
+    moran_i: float,
+    p_sim: float | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Moran scatterplot of one analysed variable, coloured by LISA cluster.
+
+    Parameters
+    ----------
+    units : pandas.DataFrame
+        ``AutocorrelationResult.units`` (needs ``lisa_<var>_std``, ``_lag``,
+        ``_cluster``).
+    variable : str
+    moran_i : float
+        Global Moran's I, drawn as the slope of the line through the origin.
+    p_sim : float, optional
+        Pseudo p-value for the title.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        A figure not attached to pyplot (save it with ``fig.savefig``).
+
+    Notes
+    -----
+    With row-standardised weights the least-squares slope of the spatial lag
+    of the standardised values on the standardised values is Moran's I.
+    """
+    cols = [f"lisa_{variable}_std", f"lisa_{variable}_lag", f"lisa_{variable}_cluster"]
+    check_frame(units, name="autocorrelation units", columns=cols).raise_if_any()
+    data = units[cols].dropna()
+    x, lag, cl = data[cols[0]].to_numpy(), data[cols[1]].to_numpy(), data[cols[2]].to_numpy()
+    fig = Figure(figsize=(6.0, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    for label, colour in _COLOURS.items():
+        sel = cl == label
+        if sel.any():
+            ax.scatter(
+                x[sel],
+                lag[sel],
+                s=9,
+                c=colour,
+                label=f"{label} ({int(sel.sum())})",
+                linewidths=0,
+                zorder=3 if label != NOT_SIGNIFICANT else 2,
+            )
+    ax.axhline(0, color="0.4", lw=0.7)
+    ax.axvline(0, color="0.4", lw=0.7)
+    if len(x):
+        xs = np.array([x.min(), x.max()])
+        ax.plot(xs, moran_i * xs, color="black", lw=1.2, label=f"slope = I = {moran_i:.3f}")
+    ax.set_xlabel(f"{variable} (standardised)")
+    ax.set_ylabel(f"spatial lag of {variable} (standardised)")
+    ptxt = f", p = {p_sim:.3g}" if p_sim is not None and np.isfinite(p_sim) else ""
+    ax.set_title(
+        title or f"Moran scatterplot: {variable} (I = {moran_i:.3f}{ptxt}, n = {len(x)})", fontsize=10
+    )
+    ax.legend(fontsize=8, loc="best", frameon=False)
+    return fig

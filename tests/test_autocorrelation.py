@@ -1,0 +1,443 @@
+"""Tests of the autocorrelation stage: planted clusters, seeds, FDR, pygeoda cross-check, CLI, real data."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pygeoda
+import pytest
+from click.testing import CliRunner
+from matplotlib.figure import Figure
+from pygeoda.libgeoda import gda_load_gal
+from pygeoda.weights.weight import Weight
+from shapely.geometry import Polygon, box
+
+from geo_pipeline import CRSError, DataQualityWarning, GeometryError, InputError
+from geo_pipeline._io import list_layers, read_layer, read_table, write_gpkg
+from geo_pipeline.autocorrelation import (
+    GLOBAL_COLUMNS,
+    NO_DATA,
+    benjamini_hochberg,
+    moran_scatterplot,
+    spatial_autocorrelation,
+    start_warm_up,
+    warm_up,
+)
+from geo_pipeline.cli import main
+from geo_pipeline.weights import UnitWeights, build_weights
+
+N = 10  # lattice side
+SIZE = 10_000.0  # m
+UTM50 = "EPSG:32650"
+HH_BLOCK = {(r, c) for r in range(3) for c in range(3)}
+LL_BLOCK = {(r, c) for r in range(7, 10) for c in range(7, 10)}
+
+
+def planted(seed: int = 0, crs: str = UTM50) -> gpd.GeoDataFrame:
+    """Make a 10x10 lattice of 10 km squares: noise U(-1, 1), +10 in one corner block, -10 opposite."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(N):
+        for c in range(N):
+            v = rng.uniform(-1.0, 1.0)
+            v += 10.0 if (r, c) in HH_BLOCK else -10.0 if (r, c) in LL_BLOCK else 0.0
+            geom = box(
+                500_000 + c * SIZE, 3_300_000 + r * SIZE, 500_000 + (c + 1) * SIZE, 3_300_000 + (r + 1) * SIZE
+            )
+            rows.append(
+                {
+                    "unit_id": f"r{r}c{c}",
+                    "name": f"cell {r},{c}",
+                    "row": r,
+                    "col": c,
+                    "v": v,
+                    "geometry": geom,
+                }
+            )
+    return gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
+
+
+def queen_matrix(units: gpd.GeoDataFrame) -> np.ndarray:
+    """Return the binary queen matrix of the lattice from row/col (Chebyshev distance 1): the reference."""
+    r, c = units["row"].to_numpy(), units["col"].to_numpy()
+    cheb = np.maximum(np.abs(r[:, None] - r[None, :]), np.abs(c[:, None] - c[None, :]))
+    return (cheb == 1).astype(float)
+
+
+def near(block: set[tuple[int, int]], r: int, c: int) -> bool:
+    """Return whether (r, c) is in ``block`` or touches it (queen)."""
+    return any(max(abs(r - a), abs(c - b)) <= 1 for a, b in block)
+
+
+@pytest.fixture(scope="module")
+def lattice_result() -> tuple[gpd.GeoDataFrame, object]:
+    units = planted()
+    return units, spatial_autocorrelation(units, variables=["v"], permutations=999, seed=7)
+
+
+# ---------------------------------------------------------------------------
+# synthetic lattice: known clusters and independent formulas
+# ---------------------------------------------------------------------------
+def test_planted_clusters_found_where_planted(lattice_result) -> None:  # type: ignore[no-untyped-def]
+    units, res = lattice_result
+    out = res.units.set_index("unit_id")
+    label = {(r, c): out.loc[f"r{r}c{c}", "lisa_v_cluster"] for r in range(N) for c in range(N)}
+    assert all(label[rc] == "HH" for rc in HH_BLOCK)
+    assert all(label[rc] == "LL" for rc in LL_BLOCK)
+    for (r, c), lab in label.items():
+        if lab == "HH":
+            assert near(HH_BLOCK, r, c), (r, c)
+        if lab == "LL":
+            assert near(LL_BLOCK, r, c), (r, c)
+        if not (near(HH_BLOCK, r, c) or near(LL_BLOCK, r, c)):
+            assert lab == "not significant", (r, c, lab)
+    hot = {(r, c) for r in range(N) for c in range(N) if out.loc[f"r{r}c{c}", "gi_v_class"] == "hot spot"}
+    cold = {(r, c) for r in range(N) for c in range(N) if out.loc[f"r{r}c{c}", "gi_v_class"] == "cold spot"}
+    assert HH_BLOCK <= hot and all(near(HH_BLOCK, *rc) for rc in hot)
+    assert LL_BLOCK <= cold and all(near(LL_BLOCK, *rc) for rc in cold)
+    # the weights summary columns: a 10x10 queen lattice has corners with 3, edges with 5 neighbours
+    assert out.loc["r0c0", "w_neighbors"] == 3 and out.loc["r0c5", "w_neighbors"] == 5
+    assert out.loc["r5c5", "w_neighbors"] == 8 and not out["w_linked"].any()
+
+
+def test_global_and_local_moran_equal_textbook_formulas(lattice_result) -> None:  # type: ignore[no-untyped-def]
+    units, res = lattice_result
+    y = units["v"].to_numpy()
+    w = queen_matrix(units)
+    wr = w / w.sum(axis=1, keepdims=True)
+    z = y - y.mean()
+    moran_i = len(y) / wr.sum() * (z @ wr @ z) / (z @ z)
+    row = res.global_moran.set_index("variable").loc["v"]
+    assert row["I"] == pytest.approx(moran_i, abs=1e-12)
+    assert row["EI"] == pytest.approx(-1 / (len(y) - 1))
+    assert row["p_sim"] == pytest.approx(1 / 1000)  # no permutation beats a planted pattern
+    assert row["n"] == 100 and row["n_missing"] == 0 and row["permutations"] == 999 and row["seed"] == 7
+    zs = z / y.std()
+    local = (len(y) - 1) * zs * (wr @ zs) / (zs @ zs)
+    assert np.allclose(res.units["lisa_v_I"], local, atol=1e-12)
+    assert np.allclose(res.units["lisa_v_std"], zs) and np.allclose(res.units["lisa_v_lag"], wr @ zs)
+
+
+def test_gi_star_equals_ord_getis_z(lattice_result) -> None:  # type: ignore[no-untyped-def]
+    # Ord & Getis (1995) z*: binary weights with the unit itself, population s, shift-invariant
+    units, res = lattice_result
+    y = units["v"].to_numpy()
+    n = len(y)
+    ws = queen_matrix(units) + np.eye(n)
+    wi = ws.sum(axis=1)
+    s1 = (ws**2).sum(axis=1)
+    zstar = (ws @ y - y.mean() * wi) / (y.std() * np.sqrt((n * s1 - wi**2) / (n - 1)))
+    assert np.allclose(res.units["gi_v_z"], zstar, atol=1e-10)
+
+
+def test_seed_reproducible_and_global_rng_untouched() -> None:
+    units = planted(seed=3)
+    state = np.random.get_state()
+    a = spatial_autocorrelation(units, variables=["v"], permutations=199, seed=11)
+    after = np.random.get_state()
+    assert after[0] == state[0] and np.array_equal(after[1], state[1]) and after[2:] == state[2:]
+    b = spatial_autocorrelation(units, variables=["v"], permutations=199, seed=11)
+    c = spatial_autocorrelation(units, variables=["v"], permutations=199, seed=12)
+    for col in ("lisa_v_p", "gi_v_p"):
+        assert np.array_equal(a.units[col], b.units[col])
+        assert not np.array_equal(a.units[col], c.units[col])
+    ga, gb, gc = (r.global_moran.iloc[0] for r in (a, b, c))
+    assert ga["z_sim"] == gb["z_sim"] and ga["z_sim"] != gc["z_sim"]
+    # pseudo p-values are exact multiples of 1/(P+1) in float64
+    k = a.units["lisa_v_p"].to_numpy() * 200
+    assert np.allclose(k, np.round(k), atol=1e-9)
+
+
+def test_benjamini_hochberg_matches_step_up_rule() -> None:
+    rng = np.random.default_rng(5)
+    p = np.r_[rng.uniform(0, 0.01, 20), rng.uniform(0, 1, 80), [np.nan]]
+    q = benjamini_hochberg(p)
+    assert np.isnan(q[-1])
+    finite = p[:-1]
+    m = len(finite)
+    order = np.sort(finite)
+    passing = np.nonzero(order <= np.arange(1, m + 1) * 0.05 / m)[0]
+    cutoff = order[passing.max()] if len(passing) else -1.0
+    assert set(np.nonzero(q[:-1] <= 0.05)[0]) == set(np.nonzero(finite <= cutoff)[0])
+    assert (q[:-1] >= finite).all()
+
+
+def test_fdr_is_stricter(lattice_result) -> None:  # type: ignore[no-untyped-def]
+    units, plain = lattice_result
+    fdr = spatial_autocorrelation(units, variables=["v"], permutations=999, seed=7, fdr=True)
+    sig_plain = plain.units["lisa_v_cluster"] != "not significant"
+    sig_fdr = fdr.units["lisa_v_cluster"] != "not significant"
+    assert (sig_fdr <= sig_plain).all() and sig_fdr.sum() < sig_plain.sum()
+    assert (fdr.units.loc[sig_fdr, "lisa_v_q"] <= 0.05).all()
+    # the planted blocks survive the correction
+    out = fdr.units.set_index("unit_id")
+    assert all(out.loc[f"r{r}c{c}", "lisa_v_cluster"] == "HH" for r, c in HH_BLOCK)
+
+
+def test_alpha_changes_labels(lattice_result) -> None:  # type: ignore[no-untyped-def]
+    units, res = lattice_result
+    strict = spatial_autocorrelation(units, variables=["v"], permutations=999, seed=7, alpha=0.002)
+    p = res.units["lisa_v_p"]
+    assert ((strict.units["lisa_v_cluster"] != "not significant") == (p <= 0.002)).all()
+
+
+def test_missing_values_left_out_and_relinked() -> None:
+    units = planted(seed=1)
+    units["w"] = units["v"]
+    # the corner r0c0 loses all three neighbours: it must be re-linked, not dropped
+    units.loc[units["unit_id"].isin(["r0c1", "r1c0", "r1c1"]), "w"] = np.nan
+    res = spatial_autocorrelation(units, variables=["v", "w"], permutations=99, seed=1)
+    g = res.global_moran.set_index("variable")
+    assert g.loc["w", "n"] == 97 and g.loc["w", "n_missing"] == 3 and g.loc["w", "n_links"] == 1
+    assert g.loc["v", "n"] == 100 and g.loc["v", "n_links"] == 0
+    out = res.units.set_index("unit_id")
+    assert (out.loc[["r0c1", "r1c0", "r1c1"], "lisa_w_cluster"] == NO_DATA).all()
+    assert out.loc[["r0c1", "r1c0", "r1c1"], "lisa_w_I"].isna().all()
+    assert np.isfinite(out.loc["r0c0", "lisa_w_I"]) and out.loc["r0c0", "lisa_w_cluster"] != NO_DATA
+    assert list(res.global_moran.columns) == GLOBAL_COLUMNS
+
+
+def test_constant_variable_warns_and_stays_empty() -> None:
+    units = planted().assign(flat=1.0)
+    with pytest.warns(DataQualityWarning, match="flat: 100 unit.*all equal"):
+        res = spatial_autocorrelation(units, variables=["flat"], permutations=9, seed=1)
+    assert np.isnan(res.global_moran.loc[0, "I"])
+    assert (res.units["lisa_flat_cluster"] == NO_DATA).all()
+
+
+def test_empty_input_keeps_schema(lattice_result) -> None:  # type: ignore[no-untyped-def]
+    _, full = lattice_result
+    res = spatial_autocorrelation(planted().iloc[:0], variables=["v"], permutations=9)
+    assert len(res.units) == 0 and list(res.units.columns) == list(full.units.columns)
+    assert len(res.global_moran) == 0 and list(res.global_moran.columns) == GLOBAL_COLUMNS
+
+
+def test_bad_inputs() -> None:
+    units = planted()
+    with pytest.raises(InputError, match=r"missing column\(s\) \['nope'\]"):
+        spatial_autocorrelation(units, variables=["nope"])
+    with pytest.raises(InputError, match="column 'name' should be numeric"):
+        spatial_autocorrelation(units, variables=["name"])
+    with pytest.raises(InputError, match="alpha must be in"):
+        spatial_autocorrelation(units, variables=["v"], alpha=1.5)
+    other = build_weights(units.iloc[:50])
+    with pytest.raises(InputError, match="weights were built for 50 other units"):
+        spatial_autocorrelation(units, variables=["v"], weights=other)
+    with pytest.raises(CRSError, match="no CRS"):
+        spatial_autocorrelation(units.set_crs(None, allow_override=True), variables=["v"])
+    bad = units.copy()
+    bad.loc[0, "geometry"] = Polygon([(0, 0), (1, 1), (1, 0), (0, 1)])
+    with pytest.raises(GeometryError, match="invalid"):
+        spatial_autocorrelation(bad, variables=["v"])
+
+
+def test_prebuilt_weights_and_shuffled_rows_give_same_unit_results(lattice_result) -> None:  # type: ignore[no-untyped-def]
+    units, res = lattice_result
+    shuffled = units.sample(frac=1.0, random_state=2)
+    out = spatial_autocorrelation(shuffled, variables=["v"], permutations=999, seed=7)
+    a = res.units.set_index("unit_id").sort_index()
+    b = out.units.set_index("unit_id").sort_index()
+    assert np.allclose(a["lisa_v_I"], b["lisa_v_I"], atol=1e-12)
+    assert (b.index == a.index).all()
+    assert out.global_moran.loc[0, "I"] == pytest.approx(res.global_moran.loc[0, "I"], abs=1e-12)
+    assert list(out.units.index) == list(shuffled.index)  # aligned to the input
+
+
+def test_moran_scatterplot_slope_is_i(lattice_result) -> None:  # type: ignore[no-untyped-def]
+    _, res = lattice_result
+    i_val = float(res.global_moran.loc[0, "I"])
+    fig = moran_scatterplot(res.units, "v", moran_i=i_val, p_sim=0.001)
+    assert isinstance(fig, Figure)
+    x = res.units["lisa_v_std"].to_numpy()
+    lag = res.units["lisa_v_lag"].to_numpy()
+    assert np.polyfit(x, lag, 1)[0] == pytest.approx(i_val, abs=1e-9)  # least squares slope = I
+    line = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("slope")][0]
+    xs, ys = line.get_data()
+    assert (ys[1] - ys[0]) / (xs[1] - xs[0]) == pytest.approx(i_val)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_warm_up_compiles_without_warnings() -> None:
+    assert warm_up() >= 0.0
+    thread = start_warm_up()
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+
+
+# ---------------------------------------------------------------------------
+# cross-check with pygeoda (GeoDa's C++ library)
+# ---------------------------------------------------------------------------
+def write_gal(weights: UnitWeights, path: Path) -> list[str]:
+    """Write ``weights`` (with added links) as a GeoDa GAL file; return the id vector."""
+    sets = weights.neighbor_sets()
+    lines = [f"0 {weights.n} units unit_id"]
+    for i, nb in enumerate(sets):
+        lines.append(f"{i + 1} {len(nb)}")
+        lines.append(" ".join(str(j + 1) for j in sorted(nb)))
+    path.write_text("\n".join(lines) + "\n", encoding="ascii")
+    return [str(i + 1) for i in range(weights.n)]
+
+
+def pygeoda_check(units: gpd.GeoDataFrame, column: str, res: object, weights: UnitWeights, tmp: Path) -> None:
+    """Assert pygeoda gives our queen sets, Moran's I and every local Moran's I."""
+    ok = units[column].notna().to_numpy()
+    # 1. contiguity built by GeoDa itself = our queen pairs (before the island links)
+    gq = pygeoda.queen_weights(pygeoda.open(units[["unit_id", "geometry"]].reset_index(drop=True)))
+    geoda_sets = [set(gq.get_neighbors(i)) for i in range(len(units))]
+    assert geoda_sets == weights.neighbor_sets(links=False)
+    # 2. same (linked, subset) weights through a GAL file: same statistics
+    w_var = weights.subset(ok)
+    ids = write_gal(w_var, tmp / f"{column}.gal")
+    # what pygeoda.read_gal does, without its unclosed file handle (a ResourceWarning)
+    gw = Weight(gda_load_gal(str(tmp / f"{column}.gal"), ids))
+    y = units.loc[ok, column].to_numpy(dtype=float)
+    lisa = pygeoda.local_moran(gw, list(y), permutations=99, seed=1, cpu_threads=1)
+    ours = res.units.loc[ok, f"lisa_{column}_I"].to_numpy()  # type: ignore[attr-defined]
+    assert np.allclose(np.asarray(lisa.lisa_values()), ours, rtol=0, atol=1e-9)
+    lag = np.asarray(gw.spatial_lag(list(y)))  # row-standardised lag by GeoDa
+    z = y - y.mean()
+    moran_i = float(z @ (lag - y.mean()) / (z @ z))
+    row = res.global_moran.set_index("variable").loc[column]  # type: ignore[attr-defined]
+    assert row["I"] == pytest.approx(moran_i, abs=1e-9)
+
+
+def test_pygeoda_cross_check_with_islands(tmp_path: Path) -> None:
+    units = planted(seed=4).to_crs(4326)
+    extra = gpd.GeoDataFrame(
+        {"unit_id": ["isle", "g1", "g2"], "v": [3.0, -2.0, 0.5], "row": -1, "col": -1, "name": "x"},
+        geometry=[
+            box(123.3, 29.8, 123.4, 29.9),
+            box(123.0, 30.5, 123.1, 30.6),
+            box(123.1, 30.5, 123.2, 30.6),
+        ],
+        crs=4326,
+    )
+    units = gpd.GeoDataFrame(pd.concat([units, extra], ignore_index=True), crs=4326)
+    units.loc[5, "v"] = np.nan
+    weights = build_weights(units)
+    assert weights.n_links == 2
+    res = spatial_autocorrelation(units, variables=["v"], weights=weights, permutations=99, seed=3)
+    pygeoda_check(units, "v", res, weights, tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+def _config(folder: Path, extra: str = "") -> Path:
+    cfg = folder / "geo_pipeline.toml"
+    cfg.write_text(
+        "[paths]\n"
+        f'data_raw = "{(folder / "raw").as_posix()}"\n'
+        f'data_processed = "{(folder / "processed").as_posix()}"\n'
+        f'maps = "{(folder / "maps").as_posix()}"\n' + extra,
+        encoding="utf-8",
+    )
+    return cfg
+
+
+def _population_gpkg(folder: Path) -> gpd.GeoDataFrame:
+    units = planted(seed=2).to_crs(4326)
+    units["change_pct"] = units["v"]
+    units["net_outflow_ratio"] = -units["v"] / 100.0
+    units.loc[0, "net_outflow_ratio"] = np.nan
+    write_gpkg(folder / "processed" / "population.gpkg", {"units": units.drop(columns=["v", "row", "col"])})
+    return units
+
+
+def test_cli_writes_layers_pngs_and_reuses_weights(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "[autocorrelation]\npermutations = 99\n")
+    _population_gpkg(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["-c", str(cfg), "autocorrelation", "--seed", "5"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    gpkg = tmp_path / "processed" / "autocorrelation.gpkg"
+    assert set(list_layers(gpkg)) == {"units", "global_moran", "island_links"}
+    out = read_layer(gpkg, "units")
+    assert out.crs.to_epsg() == 4326 and len(out) == 100
+    assert {"unit_id", "lisa_change_pct_cluster", "gi_net_outflow_ratio_class", "w_neighbors"} <= set(
+        out.columns
+    )
+    gm = read_table(gpkg, "global_moran").set_index("variable")
+    assert gm.loc["change_pct", "seed"] == 5 and gm.loc["change_pct", "permutations"] == 99
+    assert gm.loc["net_outflow_ratio", "n"] == 99
+    assert gm.loc["net_outflow_ratio", "I"] > 0.5  # the planted pattern, sign-flipped, still clusters
+    for var in ("change_pct", "net_outflow_ratio"):
+        assert (tmp_path / "maps" / f"moran_{var}.png").read_bytes()[:4] == b"\x89PNG"
+    caches = list((tmp_path / "processed").glob("weights_*.npz"))
+    assert len(caches) == 1
+    manifest = json.loads((tmp_path / "processed" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["stages"]["autocorrelation"]["summary"]["weights_cached"] is False
+
+    again = runner.invoke(main, ["-c", str(cfg), "autocorrelation"])
+    assert again.exit_code == 4 and "--overwrite" in again.output
+
+    third = runner.invoke(
+        main, ["-c", str(cfg), "autocorrelation", "--overwrite", "--variables", "change_pct"]
+    )
+    assert third.exit_code == 0, third.output
+    manifest = json.loads((tmp_path / "processed" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["stages"]["autocorrelation"]["summary"]["weights_cached"] is True
+    assert manifest["stages"]["autocorrelation"]["parameters"]["variables"] == ["change_pct"]
+    assert list((tmp_path / "processed").glob("weights_*.npz")) == caches
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    runner = CliRunner()
+    missing = runner.invoke(main, ["-c", str(cfg), "autocorrelation"])
+    assert missing.exit_code == 3 and "run `geo-pipeline population` first" in missing.output
+    _population_gpkg(tmp_path)
+    bad = runner.invoke(main, ["-c", str(cfg), "autocorrelation", "--variables", "pop_2030"])
+    assert bad.exit_code == 2 and "missing column(s) ['pop_2030']" in bad.output
+    alpha = runner.invoke(main, ["-c", str(cfg), "autocorrelation", "--alpha", "2"])
+    assert alpha.exit_code == 2 and "--alpha" in alpha.output
+
+
+# ---------------------------------------------------------------------------
+# real data
+# ---------------------------------------------------------------------------
+NORTHEAST = ("21", "22", "23")  # Liaoning, Jilin, Heilongjiang
+
+
+@pytest.mark.slow
+def test_real_units_northeast_low_low_and_pygeoda(run_stage: Callable[[str], Path], tmp_path: Path) -> None:
+    processed = run_stage("autocorrelation")
+    units = read_layer(processed / "population.gpkg", "units")
+    out = read_layer(processed / "autocorrelation.gpkg", "units")
+    assert list(out["unit_id"]) == list(units["unit_id"])
+    gm = read_table(processed / "autocorrelation.gpkg", "global_moran").set_index("variable")
+
+    # population change is strongly clustered (a national gradient from the coast and cities)
+    assert gm.loc["change_pct", "I"] > 0.2
+    assert gm.loc["change_pct", "p_sim"] < 0.01
+    # the Northeast lost population everywhere (census 2020: Heilongjiang -16.9 %, Jilin -12.2 %)
+    prov = units["province_code"].astype(str).str[:2]
+    ll = out["lisa_change_pct_cluster"] == "LL"
+    ne = prov.isin(NORTHEAST)
+    assert ll[ne].mean() > 4 * ll[~ne].mean()  # LL is far more frequent in the Northeast
+    assert ll[prov == "23"].mean() > 0.5  # a majority of Heilongjiang units are Low-Low
+    assert (out.loc[ne, "lisa_change_pct_cluster"] == "HH").sum() < 0.05 * ne.sum()
+
+    # islands derived from the data: a subset of those known to have no land neighbour
+    comp = out["w_component"].to_numpy()
+    sizes = np.bincount(comp)
+    names = units["name"].to_numpy()
+    islands = {names[k] for k in range(len(comp)) if comp[k] > 0 and sizes[comp[k]] == 1}
+    assert islands <= {"长海县", "岱山县", "金门县", "南澳县", "西沙区", "南沙区"}
+    assert len(islands) >= 4
+    links = read_layer(processed / "autocorrelation.gpkg", "island_links")
+    assert len(links) == len(sizes) - 1  # one link per joined component (link_k = 1)
+    assert out["w_linked"].sum() >= len(links)
+
+    weights = build_weights(units)
+    res = spatial_autocorrelation(units, variables=["change_pct"], weights=weights, permutations=99, seed=1)
+    assert res.global_moran.loc[0, "I"] == pytest.approx(gm.loc["change_pct", "I"], abs=1e-12)
+    pygeoda_check(units, "change_pct", res, weights, tmp_path)
