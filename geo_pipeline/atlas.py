@@ -54,6 +54,7 @@ __all__ = [
     "atlas_text",
     "cjk_font",
     "rc_params",
+    "true_north_angle",
 ]
 
 log = logging.getLogger(__name__)
@@ -487,6 +488,33 @@ def plan_pages(data: AtlasData, *, per_province: bool = True) -> list[_Spec]:
     return specs
 
 
+def true_north_angle(x: float, y: float) -> float:
+    r"""Direction of true north at a point of the Albers map, in degrees clockwise from grid north.
+
+    Parameters
+    ----------
+    x, y : float
+        Point in :data:`ALBERS_CHINA` metres.
+
+    Returns
+    -------
+    float
+        Negative east of the central meridian (105 E), where meridians lean
+        towards it.
+
+    Notes
+    -----
+    Measured by projecting the point and one 0.01 degree further north; for
+    the Albers conic it equals :math:`-n (\lambda - \lambda_0)` with the cone
+    constant :math:`n = (\sin\varphi_1 + \sin\varphi_2) / 2` on the sphere.
+    """
+    to_ll = pyproj.Transformer.from_crs(ALBERS_CHINA, "EPSG:4326", always_xy=True)
+    from_ll = pyproj.Transformer.from_crs("EPSG:4326", ALBERS_CHINA, always_xy=True)
+    lon, lat = to_ll.transform(x, y)
+    xs, ys = from_ll.transform([lon, lon], [lat, lat + 0.01])
+    return math.degrees(math.atan2(xs[1] - xs[0], ys[1] - ys[0]))
+
+
 def _nice_length(km: float) -> float:
     exp = 10 ** math.floor(math.log10(km))
     for m in (5, 2, 1):
@@ -630,9 +658,7 @@ class _Renderer:
         (about 14 degrees in Heilongjiang); the arrow is computed there.
         """
         x0, y0, x1, y1 = extent
-        lon, lat = self.to_lonlat.transform((x0 + x1) / 2, (y0 + y1) / 2)
-        xs, ys = self.from_lonlat.transform([lon, lon], [lat, lat + 0.5])
-        angle = math.atan2(xs[1] - xs[0], ys[1] - ys[0])  # clockwise from the page's up
+        angle = math.radians(true_north_angle((x0 + x1) / 2, (y0 + y1) / 2))
         nax = fig.add_axes((0.925, 0.835, 0.05, 0.07))
         nax.set_axis_off()
         nax.set_xlim(-1, 1)
