@@ -44,6 +44,8 @@ def run(ctx: StageContext, paper: str | None = None, dpi: int | None = None,
     paper = paper or s.paper
     dpi = dpi or s.dpi
     per_province = s.per_province if per_province is None else per_province
+    pdf_path = ctx.maps / PDF
+    check_writable(pdf_path, overwrite=ctx.overwrite)  # fail before the work, not after
     src = ctx.output(INPUT)
     units = read_layer(src, "units", hint="run `geo-pipeline export` first")
     present = set(list_layers(src))
@@ -59,9 +61,8 @@ def run(ctx: StageContext, paper: str | None = None, dpi: int | None = None,
     log.info("atlas: projected to Albers (China) and simplified at %g m in %.1f s: %s vertices",
              s.simplify_m, time.perf_counter() - t0, f"{sum(data.vertices.values()):,}")
     specs = plan_pages(data, per_province=per_province)
-    pdf_path = ctx.maps / PDF
     pngs = {spec.key: ctx.maps / f"{spec.key}.png" for spec in specs if spec.national}
-    for path in (pdf_path, *pngs.values()):
+    for path in pngs.values():
         check_writable(path, overwrite=ctx.overwrite)
     family = cjk_font(atlas_text(data), font=s.font)
 

@@ -1,0 +1,218 @@
+"""Tests of the atlas stage: pages, fonts, rendering, projection and the CLI."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pyproj
+import pytest
+import shapely
+from PIL import Image
+from pypdf import PdfReader
+from test_export import run_cli, synthetic_units, write_config, write_stage_outputs
+
+from geo_pipeline import DataQualityWarning, MissingInputError, OutputExistsError, atlas, styles
+from geo_pipeline._io import list_layers
+
+THEME_PNGS = sorted(f"{k}.png" for k in atlas.THEMES)
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found; install Debian's poppler-utils (.ci/run does)")
+    return path
+
+
+def pdffonts(pdf: Path) -> list[list[str]]:
+    """Rows of ``pdffonts`` (name, type..., emb, sub, uni, ...)."""
+    out = subprocess.run([_tool("pdffonts"), str(pdf)], capture_output=True, text=True, check=True)
+    assert "Mismatch" not in out.stderr, out.stderr  # the broken CFF-in-TrueType embedding
+    return [line.split() for line in out.stdout.splitlines()[2:]]
+
+
+def render(pdf: Path, page: int, folder: Path, dpi: int = 60) -> np.ndarray:
+    """Render one page with pdftoppm and return its RGB pixels."""
+    stem = folder / f"page{page}"
+    subprocess.run([_tool("pdftoppm"), "-r", str(dpi), "-png", "-f", str(page), "-l", str(page),
+                    "-singlefile", str(pdf), str(stem)], check=True, capture_output=True)
+    return np.asarray(Image.open(f"{stem}.png").convert("RGB"))
+
+
+def has_color(pixels: np.ndarray, hex_color: str, *, tol: int = 3, min_pixels: int = 20) -> bool:
+    """True when at least ``min_pixels`` pixels have ``hex_color`` (within ``tol`` per channel)."""
+    rgb = np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(pixels.astype(int) - rgb).max(axis=2) <= tol).sum()) >= min_pixels
+
+
+@pytest.fixture(scope="module")
+def atlas_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic stage outputs -> export -> atlas through the CLI; returns the work folder."""
+    folder = tmp_path_factory.mktemp("atlas")
+    write_stage_outputs(folder / "data_processed")
+    cfg = write_config(folder, "[atlas]\ndpi = 40\n")
+    for stage in ("export", "atlas"):
+        result = run_cli(cfg, stage)
+        assert result.exit_code == 0, result.output
+    return folder
+
+
+# -- pure functions ---------------------------------------------------------------------
+def test_true_north_matches_cone_constant() -> None:
+    # independent formula: convergence = -n (lon - lon0), n = (sin 25 + sin 47) / 2 (spherical cone constant)
+    n = (math.sin(math.radians(25)) + math.sin(math.radians(47))) / 2
+    to_albers = pyproj.Transformer.from_crs("EPSG:4326", atlas.ALBERS_CHINA, always_xy=True)
+    for lon, lat in ((125.0, 45.0), (85.0, 40.0), (105.0, 30.0)):
+        x, y = to_albers.transform(lon, lat)
+        assert atlas.true_north_angle(x, y) == pytest.approx(-n * (lon - 105.0), abs=0.15)
+
+
+def test_prepare_projects_to_equal_area_and_simplifies() -> None:
+    units = synthetic_units()
+    # a wiggly edge with vertices every ~100 m that the 2 km tolerance must remove
+    wiggle = shapely.Polygon([(110 + i * 0.001, 30 + 0.0003 * (i % 2)) for i in range(501)]
+                             + [(110.5, 30.5), (110.0, 30.5)])
+    units.loc[0, "geometry"] = wiggle
+    data = atlas.prepare_atlas(units, simplify_m=2000.0)
+    assert data.units.crs.equals(atlas.ALBERS_CHINA)
+    assert list(data.units["unit_id"]) == list(units["unit_id"])
+    assert shapely.get_num_coordinates(data.units.geometry.iloc[0]) < 20 < shapely.get_num_coordinates(wiggle)
+    # equal area: the projected area equals the geodesic (ellipsoidal) area of the input
+    geod = pyproj.Geod(ellps="WGS84")
+    for i in (1, 5, 11):
+        area = abs(geod.geometry_area_perimeter(units.geometry.iloc[i])[0])
+        assert data.units.geometry.iloc[i].area == pytest.approx(area, rel=1e-4)
+    # provinces dissolved from units when not given, named from the province column
+    assert dict(zip(data.provinces["province_code"], data.provinces["name"])) == {
+        "420000": "湖北省", "430000": "湖南省"}
+    assert units.crs.to_epsg() == 4326  # input untouched
+
+
+def test_prepare_rejects_bad_units() -> None:
+    with pytest.raises(atlas.InputError, match="change_pct"):
+        atlas.prepare_atlas(synthetic_units().drop(columns="change_pct"))
+    no_crs = synthetic_units().set_crs(None, allow_override=True)
+    with pytest.raises(atlas.InputError, match="no CRS"):
+        atlas.prepare_atlas(no_crs)
+
+
+def test_plan_pages_counts_and_warns() -> None:
+    units = synthetic_units()
+    data = atlas.prepare_atlas(units)
+    with pytest.warns(DataQualityWarning) as rec:
+        specs = atlas.plan_pages(data)
+    assert [s.key for s in specs] == ["population_change", "net_outflow", "province_420000", "province_430000"]
+    assert len(rec) == 3 and any("geo-pipeline distance" in str(w.message) for w in rec)
+    with pytest.warns(DataQualityWarning):
+        assert len(atlas.plan_pages(data, per_province=False)) == 2
+
+
+def test_cjk_font_missing_names_the_package() -> None:
+    with pytest.raises(MissingInputError, match="fonts-noto-cjk"):
+        atlas.cjk_font("人口", font="No Such Font Family 123")
+
+
+def test_cjk_font_is_truetype_subset_with_the_glyphs() -> None:
+    from fontTools.ttLib import TTFont
+    from matplotlib import font_manager
+
+    family = atlas.cjk_font("黑龙江省人口")
+    path = font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
+    font = TTFont(path)
+    assert "glyf" in font and "CFF " not in font  # TrueType outlines, embeddable as Type 42
+    cmap = font.getBestCmap()
+    assert all(ord(c) in cmap for c in "黑龙江省人口A1%")
+    assert len(cmap) < 200  # a subset, not the 65k-glyph collection
+
+
+# -- the CLI on synthetic data ----------------------------------------------------------------
+def test_atlas_pages_and_pngs(atlas_run: Path) -> None:
+    pdf = atlas_run / "maps" / "atlas.pdf"
+    reader = PdfReader(pdf)
+    assert len(reader.pages) == 5 + 2  # five national themes + the two provinces of the synthetic data
+    width, height = (float(v) for v in reader.pages[0].mediabox[2:])
+    assert (round(width / 72, 2), round(height / 72, 2)) == atlas.PAPER_SIZES["A4"]
+    text = [p.extract_text() for p in reader.pages]
+    assert "人口变化" in text[0] and "1 / 7" in text[0]
+    assert text[5].startswith("湖北省") or "湖北省" in text[5]
+    assert "湖南省" in text[6] and "7 / 7" in text[6]
+    assert all("Data" in t and "km" in t for t in text)  # source line and scale bar on every page
+    assert sorted(p.name for p in (atlas_run / "maps").glob("*.png")) == THEME_PNGS
+    with Image.open(atlas_run / "maps" / "population_change.png") as im:
+        assert im.size == (int(11.69 * 40), int(8.27 * 40))  # matplotlib truncates
+
+
+def test_atlas_embeds_a_truetype_cjk_font(atlas_run: Path) -> None:
+    rows = pdffonts(atlas_run / "maps" / "atlas.pdf")
+    cjk = [r for r in rows if "GeoPipelineCJK" in r[0]]
+    assert cjk, rows
+    for r in cjk:
+        assert r[1:3] == ["CID", "TrueType"] and r[-5:-2] == ["yes", "yes", "yes"]  # emb, sub, uni
+
+
+def test_atlas_page_renders_with_class_colors(atlas_run: Path, tmp_path: Path) -> None:
+    pdf = atlas_run / "maps" / "atlas.pdf"
+    pixels = render(pdf, 1, tmp_path)
+    assert (pixels.min(axis=2) < 250).mean() > 0.2  # not blank
+    units = synthetic_units()
+    cl = styles.diverging_classes(units["change_pct"], column="change_pct", unit=" %")
+    for color, n in zip(cl.colors, cl.counts):
+        assert has_color(pixels, color) == (n > 0), color
+    lisa = render(pdf, 4, tmp_path)
+    assert has_color(lisa, styles.LISA_COLORS["HH"]) and has_color(lisa, styles.LISA_COLORS["LL"])
+    assert not has_color(lisa, styles.LISA_COLORS["HL"])  # no High-Low unit in the data
+
+
+def test_atlas_missing_theme_and_input(tmp_path: Path) -> None:
+    write_stage_outputs(tmp_path / "data_processed", skip=("autocorrelation",))
+    cfg = write_config(tmp_path, "[atlas]\ndpi = 30\nper_province = false\n")
+    with pytest.warns(DataQualityWarning):
+        assert run_cli(cfg, "export").exit_code == 0
+    with pytest.warns(DataQualityWarning, match="LISA"):
+        result = run_cli(cfg, "atlas")
+    assert result.exit_code == 0, result.output
+    assert len(PdfReader(tmp_path / "maps" / "atlas.pdf").pages) == 4
+    assert not (tmp_path / "maps" / "lisa_clusters.png").exists()
+    again = run_cli(cfg, "atlas")
+    assert again.exit_code == OutputExistsError.exit_code and "--overwrite" in again.output
+    (tmp_path / "data_processed" / "shrinkage.gpkg").unlink()
+    missing = run_cli(cfg, "atlas", "--overwrite")
+    assert missing.exit_code == MissingInputError.exit_code and "geo-pipeline export" in missing.output
+
+
+def test_atlas_a3(tmp_path: Path) -> None:
+    write_stage_outputs(tmp_path / "data_processed")
+    cfg = write_config(tmp_path, "[atlas]\ndpi = 20\n")
+    assert run_cli(cfg, "export").exit_code == 0
+    result = run_cli(cfg, "atlas", "--paper", "A3", "--no-per-province")
+    assert result.exit_code == 0, result.output
+    reader = PdfReader(tmp_path / "maps" / "atlas.pdf")
+    assert len(reader.pages) == 5
+    width, height = (float(v) for v in reader.pages[0].mediabox[2:])
+    assert (round(width / 72, 2), round(height / 72, 2)) == atlas.PAPER_SIZES["A3"]
+
+
+# -- real data ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_atlas_real_data(run_stage: Callable[[str], Path], tmp_path: Path) -> None:
+    processed = run_stage("atlas")
+    pdf = processed.parent / "maps" / "atlas.pdf"
+    units = pyogrio.read_dataframe(processed / "shrinkage.gpkg", layer="units", read_geometry=False)
+    n_provinces = units["province_code"].astype(str).nunique()
+    assert n_provinces == 31  # mainland provinces (Hong Kong, Macau, Taiwan have no census rows)
+    assert len(PdfReader(pdf).pages) == 5 + n_provinces
+    assert pdf.stat().st_size < 15e6
+    assert any("GeoPipelineCJK" in r[0] and r[-5] == "yes" for r in pdffonts(pdf))
+    pixels = render(pdf, 1, tmp_path)
+    assert (pixels.min(axis=2) < 250).mean() > 0.2
+    cl = styles.diverging_classes(units["change_pct"], column="change_pct")
+    assert sum(has_color(pixels, c) for c in cl.colors) >= cl.k - 1
+    assert sorted(p.name for p in pdf.parent.glob("*.png")) == THEME_PNGS
+    assert "layer_styles" in list_layers(processed / "shrinkage.gpkg")
+
