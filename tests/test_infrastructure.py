@@ -569,6 +569,7 @@ def test_cli_osm_without_file_is_config_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
 def test_real_units_overlay(run_stage: Callable[[str], Path]) -> None:
     processed = run_stage("infrastructure")
     gpkg = processed / "infrastructure.gpkg"
