@@ -311,6 +311,7 @@ def test_empty_and_single_unit() -> None:
 # real data
 # ---------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
 def test_real_counties_queen_equals_libpysal_and_islands(run_stage: Callable[[str], Path]) -> None:
     counties = read_layer(run_stage("boundaries") / "boundaries.gpkg", "counties")
     # identical neighbour sets to libpysal's Queen on the real (GCJ-02 -> WGS84) boundaries
