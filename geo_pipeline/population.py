@@ -303,8 +303,8 @@ def _warn_problems(
             DataQualityWarning, stacklevel=3,
         )
     census = membership[membership["kind"].eq("census") & membership["unit_id"].notna()]
-    years = census.groupby("unit_id")["year"].agg(lambda s: set(s.dropna().astype(int)))
-    one_year = years[years.map(len) < 2]
+    years = census.groupby("unit_id")["year"].nunique()
+    one_year = years[years < 2]
     if len(one_year):
         warnings.warn(
             f"{len(one_year)} unit(s) have census rows of one year only (the other year counts 0): "
@@ -320,6 +320,21 @@ def _warn_problems(
                 f"{bad.iloc[0]['name']} {bad.iloc[0]['pop']} vs {bad.iloc[0]['units_pop']}",
                 DataQualityWarning, stacklevel=3,
             )
+
+
+def _collect(keys: pd.Series, values: pd.Series) -> dict[object, list[object]]:
+    """Values grouped by key in first-seen order, without duplicates (plain Python: fast for small groups)."""
+    out: dict[object, list[object]] = {}
+    for k, v in zip(keys, values, strict=True):
+        bucket = out.setdefault(k, [])
+        if v not in bucket:
+            bucket.append(v)
+    return out
+
+
+def _methods_text(methods: list[object]) -> str:
+    rank = {m: i for i, m in enumerate(_METHOD_ORDER)}
+    return "+".join(sorted(map(str, methods), key=lambda m: rank.get(m, 99)))
 
 
 def _join_unique(values: pd.Series) -> str:
@@ -349,7 +364,8 @@ def _units(
     first = groups.first()
     out = pd.DataFrame(index=first.index)
     out.index.name = "unit_id"
-    out["name"] = groups["name"].agg(lambda s: "+".join(s))
+    names = _collect(attrs["unit_id"], attrs["name"])
+    out["name"] = ["+".join(map(str, names[u])) for u in out.index]
     out["province"] = groups["province"].agg(_join_unique)
     out["province_code"] = first["province_code"]
     out["prefecture"] = groups["prefecture"].agg(_join_unique)
@@ -375,12 +391,11 @@ def _units(
     hukou = sub.groupby("unit_id")["hukou"].sum(min_count=1).reindex(out.index)
     hukou = hukou.astype("Int64").mask(hk_missing.reindex(out.index).fillna(True).astype(bool))
     out["hukou_2010"] = hukou.astype("Int64")
-    out["members"] = groups["adcode"].agg(lambda s: ";".join(s))
+    members = _collect(attrs["unit_id"], attrs["adcode"])
+    out["members"] = [";".join(map(str, members[u])) for u in out.index]
     lk = links.merge(census, on="census_id")
-    rank = {m: i for i, m in enumerate(_METHOD_ORDER)}
-    out["method"] = lk.groupby("unit_id")["method"].agg(
-        lambda s: "+".join(sorted(set(s), key=lambda m: rank.get(m, 99)))
-    ).reindex(out.index)
+    unit_methods = _collect(lk["unit_id"], lk["method"])
+    out["method"] = [_methods_text(unit_methods.get(u, [])) or None for u in out.index]
     out = add_indicators(out, shrink_threshold_pct=shrink_threshold_pct)
     out = out.reset_index()
     geoms = _unit_geometries(counties, attrs[["adcode", "unit_id"]], out["unit_id"])
@@ -481,14 +496,11 @@ def match_report(
     no_census = no_census or {}
     node_unit = membership.set_index("node")["unit_id"].to_dict()
     unit_has_rows = set(membership.loc[membership["kind"].eq("census"), "unit_id"].dropna())
-    by_row = links.groupby("census_id")
-    rank = {m: i for i, m in enumerate(_METHOD_ORDER)}
-    methods = by_row["method"].agg(lambda s: "+".join(sorted(set(s), key=lambda m: rank.get(m, 99))))
-    adcodes = by_row["adcode"].agg(lambda s: ";".join(sorted(set(s))))
-    table_reason = links[links["method"].eq("table")].groupby("census_id")["detail"].agg(
-        lambda s: " | ".join(dict.fromkeys(s))
-    )
-    detail = by_row["detail"].agg(lambda s: " | ".join(dict.fromkeys(s)))
+    row_methods = _collect(links["census_id"], links["method"])
+    row_adcodes = _collect(links["census_id"], links["adcode"])
+    row_details = _collect(links["census_id"], links["detail"])
+    tab = links[links["method"].eq("table")]
+    table_reason = _collect(tab["census_id"], tab["detail"])
     records = []
     for r in rows.itertuples(index=False):
         rec = {
@@ -497,12 +509,12 @@ def match_report(
             "status": None, "method": None, "unit_id": None, "adcodes": None, "reason": None,
         }
         if r.kind == "unit":
-            if r.census_id in methods.index:
+            if r.census_id in row_methods:
                 rec["status"] = "matched"
-                rec["method"] = methods[r.census_id]
+                rec["method"] = _methods_text(row_methods[r.census_id])
                 rec["unit_id"] = node_unit.get(f"census:{r.census_id}")
-                rec["adcodes"] = adcodes[r.census_id]
-                rec["reason"] = table_reason.get(r.census_id, detail[r.census_id])
+                rec["adcodes"] = ";".join(sorted(map(str, row_adcodes[r.census_id])))
+                rec["reason"] = " | ".join(map(str, table_reason.get(r.census_id, row_details[r.census_id])))
             else:
                 rec["status"] = "unmatched"
                 rec["reason"] = "no polygon matched by code, name or the crosswalk table"
@@ -518,9 +530,8 @@ def match_report(
             rec["status"] = "note"
             rec["reason"] = "text without code or population (not data)"
         records.append(rec)
-    poly_links = links.groupby("adcode")
-    poly_methods = poly_links["method"].agg(lambda s: "+".join(sorted(set(s), key=lambda m: rank.get(m, 99))))
-    poly_rows = poly_links["census_id"].agg(lambda s: ";".join(sorted(set(s))))
+    poly_methods = _collect(links["adcode"], links["method"])
+    poly_rows = _collect(links["adcode"], links["census_id"])
     for a, n in zip(counties["adcode"], counties["name"], strict=True):
         uid = node_unit.get(f"polygon:{a}")
         rec = {
@@ -531,8 +542,8 @@ def match_report(
         if uid in unit_has_rows:
             rec["status"] = "matched"
             rec["unit_id"] = uid
-            rec["method"] = poly_methods.get(a)
-            rec["reason"] = f"census rows {poly_rows.get(a)}"
+            rec["method"] = _methods_text(poly_methods.get(a, [])) or None
+            rec["reason"] = f"census rows {';'.join(map(str, poly_rows.get(a, [])))}"
         else:
             rec["status"] = "no_census"
             rec["reason"] = no_census.get(a, "no census row matched this polygon")
@@ -681,7 +692,7 @@ def prefecture_indicators(
     out["pop_2010"] = merged["popu_2010"].astype("Int64").to_numpy()
     out["pop_2020"] = merged["popu_2020"].astype("Int64").to_numpy()
     hk = g["hukou_2010"].sum(min_count=1)
-    hk_na = g["hukou_2010"].agg(lambda s: bool(s.isna().any()))
+    hk_na = u[u["whole"]]["hukou_2010"].isna().groupby(u.loc[u["whole"], "prefecture_code"]).any()
     hukou = merged["adcode"].map(hk).astype("Int64")
     bad = merged["adcode"].isin(straddle) | merged["adcode"].map(hk_na).fillna(True).astype(bool)
     out["hukou_2010"] = hukou.mask(bad.to_numpy()).astype("Int64").to_numpy()

