@@ -581,6 +581,7 @@ def _stages_available(*names: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
 def test_real_cores_inside_boundaries_prefectures(run_stage: Callable[[str], Path]) -> None:
     _stages_available("fetch", "boundaries")
     prefectures = read_layer(run_stage("boundaries") / "boundaries.gpkg", "prefectures")
@@ -594,6 +595,7 @@ def test_real_cores_inside_boundaries_prefectures(run_stage: Callable[[str], Pat
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
 def test_real_counties_distance_stage(run_stage: Callable[[str], Path]) -> None:
     _stages_available("fetch", "boundaries", "population", "raster")
     processed = run_stage("distance")
