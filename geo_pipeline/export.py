@@ -142,6 +142,9 @@ class ExportLayer:
     fields : column name to description (``gpkg_data_columns``).
     styles : QGIS styles; exactly one is the default for spatial layers.
     sources : stage outputs the layer was made from.
+    view_of : when set, the layer is written as a GeoPackage view of that
+        layer (same rows and geometry, only ``frame``'s columns), so the
+        geometry is stored once.
     """
 
     name: str
@@ -151,6 +154,7 @@ class ExportLayer:
     fields: dict[str, str] = field(default_factory=dict)
     styles: tuple[LayerStyle, ...] = ()
     sources: tuple[str, ...] = ()
+    view_of: str | None = None
 
     @property
     def spatial(self) -> bool:
@@ -459,6 +463,7 @@ def assemble_layers(
             description=own_descriptions.get(lname) or LAYER_DESCRIPTIONS.get(
                 lname, f"{lname} (from {', '.join(src) or 'the pipeline'})"),
             fields=field_descriptions(list(frame.columns), prov), styles=layer_styles, sources=src,
+            view_of="units" if lname == "lisa" else None,
         )
     return out
 
@@ -500,13 +505,14 @@ def write_styled_gpkg(
     layers: Mapping[str, ExportLayer],
     *,
     overwrite: bool = False,
-    dataset_metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the export layers, their styles and descriptions into one GeoPackage, atomically.
 
     Layers are written with pyogrio into a temporary file (GeoPackage 1.2, with
     ``gpkg_contents.identifier``/``description`` and GDAL layer metadata in
-    ``gpkg_metadata``); then, with sqlite3 in the same temporary file, the
+    ``gpkg_metadata``); layers with ``view_of`` become SQL views registered as
+    feature layers (GeoPackage allows views; GDAL and QGIS read them); then,
+    with sqlite3 in the same temporary file, the
     styles go into the QGIS ``layer_styles`` table (registered in
     ``gpkg_contents`` as an attributes table, as QGIS does) and the field
     descriptions into ``gpkg_data_columns`` (GeoPackage schema extension);
@@ -520,8 +526,6 @@ def write_styled_gpkg(
         From :func:`assemble_layers`.
     overwrite : bool, default False
         Replace an existing file.
-    dataset_metadata : mapping, optional
-        Key/value metadata of the whole GeoPackage (GDAL dataset metadata).
 
     Returns
     -------
@@ -538,16 +542,17 @@ def write_styled_gpkg(
     with atomic_path(dest, overwrite=overwrite) as tmp:
         first = True
         for name, layer in layers.items():
+            if layer.view_of is not None:
+                continue
             opts: dict[str, Any] = {
                 "layer": name, "driver": "GPKG", "append": not first,
                 "layer_options": {"DESCRIPTION": layer.description, "IDENTIFIER": layer.title},
                 "layer_metadata": {"SOURCE": ", ".join(layer.sources) or "geo_pipeline",
                                    "CREATED_BY": "geo_pipeline export"},
             }
-            if first:
+            if first:  # 1.2: readable by the GDAL of QGIS LTRs; no dataset metadata, as GDAL then
+                # writes a .aux.xml beside the file each time it is opened read-only
                 opts["dataset_options"] = {"VERSION": "1.2"}
-                if dataset_metadata:
-                    opts["dataset_metadata"] = dict(dataset_metadata)
             if layer.spatial:
                 pyogrio.write_dataframe(layer.frame, tmp, promote_to_multi=None, **opts)
             else:
@@ -556,6 +561,7 @@ def write_styled_gpkg(
         con = sqlite3.connect(tmp)
         try:
             with con:
+                _write_views(con, layers, now)
                 _write_styles(con, layers, now)
                 _write_field_descriptions(con, layers)
         finally:
@@ -563,6 +569,39 @@ def write_styled_gpkg(
     n_styles = sum(len(layer.styles) for layer in layers.values())
     log.debug("wrote %s: %d layers, %d styles", dest, len(layers), n_styles)
     return dest
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _write_views(con: sqlite3.Connection, layers: Mapping[str, ExportLayer], now: str) -> None:
+    for name, layer in layers.items():
+        base = layer.view_of
+        if base is None:
+            continue
+        if base not in layers or layers[base].view_of is not None:
+            raise InputError(f"layer {name!r} is a view of {base!r}, which is not a written layer")
+        geom = _geometry_column(con, base)
+        fid = con.execute(
+            "SELECT name FROM pragma_table_info(?) WHERE pk = 1", (base,)
+        ).fetchone()[0]
+        frame = layer.frame
+        cols = [c for c in frame.columns if c != getattr(frame, "_geometry_column_name", None)]
+        select = ", ".join(_quote(c) for c in [fid, geom, *cols])
+        con.execute(f"CREATE VIEW {_quote(name)} AS SELECT {select} FROM {_quote(base)}")
+        con.execute(
+            "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change, "
+            "min_x, min_y, max_x, max_y, srs_id) SELECT ?, 'features', ?, ?, ?, min_x, min_y, max_x, max_y, "
+            "srs_id FROM gpkg_contents WHERE table_name = ?",
+            (name, layer.title, layer.description, now, base),
+        )
+        con.execute(
+            "INSERT INTO gpkg_geometry_columns (table_name, column_name, geometry_type_name, srs_id, z, m) "
+            "SELECT ?, column_name, geometry_type_name, srs_id, z, m FROM gpkg_geometry_columns "
+            "WHERE table_name = ?",
+            (name, base),
+        )
 
 
 def _geometry_column(con: sqlite3.Connection, table: str) -> str:

@@ -258,7 +258,8 @@ def test_write_styled_gpkg_refuses_overwrite(tmp_path: Path) -> None:
 # -- the CLI on synthetic stage outputs --------------------------------------------------
 def test_export_layers_and_values(exported: tuple[Path, dict[str, pd.DataFrame]]) -> None:
     path, frames = exported
-    assert [str(n) for n in pyogrio.list_layers(path)[:, 0] if n != "layer_styles"] == EXPECTED_LAYERS
+    names = [str(n) for n in pyogrio.list_layers(path)[:, 0]]
+    assert sorted(names) == sorted([*EXPECTED_LAYERS, "layer_styles"])
     units = pyogrio.read_dataframe(path, layer="units")
     assert len(units) == 12 and units.crs.to_epsg() == 4326
     src = frames["units"].set_index("unit_id")
@@ -272,6 +273,12 @@ def test_export_layers_and_values(exported: tuple[Path, dict[str, pd.DataFrame]]
     lisa = pyogrio.read_dataframe(path, layer="lisa")
     assert set(lisa.columns) >= {"unit_id", "lisa_change_pct_cluster", "geometry"}
     assert "pop_2020" not in lisa.columns
+    assert lisa.geometry.geom_equals(units.geometry).all()
+    with sqlite3.connect(path) as con:  # a view of units: the geometry is stored once
+        kind = con.execute("SELECT type FROM sqlite_master WHERE name = 'lisa'").fetchone()
+    assert kind == ("view",)
+    # no .aux.xml appears beside the file when GDAL opens it read-only
+    assert not list(path.parent.glob("*.aux.xml"))
 
 
 def test_export_styles_one_default_per_spatial_layer(exported: tuple[Path, dict[str, pd.DataFrame]]) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pyogrio
 
-from .. import __version__
 from .._errors import DataQualityWarning
 from .._io import list_layers, read_layer, read_table
 from ..export import assemble_layers, write_styled_gpkg
@@ -91,14 +90,7 @@ def run(ctx: StageContext) -> None:
 
     layers = assemble_layers(units, unit_tables=unit_tables, layers=extra, sources=sources,
                              descriptions=descriptions)
-    out = write_styled_gpkg(
-        ctx.output(OUTPUT), layers, overwrite=ctx.overwrite,
-        dataset_metadata={
-            "TITLE": "Population net outflow and shrinking cities in China, 2010-2020",
-            "CREATED_BY": f"geo_pipeline {__version__} (geo-pipeline export)",
-            "LAYERS": ", ".join(layers),
-        },
-    )
+    out = write_styled_gpkg(ctx.output(OUTPUT), layers, overwrite=ctx.overwrite)
     n_styles = sum(len(layer.styles) for layer in layers.values())
     ctx.manifest(
         inputs=inputs, outputs={"shrinkage": out},
