@@ -311,7 +311,9 @@ def standardise_county_table(frame: pd.DataFrame, *, year: int, source: str = "c
             out[std] = pd.Series([None] * n, dtype=object)
     out["pop"] = _numeric(frame[cols["pop"]].reset_index(drop=True), name=cols["pop"], source=source)
     if "hukou" in cols:
-        out["hukou"] = _numeric(frame[cols["hukou"]].reset_index(drop=True), name=cols["hukou"], source=source)
+        out["hukou"] = _numeric(
+            frame[cols["hukou"]].reset_index(drop=True), name=cols["hukou"], source=source
+        )
     else:
         out["hukou"] = pd.array([pd.NA] * n, dtype="Int64")
     out["note"] = pd.Series([None] * n, dtype=object)
@@ -323,14 +325,14 @@ CORRECTION_COLUMNS = ["year", "code", "name", "action", "value", "reason"]
 
 
 def load_corrections() -> pd.DataFrame:
-    """The packaged corrections of the county tables (``geo_pipeline/data/census_corrections.csv``).
+    """Load the packaged corrections of the county tables (``data/census_corrections.csv``).
 
     Each row fixes one documented error of a source table: ``swap_values``
     swaps the population and hukou figures of the row ``code`` with those of
     the row ``value`` (figures printed on the wrong row), ``rename`` replaces
     the row's name by ``value`` (names printed on the wrong row, codes and
-    figures right), ``recode`` replaces a misprinted code by ``value``. The ``name`` column is the name as printed, checked
-    before anything is changed.
+    figures right), ``recode`` replaces a misprinted code by ``value``. The
+    ``name`` column is the name as printed, checked before anything is changed.
     """
     ref = resources.files("geo_pipeline").joinpath("data/census_corrections.csv")
     with resources.as_file(ref) as path:
@@ -393,7 +395,9 @@ def apply_corrections(table: pd.DataFrame, corrections: pd.DataFrame, *, year: i
             out.at[j, "note"] = msg
         elif c.action == "recode":
             if c.value in index:
-                raise InputError(f"census correction {year} {c.code}: code {c.value} is already used by a row")
+                raise InputError(
+                    f"census correction {year} {c.code}: code {c.value} is already used by a row"
+                )
             out.at[i, "code"] = c.value
             out.at[i, "note"] = f"code corrected from {c.code} (census_corrections.csv): {c.reason}"
             index[c.value] = index.pop(c.code)
@@ -452,7 +456,7 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _initial_kind(label: str | None, name: str, code: str | None, pop: Any) -> str:
-    indented = bool(label) and label[:1].isspace()
+    indented = label is not None and label[:1].isspace()
     pop_missing = pop is pd.NA or pop is None
     if not name and code is None and pop_missing:
         return "blank"
@@ -688,6 +692,6 @@ def check_totals(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def kinds_summary(rows: pd.DataFrame) -> Mapping[str, int]:
-    """Number of rows of each kind (every kind listed, zeros included)."""
+    """Count the rows of each kind (every kind listed, zeros included)."""
     counts = rows["kind"].value_counts()
     return {k: int(counts.get(k, 0)) for k in ROW_KINDS}

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
@@ -122,7 +121,9 @@ def _clean_table(frame: pd.DataFrame, *, source: str) -> pd.DataFrame:
         )
     no_ref = out[out["relation"].ne("no_census") & out["census_code"].isna() & out["census_name"].eq("")]
     if len(no_ref):
-        raise InputError(f"{source}: rows {list(no_ref.index[:5] + 2)} give neither census_code nor census_name")
+        raise InputError(
+            f"{source}: rows {list(no_ref.index[:5] + 2)} give neither census_code nor census_name"
+        )
     if out["adcode"].isna().any():
         rows = list(out.index[out["adcode"].isna()][:5] + 2)
         raise InputError(f"{source}: adcode is required (rows {rows})")
@@ -150,7 +151,7 @@ def _code_or_none(value: object, *, source: str, col: str) -> str | None:
 
 
 def load_known_changes() -> pd.DataFrame:
-    """The packaged table of known changes (``geo_pipeline/data/census_crosswalk.csv``).
+    """Load the packaged table of known changes (``geo_pipeline/data/census_crosswalk.csv``).
 
     Returns
     -------
@@ -188,8 +189,11 @@ def _resolve_table_rows(
 ) -> tuple[pd.DataFrame, list[str]]:
     """Census id for each table row; list of problems (unknown codes and names)."""
     problems: list[str] = []
-    by_key = {(int(y), k): cid for y, k, cid in zip(units["year"], units["key"], units["census_id"], strict=True)
-              if k is not None}
+    by_key = {
+        (int(y), k): cid
+        for y, k, cid in zip(units["year"], units["key"], units["census_id"], strict=True)
+        if k is not None
+    }
     by_name: dict[tuple[int, str], list[str]] = {}
     for y, k, name, cid in zip(units["year"], units["key"], units["name"], units["census_id"], strict=True):
         if k is None:
@@ -206,7 +210,9 @@ def _resolve_table_rows(
         if row["census_code"] is not None:
             cid = by_key.get((year, row["census_code"]))
             if cid is None:
-                problems.append(f"line {line}: census_code {row['census_code']} is no unit row of the {year} table")
+                problems.append(
+                    f"line {line}: census_code {row['census_code']} is no unit row of the {year} table"
+                )
             ids.append(cid)
         else:
             found = by_name.get((year, row["census_name"]), [])
@@ -315,7 +321,9 @@ def match_census_rows(
 
     links: list[dict[str, object]] = []
 
-    def add(cid: str, year: int, adcode: str, method: str, relation: str, detail: str, source: str = "") -> None:
+    def add(
+        cid: str, year: int, adcode: str, method: str, relation: str, detail: str, source: str = ""
+    ) -> None:
         links.append({"census_id": cid, "year": year, "adcode": adcode, "method": method,
                       "relation": relation, "detail": detail, "source": source})
 
@@ -345,7 +353,8 @@ def match_census_rows(
     todo = units[~units["census_id"].isin(code_linked) & ~units["census_id"].isin(in_table)]
     free_by_year: dict[int, np.ndarray] = {}
     for cid, year, name, prov, pref in zip(
-        todo["census_id"], todo["year"], todo["name"], todo["province_code"], todo["prefecture_code"], strict=True
+        todo["census_id"], todo["year"], todo["name"], todo["province_code"], todo["prefecture_code"],
+        strict=True,
     ):
         if not name:
             continue
@@ -378,7 +387,7 @@ def match_census_rows(
 
 # --------------------------------------------------------------------------- graph
 def harmonise(census_rows: pd.DataFrame, counties: pd.DataFrame, links: pd.DataFrame) -> pd.DataFrame:
-    """Connected components of the census-row / polygon graph (pure).
+    """Find the connected components of the census-row / polygon graph (pure).
 
     Parameters
     ----------
@@ -420,7 +429,9 @@ def harmonise(census_rows: pd.DataFrame, counties: pd.DataFrame, links: pd.DataF
             comp_ids[lab] = a
     out = pd.DataFrame(
         {
-            "node": pd.Series([f"census:{c}" for c in c_nodes] + [f"polygon:{a}" for a in p_nodes], dtype=object),
+            "node": pd.Series(
+                [f"census:{c}" for c in c_nodes] + [f"polygon:{a}" for a in p_nodes], dtype=object
+            ),
             "kind": pd.Series(["census"] * n_c + ["polygon"] * len(p_nodes), dtype=object),
             "census_id": pd.Series(c_nodes + [None] * len(p_nodes), dtype=object),
             "year": pd.array(list(units["year"]) + [pd.NA] * len(p_nodes), dtype="Int64"),
@@ -430,21 +441,3 @@ def harmonise(census_rows: pd.DataFrame, counties: pd.DataFrame, links: pd.DataF
         }
     )
     return out
-
-
-def components_summary(membership: pd.DataFrame) -> pd.DataFrame:
-    """Per component: polygons, 2010 rows, 2020 rows (for reports and checks)."""
-    m = membership
-    g = m.groupby("component")
-    return pd.DataFrame(
-        {
-            "unit_id": g["unit_id"].first(),
-            "n_polygons": g["kind"].apply(lambda s: int((s == "polygon").sum())),
-            "n_2010": g["year"].apply(lambda s: int((s == 2010).sum())),
-            "n_2020": g["year"].apply(lambda s: int((s == 2020).sum())),
-        }
-    )
-
-
-def _iter_unique(values: Iterable[str]) -> list[str]:
-    return sorted(set(values))

