@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -130,10 +131,12 @@ def _side_bins(values: np.ndarray, k: int, method: str) -> list[float]:
     kk = min(k, len(uniq))
     if kk <= 1:
         return [float(uniq.max())]
-    if method == "Quantiles":
-        bins = mapclassify.Quantiles(values, k=kk).bins
-    else:
-        bins = mapclassify.FisherJenks(values, k=kk).bins
+    with warnings.catch_warnings():  # ties: mapclassify merges classes itself and says so
+        warnings.filterwarnings("ignore", message=".*[Nn]ot enough unique values.*")
+        if method == "Quantiles":
+            bins = mapclassify.Quantiles(values, k=kk).bins
+        else:
+            bins = mapclassify.FisherJenks(values, k=kk).bins
     return [float(b) for b in np.unique(bins)]
 
 
@@ -143,7 +146,7 @@ def diverging_classes(
     column: str,
     centre: float = 0.0,
     k: int = 4,
-    method: Literal["FisherJenks", "Quantiles"] = "FisherJenks",
+    method: Literal["FisherJenks", "Quantiles"] = "Quantiles",
     below_colors: Sequence[str] = SHRINK_COLORS,
     above_colors: Sequence[str] = GROW_COLORS,
     decimals: int = 1,
@@ -152,9 +155,11 @@ def diverging_classes(
     """Diverging classes with a break at ``centre`` (mapclassify on each side).
 
     Values at or below ``centre`` and values above it are classified
-    separately into at most ``k`` classes each with mapclassify
-    (Fisher-Jenks natural breaks by default), so no class straddles the centre
-    and the colours diverge there: by default shrinking red, growing blue.
+    separately into at most ``k`` classes each with mapclassify (quantiles by
+    default: each class of a side holds about as many units, which a few
+    extreme values cannot distort; Fisher-Jenks natural breaks on request),
+    so no class straddles the centre and the colours diverge there: by
+    default shrinking red, growing blue.
 
     Parameters
     ----------
@@ -166,7 +171,7 @@ def diverging_classes(
         The break between the two colour ramps.
     k : int, default 4
         Maximum number of classes on each side (at most 5).
-    method : {"FisherJenks", "Quantiles"}
+    method : {"Quantiles", "FisherJenks"}
         mapclassify scheme used on each side.
     below_colors, above_colors : sequence of str
         Colour ramps for values below and above the centre, ordered from the
