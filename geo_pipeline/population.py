@@ -630,8 +630,8 @@ def prefecture_indicators(
     prefectures : geopandas.GeoDataFrame
         :data:`PREFECTURE_COLUMNS`; ``unit_id`` is the boundary prefecture adcode.
     unmatched : pandas.DataFrame
-        CSV rows that match no boundary prefecture or have no population
-        (``city_code``, ``city``, ``reason``).
+        CSV rows that match no (census) boundary prefecture or have no
+        population (``city_code``, ``city``, ``reason``).
 
     Notes
     -----
@@ -640,6 +640,11 @@ def prefecture_indicators(
     of their province (Chongqing ``500100`` -> ``500000`` in cnmaps), recorded
     in ``join``. The geometry is the boundary polygon, not the CSV's WKT
     (which is in WGS84 and simplified).
+
+    ``n_members`` counts the county polygons of the units lying entirely in
+    the prefecture. Prefectures with ``in_census = False`` (Hong Kong, Macau
+    when kept by the boundaries stage) are left out: the CSV's figures for
+    them are not census counts.
 
     ``pop_2010``/``pop_2020`` are the CSV figures (harmonised by its authors
     to 2020 prefecture boundaries; they can differ from the sums of the county
@@ -656,6 +661,8 @@ def prefecture_indicators(
         geometry=True, crs="EPSG:4326", unique=("adcode",),
     ).raise_if_any()
     pref = prefectures.reset_index(drop=True)
+    if "in_census" in pref.columns:  # Hong Kong, Macau, Taiwan: the CSV's figures are not census ones
+        pref = pref[pref["in_census"].astype(bool)].reset_index(drop=True)
     codes = set(pref["adcode"])
     by_prov = pref.groupby("province_code")["adcode"].agg(list)
     join_code: list[str | None] = []
@@ -687,12 +694,12 @@ def prefecture_indicators(
     })
     # county units lying entirely in one prefecture (a merged unit spanning
     # prefectures lists them joined with "+")
-    u = units[["prefecture", "prefecture_code", "pop_2010", "pop_2020", "hukou_2010"]].copy()
+    u = units[["prefecture", "prefecture_code", "n_members", "pop_2010", "pop_2020", "hukou_2010"]].copy()
     u["whole"] = ~u["prefecture"].astype(str).str.contains("+", regex=False)
     g = u[u["whole"]].groupby("prefecture_code")
     straddle = set(u.loc[~u["whole"], "prefecture_code"])
-    n_units = g.size()
-    out["n_members"] = merged["adcode"].map(n_units).fillna(0).astype("int64")
+    n_polygons = g["n_members"].sum()
+    out["n_members"] = merged["adcode"].map(n_polygons).fillna(0).astype("int64")
     out["pop_2010"] = merged["popu_2010"].astype("Int64").to_numpy()
     out["pop_2020"] = merged["popu_2020"].astype("Int64").to_numpy()
     hk = g["hukou_2010"].sum(min_count=1)

@@ -444,6 +444,7 @@ def test_cli_population_synthetic(tmp_path: Path) -> None:
     assert len(report) == len(RAW_2010) + len(RAW_2020) + 4
     pref = read_layer(out / "population.gpkg", "prefectures")
     assert pref["pop_2020"].tolist() == [1331] and pref["hukou_2010"].tolist() == [800]
+    assert pref["n_members"].tolist() == [4] and pref["pop_2010_units"].tolist() == [1000]
     # no overwrite without --overwrite
     again = runner.invoke(main, ["-c", str(cfg), "-q", "population", "--crosswalk-file", str(xw)])
     assert again.exit_code == 4 and "--overwrite" in again.output
@@ -570,17 +571,17 @@ def _union_find_units(crosswalk: pd.DataFrame, adcodes: list[str]) -> dict[str, 
 def test_real_unit_counts(real_result: object) -> None:
     res, layers = real_result
     units = res.units
-    # 2848 polygons - 金门 (no census row) = 2847 polygons in units; 78 merged units hold 189 of
-    # them, so 2847 - 189 + 78 = 2736 units. The merges come from the crosswalk table (abolished
+    # 2848 polygons - 金门 (no census row) = 2847 polygons in units; 80 merged units hold 193 of
+    # them, so 2847 - 193 + 80 = 2734 units. The merges come from the crosswalk table (abolished
     # districts, splits, development zones spanning districts, reorganised 伊春, 大兴安岭, ...).
-    assert len(units) == 2736 and units["unit_id"].is_unique
+    assert len(units) == 2734 and units["unit_id"].is_unique
     merged = units[units["n_members"] > 1]
-    assert len(merged) == 78 and merged["n_members"].sum() == 189
+    assert len(merged) == 80 and merged["n_members"].sum() == 193
     # independent union-find over the crosswalk links gives the same partition
     roots = _union_find_units(res.crosswalk, list(layers["counties"]["adcode"]))
     linked = set(res.crosswalk["adcode"])
     comps = {r for a, r in roots.items() if a in linked}
-    assert len(comps) == 2736
+    assert len(comps) == 2734
     assert (units["rows_2010"] > 0).all() and (units["rows_2020"] > 0).all()
     assert units["hukou_2010"].notna().all()
 
@@ -629,7 +630,7 @@ def test_real_stage_via_cli(run_stage: Callable[[str], Path]) -> None:
     out = run_stage("population")
     gpkg = out / "population.gpkg"
     units = read_layer(gpkg, "units")
-    assert len(units) == 2736 and units["unit_id"].is_unique and units.crs.to_epsg() == 4326
+    assert len(units) == 2734 and units["unit_id"].is_unique and units.crs.to_epsg() == 4326
     totals = read_table(gpkg, "province_totals")
     assert (totals["difference"] == 0).all() and len(totals) == 64
     report = pd.read_csv(out / "match_report.csv", encoding="utf-8-sig", dtype={"code": str})
