@@ -72,7 +72,7 @@ _LISA_ORDER = ("HH", "LL", "LH", "HL", "ns")
 
 #: Rail line colours by class: high-speed, fast, conventional/other.
 RAIL_COLORS = {"high_speed": "#c51b7d", "fast": "#f1a340", "conventional": "#636363"}
-RAIL_LABELS = {"high_speed": "High-speed", "fast": "Fast", "conventional": "Conventional"}
+RAIL_LABELS = {"high_speed": "高速 High-speed", "fast": "快速 Fast", "conventional": "普速 Conventional"}
 RAIL_WIDTHS = {"high_speed": 0.7, "fast": 0.45, "conventional": 0.3}
 
 
@@ -327,8 +327,8 @@ def rail_categories(values: Iterable[Any]) -> list[Category]:
     out = []
     for v in vals:
         key = rail_class(v)
-        english = RAIL_LABELS[key]
-        label = str(v) if str(v).lower().replace("_", "-") in english.lower() else f"{v} ({english})"
+        known = RAIL_LABELS[key]
+        label = known if str(v).lower().replace("_", "-") in known.lower() else f"{v} ({known})"
         out.append(Category(v, RAIL_COLORS[key], label, RAIL_WIDTHS[key]))
     return out
 
