@@ -58,6 +58,7 @@ __all__ = [
     "match_report",
     "province_totals",
     "prefecture_indicators",
+    "no_census_report",
     "wkt_offset_km",
 ]
 
@@ -559,6 +560,43 @@ def match_report(
     return out
 
 
+def no_census_report(provinces: pd.DataFrame, counties: pd.DataFrame) -> pd.DataFrame:
+    """Report rows for provinces the census does not cover and whose counties are not in ``counties``.
+
+    With ``[boundaries] exclude_no_census = true`` the boundaries stage drops
+    the Taiwan, Hong Kong and Macau counties; they stay (flagged
+    ``in_census = False``) in the provinces layer. This lists them in the
+    match report so that no boundary unit goes unmentioned.
+
+    Parameters
+    ----------
+    provinces : pandas.DataFrame
+        Provinces layer attributes (``adcode``, ``name``, ``in_census``).
+    counties : pandas.DataFrame
+        The counties used (``province_code``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`REPORT_COLUMNS`, ``item`` ``polygon``, ``kind`` ``province``,
+        ``status`` ``no_census``.
+    """
+    if "in_census" not in provinces.columns:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in REPORT_COLUMNS})
+    present = set(counties["province_code"])
+    out = provinces[~provinces["in_census"].astype(bool) & ~provinces["adcode"].isin(present)]
+    report = pd.DataFrame({
+        "item": "polygon", "census_id": None, "year": pd.array([pd.NA] * len(out), dtype="Int64"),
+        "excel_row": pd.array([pd.NA] * len(out), dtype="Int64"),
+        "code": out["adcode"].to_numpy(dtype=object), "name": out["name"].to_numpy(dtype=object),
+        "kind": "province", "pop": pd.array([pd.NA] * len(out), dtype="Int64"), "status": "no_census",
+        "method": None, "unit_id": None, "adcodes": out["adcode"].to_numpy(dtype=object),
+        "reason": "not covered by the mainland census; its counties are not in the counties layer "
+                  "([boundaries] exclude_no_census)",
+    })[REPORT_COLUMNS]
+    return report.astype({c: object for c in REPORT_COLUMNS if c not in ("year", "excel_row", "pop")})
+
+
 def province_totals(rows_2010: pd.DataFrame, rows_2020: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:
     """Census national and province totals against the sums of the units (pure).
 
@@ -629,9 +667,11 @@ def prefecture_indicators(
     -------
     prefectures : geopandas.GeoDataFrame
         :data:`PREFECTURE_COLUMNS`; ``unit_id`` is the boundary prefecture adcode.
-    unmatched : pandas.DataFrame
-        CSV rows that match no (census) boundary prefecture or have no
-        population (``city_code``, ``city``, ``reason``).
+    report : pandas.DataFrame
+        One row per CSV row in the format of :data:`REPORT_COLUMNS` (``item``
+        ``census_city``, ``pop`` = ``popu_2020``): ``matched`` with the join
+        used, or ``unmatched`` with the reason (no census prefecture with that
+        code, or no population in the CSV).
 
     Notes
     -----
@@ -679,12 +719,28 @@ def prefecture_indicators(
             join_how.append("")
     ct = city_table.assign(adcode=join_code, join=join_how)
     missing_pop = ct["popu_2010"].isna() | ct["popu_2020"].isna()
-    unmatched = ct[ct["adcode"].isna() | missing_pop][["city_code", "city"]].copy()
-    unmatched["reason"] = np.where(
-        ct.loc[unmatched.index, "adcode"].isna(), "no boundary prefecture with this code",
-        "population missing in the CSV (XPCC cities: counted in their host prefectures; "
-        "三沙: no 2010 figure)",
-    )
+    no_polygon = "no boundary prefecture of the mainland census with this code"
+    if "in_census" in prefectures.columns:
+        outside = set(prefectures.loc[~prefectures["in_census"].astype(bool), "adcode"])
+        no_polygon += " (Hong Kong/Macau/Taiwan: not covered by the census)" if outside else ""
+    report = pd.DataFrame({
+        "item": "census_city", "census_id": [f"city:{i + 2}" for i in range(len(ct))],
+        "year": pd.array([pd.NA] * len(ct), dtype="Int64"),
+        "excel_row": pd.array(np.arange(2, len(ct) + 2), dtype="Int64"),
+        "code": ct["city_code"].to_numpy(dtype=object), "name": ct["city"].to_numpy(dtype=object),
+        "kind": "prefecture", "pop": ct["popu_2020"].astype("Int64").to_numpy(),
+        "status": np.where(ct["adcode"].notna() & ~missing_pop, "matched", "unmatched"),
+        "method": ct["join"].replace("", None).to_numpy(dtype=object),
+        "unit_id": ct["adcode"].to_numpy(dtype=object),
+        "adcodes": ct["adcode"].to_numpy(dtype=object),
+        "reason": np.where(
+            ct["adcode"].isna(), no_polygon,
+            np.where(missing_pop, "population missing in the CSV (XPCC cities: counted in their host "
+                     "prefectures; 三沙: no 2010 figure)", "prefecture figures of the CSV"),
+        ),
+    })[REPORT_COLUMNS]
+    for col in ("item", "census_id", "kind", "status", "reason"):
+        report[col] = report[col].astype(object)
     ok = ct[ct["adcode"].notna() & ~missing_pop]
     merged = pref.merge(ok.drop(columns=["province", "province_code"]), on="adcode", how="inner")
     out = pd.DataFrame({
@@ -719,7 +775,7 @@ def prefecture_indicators(
     out["join"] = merged["join"].to_numpy()
     gdf = gpd.GeoDataFrame(out, geometry=merged.geometry.values, crs=prefectures.crs)
     gdf["geometry"] = [_as_multipolygon(gm) for gm in gdf.geometry]
-    return gdf[PREFECTURE_COLUMNS], unmatched.reset_index(drop=True)
+    return gdf[PREFECTURE_COLUMNS], report
 
 
 def wkt_offset_km(city_table: pd.DataFrame, prefectures: gpd.GeoDataFrame) -> float:

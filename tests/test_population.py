@@ -441,7 +441,7 @@ def test_cli_population_synthetic(tmp_path: Path) -> None:
     assert sorted(units["unit_id"]) == ["100102", "100104", "100181"]
     assert units.crs.to_epsg() == 4326
     report = pd.read_csv(out / "match_report.csv", encoding="utf-8-sig")
-    assert len(report) == len(RAW_2010) + len(RAW_2020) + 4
+    assert len(report) == len(RAW_2010) + len(RAW_2020) + 4 + 1  # + the prefecture CSV row
     pref = read_layer(out / "population.gpkg", "prefectures")
     assert pref["pop_2020"].tolist() == [1331] and pref["hukou_2010"].tolist() == [800]
     assert pref["n_members"].tolist() == [4] and pref["pop_2010_units"].tolist() == [1000]
@@ -614,9 +614,10 @@ def test_real_known_cases(real_result: object, real_rows: dict[int, pd.DataFrame
 def test_real_prefectures(real_result: object, mirror: Path) -> None:
     res, layers = real_result
     city = read_city_table(mirror / CENSUS / "census_city_2010-2020_v1.csv")
-    pref, unmatched = prefecture_indicators(city, layers["prefectures"], res.units)
+    pref, report = prefecture_indicators(city, layers["prefectures"], res.units)
     # 369 CSV rows: 三沙 and the ten XPCC cities have no figures, HK/Macau no boundary polygon here
-    assert len(unmatched) == 13 and len(pref) == 356
+    assert len(report) == 369 and (report["status"] == "unmatched").sum() == 13 and len(pref) == 356
+    assert set(report.loc[report["status"] == "matched", "unit_id"]) == set(pref["unit_id"])
     p = pref.set_index("unit_id")
     assert p.loc["500000", "pop_2020"] == 32054159 and p.loc["500000", "join"].startswith("municipality")
     assert p.loc["230100", "pop_2010"] == city.set_index("city_code").loc["230100", "popu_2010"]
@@ -634,5 +635,10 @@ def test_real_stage_via_cli(run_stage: Callable[[str], Path]) -> None:
     totals = read_table(gpkg, "province_totals")
     assert (totals["difference"] == 0).all() and len(totals) == 64
     report = pd.read_csv(out / "match_report.csv", encoding="utf-8-sig", dtype={"code": str})
-    assert len(report) == 3279 + 3358 + 2848
+    # + Taiwan, Hong Kong and Macau: provinces without census, counties dropped by the boundaries stage
+    assert len(report) == 3279 + 3358 + 2848 + 3 + 369
+    assert report.groupby("item").size().to_dict() == {
+        "census_2010": 3279, "census_2020": 3358, "polygon": 2848 + 3, "census_city": 369}
+    provs = report[(report["item"] == "polygon") & (report["kind"] == "province")]
+    assert set(provs["code"]) == {"710000", "810000", "820000"}
     assert set(read_layer(gpkg, "prefectures")["level"]) == {"prefecture"}

@@ -11,7 +11,7 @@ import click
 import pandas as pd
 
 from .._errors import DataQualityWarning
-from .._io import check_writable, read_layer
+from .._io import check_writable, list_layers, read_layer, read_table
 from .._progress import timed
 from .._validate import check_frame
 from ..census import (
@@ -22,7 +22,7 @@ from ..census import (
     read_county_table,
 )
 from ..crosswalk import check_crosswalk_table, load_known_changes, read_crosswalk_table
-from ..population import build_population, prefecture_indicators, wkt_offset_km
+from ..population import build_population, no_census_report, prefecture_indicators, wkt_offset_km
 from . import StageContext
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def run(ctx: StageContext, **options: Any) -> None:
     with timed("harmonising census units", log):
         result = build_population(rows[2010], rows[2020], counties, known_changes=table,
                                   shrink_threshold_pct=threshold)
-    pref, pref_unmatched = prefecture_indicators(city, prefectures, result.units,
+    pref, pref_report = prefecture_indicators(city, prefectures, result.units,
                                                  shrink_threshold_pct=threshold)
     offset = wkt_offset_km(city, prefectures)
     if offset == offset and offset > 0.3:
@@ -130,15 +130,19 @@ def run(ctx: StageContext, **options: Any) -> None:
     log.debug("prefecture WKT vs boundaries: median centroid offset %.3f km (WGS84 as expected)", offset)
 
     units = result.units if level == "county" else pref
+    parts = [result.match_report, pref_report]
+    if "provinces" in list_layers(boundaries):
+        parts.append(no_census_report(read_table(boundaries, "provinces"), counties))
+    report = pd.concat(parts, ignore_index=True)
     layers = {
         "units": units,
         "prefectures": pref,
-        "match_report": result.match_report,
+        "match_report": report,
         "crosswalk": result.crosswalk,
         "province_totals": result.totals,
     }
     path = ctx.write_gpkg(OUTPUT, layers)
-    csv = ctx.write_csv(REPORT_CSV, result.match_report)
+    csv = ctx.write_csv(REPORT_CSV, report)
 
     # --- summary
     rep = result.match_report
@@ -154,7 +158,7 @@ def run(ctx: StageContext, **options: Any) -> None:
         "merged_units": merged,
         "polygons_in_units": int(result.units["n_members"].sum()),
         "prefectures": len(pref),
-        "prefecture_rows_unmatched": len(pref_unmatched),
+        "prefecture_rows_unmatched": int((pref_report["status"] == "unmatched").sum()),
         "level": level,
         "pop_2010": int(result.units["pop_2010"].sum()),
         "pop_2020": int(result.units["pop_2020"].sum()),
