@@ -42,8 +42,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +100,7 @@ class PeakRSS:
 
     @property
     def delta_mb(self) -> float:
+        """Peak resident memory above the start, in MB."""
         return (self.peak - self.start) / 2**20
 
 
@@ -132,12 +132,14 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
+        """Baseline time over ours (> 1: ours is faster)."""
         if self.median_s and self.baseline_s:
             return self.baseline_s / self.median_s
         return None
 
     @property
     def status(self) -> str:
+        """pass/FAIL against the target, ERROR, or empty."""
         if self.error:
             return "ERROR"
         if self.target_s is None or self.median_s is None:
@@ -181,16 +183,19 @@ class Context:
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:
+        """Compute once, then reuse."""
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
 
     @property
     def repeat(self) -> int:
+        """Repeats per timing."""
         return self.args.repeat
 
     # real units -------------------------------------------------------------------------
     def units(self) -> Any:
+        """Return the analysis units (real, or a labelled stand-in)."""
         return self.cached("units", self._load_units)
 
     def _load_units(self) -> Any:
@@ -211,13 +216,17 @@ class Context:
         rng = np.random.default_rng(2020)
         lon = units.geometry.representative_point().x.to_numpy()
         units["change_pct"] = 8.0 * np.tanh((lon - 110.0) / 8.0) + rng.normal(0.0, 6.0, len(units))
-        self.units_source = f"STAND-IN: boundaries counties + synthetic change_pct ({bnd}); population.gpkg missing"
+        self.units_source = (
+            f"STAND-IN: boundaries counties + synthetic change_pct ({bnd}); population.gpkg missing"
+        )
         return units
 
     def units_x10(self) -> Any:
+        """Return the units cut about ten times finer by a fishnet."""
         return self.cached("units_x10", lambda: subdivide(self.units(), 10, self.workdir))
 
     def raster(self, res: float) -> Path:
+        """Path of the synthetic raster at ``res`` degrees (made once)."""
         return self.cached(f"raster_{res}", lambda: synthetic_raster(self.workdir / "rasters", res))
 
 
@@ -233,29 +242,36 @@ def subdivide(units: Any, factor: int, workdir: Path) -> Any:
         return read_layer(path, "units")
     geoms = np.asarray(units.geometry.values, dtype=object)
     minx, miny, maxx, maxy = units.total_bounds
-    area = float(shapely.area(geoms).sum())
-    step = float(np.sqrt(area / (factor * len(units)))) * 0.9
-    xs = np.arange(minx, maxx + step, step)
-    ys = np.arange(miny, maxy + step, step)
-    gx, gy = np.meshgrid(xs[:-1], ys[:-1])
-    boxes = shapely.box(gx.ravel(), gy.ravel(), gx.ravel() + step, gy.ravel() + step)
-    tree = shapely.STRtree(boxes)
-    ui, bi = tree.query(geoms, predicate="intersects")
+    target = factor * len(units)
+
+    def fishnet(step: float) -> np.ndarray:
+        xs = np.arange(minx, maxx + step, step)
+        ys = np.arange(miny, maxy + step, step)
+        gx, gy = np.meshgrid(xs[:-1], ys[:-1])
+        return shapely.box(gx.ravel(), gy.ravel(), gx.ravel() + step, gy.ravel() + step)
+
+    # fishnet step giving about `target` (unit, cell) pairs: two corrections of a first guess
+    step = float(np.sqrt(shapely.area(geoms).sum() / target))
+    for _ in range(3):
+        boxes = fishnet(step)
+        ui, bi = shapely.STRtree(boxes).query(geoms, predicate="intersects")
+        step *= float(np.sqrt(len(ui) / target))
+    boxes = fishnet(step)
+    ui, bi = shapely.STRtree(boxes).query(geoms, predicate="intersects")
     pieces = shapely.intersection(geoms[ui], boxes[bi])
     parts, idx = shapely.get_parts(pieces, return_index=True)
-    poly = shapely.get_type_id(parts) == 3
-    parts, idx = parts[poly], idx[poly]
-    owner = ui[idx]
-    merged = gpd.GeoDataFrame({"owner": owner, "piece": np.arange(len(owner))}, geometry=parts, crs=units.crs)
-    merged = merged[shapely.area(merged.geometry.to_numpy()) > 1e-8]
+    poly = (shapely.get_type_id(parts) == 3) & (shapely.area(parts) > 1e-9)
+    kept, dense = np.unique(idx[poly], return_inverse=True)
+    multi = shapely.multipolygons(parts[poly], indices=dense)
+    owner = ui[kept]
     rng = np.random.default_rng(10)
-    parent = units.iloc[merged["owner"].to_numpy()]
+    parent = units.iloc[owner]
     out = gpd.GeoDataFrame(
         {
-            "unit_id": [f"{p}_{k}" for p, k in zip(parent["unit_id"], range(len(merged)), strict=True)],
-            "change_pct": parent["change_pct"].to_numpy() + rng.normal(0, 3.0, len(merged)),
+            "unit_id": [f"{p}_{k}" for k, p in enumerate(parent["unit_id"])],
+            "change_pct": parent["change_pct"].to_numpy() + rng.normal(0, 3.0, len(owner)),
         },
-        geometry=shapely.make_valid(merged.geometry.to_numpy()),
+        geometry=shapely.make_valid(multi),
         crs=units.crs,
     )
     out = out[out.geometry.geom_type.isin(["Polygon", "MultiPolygon"])].reset_index(drop=True)
@@ -276,9 +292,19 @@ def synthetic_raster(folder: Path, res: float) -> Path:
     minx, miny, maxx, maxy = CHINA_BOUNDS
     width, height = round((maxx - minx) / res), round((maxy - miny) / res)
     profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32",
-        "crs": "EPSG:4326", "transform": from_origin(minx, maxy, res, res), "nodata": -99999.0,
-        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "zlevel": 1,
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 1,
+        "dtype": "float32",
+        "crs": "EPSG:4326",
+        "transform": from_origin(minx, maxy, res, res),
+        "nodata": -99999.0,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "zlevel": 1,
     }
     rng = np.random.default_rng(int(1 / res))
     lon = minx + (np.arange(width) + 0.5) * res
@@ -346,23 +372,34 @@ def bench_gpkg(ctx: Context) -> list[Row]:
         out_ours = ctx.workdir / "io_ours.gpkg"
         out_fiona = ctx.workdir / "io_fiona.gpkg"
 
-        def write_ours(f: Any = frame) -> None:
-            write_gpkg(out_ours, {"units": f}, overwrite=True)
+        def write_ours(f: Any = frame, o: Path = out_ours) -> None:
+            write_gpkg(o, {"units": f}, overwrite=True)
 
-        def write_fiona(f: Any = frame) -> None:
-            if out_fiona.exists():
-                out_fiona.unlink()
-            f.to_file(out_fiona, layer="units", driver="GPKG", engine="fiona")
+        def write_fiona(f: Any = frame, o: Path = out_fiona) -> None:
+            if o.exists():
+                o.unlink()
+            f.to_file(o, layer="units", driver="GPKG", engine="fiona")
 
-        rows.append(compare(
-            f"GeoPackage read {label} ({len(frame)} rows)", lambda s=src: read_layer(s, "units"),
-            repeat=ctx.repeat, baseline=("fiona", lambda s=src: gpd.read_file(s, layer="units", engine="fiona")),
-            target_s=0.5 if label == "units" else None,
-        ))
-        rows.append(compare(
-            f"GeoPackage write {label} ({len(frame)} rows)", write_ours, repeat=ctx.repeat,
-            baseline=("fiona", write_fiona), target_s=0.5 if label == "units" else None,
-        ))
+        rows.append(
+            compare(
+                f"GeoPackage read {label} ({len(frame)} rows)",
+                lambda s=src: read_layer(s, "units"),
+                repeat=ctx.repeat,
+                baseline=("fiona", lambda s=src: gpd.read_file(s, layer="units", engine="fiona")),
+                baseline_repeat=1,
+                target_s=0.5 if label == "units" else None,
+            )
+        )
+        rows.append(
+            compare(
+                f"GeoPackage write {label} ({len(frame)} rows)",
+                write_ours,
+                repeat=ctx.repeat,
+                baseline=("fiona", write_fiona),
+                baseline_repeat=1,
+                target_s=0.5 if label == "units" else None,
+            )
+        )
     return rows
 
 
@@ -386,12 +423,16 @@ def bench_distance(ctx: Context) -> list[Row]:
         return np.digitize(d.min(axis=1) / 1000.0, [50.0, 100.0, 150.0])
 
     dist.distance_bands(units, cores, breaks_km=[50.0, 100.0, 150.0])  # warm
-    return [compare(
-        f"distance bands ({len(units)} units x {len(cores)} cores)",
-        lambda: dist.distance_bands(units, cores, breaks_km=[50.0, 100.0, 150.0]),
-        repeat=max(ctx.repeat, 5), baseline=("pyproj.Geod all pairs", naive), target_s=0.05,
-        note="ours includes representative points; the baseline gets them precomputed",
-    )]
+    return [
+        compare(
+            f"distance bands ({len(units)} units x {len(cores)} cores)",
+            lambda: dist.distance_bands(units, cores, breaks_km=[50.0, 100.0, 150.0]),
+            repeat=max(ctx.repeat, 5),
+            baseline=("pyproj.Geod all pairs", naive),
+            target_s=0.05,
+            note="ours includes representative points; the baseline gets them precomputed",
+        )
+    ]
 
 
 def bench_weights(ctx: Context) -> list[Row]:
@@ -405,16 +446,21 @@ def bench_weights(ctx: Context) -> list[Row]:
     if not ctx.args.quick:
         sets.append(("units x10", ctx.units_x10()))
     for label, units in sets:
+
         def lib(u: Any = units) -> Any:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return libpysal.weights.Queen.from_dataframe(u, use_index=False, silence_warnings=True)
 
-        rows.append(compare(
-            f"Queen weights {label} ({len(units)})", lambda u=units: build_weights(u, kind="queen"),
-            repeat=ctx.repeat if label == "units" else 1, baseline=("libpysal.weights.Queen", lib),
-            note="ours also links islands/components and computes equal-area centroids",
-        ))
+        rows.append(
+            compare(
+                f"Queen weights {label} ({len(units)})",
+                lambda u=units: build_weights(u, kind="queen"),
+                repeat=ctx.repeat if label == "units" else 1,
+                baseline=("libpysal.weights.Queen", lib),
+                note="ours also links islands/components and computes equal-area centroids",
+            )
+        )
     return rows
 
 
@@ -444,19 +490,27 @@ def bench_lisa(ctx: Context) -> list[Row]:
         def run_esda(g: Any = graph, v: np.ndarray = y) -> Any:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return esda.Moran_Local(v, g, transformation="r", permutations=999, seed=1, n_jobs=1,
-                                        keep_simulations=False)
+                return esda.Moran_Local(
+                    v, g, transformation="r", permutations=999, seed=1, n_jobs=1, keep_simulations=False
+                )
 
         run_esda()  # warm (numba compile of esda's kernels, if warm_up was not available)
-        row = compare(f"LISA 999 perm. esda.Moran_Local warm, {label} ({len(y)})", run_esda,
-                      repeat=ctx.repeat, target_s=0.5 if label == "units" else None)
+        row = compare(
+            f"LISA 999 perm. esda.Moran_Local warm, {label} ({len(y)})",
+            run_esda,
+            repeat=ctx.repeat,
+            target_s=0.5 if label == "units" else None,
+        )
         row.extra["esda_warm_up_s"] = t_warm
         rows.append(row)
-        rows.append(compare(
-            f"LISA 999 perm. parallel.permutation_pvalues_local in-process, {label}",
-            lambda g=graph, v=y: permutation_pvalues_local(v, g, permutations=999, seed=1),
-            repeat=ctx.repeat, baseline=("esda.Moran_Local warm", run_esda),
-        ))
+        rows.append(
+            compare(
+                f"LISA 999 perm. parallel.permutation_pvalues_local in-process, {label}",
+                lambda g=graph, v=y: permutation_pvalues_local(v, g, permutations=999, seed=1),
+                repeat=ctx.repeat,
+                baseline=("esda.Moran_Local warm", run_esda),
+            )
+        )
     if not ctx.args.quick:
         label, units = sets[-1]
         w = build_weights(units, kind="queen")
@@ -469,7 +523,10 @@ def bench_lisa(ctx: Context) -> list[Row]:
                 f"LISA 999 perm. on Dask LocalCluster(2), {label}",
                 lambda: permutation_pvalues_local(y, graph, permutations=999, seed=1, client=client),
                 repeat=ctx.repeat,
-                baseline=("same, in-process", lambda: permutation_pvalues_local(y, graph, permutations=999, seed=1)),
+                baseline=(
+                    "same, in-process",
+                    lambda: permutation_pvalues_local(y, graph, permutations=999, seed=1),
+                ),
             )
             remote = permutation_pvalues_local(y, graph, permutations=999, seed=1, client=client)
         row.note = "p-values identical to in-process: " + str(bool(np.array_equal(remote.p_sim, local.p_sim)))
@@ -509,36 +566,50 @@ def bench_raster(ctx: Context) -> list[Row]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for method in ("centre", "auto"):
-                med, peak, out = measure(lambda m=method: zonal_population(units, tif, method=m),
-                                         1 if res < 0.01 else ctx.repeat)
+                reps = 1 if res < 0.01 else ctx.repeat
+                med, peak, out = measure(lambda m=method, t=tif: zonal_population(units, t, method=m), reps)
                 info = out.attrs["raster"]
-                rows.append(Row(
-                    step=f"raster zonal {method}, {res:g} deg ({info['cells_read'] / 1e6:.0f} Mcells), all units",
-                    median_s=med, peak_mb=peak,
-                    note=(f"{info['cells_read'] / med / 1e6:.0f} Mcells/s end to end; exact for {info['n_exact']} "
-                          f"units; raster made in {t_make:.0f} s"),
-                    extra={"cells": info["cells_read"], "n_exact": info["n_exact"]},
-                ))
+                rows.append(
+                    Row(
+                        step=f"raster zonal {method}, {res:g} deg ({info['cells_read'] / 1e6:.0f} Mcells), "
+                        "all units",
+                        median_s=med,
+                        peak_mb=peak,
+                        note=(
+                            f"{info['cells_read'] / med / 1e6:.0f} Mcells/s end to end; "
+                            f"exact for {info['n_exact']} units; raster made in {t_make:.0f} s"
+                        ),
+                        extra={"cells": info["cells_read"], "n_exact": info["n_exact"]},
+                    )
+                )
             # baselines on the same random subset of units (the full set would take minutes)
             base = _zonal_baselines(subset, tif)
             ours_row = compare(
                 f"raster zonal centre, {res:g} deg, {len(subset)} random units",
-                lambda: zonal_population(subset, tif, method="centre"), repeat=1 if res < 0.01 else ctx.repeat,
-                baseline=("rasterstats", base["rasterstats"]), baseline_repeat=1,
+                lambda t=tif: zonal_population(subset, t, method="centre"),
+                repeat=1 if res < 0.01 else ctx.repeat,
+                baseline=("rasterstats", base["rasterstats"]),
+                baseline_repeat=1,
             )
             rows.append(ours_row)
             exact_row = compare(
                 f"raster zonal exact, {res:g} deg, {len(subset)} random units",
-                lambda: zonal_population(subset, tif, method="exact"), repeat=1,
-                baseline=("exactextract sum/count", base["exactextract"]), baseline_repeat=1,
+                lambda t=tif: zonal_population(subset, t, method="exact"),
+                repeat=1,
+                baseline=("exactextract sum/count", base["exactextract"]),
+                baseline_repeat=1,
                 note="ours also computes the weighted centroid from exactextract's cell arrays",
             )
             rows.append(exact_row)
-            rows.append(compare(
-                f"raster zonal centre vs exactextract, {res:g} deg, {len(subset)} random units",
-                lambda: zonal_population(subset, tif, method="centre"), repeat=1,
-                baseline=("exactextract sum/count", base["exactextract"]), baseline_repeat=1,
-            ))
+            rows.append(
+                compare(
+                    f"raster zonal centre vs exactextract, {res:g} deg, {len(subset)} random units",
+                    lambda t=tif: zonal_population(subset, t, method="centre"),
+                    repeat=1,
+                    baseline=("exactextract sum/count", base["exactextract"]),
+                    baseline_repeat=1,
+                )
+            )
     if not ctx.args.quick:
         units10 = ctx.units_x10()
         tif = ctx.raster(0.01)
@@ -546,16 +617,20 @@ def bench_raster(ctx: Context) -> list[Row]:
             warnings.simplefilter("ignore")
             med, peak, out = measure(lambda: zonal_population(units10, tif, method="auto"), 1)
         info = out.attrs["raster"]
-        rows.append(Row(
-            step=f"raster zonal auto, 0.01 deg, units x10 ({len(units10)})", median_s=med, peak_mb=peak,
-            note=f"exact for {info['n_exact']} units",
-        ))
+        rows.append(
+            Row(
+                step=f"raster zonal auto, 0.01 deg, units x10 ({len(units10)})",
+                median_s=med,
+                peak_mb=peak,
+                note=f"exact for {info['n_exact']} units",
+            )
+        )
         rows.extend(bench_raster_dask(ctx, units, ctx.raster(0.0025)))
     return rows
 
 
 def bench_raster_dask(ctx: Context, units: Any, tif: Path) -> list[Row]:
-    """The centre method on a 2-worker LocalCluster vs in-process (same result)."""
+    """Time the centre method on a 2-worker LocalCluster vs in-process (same result)."""
     from geo_pipeline.parallel import dask_client
     from geo_pipeline.raster import zonal_population
 
@@ -567,17 +642,28 @@ def bench_raster_dask(ctx: Context, units: Any, tif: Path) -> list[Row]:
             t0 = time.perf_counter()
             remote = zonal_population(units, tif, method="centre", client=client)
             t_dask = time.perf_counter() - t0
-    same = bool(np.array_equal(local["pop_raster_sum"].to_numpy(), remote["pop_raster_sum"].to_numpy(),
-                               equal_nan=True))
-    return [Row(
-        step="raster zonal centre, 0.0025 deg, on Dask LocalCluster(2)", median_s=t_dask,
-        baseline="same, in-process", baseline_s=local.attrs["raster"]["seconds"],
-        note=f"sums identical to in-process: {same}",
-    )]
+    same = bool(
+        np.array_equal(
+            local["pop_raster_sum"].to_numpy(), remote["pop_raster_sum"].to_numpy(), equal_nan=True
+        )
+    )
+    return [
+        Row(
+            step="raster zonal centre, 0.0025 deg, on Dask LocalCluster(2)",
+            median_s=t_dask,
+            baseline="same, in-process",
+            baseline_s=local.attrs["raster"]["seconds"],
+            note=f"sums identical to in-process: {same}",
+        )
+    ]
 
 
 BENCHMARKS: list[Callable[[Context], list[Row]]] = [
-    bench_gpkg, bench_distance, bench_weights, bench_lisa, bench_raster,
+    bench_gpkg,
+    bench_distance,
+    bench_weights,
+    bench_lisa,
+    bench_raster,
 ]
 
 
@@ -589,17 +675,31 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
 
 
 def print_table(rows: list[Row], out: Any = sys.stdout) -> None:
+    """Print the results as an aligned table, then errors and notes."""
     header = ["step", "median s", "baseline", "baseline s", "ratio", "target s", "", "peak MB"]
     table = [header]
     for r in rows:
-        table.append([
-            r.step, _fmt(r.median_s), r.baseline, _fmt(r.baseline_s), _fmt(r.ratio, ".1f") + ("x" if r.ratio else ""),
-            _fmt(r.target_s, "g"), r.status, _fmt(r.peak_mb, ".0f"),
-        ])
+        table.append(
+            [
+                r.step,
+                _fmt(r.median_s),
+                r.baseline,
+                _fmt(r.baseline_s),
+                _fmt(r.ratio, ".1f") + ("x" if r.ratio else ""),
+                _fmt(r.target_s, "g"),
+                r.status,
+                _fmt(r.peak_mb, ".0f"),
+            ]
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for k, row in enumerate(table):
-        print("  ".join(c.ljust(w) if i in (0, 2, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))),
-              file=out)
+        print(
+            "  ".join(
+                c.ljust(w) if i in (0, 2, 6) else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ),
+            file=out,
+        )
         if k == 0:
             print("  ".join("-" * w for w in widths), file=out)
     for r in rows:
@@ -611,13 +711,17 @@ def print_table(rows: list[Row], out: Any = sys.stdout) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks; return 1 if any failed with an error."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a lighter run (about two minutes)")
     parser.add_argument("--repeat", type=int, default=None, help="repeats per timing (default 3, quick 1)")
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
     parser.add_argument("--workdir", type=Path, default=None, help="work folder (kept; default: temporary)")
-    parser.add_argument("--skip-run", action="store_true",
-                        help="do not run the pipeline; use the outputs already in --workdir")
+    parser.add_argument(
+        "--skip-run",
+        action="store_true",
+        help="do not run the pipeline; use the outputs already in --workdir",
+    )
     args = parser.parse_args(argv)
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
@@ -643,17 +747,33 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(Row(step=name, error=detail))
             traceback.print_exc(file=sys.stderr)
     total = time.perf_counter() - t_all
-    print(f"\ngeo_pipeline benchmarks ({'quick' if args.quick else 'full'}, repeat {args.repeat}, "
-          f"{os.cpu_count()} cores, {platform.python_version()}), {total:.0f} s in all")
+    print(
+        f"\ngeo_pipeline benchmarks ({'quick' if args.quick else 'full'}, repeat {args.repeat}, "
+        f"{os.cpu_count()} cores, {platform.python_version()}), {total:.0f} s in all"
+    )
     print(f"units: {ctx.units_source or 'not loaded'}\n")
     print_table(rows)
     out = args.out or ROOT / "benchmarks" / "results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "quick": args.quick, "repeat": args.repeat, "total_s": total, "units": ctx.units_source,
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "rows": [{**asdict(r), "ratio": r.ratio, "status": r.status} for r in rows],
-    }, indent=2, default=str), encoding="utf-8")
+    out.write_text(
+        json.dumps(
+            {
+                "quick": args.quick,
+                "repeat": args.repeat,
+                "total_s": total,
+                "units": ctx.units_source,
+                "machine": {
+                    "cores": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "rows": [{**asdict(r), "ratio": r.ratio, "status": r.status} for r in rows],
+            },
+            indent=2,
+            default=str,
+        ),
+        encoding="utf-8",
+    )
     print(f"\nresults written to {out}")
     if tmp is not None:
         tmp.cleanup()

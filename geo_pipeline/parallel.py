@@ -27,6 +27,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -66,7 +67,7 @@ def dask_client(
     threads_per_worker: int = 1,
     processes: bool = True,
 ) -> Iterator[Any]:
-    """A :class:`dask.distributed.Client`, closed (with its cluster) on exit.
+    """Open a :class:`dask.distributed.Client`; close it (and its cluster) on exit.
 
     Parameters
     ----------
@@ -249,38 +250,71 @@ def _permutation_block(
     seed: int,
     alternative: str,
 ) -> np.ndarray:
-    """Counts of permuted local I at least as extreme, for the units of one block."""
+    """Count the permuted local I at least as extreme, for the units of one block."""
     n = len(z)
     lo, hi = block * PERMUTATION_BLOCK, min(n, (block + 1) * PERMUTATION_BLOCK)
     indptr, indices, data = w.indptr, w.indices, w.data
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
     # neighbours other than the unit itself are permuted; a self-weight stays
-    card = np.array([
-        int(np.sum(indices[indptr[i]:indptr[i + 1]] != i)) for i in range(lo, hi)
-    ])
+    rows = np.repeat(np.arange(lo, hi), np.diff(indptr[lo : hi + 1]))
+    off_diag = indices[indptr[lo] : indptr[hi]] != rows
+    card = np.bincount(rows[off_diag] - lo, minlength=hi - lo)
     kmax = int(card.max()) if len(card) else 0
     rids = _draw_neighbour_sets(rng, n - 1, permutations, kmax)
+    mode = {"directed": 0, "greater": 1, "lesser": 2}[alternative]
+    return _count_extreme(lo, hi, z, indptr, indices, data.astype(np.float64), rids, Is, scaling, mode)
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_extreme(  # pragma: no cover - compiled
+    lo: int,
+    hi: int,
+    z: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    rids: np.ndarray,
+    Is: np.ndarray,
+    scaling: float,
+    mode: int,
+) -> np.ndarray:
+    """Count, for units ``lo:hi``, the permuted local I at least as extreme (-1: island)."""
+    permutations = rids.shape[0]
     larger = np.empty(hi - lo, dtype=np.int64)
-    for j, i in enumerate(range(lo, hi)):
-        nb = indices[indptr[i]:indptr[i + 1]]
-        wt = data[indptr[i]:indptr[i + 1]]
-        other = nb != i
-        k = int(card[j])
+    for i in range(lo, hi):
+        self_w = 0.0
+        k = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] == i:
+                self_w += data[p]
+            else:
+                k += 1
         if k == 0:
-            larger[j] = -1
+            larger[i - lo] = -1
             continue
-        self_w = float(wt[~other].sum())
-        r = rids[:, :k]
-        idx = r + (r >= i)  # ids over the n - 1 other units -> ids over all units
-        lag = z[idx] @ wt[other] + self_w * z[i]
-        sims = scaling * z[i] * lag
-        if alternative == "greater":
-            larger[j] = int(np.sum(sims >= Is[i]))
-        elif alternative == "lesser":
-            larger[j] = int(np.sum(sims <= Is[i]))
-        else:  # directed: the more extreme tail (esda's default)
-            c = int(np.sum(sims >= Is[i]))
-            larger[j] = min(c, permutations - c)
+        wts = np.empty(k)
+        j = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] != i:
+                wts[j] = data[p]
+                j += 1
+        count = 0
+        for q in range(permutations):
+            lag = self_w * z[i]
+            for j in range(k):
+                r = rids[q, j]
+                if r >= i:  # ids over the n - 1 other units -> ids over all units
+                    r += 1
+                lag += wts[j] * z[r]
+            sim = scaling * z[i] * lag
+            if mode == 2:
+                if sim <= Is[i]:
+                    count += 1
+            elif sim >= Is[i]:
+                count += 1
+        if mode == 0:  # directed: the more extreme tail (esda's default)
+            count = min(count, permutations - count)
+        larger[i - lo] = count
     return larger
 
 
@@ -300,7 +334,7 @@ def permutation_pvalues_local(
     transformation: str | None = "r",
     alternative: str = "directed",
 ) -> LocalPermutationResult:
-    """Local Moran's I with conditional-permutation p-values, in-process or on Dask.
+    r"""Local Moran's I with conditional-permutation p-values, in-process or on Dask.
 
     Parameters
     ----------
@@ -336,12 +370,12 @@ def permutation_pvalues_local(
 
     Notes
     -----
-    With :math:`z_i = (y_i - \\bar y)/s_y` (population standard deviation) and
+    With :math:`z_i = (y_i - \bar y)/s_y` (population standard deviation) and
     row-standardised weights :math:`w_{ij}`:
 
     .. math::
 
-        I_i = (n - 1)\\, z_i \\sum_j w_{ij} z_j \\Big/ \\sum_k z_k^2 .
+        I_i = (n - 1)\, z_i \sum_j w_{ij} z_j \Big/ \sum_k z_k^2 .
 
     Under conditional randomisation, :math:`z_i` stays at unit :math:`i` and
     its :math:`k_i` neighbour values are replaced by a random sample (without
@@ -354,7 +388,9 @@ def permutation_pvalues_local(
     yv = np.asarray(y, dtype=np.float64).ravel()
     n = len(yv)
     if not np.all(np.isfinite(yv)):
-        raise InputError(f"y has {int(np.sum(~np.isfinite(yv)))} missing or infinite value(s); drop or fill them")
+        raise InputError(
+            f"y has {int(np.sum(~np.isfinite(yv)))} missing or infinite value(s); drop or fill them"
+        )
     if permutations < 1:
         raise InputError(f"permutations must be >= 1, found {permutations}")
     if alternative not in ("directed", "greater", "lesser"):

@@ -37,7 +37,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,7 +170,9 @@ def open_grid(path: str | os.PathLike[str], *, band: int = 1) -> RasterGrid:
     try:
         with rasterio.open(p) as src:
             if not 1 <= band <= src.count:
-                raise InputError(f"{p}: expected band {band}, found {src.count} band(s); choose 1..{src.count}")
+                raise InputError(
+                    f"{p}: expected band {band}, found {src.count} band(s); choose 1..{src.count}"
+                )
             if src.crs is None:
                 raise CRSError(
                     f"{p}: the raster has no CRS; expected a georeferenced GeoTIFF. Assign the right one, "
@@ -268,7 +270,7 @@ class Spans:
         return len(self.row)
 
     def select(self, window: Window) -> Spans:
-        """Runs of the rows of ``window`` that overlap its columns (not clipped)."""
+        """Return the runs of the rows of ``window`` that overlap its columns (not clipped)."""
         r0, r1 = int(window.row_off), int(window.row_off + window.height)
         a, b = np.searchsorted(self.row, [r0, r1], side="left")
         c0, c1 = int(window.col_off), int(window.col_off + window.width)
@@ -299,7 +301,9 @@ def rasterise_spans(geoms: Sequence[Any] | np.ndarray, grid: RasterGrid) -> Span
     geoms = np.asarray(geoms, dtype=object)
     # a bounded number of vertices at a time keeps the edge arrays small
     nverts = shapely.get_num_coordinates(geoms)
-    bounds = np.searchsorted(np.cumsum(nverts), np.arange(_SPAN_CHUNK_VERTICES, nverts.sum(), _SPAN_CHUNK_VERTICES))
+    bounds = np.searchsorted(
+        np.cumsum(nverts), np.arange(_SPAN_CHUNK_VERTICES, nverts.sum(), _SPAN_CHUNK_VERTICES)
+    )
     edges = [0, *np.unique(bounds[bounds < len(geoms)]).tolist(), len(geoms)]
     pieces = [
         _spans_of(geoms[lo:hi], lo, grid) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo
@@ -315,7 +319,7 @@ def rasterise_spans(geoms: Sequence[Any] | np.ndarray, grid: RasterGrid) -> Span
 def _spans_of(
     geoms: np.ndarray, offset: int, grid: RasterGrid
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Runs (row, c0, c1, unit) of the geometries ``geoms`` (unit ids from ``offset + 1``)."""
+    """Return the runs (row, c0, c1, unit) of ``geoms`` (unit ids from ``offset + 1``)."""
     parts, owner = shapely.get_parts(geoms, return_index=True)
     rings, ring_part = shapely.get_rings(parts, return_index=True)
     coords, vert_ring = shapely.get_coordinates(rings, return_index=True)
@@ -462,8 +466,20 @@ def window_partials(
     t = grid.transform
     coef = np.array([t.a, t.b, t.c, t.d, t.e, t.f], dtype=np.float64)
     _accumulate(
-        sel.row, sel.c0, sel.c1, sel.unit, data, mask, grid.has_mask, use_nodata, nd,
-        1 if grid.geographic else 0, coef, int(window.col_off), int(window.row_off), out,
+        sel.row,
+        sel.c0,
+        sel.c1,
+        sel.unit,
+        data,
+        mask,
+        grid.has_mask,
+        use_nodata,
+        nd,
+        1 if grid.geographic else 0,
+        coef,
+        int(window.col_off),
+        int(window.row_off),
+        out,
     )
     return out
 
@@ -520,14 +536,15 @@ def _exact_partials(grid: RasterGrid, geoms: np.ndarray, which: np.ndarray) -> n
         source = RasterioRasterSource(src, grid.band)
         for batch in batches:
             sel = np.asarray(batch)
-            frame = gpd.GeoDataFrame(
-                {"_k": sel}, geometry=list(geoms[which[sel]]), crs=grid.crs.to_wkt()
-            )
+            frame = gpd.GeoDataFrame({"_k": sel}, geometry=list(geoms[which[sel]]), crs=grid.crs.to_wkt())
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # empty arrays of units off the raster
                 res = exactextract.exact_extract(
-                    source, frame, ["center_x", "center_y", "coverage", "values"],
-                    include_cols=["_k"], output="pandas",
+                    source,
+                    frame,
+                    ["center_x", "center_y", "coverage", "values"],
+                    include_cols=["_k"],
+                    output="pandas",
                 )
             for k, cx, cy, cov, vals in zip(
                 res["_k"], res["center_x"], res["center_y"], res["coverage"], res["values"], strict=True
@@ -610,7 +627,7 @@ def zonal_population(
     band: int = 1,
     client: Any | None = None,
 ) -> gpd.GeoDataFrame:
-    """Population sum, mean and population-weighted centroid of each unit from a raster.
+    r"""Compute population sum, mean and population-weighted centroid of each unit from a raster.
 
     Parameters
     ----------
@@ -671,21 +688,21 @@ def zonal_population(
     Notes
     -----
     With cell values :math:`p_c` (nodata cells dropped) and the cells
-    :math:`c \\in i` of unit :math:`i` (centre inside, or weight
+    :math:`c \in i` of unit :math:`i` (centre inside, or weight
     :math:`f_c` = covered fraction for ``"exact"``; :math:`f_c = 1` else):
 
     .. math::
 
-        S_i = \\sum_{c \\in i} f_c p_c, \\qquad
-        \\bar p_i = S_i / \\sum_{c \\in i} f_c .
+        S_i = \sum_{c \in i} f_c p_c, \qquad
+        \bar p_i = S_i / \sum_{c \in i} f_c .
 
     The population-weighted centroid of a projected raster is
-    :math:`\\sum f_c p_c (x_c, y_c) / S_i` of the cell centres
+    :math:`\sum f_c p_c (x_c, y_c) / S_i` of the cell centres
     :math:`(x_c, y_c)`, then transformed to lon/lat. For a geographic raster,
     averaging longitudes and latitudes is wrong away from the equator, so the
     cell centres are mapped to unit vectors
-    :math:`u_c = (\\cos\\phi\\cos\\lambda, \\cos\\phi\\sin\\lambda, \\sin\\phi)`
-    and the centroid is the direction of :math:`\\sum f_c p_c u_c`
+    :math:`u_c = (\cos\phi\cos\lambda, \cos\phi\sin\lambda, \sin\phi)`
+    and the centroid is the direction of :math:`\sum f_c p_c u_c`
     (the spherical centre of mass projected back to the surface).
 
     Sums are accumulated window by window in row-major order, in float64; for

@@ -1,5 +1,7 @@
-"""Dask scaling: raster windows and LISA permutations on a LocalCluster give the
-same results as the single-process path, bit for bit."""
+"""Dask scaling: raster windows and LISA permutations on a LocalCluster.
+
+They must give the same results as the single-process path, bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -10,28 +12,34 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from rasterio.transform import from_origin
 from shapely.geometry import box
+from test_raster import _cli_workdir, units_utm, write_tif
 
 from geo_pipeline import InputError
+from geo_pipeline._io import read_layer
+from geo_pipeline.cli import main
 from geo_pipeline.parallel import PERMUTATION_BLOCK, dask_client, permutation_pvalues_local
 from geo_pipeline.raster import zonal_population
-
-from test_raster import units_utm, write_tif
 
 distributed = pytest.importorskip("distributed")
 libpysal = pytest.importorskip("libpysal")
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:Use `@` matmul instead of `\\*` mul operator:PendingDeprecationWarning"),
+    pytest.mark.filterwarnings(
+        "ignore:Use `@` matmul instead of `\\*` mul operator:PendingDeprecationWarning"
+    ),
     # esda warns that its default alternative will change; the test compares with that default on purpose
-    pytest.mark.filterwarnings("ignore:The alternative hypothesis for conditional randomization:DeprecationWarning"),
+    pytest.mark.filterwarnings(
+        "ignore:The alternative hypothesis for conditional randomization:DeprecationWarning"
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[object]:
-    """A two-process LocalCluster, closed at the end of the module."""
+    """Start a two-process LocalCluster, closed at the end of the module."""
     with warnings.catch_warnings():
         # distributed may warn about ports or slow shutdown; those are not results
         warnings.simplefilter("ignore", ResourceWarning)
@@ -82,6 +90,23 @@ def test_raster_on_dask_geographic(client: object, tmp_path: Path) -> None:
     remote = zonal_population(units, tif, method="centre", window_rows=11, client=client)
     np.testing.assert_array_equal(remote["pop_centroid_lat"].to_numpy(), local["pop_centroid_lat"].to_numpy())
     np.testing.assert_array_equal(remote["pop_raster_sum"].to_numpy(), local["pop_raster_sum"].to_numpy())
+
+
+def test_cli_dask_option_gives_the_same_file(tmp_path: Path) -> None:
+    arr = np.random.default_rng(8).gamma(0.5, 40.0, size=(60, 80)).astype("float32")
+    tif = write_tif(tmp_path / "pop.tif", arr)
+    cfg = _cli_workdir(tmp_path, tif)
+    with open(cfg, "a", encoding="utf-8") as fh:
+        fh.write("workers = 1\nwindow_rows = 16\n")
+    runner = CliRunner()
+    plain = runner.invoke(main, ["-c", str(cfg), "raster"])
+    assert plain.exit_code == 0, plain.output
+    first = read_layer(tmp_path / "data_processed" / "raster.gpkg", "units")
+    on_dask = runner.invoke(main, ["-c", str(cfg), "raster", "--dask", "--overwrite"])
+    assert on_dask.exit_code == 0, on_dask.output
+    second = read_layer(tmp_path / "data_processed" / "raster.gpkg", "units")
+    np.testing.assert_array_equal(second["pop_raster_sum"], first["pop_raster_sum"])
+    np.testing.assert_array_equal(second["pop_centroid_lon"], first["pop_centroid_lon"])
 
 
 # -- permutations -------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 import rasterio
 import shapely
 from click.testing import CliRunner
+from conftest import write_config
 from rasterio.transform import from_origin
 from shapely.geometry import MultiPolygon, Polygon, box
 
@@ -20,8 +21,6 @@ from geo_pipeline import CRSError, DataQualityWarning, GeometryError, InputError
 from geo_pipeline._io import read_layer, write_gpkg
 from geo_pipeline.cli import main
 from geo_pipeline.raster import RASTER_COLUMNS, zonal_population
-
-from conftest import write_config
 
 # rasterio 1.4 still multiplies Affine objects with `*` internally (from_origin, windows)
 pytestmark = pytest.mark.filterwarnings(
@@ -43,9 +42,14 @@ def write_tif(
     """Write a one-band GeoTIFF (tiled, compressed like real population rasters)."""
     h, w = arr.shape
     profile = {
-        "driver": "GTiff", "height": h, "width": w, "count": 1, "dtype": arr.dtype.name,
+        "driver": "GTiff",
+        "height": h,
+        "width": w,
+        "count": 1,
+        "dtype": arr.dtype.name,
         "transform": transform if transform is not None else from_origin(X0, Y0, CELL, CELL),
-        "nodata": nodata, "compress": "deflate",
+        "nodata": nodata,
+        "compress": "deflate",
     }
     if crs is not None:
         profile["crs"] = crs
@@ -64,8 +68,12 @@ def centres(shape: tuple[int, int], transform: object) -> tuple[np.ndarray, np.n
 
 
 def units_utm() -> gpd.GeoDataFrame:
-    """Non-overlapping units in UTM 50N over a 60 x 80 cell raster: boxes, a triangle,
-    a polygon with a hole, a multipolygon and a tiny square inside one cell."""
+    """Non-overlapping units in UTM 50N over a 60 x 80 cell raster.
+
+    Boxes, a triangle, a polygon with a hole, a multipolygon and a tiny square
+    inside one cell.
+    """
+
     def b(c0: float, r0: float, c1: float, r1: float) -> Polygon:
         return box(X0 + c0 * CELL, Y0 - r1 * CELL, X0 + c1 * CELL, Y0 - r0 * CELL)
 
@@ -74,7 +82,13 @@ def units_utm() -> gpd.GeoDataFrame:
     geoms = [
         b(0.3, 0.2, 10.4, 10.4),
         b(10.7, 0.2, 25.35, 12.8),
-        Polygon([(X0 + 2 * CELL, Y0 - 30 * CELL), (X0 + 28 * CELL, Y0 - 22 * CELL), (X0 + 20 * CELL, Y0 - 55 * CELL)]),
+        Polygon(
+            [
+                (X0 + 2 * CELL, Y0 - 30 * CELL),
+                (X0 + 28 * CELL, Y0 - 22 * CELL),
+                (X0 + 20 * CELL, Y0 - 55 * CELL),
+            ]
+        ),
         Polygon(outer.exterior.coords, [hole.exterior.coords]),
         MultiPolygon([b(62.2, 3.3, 70.9, 9.6), b(64.1, 30.6, 79.2, 58.7)]),
         b(40.6, 40.1, 40.9, 40.4),  # 0.3 x 0.3 of one cell: contains no cell centre
@@ -189,7 +203,12 @@ def test_exact_sums_equal_analytic_areas(tmp_path: Path) -> None:
     # analytic areas in cells: boxes w*h, triangle by the shoelace formula, box minus hole
     tri = 0.5 * abs(2 * (22 - 55) + 28 * (55 - 30) + 20 * (30 - 22))
     expected = [
-        10.1 * 10.2, 14.65 * 12.6, tri, 22.3 * 17.5 - 8.7 * 7.5, 8.7 * 6.3 + 15.1 * 28.1, 0.09,
+        10.1 * 10.2,
+        14.65 * 12.6,
+        tri,
+        22.3 * 17.5 - 8.7 * 7.5,
+        8.7 * 6.3 + 15.1 * 28.1,
+        0.09,
     ]
     # exactextract's coverage fractions are float32: 1e-7 relative
     np.testing.assert_allclose(out["pop_raster_sum"], expected, rtol=1e-6)
@@ -204,15 +223,21 @@ def test_exact_sums_equal_analytic_areas(tmp_path: Path) -> None:
 def test_weighted_centroid_symmetric_projected(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     quarter = rng.integers(1, 100, size=(10, 10)).astype("float32")
-    block = np.block([[quarter, quarter[:, ::-1]], [quarter[::-1, :], quarter[::-1, ::-1]]])  # mirror-symmetric
+    block = np.block(
+        [[quarter, quarter[:, ::-1]], [quarter[::-1, :], quarter[::-1, ::-1]]]
+    )  # mirror-symmetric
     arr = np.zeros((60, 80), "float32")
     arr[10:30, 20:40] = block
     tif = write_tif(tmp_path / "sym.tif", arr)
     unit = gpd.GeoDataFrame(
-        {"unit_id": ["s"]}, geometry=[box(X0 + 20 * CELL, Y0 - 30 * CELL, X0 + 40 * CELL, Y0 - 10 * CELL)], crs=UTM
+        {"unit_id": ["s"]},
+        geometry=[box(X0 + 20 * CELL, Y0 - 30 * CELL, X0 + 40 * CELL, Y0 - 10 * CELL)],
+        crs=UTM,
     )
     out = zonal_population(unit.to_crs(4326), tif, method="centre")
-    lon, lat = pyproj.Transformer.from_crs(UTM, 4326, always_xy=True).transform(X0 + 30 * CELL, Y0 - 20 * CELL)
+    lon, lat = pyproj.Transformer.from_crs(UTM, 4326, always_xy=True).transform(
+        X0 + 30 * CELL, Y0 - 20 * CELL
+    )
     assert out["pop_centroid_lon"].iloc[0] == pytest.approx(lon, abs=1e-9)
     assert out["pop_centroid_lat"].iloc[0] == pytest.approx(lat, abs=1e-9)
     # all people in one cell: the centroid is that cell's centre
@@ -244,15 +269,22 @@ def test_geographic_raster_sums_and_spherical_centroid(tmp_path: Path) -> None:
         # independent spherical centroid: mean unit vector of the cell centres
         lam, phi = np.radians(xs[inside]), np.radians(ys[inside])
         v = arr[inside].astype(float)
-        vec = np.array([np.sum(v * np.cos(phi) * np.cos(lam)), np.sum(v * np.cos(phi) * np.sin(lam)),
-                        np.sum(v * np.sin(phi))])
+        vec = np.array(
+            [
+                np.sum(v * np.cos(phi) * np.cos(lam)),
+                np.sum(v * np.cos(phi) * np.sin(lam)),
+                np.sum(v * np.sin(phi)),
+            ]
+        )
         lon = np.degrees(np.arctan2(vec[1], vec[0]))
         lat = np.degrees(np.arctan2(vec[2], np.hypot(vec[0], vec[1])))
         assert out["pop_centroid_lon"].iloc[k] == pytest.approx(lon, abs=1e-9)
         assert out["pop_centroid_lat"].iloc[k] == pytest.approx(lat, abs=1e-9)
     # symmetric about (100E, 0N) with constant values -> exactly that point
     const = write_tif(tmp_path / "c.tif", np.ones((120, 80), "float32"), transform=transform, crs="EPSG:4326")
-    sym = zonal_population(units.iloc[:1].set_geometry([box(95.1, -10.1, 105.1, 10.1)]), const, method="centre")
+    sym = zonal_population(
+        units.iloc[:1].set_geometry([box(95.1, -10.1, 105.1, 10.1)]), const, method="centre"
+    )
     assert sym["pop_centroid_lon"].iloc[0] == pytest.approx(100.0, abs=1e-9)
     assert sym["pop_centroid_lat"].iloc[0] == pytest.approx(0.0, abs=1e-9)
 
@@ -262,12 +294,15 @@ def test_exact_centroid_of_symmetric_unit(tmp_path: Path) -> None:
     # a box centred on cell (10.5, 20.5) whose partly covered edge cells mirror each other
     # (0.7 of columns 8 and 12, 0.2 of rows 18 and 22): coverage-weighted centres meet there
     unit = gpd.GeoDataFrame(
-        {"unit_id": ["e"]}, geometry=[box(X0 + 8.3 * CELL, Y0 - 22.2 * CELL, X0 + 12.7 * CELL, Y0 - 18.8 * CELL)],
+        {"unit_id": ["e"]},
+        geometry=[box(X0 + 8.3 * CELL, Y0 - 22.2 * CELL, X0 + 12.7 * CELL, Y0 - 18.8 * CELL)],
         crs=UTM,
     )
     out = zonal_population(unit, tif, method="exact")
     assert out["n_cells"].iloc[0] == pytest.approx(4.4 * 3.4, rel=1e-6)
-    lon, lat = pyproj.Transformer.from_crs(UTM, 4326, always_xy=True).transform(X0 + 10.5 * CELL, Y0 - 20.5 * CELL)
+    lon, lat = pyproj.Transformer.from_crs(UTM, 4326, always_xy=True).transform(
+        X0 + 10.5 * CELL, Y0 - 20.5 * CELL
+    )
     assert out["pop_centroid_lon"].iloc[0] == pytest.approx(lon, abs=1e-9)
     assert out["pop_centroid_lat"].iloc[0] == pytest.approx(lat, abs=1e-9)
 
@@ -366,8 +401,11 @@ def test_cli_raster_without_crs_exits_cleanly(tmp_path: Path, random_counts: np.
 
 @pytest.mark.slow
 def test_real_units_on_synthetic_national_raster(run_stage, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Real county units over a 0.05 deg raster of China: centre sums match rasterstats,
-    every unit gets a value, tiny urban districts fall back to exact coverage."""
+    """Real county units over a 0.05 deg raster of China.
+
+    Centre sums match rasterstats, every unit gets a value, tiny urban
+    districts fall back to exact coverage.
+    """
     rasterstats = pytest.importorskip("rasterstats")
     processed = run_stage("population")
     units = read_layer(processed / "population.gpkg", "units")

@@ -21,23 +21,32 @@ log = logging.getLogger("geo_pipeline.cli.raster")
 
 OPTIONS = [
     click.Option(
-        ["--raster", "raster_path"], type=click.Path(dir_okay=False, path_type=Path), default=None,
-        help="Population GeoTIFF (people per cell, any CRS) [config: path]. Without one the stage is skipped.",
+        ["--raster", "raster_path"],
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Population GeoTIFF (people per cell, any CRS) [config: path]; none: the stage is skipped.",
     ),
     click.Option(
-        ["--method"], type=click.Choice(rs.METHODS), default=None,
+        ["--method"],
+        type=click.Choice(rs.METHODS),
+        default=None,
         help="Cell assignment: auto, centre (cell centres) or exact (fractional coverage) [config: method].",
     ),
     click.Option(
-        ["--window-rows"], type=click.IntRange(min=1), default=None,
+        ["--window-rows"],
+        type=click.IntRange(min=1),
+        default=None,
         help="Raster rows read per window [config: window_rows].",
     ),
     click.Option(
-        ["--dask/--no-dask"], "use_dask", default=None,
+        ["--dask/--no-dask", "use_dask"],
+        default=None,
         help="Run the raster windows on Dask (a local cluster or [raster] scheduler) [config: dask].",
     ),
     click.Option(
-        ["--scheduler"], type=str, default=None,
+        ["--scheduler"],
+        type=str,
+        default=None,
         help="Dask scheduler address, e.g. tcp://host:8786; empty: a local cluster [config: scheduler].",
     ),
 ]
@@ -78,8 +87,14 @@ def run(
     pop_path = ctx.output("population.gpkg")
     units = read_layer(pop_path, "units", hint="run `geo-pipeline population` first")
     check_frame(
-        units, name=f"{pop_path} layer units", columns={"unit_id": "string"}, crs="EPSG:4326",
-        geometry=True, geom_types=("Polygon", "MultiPolygon"), unique=["unit_id"], not_null=["unit_id"],
+        units,
+        name=f"{pop_path} layer units",
+        columns={"unit_id": "string"},
+        crs="EPSG:4326",
+        geometry=True,
+        geom_types=("Polygon", "MultiPolygon"),
+        unique=["unit_id"],
+        not_null=["unit_id"],
     ).raise_if_any()
 
     with contextlib.ExitStack() as stack:
@@ -89,8 +104,14 @@ def run(
 
             client = stack.enter_context(dask_client(address, n_workers=s.workers))
         result = rs.zonal_population(
-            units, path, method=method, window_rows=rows, window_cols=s.window_cols,
-            min_cells=s.min_cells, band=s.band, client=client,
+            units,
+            path,
+            method=method,
+            window_rows=rows,
+            window_cols=s.window_cols,
+            min_cells=s.min_cells,
+            band=s.band,
+            client=client,
         )
     info = dict(result.attrs.get("raster", {}))
     out = gpd.GeoDataFrame(result, geometry="geometry", crs=result.crs)
@@ -100,14 +121,29 @@ def run(
     ctx.manifest(
         inputs={"population": pop_path, "raster": path},
         outputs={"raster": gpkg},
-        parameters={"path": str(path), "method": method, "window_rows": rows, "window_cols": s.window_cols,
-                    "min_cells": s.min_cells, "band": s.band, "dask": dask_on, "scheduler": address},
+        parameters={
+            "path": str(path),
+            "method": method,
+            "window_rows": rows,
+            "window_cols": s.window_cols,
+            "min_cells": s.min_cells,
+            "band": s.band,
+            "dask": dask_on,
+            "scheduler": address,
+        },
         summary={"units": len(out), "population_sum": total, **info},
     )
     log.info(
         "raster: %d units from %s (%s); %d by cell centres, %d by exact coverage, %d without data; "
         "total %.0f people; %.1f Mcells/s%s -> %s",
-        len(out), path, info.get("crs", "?"), info.get("n_centre", 0), info.get("n_exact", 0),
-        info.get("n_none", 0), total, info.get("cells_per_second", float("nan")) / 1e6,
-        " on Dask" if dask_on else "", gpkg,
+        len(out),
+        path,
+        info.get("crs", "?"),
+        info.get("n_centre", 0),
+        info.get("n_exact", 0),
+        info.get("n_none", 0),
+        total,
+        info.get("cells_per_second", float("nan")) / 1e6,
+        " on Dask" if dask_on else "",
+        gpkg,
     )
