@@ -213,6 +213,6 @@ def test_atlas_real_data(run_stage: Callable[[str], Path], tmp_path: Path) -> No
     assert (pixels.min(axis=2) < 250).mean() > 0.2
     cl = styles.diverging_classes(units["change_pct"], column="change_pct")
     assert sum(has_color(pixels, c) for c in cl.colors) >= cl.k - 1
-    assert sorted(p.name for p in pdf.parent.glob("*.png")) == THEME_PNGS
+    assert set(THEME_PNGS) <= {p.name for p in pdf.parent.glob("*.png")}  # other stages add PNGs too
     assert "layer_styles" in list_layers(processed / "shrinkage.gpkg")
 
