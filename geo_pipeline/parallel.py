@@ -105,7 +105,8 @@ def dask_client(
         n_workers=n_workers,
         threads_per_worker=threads_per_worker,
         processes=processes,
-        dashboard_address=None,
+        dashboard_address=None,  # no dashboard; its HTTP server (metrics) on a free port:
+        scheduler_kwargs={"dashboard_address": ":0"},  # a second cluster must not clash on 8787
         silence_logs=logging.WARNING,
     )
     client = distributed.Client(cluster)
