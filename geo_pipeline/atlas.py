@@ -48,6 +48,7 @@ __all__ = [
     "THEMES",
     "AtlasData",
     "Page",
+    "PageSpec",
     "prepare_atlas",
     "plan_pages",
     "atlas_pages",
@@ -430,7 +431,9 @@ class Page:
 
 
 @dataclass(frozen=True)
-class _Spec:
+class PageSpec:
+    """A planned page: key, title, subtitle, national or not, and the province it shows."""
+
     key: str
     title: str
     subtitle: str
@@ -452,7 +455,7 @@ def _lisa_col(frame: pd.DataFrame) -> str | None:
     return found[0] if found else None
 
 
-def plan_pages(data: AtlasData, *, per_province: bool = True) -> list[_Spec]:
+def plan_pages(data: AtlasData, *, per_province: bool = True) -> list[PageSpec]:
     """The pages in print order: national themes whose data exist, then provinces by code.
 
     Warns
@@ -473,7 +476,7 @@ def plan_pages(data: AtlasData, *, per_province: bool = True) -> list[_Spec]:
     specs = []
     for key, (zh, en) in THEMES.items():
         if available[key]:
-            specs.append(_Spec(key, zh, en, True))
+            specs.append(PageSpec(key, zh, en, True))
         else:
             warnings.warn(f"atlas: no data for the {en!r} page; it is left out (run `geo-pipeline "
                           f"{stage[key].split()[0]}` and `geo-pipeline export`)", DataQualityWarning, stacklevel=2)
@@ -484,7 +487,7 @@ def plan_pages(data: AtlasData, *, per_province: bool = True) -> list[_Spec]:
                 names.setdefault(code, name)
         for code in sorted(u["province_code"].dropna().unique()):
             name = str(names.get(code, code))
-            specs.append(_Spec(f"province_{code}", name, "人口变化 2010–2020 Population change (%)", False, code))
+            specs.append(PageSpec(f"province_{code}", name, "人口变化 2010–2020 Population change (%)", False, code))
     return specs
 
 
@@ -606,7 +609,7 @@ class _Renderer:
     def _fs(self, pt: float) -> float:
         return pt * self.scale
 
-    def _figure(self, spec: _Spec, number: int, total: int) -> tuple[Figure, Any]:
+    def _figure(self, spec: PageSpec, number: int, total: int) -> tuple[Figure, Any]:
         fig = Figure(figsize=self.size)
         fig.text(0.025, 0.955, spec.title, fontsize=self._fs(18), va="center")
         fig.text(0.025, 0.915, spec.subtitle, fontsize=self._fs(10.5), color="#333333", va="center")
@@ -762,7 +765,7 @@ class _Renderer:
             y0 = min(y0, (y_tw - need * y1) / (1 - need))
         return _fit_extent((x0, y0, x1, y1), self._aspect(), margin=0.02)
 
-    def national(self, spec: _Spec, number: int, total: int) -> Figure:
+    def national(self, spec: PageSpec, number: int, total: int) -> Figure:
         fig, ax = self._figure(spec, number, total)
         extent = self._national_extent()
         units = self.national_layer("units")
@@ -861,7 +864,7 @@ class _Renderer:
                 sel.plot(ax=ax, color=cat.color, linewidth=(cat.width or 0.4) * 2.2 * self.scale, zorder=7)
 
     # -- province pages ---------------------------------------------------------------------------
-    def province(self, spec: _Spec, number: int, total: int) -> Figure:
+    def province(self, spec: PageSpec, number: int, total: int) -> Figure:
         fig, ax = self._figure(spec, number, total)
         u = self.data.units
         inside = (u["province_code"] == spec.province_code).to_numpy()
@@ -918,7 +921,7 @@ def atlas_pages(
     per_province: bool = True,
     source: str = SOURCE_LINE,
     generalise_mm: float = GENERALISE_MM,
-    specs: Iterable[_Spec] | None = None,
+    specs: Iterable[PageSpec] | None = None,
 ) -> Iterator[Page]:
     """Yield the atlas pages in order, one matplotlib figure each.
 
