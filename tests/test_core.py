@@ -123,3 +123,24 @@ def test_cli_bad_config_exits_nonzero(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["-c", str(cfg), "run"])
     assert result.exit_code == 2
     assert "unknown key(s) [paths] foo" in result.output
+
+
+def test_cli_config_prints_toml_that_loads_back(tmp_path: Path) -> None:
+    from geo_pipeline.config import Settings
+
+    result = CliRunner().invoke(main, ["config"])
+    assert result.exit_code == 0
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(result.output, encoding="utf-8")
+    assert load_settings(cfg) == Settings()
+
+
+def test_example_config_matches_defaults() -> None:
+    """The shipped geo_pipeline.example.toml documents exactly the defaults."""
+    from geo_pipeline.cli import settings_to_toml
+    from geo_pipeline.config import Settings
+
+    example = Path(__file__).resolve().parents[1] / "geo_pipeline.example.toml"
+    assert example.read_text(encoding="utf-8") == settings_to_toml(Settings()), (
+        "regenerate with: geo-pipeline config > geo_pipeline.example.toml"
+    )

@@ -14,7 +14,10 @@ Only this module configures logging and prints; library modules only log.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
+import json
 import logging
 import sys
 import time
@@ -33,7 +36,7 @@ from .._errors import GeoPipelineError
 from .._io import write_csv, write_gpkg, write_manifest
 from ..config import Settings, load_settings
 
-__all__ = ["main", "StageContext", "STAGE_ORDER"]
+__all__ = ["main", "StageContext", "STAGE_ORDER", "settings_to_toml"]
 
 log = logging.getLogger("geo_pipeline.cli")
 
@@ -226,6 +229,37 @@ def run_all(settings: Settings, overwrite: bool, start: str | None, stop: str | 
         log.info("pipeline finished in %.1f s", time.perf_counter() - t_all)
 
     _run_guarded(go)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def settings_to_toml(settings: Settings) -> str:
+    """Render settings as a commented TOML document that :func:`load_settings` reads back."""
+    out = ["# geo_pipeline configuration (all keys shown with their current values)."]
+    for section in dataclasses.fields(settings):
+        value = getattr(settings, section.name)
+        doc = inspect.getdoc(type(value)) or ""
+        out.append("")
+        out.extend(f"# {line}".rstrip() for line in doc.splitlines())
+        out.append(f"[{section.name}]")
+        for f in dataclasses.fields(value):
+            out.append(f"{f.name} = {_toml_value(getattr(value, f.name))}")
+    return "\n".join(out) + "\n"
+
+
+@main.command("config")
+@click.pass_obj
+def show_config(settings: Settings) -> None:
+    """Print the effective configuration as TOML (save it as geo_pipeline.toml to edit)."""
+    click.echo(settings_to_toml(settings), nl=False)
 
 
 for _name in STAGE_ORDER:
