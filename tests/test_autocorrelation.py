@@ -24,6 +24,8 @@ from geo_pipeline.autocorrelation import (
     GLOBAL_COLUMNS,
     NO_DATA,
     benjamini_hochberg,
+    conditional_pvalues,
+    local_statistics,
     moran_scatterplot,
     spatial_autocorrelation,
     start_warm_up,
@@ -136,14 +138,15 @@ def test_gi_star_equals_ord_getis_z(lattice_result) -> None:  # type: ignore[no-
     assert np.allclose(res.units["gi_v_z"], zstar, atol=1e-10)
 
 
-def test_seed_reproducible_and_global_rng_untouched() -> None:
+@pytest.mark.parametrize("engine", ["numpy", "esda"])
+def test_seed_reproducible_and_global_rng_untouched(engine: str) -> None:
     units = planted(seed=3)
     state = np.random.get_state()
-    a = spatial_autocorrelation(units, variables=["v"], permutations=199, seed=11)
+    a = spatial_autocorrelation(units, variables=["v"], permutations=199, seed=11, engine=engine)
     after = np.random.get_state()
     assert after[0] == state[0] and np.array_equal(after[1], state[1]) and after[2:] == state[2:]
-    b = spatial_autocorrelation(units, variables=["v"], permutations=199, seed=11)
-    c = spatial_autocorrelation(units, variables=["v"], permutations=199, seed=12)
+    b = spatial_autocorrelation(units, variables=["v"], permutations=199, seed=11, engine=engine)
+    c = spatial_autocorrelation(units, variables=["v"], permutations=199, seed=12, engine=engine)
     for col in ("lisa_v_p", "gi_v_p"):
         assert np.array_equal(a.units[col], b.units[col])
         assert not np.array_equal(a.units[col], c.units[col])
@@ -152,6 +155,59 @@ def test_seed_reproducible_and_global_rng_untouched() -> None:
     # pseudo p-values are exact multiples of 1/(P+1) in float64
     k = a.units["lisa_v_p"].to_numpy() * 200
     assert np.allclose(k, np.round(k), atol=1e-9)
+
+
+def gradient_lattice(seed: int = 6) -> gpd.GeoDataFrame:
+    """Make the lattice with a weak north-south gradient in noise: p-values over the whole range."""
+    units = planted(seed=seed)
+    rng = np.random.default_rng(seed)
+    units["v"] = 0.25 * units["row"] + rng.normal(size=len(units))
+    return units
+
+
+def test_numpy_and_esda_engines_agree_within_monte_carlo_error() -> None:
+    # same null distribution, different random draws: p-values differ by Monte Carlo error only
+    # (standard error of a difference <= sqrt(2 * 0.25 / 999) = 0.022)
+    units = gradient_lattice()
+    y = units["v"].to_numpy()
+    w = build_weights(units)
+    a = local_statistics(y, w, permutations=999, seed=1, alpha=0.05, fdr=False, engine="numpy")
+    b = local_statistics(y, w, permutations=999, seed=2, alpha=0.05, fdr=False, engine="esda")
+    assert np.array_equal(a["I"], b["I"]) and np.array_equal(a["gi_z"], b["gi_z"])
+    for col in ("p", "gi_p"):
+        diff = np.abs(a[col] - b[col])
+        assert diff.max() < 0.1 and diff.mean() < 0.02, (col, diff.max(), diff.mean())
+        assert np.corrcoef(a[col], b[col])[0, 1] > 0.97
+    assert a["p"].min() < 0.01 and a["p"].max() > 0.3  # the test covers the whole range
+    clear = (np.maximum(a["p"], b["p"]) < 0.02) | (np.minimum(a["p"], b["p"]) > 0.1)
+    assert (a.loc[clear, "cluster"] == b.loc[clear, "cluster"]).all()
+
+
+def _strip(values: list[float]) -> tuple[gpd.GeoDataFrame, UnitWeights]:
+    units = gpd.GeoDataFrame(
+        {"unit_id": [f"s{i}" for i in range(len(values))], "v": values},
+        geometry=[box(i * SIZE, 0, (i + 1) * SIZE, SIZE) for i in range(len(values))],
+        crs=UTM50,
+    )
+    return units, build_weights(units)
+
+
+@pytest.mark.parametrize(("unit", "sign"), [(3, 1.0), (3, -1.0), (0, 1.0)])
+def test_conditional_pvalues_match_exact_enumeration(unit: int, sign: float) -> None:
+    # 1 x 7 strip: unit 3 has neighbours 2 and 4, unit 0 only 1; enumerate every neighbour draw
+    from itertools import combinations
+
+    values = [5.0, 1.0, 3.5, 0.0, 2.0, 6.0, 4.2]
+    _, w = _strip(values)
+    k = 2 if unit == 3 else 1
+    observed = sum(values[j] for j in w.neighbor_sets()[unit])
+    others = [values[j] for j in range(7) if j != unit]
+    sums = [sum(c) for c in combinations(others, k)]
+    at_least = np.mean([sc >= observed - 1e-12 if sign > 0 else sc <= observed + 1e-12 for sc in sums])
+    exact = min(at_least, 1 - at_least)  # esda's folded ("directed") p-value as P -> infinity
+    direction = np.full(7, sign)
+    p = conditional_pvalues(np.array(values), w, permutations=20_000, seed=4, direction=direction)
+    assert p[unit] == pytest.approx(exact, abs=0.012)  # 3.4 standard errors at P = 20,000
 
 
 def test_benjamini_hochberg_matches_step_up_rule() -> None:

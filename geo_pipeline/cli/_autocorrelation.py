@@ -57,6 +57,12 @@ OPTIONS = [
     click.Option(
         ["--fdr/--no-fdr"], default=None, help="Judge local significance on FDR q-values (config: fdr)."
     ),
+    click.Option(
+        ["--engine"],
+        type=click.Choice(["numpy", "esda"]),
+        default=None,
+        help="Local permutations in NumPy or with esda's numba kernels (config: engine).",
+    ),
 ]
 
 
@@ -118,8 +124,8 @@ def run(ctx: Any, **options: Any) -> None:
     for path in (gpkg, *pngs.values()):
         check_writable(path, overwrite=ctx.overwrite)
 
-    # numba compiles esda's kernels (~15-20 s) while we read and build weights
-    warm = start_warm_up() if cfg.permutations else None
+    # engine "esda": numba compiles esda's kernels (16-45 s) while we read and build weights
+    warm = start_warm_up() if cfg.permutations and cfg.engine == "esda" else None
 
     source = ctx.output("population.gpkg")
     units = read_layer(source, "units", hint="run `geo-pipeline population` first")
@@ -161,6 +167,7 @@ def run(ctx: Any, **options: Any) -> None:
         seed=cfg.seed,
         alpha=cfg.alpha,
         fdr=cfg.fdr,
+        engine=cfg.engine,
     )
     t_stats = time.perf_counter() - t0
 
@@ -214,13 +221,14 @@ def run(ctx: Any, **options: Any) -> None:
         )
     log.info(
         "autocorrelation: %d units, %s weights with %d added link(s); %s; statistics %.1f s "
-        "(waited %.1f s for numba); %.1f s in all -> %s",
+        "(%s permutations%s); %.1f s in all -> %s",
         len(units),
         cfg.weights,
         weights.n_links,
         "; ".join(parts),
         t_stats,
-        t_wait,
+        cfg.engine,
+        f", waited {t_wait:.1f} s for numba" if warm is not None else "",
         time.perf_counter() - t_start,
         gpkg,
     )
