@@ -596,7 +596,8 @@ def _assemble(
     focal = np.asarray(focal, dtype=np.int64)
     neighbor = np.asarray(neighbor, dtype=np.int64)
     old_link = np.zeros(len(focal), dtype=bool) if link is None else np.asarray(link, dtype=bool)
-    component = _components(n, focal, neighbor) if n else np.zeros(0, dtype=np.int64)
+    # components of the neighbour relation itself (links kept from a larger set do not count)
+    component = _components(n, focal[~old_link], neighbor[~old_link]) if n else np.zeros(0, dtype=np.int64)
     a, b, _ = link_components(n, focal, neighbor, lon, lat, link_k=int(options.get("link_k", 1)))
     # keep earlier links (after a subset) together with new ones: a->b half, then b->a half
     old_pairs = [(u, v) for u, v in zip(focal[old_link].tolist(), neighbor[old_link].tolist(), strict=True)]

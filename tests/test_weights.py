@@ -232,10 +232,16 @@ def test_subset_relinks_new_islands() -> None:
     assert w.n_links == 0
     sub = w.subset(np.array([True, False, True]))
     assert list(sub.ids) == ["r0c0", "r0c2"]
-    assert sub.n_links == 1
+    assert sub.n_links == 1 and sub.component.tolist() == [0, 1]
     assert sub.graph().n_components == 1
     assert sub.links.iloc[0]["distance_km"] == pytest.approx(20.0, abs=0.1)
     assert w.subset(np.ones(3, dtype=bool)) is w
+    linked = build_weights(with_islands())
+    keep = np.ones(linked.n, dtype=bool)
+    keep[list(linked.ids).index("grpB")] = False
+    sub2 = linked.subset(keep)
+    assert sub2.n_links == 2 and int(sub2.component.max()) == 2  # lattice, island, grpA
+    assert set(sub2.links["unit_id"]) == {"island", "grpA"}
     with pytest.raises(InputError, match="expected 3 flags, found 2"):
         w.subset(np.array([True, False]))
 
