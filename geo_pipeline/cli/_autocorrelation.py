@@ -150,7 +150,7 @@ def run(ctx: Any, **options: Any) -> None:
         weights.description,
         "cached" if reused else "built",
         t_weights,
-        ", ".join(joined) or "none",
+        (", ".join(joined[:12]) + (f", ... ({len(joined) - 12} more)" if len(joined) > 12 else "")) or "none",
     )
 
     t0 = time.perf_counter()
