@@ -144,3 +144,17 @@ def test_example_config_matches_defaults() -> None:
     assert example.read_text(encoding="utf-8") == settings_to_toml(Settings()), (
         "regenerate with: geo-pipeline config > geo_pipeline.example.toml"
     )
+
+
+def test_public_api_resolves_lazily() -> None:
+    import subprocess
+    import sys
+
+    import geo_pipeline
+
+    for name in geo_pipeline.__all__:
+        assert getattr(geo_pipeline, name) is not None, name
+    # importing the package must not pull in the heavy plotting/OSM stack
+    code = "import sys, geo_pipeline; print('matplotlib' in sys.modules or 'osmnx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
