@@ -92,6 +92,9 @@ _COUNT, _SUM, _A, _B, _C = range(_N_ROWS)
 #: Vertices rasterised at a time by :func:`rasterise_spans` (bounds its memory).
 _SPAN_CHUNK_VERTICES = 500_000
 
+#: GDAL block cache while streaming (MB); GDAL's default is 5 % of the machine's memory.
+_GDAL_CACHE_MB = 64
+
 #: Target number of raster cells (bounding boxes) per exactextract batch.
 _EXACT_BATCH_CELLS = 20_000_000
 
@@ -455,11 +458,17 @@ def window_partials(
     sel = spans.select(window)
     if len(sel) == 0:
         return out
+    # read only the rows and columns the runs touch
+    c_lo = max(int(sel.c0.min()), int(window.col_off))
+    c_hi = min(int(sel.c1.max()), int(window.col_off + window.width))
+    r_lo, r_hi = int(sel.row.min()), int(sel.row.max()) + 1
+    part = Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo)
     with contextlib.ExitStack() as stack:
         if src is None:
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB))
             src = stack.enter_context(rasterio.open(grid.path))
-        data = src.read(grid.band, window=window)
-        mask = src.read_masks(grid.band, window=window) if grid.has_mask else np.ones((1, 1), np.uint8)
+        data = src.read(grid.band, window=part)
+        mask = src.read_masks(grid.band, window=part) if grid.has_mask else np.ones((1, 1), np.uint8)
     nodata = grid.nodata
     use_nodata = nodata is not None and not np.isnan(nodata)
     nd = float(data.dtype.type(nodata)) if use_nodata else 0.0
@@ -477,8 +486,8 @@ def window_partials(
         nd,
         1 if grid.geographic else 0,
         coef,
-        int(window.col_off),
-        int(window.row_off),
+        c_lo,
+        r_lo,
         out,
     )
     return out
@@ -501,7 +510,8 @@ def _centre_partials(
         return total
     from ._progress import progress
 
-    with rasterio.open(grid.path) as src:
+    # a small GDAL block cache: every block is read once, caching it only costs memory
+    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB), rasterio.open(grid.path) as src:
         for win in progress(windows, total=len(windows), desc="raster windows", logger=log):
             total += window_partials(grid, win, spans, n_units, src=src)
     return total
@@ -532,7 +542,7 @@ def _exact_partials(grid: RasterGrid, geoms: np.ndarray, which: np.ndarray) -> n
             acc = 0.0
         batches[-1].append(k)
         acc += e
-    with rasterio.open(grid.path) as src:
+    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB), rasterio.open(grid.path) as src:
         source = RasterioRasterSource(src, grid.band)
         for batch in batches:
             sel = np.asarray(batch)
