@@ -630,8 +630,46 @@ def bench_raster(ctx: Context) -> list[Row]:
                 note=f"exact for {info['n_exact']} units",
             )
         )
+        rows.append(raster_fresh_process(ctx, ctx.raster(0.0025)))
         rows.extend(bench_raster_dask(ctx, units, ctx.raster(0.0025)))
     return rows
+
+
+_FRESH = """
+import resource, sys, time, warnings
+warnings.simplefilter("ignore")
+from geo_pipeline._io import read_layer
+from geo_pipeline.raster import zonal_population
+units = read_layer(sys.argv[1], "units")
+zonal_population(units.iloc[:2], sys.argv[2], method="centre")  # imports, compiled kernels
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+out = zonal_population(units, sys.argv[2], method="centre")
+dt = time.perf_counter() - t0
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(dt, before / 1024, after / 1024, out.attrs["raster"]["cells_read"])
+"""
+
+
+def raster_fresh_process(ctx: Context, tif: Path) -> Row:
+    """Peak memory of the centre method in a fresh process (the true high-water mark)."""
+    units_path = ctx.processed / "population.gpkg"
+    if not units_path.is_file():
+        from geo_pipeline._io import write_gpkg
+
+        units_path = ctx.workdir / "units_for_fresh.gpkg"
+        write_gpkg(units_path, {"units": ctx.units()}, overwrite=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH, str(units_path), str(tif)], capture_output=True, text=True, check=True
+    )
+    dt, before, after, cells = (float(v) for v in proc.stdout.split())
+    return Row(
+        step=f"raster zonal centre, {cells / 1e6:.0f} Mcells, fresh process: peak RSS (MB)",
+        median_s=dt,
+        peak_mb=after,
+        note=f"max RSS {after:.0f} MB, of which {before:.0f} MB before the call (libraries, units); "
+        f"{cells / dt / 1e6:.0f} Mcells/s",
+    )
 
 
 def bench_raster_dask(ctx: Context, units: Any, tif: Path) -> list[Row]:
