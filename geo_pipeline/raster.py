@@ -715,8 +715,17 @@ def zonal_population(
     and the centroid is the direction of :math:`\sum f_c p_c u_c`
     (the spherical centre of mass projected back to the surface).
 
-    Sums are accumulated window by window in row-major order, in float64; for
-    integer counts they are exact and independent of the window size.
+    With ``"exact"`` the centroid weights each covered cell's centre by
+    :math:`f_c p_c`, so a partly covered cell pulls towards its centre, not
+    towards the centre of its covered part.
+
+    Units are expected not to overlap (a partition): a cell whose centre lies
+    in two overlapping units counts for both. A centre exactly on a shared
+    edge counts for one unit only.
+
+    Sums are accumulated in float64, window by window in a fixed order (the
+    same in-process and on Dask); for integer counts they are exact and
+    independent of the window size.
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {list(METHODS)}, found {method!r}")
