@@ -14,6 +14,8 @@ import pyogrio
 import pyproj
 import pytest
 import shapely
+from matplotlib.colors import to_rgba_array
+from matplotlib.figure import Figure
 from PIL import Image
 from pypdf import PdfReader
 from test_export import run_cli, synthetic_units, write_config, write_stage_outputs
@@ -159,6 +161,36 @@ def test_simplify_polygons_equals_reference(real_counties: gpd.GeoDataFrame) -> 
         assert list(np.flatnonzero(bad)) == [2]
         assert bool(np.all(shapely.equals_exact(got, expected, tolerance=0)))
         assert shapely.get_num_coordinates(got).sum() < shapely.get_num_coordinates(geoms).sum() / 3
+
+
+def test_polygon_paths_are_the_geopandas_paths(real_counties: gpd.GeoDataFrame) -> None:
+    # The atlas builds its collections from shapely arrays instead of GeoDataFrame.plot; the
+    # paths (vertices and codes), their order and the colours must be exactly those of geopandas.
+    frame = real_counties.copy()
+    frame.loc[3, "geometry"] = shapely.Polygon()  # empty and missing rows are not drawn
+    frame.loc[5, "geometry"] = None
+    n_holes = shapely.get_num_interior_rings(shapely.get_parts(frame.geometry.dropna().to_numpy())).sum()
+    assert n_holes > 0 and (shapely.get_num_geometries(frame.geometry.dropna().to_numpy()) > 1).any()
+    colors = np.array([styles.SHRINK_COLORS[i % len(styles.SHRINK_COLORS)] for i in range(len(frame))],
+                      dtype=object)
+    fig = Figure()
+    ax, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    frame.plot(ax=ax, color=list(colors), edgecolor="#ffffff", linewidth=0.3)
+    frame.boundary.plot(ax=ax2, color="#333333", linewidth=0.4)
+    ours = atlas._PolygonPaths.of(frame.geometry.to_numpy())
+    ref = ax.collections[0].get_paths()
+    assert list(ours.rows) == [0, 1, 2, 4, 6, 7, 8] and len(ref) == len(ours.paths)
+    for a, b in zip(ref, ours.paths, strict=True):
+        np.testing.assert_array_equal(a.vertices, b.vertices)
+        np.testing.assert_array_equal(a.codes, b.codes)
+    np.testing.assert_array_equal(ax.collections[0].get_facecolors(), to_rgba_array(list(colors[ours.rows])))
+    lines = atlas._PolygonPaths.boundaries(frame.geometry.to_numpy())
+    ref_lines = ax2.collections[0].get_segments()
+    assert len(ref_lines) == len(lines.paths) > len(ours.paths)
+    for a, b in zip(ref_lines, lines.paths, strict=True):
+        np.testing.assert_array_equal(a, b)
+    sub = ours.subset(np.isin(np.arange(len(frame)), [1, 4, 5]))
+    assert list(sub.rows) == [1, 4] and sub.paths == [ours.paths[1], ours.paths[3]]
 
 
 # -- the CLI on synthetic data ----------------------------------------------------------------
