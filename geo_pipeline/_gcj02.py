@@ -62,6 +62,9 @@ about 0.007 times smaller still. Three to four steps are needed.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import numpy.typing as npt
 import shapely
@@ -77,6 +80,8 @@ _LAT_MIN, _LAT_MAX = 0.8293, 55.8271
 
 FloatArray = npt.NDArray[np.float64]
 _CHUNK = 1 << 14
+#: Threads converting chunks (the pipeline's target machine has 2 cores).
+_THREADS = min(2, os.cpu_count() or 1)
 
 
 def in_gcj02_area(lon: npt.ArrayLike, lat: npt.ArrayLike) -> npt.NDArray[np.bool_]:
@@ -175,9 +180,8 @@ def gcj02_to_wgs84_xy(
     g_lat = np.ascontiguousarray(lat, dtype=float).ravel()
     shape = np.shape(lon)
     w_lon, w_lat = g_lon.copy(), g_lat.copy()
-    # Chunks that fit in the CPU cache make each step about twice as fast as
-    # whole-array numpy operations on millions of vertices.
-    for start in range(0, g_lon.size, _CHUNK):
+
+    def convert(start: int) -> None:
         sl = slice(start, start + _CHUNK)
         gx, gy = g_lon[sl], g_lat[sl]
         wx, wy = w_lon[sl], w_lat[sl]  # views: updated in place
@@ -199,6 +203,22 @@ def gcj02_to_wgs84_xy(
                 f"GCJ-02 -> WGS84 did not converge to {tol_deg} degrees in {max_iter} steps; "
                 "raise max_iter or check the coordinates are lon/lat degrees"
             )
+
+    # Chunks that fit in the CPU cache make each step about twice as fast as
+    # whole-array numpy operations on millions of vertices. Chunks are
+    # independent and numpy releases the GIL in its loops, so two threads
+    # convert them side by side; the result is bit-identical to one thread.
+    # Measured on the 6.8 million cnmaps vertices, 2-core machine with the
+    # second core free: 3.5 s -> 2.0 s.
+    starts = range(0, g_lon.size, _CHUNK)
+    workers = min(_THREADS, len(starts))
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(convert, starts):  # re-raises a worker's InputError
+                pass
+    else:
+        for start in starts:
+            convert(start)
     return w_lon.reshape(shape), w_lat.reshape(shape)
 
 

@@ -112,6 +112,21 @@ def test_empty_and_nan_coordinates() -> None:
     assert np.isnan(wlon[0]) and np.isfinite(wlon[1])
 
 
+def test_threaded_conversion_is_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks converted in two threads give exactly the single-thread result; errors still raise."""
+    from geo_pipeline import _gcj02
+
+    glon, glat = _random_china(100_003, seed=11)  # 7 chunks, the last one partial
+    monkeypatch.setattr(_gcj02, "_THREADS", 1)
+    one = gcj02_to_wgs84_xy(glon, glat)
+    monkeypatch.setattr(_gcj02, "_THREADS", 2)
+    two = gcj02_to_wgs84_xy(glon, glat)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+    with pytest.raises(InputError, match="did not converge"):
+        gcj02_to_wgs84_xy(glon, glat, max_iter=1)
+
+
 def test_geometry_conversion_keeps_rings_closed_and_input() -> None:
     """Equal input vertices give bit-identical output even across chunk borders."""
     lon, lat = _random_china(40_000, seed=3)
