@@ -60,6 +60,7 @@ import pyproj
 import shapely
 from scipy.spatial import cKDTree
 
+from ._crs import CHINA_ALBERS, WGS84, equal_area_centroids
 from ._errors import CRSError, DataQualityWarning, GeometryError, InputError
 from ._validate import Problems, check_frame
 
@@ -90,10 +91,6 @@ CORE_SETS = ("all", "central", "capitals")
 POINT_METHODS = ("representative", "centroid", "population")
 #: Default band edges in km: bands [0, 50), [50, 100), [100, 150), [150, inf).
 DEFAULT_BREAKS_KM: tuple[float, ...] = (50.0, 100.0, 150.0)
-#: Albers equal-area conic for China (standard parallels 25N and 47N, central meridian 105E).
-CHINA_ALBERS = pyproj.CRS.from_user_input(
-    "+proj=aea +lat_0=0 +lon_0=105 +lat_1=25 +lat_2=47 +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs +type=crs"
-)
 #: Columns of :func:`band_summary`, in order.
 SUMMARY_COLUMNS = [
     "band", "band_index", "lower_km", "upper_km", "n_units", "n_shrinking", "shrinking_share",
@@ -103,7 +100,6 @@ SUMMARY_COLUMNS = [
 #: Columns :func:`distance_bands` adds to the units.
 RESULT_COLUMNS = ["point_lon", "point_lat", "nearest_core", "distance_km", "band", "band_index"]
 
-WGS84 = pyproj.CRS.from_epsg(4326)
 GEOD = pyproj.Geod(ellps="WGS84")
 # Bounds of the WGS84 metric relative to the unit sphere in the same (lat, lon):
 # min(M, N) >= b^2/a (meridian radius at the equator), max(M, N) <= a^2/b (at the poles).
@@ -336,12 +332,9 @@ def unit_points(
         return empty.set_axis(units.index[:0])
     geoms = units.geometry.values
     if method == "centroid":
-        projected = units.geometry.to_crs(equal_area_crs)
-        xy = shapely.get_coordinates(shapely.centroid(projected.values))
-        to_ll = pyproj.Transformer.from_crs(equal_area_crs, WGS84, always_xy=True)
-        lon, lat = to_ll.transform(xy[:, 0], xy[:, 1])
-        inside = shapely.contains_xy(projected.values, xy[:, 0], xy[:, 1])
-        log.debug("centroid: %d of %d units have their centroid outside", int((~inside).sum()), len(xy))
+        lon, lat = equal_area_centroids(units.geometry, crs=equal_area_crs)
+        inside = shapely.contains_xy(units.geometry.to_crs(WGS84).values, lon, lat)
+        log.debug("centroid: %d of %d units have their centroid outside", int((~inside).sum()), len(lon))
     else:
         lon, lat = _lonlat(shapely.point_on_surface(geoms), units.crs)
     lon, lat = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
