@@ -19,6 +19,7 @@ from shapely.geometry import LineString, Point, box
 
 from geo_pipeline import CRSError, DataQualityWarning, InputError, MissingInputError, OutputExistsError
 from geo_pipeline import styles
+from geo_pipeline._io import read_layer, read_table, write_gpkg
 from geo_pipeline.cli import main
 from geo_pipeline.export import assemble_layers, merge_unit_columns, write_styled_gpkg
 
@@ -219,6 +220,18 @@ def test_merge_unit_columns_joins_on_unit_id_in_any_order() -> None:
     assert prov["score"] == "distance" and prov["change_pct"] == "population"
     assert merged.geometry.equals(units.geometry)
     assert "score" not in units.columns  # input not mutated
+
+
+def test_merge_of_attribute_only_stage_tables_equals_full_layers(tmp_path: Path) -> None:
+    # The CLI reads the stages' units layers without geometry (faster); the merge must not change.
+    units = synthetic_units()
+    stage = gpd.GeoDataFrame({"unit_id": units["unit_id"], "score": np.arange(12.0),
+                              "band": [f"b{i % 3}" for i in range(12)]}, geometry=units.geometry, crs=units.crs)
+    path = write_gpkg(tmp_path / "distance.gpkg", {"units": stage})
+    with_geometry, _ = merge_unit_columns(units, {"distance": read_layer(path, "units")})
+    attributes, _ = merge_unit_columns(units, {"distance": read_table(path, "units")})
+    assert "geometry" not in read_table(path, "units").columns
+    pd.testing.assert_frame_equal(attributes, with_geometry)
 
 
 def test_merge_unit_columns_warns_on_unknown_and_duplicate_ids() -> None:

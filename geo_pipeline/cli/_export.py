@@ -67,7 +67,9 @@ def run(ctx: StageContext) -> None:
     for stage in _UNIT_STAGES:
         path = processed / f"{stage}.gpkg"
         if "units" in layers_of(path):
-            unit_tables[stage] = read_layer(path, "units")
+            # attributes only: the export keeps the population geometry (reading the real distance,
+            # autocorrelation and infrastructure units without their 3 x 4 M vertices: 0.8 s -> 0.1 s)
+            unit_tables[stage] = read_table(path, "units")
             inputs[stage] = path
         elif stage == "raster" and not ctx.settings.raster.path:
             log.debug("export: raster stage not configured; no gridded population columns")
