@@ -226,7 +226,8 @@ def test_merge_of_attribute_only_stage_tables_equals_full_layers(tmp_path: Path)
     # The CLI reads the stages' units layers without geometry (faster); the merge must not change.
     units = synthetic_units()
     stage = gpd.GeoDataFrame({"unit_id": units["unit_id"], "score": np.arange(12.0),
-                              "band": [f"b{i % 3}" for i in range(12)]}, geometry=units.geometry, crs=units.crs)
+                              "band": [f"b{i % 3}" for i in range(12)]},
+                             geometry=units.geometry, crs=units.crs)
     path = write_gpkg(tmp_path / "distance.gpkg", {"units": stage})
     with_geometry, _ = merge_unit_columns(units, {"distance": read_layer(path, "units")})
     attributes, _ = merge_unit_columns(units, {"distance": read_table(path, "units")})
