@@ -1,4 +1,4 @@
-"""Timings of the autocorrelation stage: queen builders, numba compile cost, permutation engines.
+"""Timings of the autocorrelation stage: queen builders, numba compile cost, permutation engines, Dask.
 
 Usage (after ``geo-pipeline population``)::
 
@@ -81,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     from libpysal import weights as lweights
 
     from geo_pipeline._io import read_layer
-    from geo_pipeline.autocorrelation import conditional_pvalues, local_statistics, warm_up
+    from geo_pipeline.autocorrelation import (
+        conditional_pvalues,
+        local_statistics,
+        spatial_autocorrelation,
+        warm_up,
+    )
+    from geo_pipeline.parallel import dask_client
     from geo_pipeline.weights import UnitWeights, build_weights, queen_pairs
 
     units = read_layer(args.units, "units")
@@ -154,6 +160,30 @@ def main(argv: list[str] | None = None) -> int:
             args.repeat,
         )
         add(f"local_statistics LISA + Gi*, {engine}", t)
+
+    variables = ["change_pct", "net_outflow_ratio"]
+    t, local = timed(
+        lambda: spatial_autocorrelation(units, variables=variables, weights=weights, seed=1), args.repeat
+    )
+    add("spatial_autocorrelation, 2 variables, in-process", t, "cached weights")
+    t0 = time.perf_counter()
+    with dask_client(n_workers=2) as client:
+        add("Dask LocalCluster(2) start", time.perf_counter() - t0, "2 worker processes")
+        conditional_pvalues(zs, w_ok, permutations=9, seed=1, client=client)  # warm the workers
+        ref = conditional_pvalues(zs, w_ok, permutations=999, seed=1, direction=zs)
+        t, remote = timed(
+            lambda: conditional_pvalues(zs, w_ok, permutations=999, seed=1, direction=zs, client=client),
+            args.repeat,
+        )
+        add("LISA 999 perm., NumPy engine on Dask", t, f"identical: {np.array_equal(remote, ref)}")
+        t, on_dask = timed(
+            lambda: spatial_autocorrelation(
+                units, variables=variables, weights=weights, seed=1, client=client
+            ),
+            args.repeat,
+        )
+        same = on_dask.units.equals(local.units) and on_dask.global_moran.equals(local.global_moran)
+        add("spatial_autocorrelation, 2 variables, on Dask", t, f"units frame identical: {same}")
 
     out = ROOT / "benchmarks" / "results" / f"autocorrelation-{datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(

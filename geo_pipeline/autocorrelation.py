@@ -3,7 +3,8 @@
 The statistics are PySAL's (:mod:`esda`) on the binary weights of
 :mod:`geo_pipeline.weights`, row-standardised for Moran's I and LISA and
 binary with a self-weight for Gi*. The conditional permutations of the local
-statistics are drawn either in NumPy (:func:`conditional_pvalues`, default) or
+statistics are drawn either in NumPy (:func:`conditional_pvalues`, default;
+in this process or on a Dask cluster, with the same p-values bit for bit) or
 by esda's numba kernels, which numba compiles anew in every process
 (:func:`warm_up`). Pure functions: frames in, frames out; the
 CLI (``geo-pipeline autocorrelation``) reads the units, caches the weights and
@@ -24,6 +25,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -43,6 +45,8 @@ __all__ = [
     "local_statistics",
     "benjamini_hochberg",
     "conditional_pvalues",
+    "permutation_block",
+    "PERMUTATION_BLOCK",
     "ENGINES",
     "moran_scatterplot",
     "warm_up",
@@ -64,6 +68,9 @@ GI_LABELS = ("hot spot", "cold spot", NOT_SIGNIFICANT)
 NO_DATA = "no data"
 #: Permutation engines of :func:`local_statistics`.
 ENGINES = ("numpy", "esda")
+#: Units per seeding block of :func:`conditional_pvalues` (fixed: changing it
+#: changes the random draws, hence the p-values).
+PERMUTATION_BLOCK = 256
 
 GLOBAL_COLUMNS = [
     "variable",
@@ -268,6 +275,105 @@ def _exact_p(p: np.ndarray, permutations: int) -> np.ndarray:
     return np.round(np.asarray(p, dtype=float) * (permutations + 1)) / (permutations + 1)
 
 
+def _draw_neighbour_sets(rng: np.random.Generator, n_other: int, permutations: int, k: int) -> np.ndarray:
+    """``permutations`` ordered samples of ``k`` distinct ids from ``range(n_other)``.
+
+    Column by column: a column is redrawn in the rows where it repeats an
+    earlier column (sequential sampling without replacement), so each row is a
+    uniformly random ordered k-subset and its first ``j`` columns are a
+    uniformly random j-subset, for every ``j <= k``. When ``k`` exceeds half of
+    ``n_other``, each row is the start of a random permutation instead.
+    """
+    if k == 0:
+        return np.zeros((permutations, 0), dtype=np.int64)
+    if 2 * k > n_other:
+        keys = rng.random((permutations, n_other))
+        return np.argsort(keys, axis=1, kind="stable")[:, :k].astype(np.int64)
+    out = np.empty((permutations, k), dtype=np.int64)
+    for j in range(k):
+        col = rng.integers(0, n_other, size=permutations)
+        if j:
+            bad = (out[:, :j] == col[:, None]).any(axis=1)
+            while bad.any():
+                col[bad] = rng.integers(0, n_other, size=int(bad.sum()))
+                bad = (out[:, :j] == col[:, None]).any(axis=1)
+        out[:, j] = col
+    return out
+
+
+def permutation_block(
+    block: int,
+    values: np.ndarray,
+    cardinalities: np.ndarray,
+    observed: np.ndarray,
+    direction: np.ndarray,
+    permutations: int,
+    seed: int,
+    scale: float,
+) -> np.ndarray:
+    r"""Conditional-permutation counts for the units of one seeding block.
+
+    The kernel of :func:`conditional_pvalues`, run in this process or as a
+    Dask task (:func:`geo_pipeline.parallel.map_blocks`): its result depends
+    only on its arguments, so the grouping of blocks into tasks and the
+    number of workers never change a p-value.
+
+    Parameters
+    ----------
+    block : int
+        Block number ``b``: units ``b * PERMUTATION_BLOCK`` up to (excluding)
+        ``(b + 1) * PERMUTATION_BLOCK``.
+    values : numpy.ndarray
+        Values of all ``n`` units.
+    cardinalities : numpy.ndarray
+        Number of neighbours of every unit (the unit itself excluded).
+    observed : numpy.ndarray
+        Observed neighbour sums :math:`s_i` of every unit.
+    direction : numpy.ndarray
+        Sign per unit: +1 counts draws with a sum at least the observed one,
+        -1 at most.
+    permutations : int
+        Draws per unit, ``P``.
+    seed : int
+        Root seed; the block draws from
+        ``numpy.random.default_rng(SeedSequence(seed, spawn_key=(block,)))``.
+    scale : float
+        :math:`\max |v|`, for the tolerance of ties.
+
+    Returns
+    -------
+    numpy.ndarray
+        Per unit of the block (int64): :math:`\min(G, P - G)` with ``G`` the
+        draws at least as large (or as small, for direction -1) as observed;
+        -1 for units without neighbours.
+    """
+    n = len(values)
+    lo, hi = block * PERMUTATION_BLOCK, min(n, (block + 1) * PERMUTATION_BLOCK)
+    card = cardinalities[lo:hi]
+    out = np.full(hi - lo, -1, dtype=np.int64)
+    kmax = int(card.max(initial=0))
+    if kmax == 0:
+        return out
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(block),)))
+    rids = _draw_neighbour_sets(rng, n - 1, permutations, kmax)
+    for k in np.unique(card[card > 0]):
+        local = np.flatnonzero(card == k)
+        table = rids[:, :k][None, :, :]
+        tol = 8 * np.finfo(float).eps * scale * k  # equal multisets summed in another order tie
+        step = max(1, 4_000_000 // (permutations * int(k)))
+        for start in range(0, len(local), step):
+            loc = local[start : start + step]
+            u = lo + loc
+            # ids over the n - 1 other units -> ids over all units (skip the unit itself)
+            sums = values[table + (table >= u[:, None, None])].sum(axis=2)
+            obs = observed[u][:, None]
+            up = (sums >= obs - tol).sum(axis=1)
+            down = (sums <= obs + tol).sum(axis=1)
+            at_least = np.where(direction[u] >= 0, up, down)
+            out[loc] = np.minimum(at_least, permutations - at_least)
+    return out
+
+
 def conditional_pvalues(
     values: np.ndarray,
     weights: UnitWeights,
@@ -275,6 +381,8 @@ def conditional_pvalues(
     permutations: int,
     seed: int,
     direction: np.ndarray | None = None,
+    client: Any | None = None,
+    chunks: int | None = None,
 ) -> np.ndarray:
     r"""Pseudo p-values of local statistics by conditional randomisation, in NumPy.
 
@@ -287,10 +395,16 @@ def conditional_pvalues(
     permutations : int
         Random draws per unit, ``P``.
     seed : int
-        Seed of :func:`numpy.random.default_rng`; same seed, same p-values.
+        Root seed of the draws; same seed, same p-values.
     direction : numpy.ndarray, optional
         Per unit: +1 when the local statistic grows with the neighbour sum,
         -1 when it falls, 0 when it does not depend on it (p = 1). Default +1.
+    client : dask.distributed.Client, optional
+        Run the blocks as Dask tasks (:func:`geo_pipeline.parallel.map_blocks`);
+        ``None``: in this process. The p-values are the same bit for bit.
+    chunks : int, optional
+        Dask tasks the blocks are grouped into (default 4 per worker); does
+        not change the result.
 
     Returns
     -------
@@ -304,48 +418,55 @@ def conditional_pvalues(
     The conditional randomisation of esda (``esda.crand``) without numba:
     unit :math:`i` keeps its value and its :math:`k_i` neighbours are
     replaced by :math:`k_i` values drawn without replacement from the other
-    :math:`n - 1` units. As in esda, one table of ``P`` draws of
-    :math:`k_{max}` distinct ids is shared by all units (unit :math:`i` uses
-    its first :math:`k_i` columns, ids :math:`\ge i` shifted by one to skip
-    itself). With binary weights both local statistics used here are
-    monotone in the neighbour sum :math:`s_i = \sum_{j \in N(i)} v_j`:
-    LISA :math:`I_i = (n-1) z_i s_i / (k_i \sum z^2)` (direction
+    :math:`n - 1` units. The units are cut into fixed blocks of
+    :data:`PERMUTATION_BLOCK` units; as esda does for all units, the units
+    of block ``b`` share one table of ``P`` draws of :math:`k_{max}` distinct
+    ids (unit :math:`i` uses its first :math:`k_i` columns, ids
+    :math:`\ge i` shifted by one to skip itself), drawn from
+    ``SeedSequence(seed, spawn_key=(b,))``. A p-value thus depends only on
+    the data, the seed and the unit's block, never on how the blocks are
+    spread over processes or Dask workers (:func:`permutation_block`).
+
+    With binary weights both local statistics used here are monotone in the
+    neighbour sum :math:`s_i = \sum_{j \in N(i)} v_j`: LISA
+    :math:`I_i = (n-1) z_i s_i / (k_i \sum z^2)` (direction
     :math:`\operatorname{sign} z_i`) and Gi*
     :math:`G^*_i = (v_i + s_i) / \sum v` with :math:`v \ge 0` (direction +1),
-    so only sums are drawn and compared. Why not esda's kernels: numba
-    compiles them in every new process (16-45 s measured here; they take a
-    function argument, so numba cannot cache them on disk), while this
-    takes about 0.1 s for 2,736 units and 999 draws.
+    so only sums are drawn and compared, and LISA and Gi* of one variable
+    use the very same draws. Why not esda's kernels: numba compiles them in
+    every new process (16-45 s measured here; they take a function argument,
+    so numba cannot cache them on disk), while this takes about 0.2 s for
+    2,736 units and 999 draws.
     """
     v = np.asarray(values, dtype=float)
     n = len(v)
-    card = weights.cardinalities
+    card = np.asarray(weights.cardinalities, dtype=np.int64)
     sign = np.ones(n) if direction is None else np.sign(np.asarray(direction, dtype=float))
     p = np.full(n, np.nan)
     if n < 2 or permutations < 1 or card.max(initial=0) == 0:
         return p
     from scipy import sparse as _sparse
 
+    from .parallel import map_blocks
+
     adj = _sparse.csr_array((np.ones(len(weights.focal)), (weights.focal, weights.neighbor)), shape=(n, n))
     observed = adj @ v
-    kmax = int(card.max())
-    rng = np.random.default_rng(seed)
-    rids = np.stack([rng.choice(n - 1, size=kmax, replace=False) for _ in range(permutations)])
-    at_least = np.zeros(n, dtype=np.int64)
     scale = float(np.abs(v).max()) or 1.0
-    for k in np.unique(card[card > 0]):
-        units = np.flatnonzero(card == k)
-        table = rids[:, :k][None, :, :]
-        tol = 8 * np.finfo(float).eps * scale * k  # equal multisets summed in another order tie
-        step = max(1, 4_000_000 // (permutations * int(k)))
-        for start in range(0, len(units), step):
-            u = units[start : start + step]
-            sums = v[table + (table >= u[:, None, None])].sum(axis=2)
-            obs = observed[u][:, None]
-            up = (sums >= obs - tol).sum(axis=1)
-            down = (sums <= obs + tol).sum(axis=1)
-            at_least[u] = np.where(sign[u] >= 0, up, down)
-    larger = np.minimum(at_least, permutations - at_least)
+    n_blocks = -(-n // PERMUTATION_BLOCK)
+    parts = map_blocks(
+        permutation_block,
+        n_blocks,
+        v,
+        card,
+        observed,
+        sign,
+        int(permutations),
+        int(seed),
+        scale,
+        client=client,
+        chunks=chunks,
+    )
+    larger = np.concatenate(parts)
     p = (larger + 1.0) / (permutations + 1.0)
     p[sign == 0] = 1.0
     p[card == 0] = np.nan
@@ -361,6 +482,7 @@ def local_statistics(
     alpha: float,
     fdr: bool,
     engine: str = "numpy",
+    client: Any | None = None,
 ) -> pd.DataFrame:
     r"""LISA (local Moran's I) and Getis-Ord Gi* for one variable.
 
@@ -381,6 +503,9 @@ def local_statistics(
         Conditional permutations by :func:`conditional_pvalues` or by esda's
         numba kernels (``Moran_Local``/``G_Local`` with ``permutations``).
         The statistics themselves always come from esda.
+    client : dask.distributed.Client, optional
+        Run the NumPy engine's permutation blocks on Dask (same p-values as
+        in-process, bit for bit). Needs ``engine="numpy"``.
 
     Returns
     -------
@@ -416,6 +541,10 @@ def local_statistics(
 
     if engine not in ENGINES:
         raise InputError(f"engine {engine!r} unknown; expected one of {list(ENGINES)}")
+    if client is not None and engine != "numpy":
+        raise InputError(
+            f"engine {engine!r} cannot run on Dask; use engine='numpy' with a Dask client, or no client"
+        )
     y = np.asarray(y, dtype=float)
     n = len(y)
     graph = weights.graph()
@@ -439,6 +568,7 @@ def local_statistics(
             permutations=permutations,
             seed=seed,
             direction=np.asarray(lisa.z, dtype=float),
+            client=client,
         )
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -471,7 +601,7 @@ def local_statistics(
     if permutations and engine == "esda":
         gp = _exact_p(gi.p_sim, permutations)
     elif permutations:
-        gp = conditional_pvalues(shifted, weights, permutations=permutations, seed=seed)
+        gp = conditional_pvalues(shifted, weights, permutations=permutations, seed=seed, client=client)
     else:
         gp = np.asarray(gi.p_norm, dtype=float)
     gjudge = benjamini_hochberg(gp) if fdr else gp
@@ -545,6 +675,7 @@ def spatial_autocorrelation(
     alpha: float = 0.05,
     fdr: bool = False,
     engine: str = "numpy",
+    client: Any | None = None,
     id_column: str = "unit_id",
 ) -> AutocorrelationResult:
     """Global Moran's I, LISA clusters and Gi* hot/cold spots of unit indicators.
@@ -575,6 +706,10 @@ def spatial_autocorrelation(
         Who draws the local conditional permutations (see
         :func:`local_statistics`); ``"esda"`` needs numba's compilation
         (run :func:`warm_up` or :func:`start_warm_up` first).
+    client : dask.distributed.Client, optional
+        Run the local permutations on Dask
+        (:func:`geo_pipeline.parallel.dask_client`); the result is identical
+        to the in-process one. Needs ``engine="numpy"``.
     id_column : str, default "unit_id"
 
     Returns
@@ -602,8 +737,11 @@ def spatial_autocorrelation(
     -----
     See :func:`global_moran` and :func:`local_statistics` for the formulas.
     Everything random is seeded: the local permutations take ``seed``
-    (NumPy ``default_rng`` or esda's ``seed``); esda.Moran draws from
-    NumPy's global RNG, seeded with ``seed`` and restored afterwards.
+    (per block of units, see :func:`conditional_pvalues`, or esda's
+    ``seed``); esda.Moran draws from NumPy's global RNG, seeded with
+    ``seed`` and restored afterwards. With a Dask ``client`` only the local
+    permutations (the bulk of the work) run on the cluster; the global
+    Moran's I permutations stay in this process.
     """
     variables = list(dict.fromkeys(variables))
     problems = check_frame(
@@ -622,6 +760,10 @@ def spatial_autocorrelation(
         problems.add(f"alpha must be in (0, 1), found {alpha}")
     if engine not in ENGINES:
         problems.add(f"engine {engine!r} unknown; expected one of {list(ENGINES)}")
+    elif client is not None and engine != "numpy":
+        problems.add(
+            f"engine {engine!r} cannot run on Dask; use engine='numpy' with a Dask client, or no client"
+        )
     if weights is not None and id_column in units.columns:
         ids = units[id_column].astype(str).to_numpy(dtype=object)
         if len(ids) != weights.n or not np.array_equal(ids, weights.ids.astype(object)):
@@ -702,7 +844,14 @@ def spatial_autocorrelation(
         t0 = time.perf_counter()
         g = global_moran(values[ok], w_var, permutations=permutations, seed=seed)
         loc = local_statistics(
-            values[ok], w_var, permutations=permutations, seed=seed, alpha=alpha, fdr=fdr, engine=engine
+            values[ok],
+            w_var,
+            permutations=permutations,
+            seed=seed,
+            alpha=alpha,
+            fdr=fdr,
+            engine=engine,
+            client=client,
         )
         log.debug("%s: statistics in %.2f s", var, time.perf_counter() - t0)
         idx = out.index[ok]

@@ -1,61 +1,70 @@
-"""Dask scaling: raster windows and LISA permutations on a LocalCluster.
+"""Dask scaling: raster windows and the LISA / Gi* permutations on a LocalCluster.
 
-They must give the same results as the single-process path, bit for bit.
+They must give the same results as the single-process path, bit for bit. One
+LocalCluster (two worker processes) is shared by the module: starting it is the
+slow part.
 """
 
 from __future__ import annotations
 
+import contextlib
+import operator
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
+import pygeoda
 import pytest
 from click.testing import CliRunner
+from pygeoda.libgeoda import gda_load_gal
+from pygeoda.weights.weight import Weight
 from rasterio.transform import from_origin
 from shapely.geometry import box
+from test_autocorrelation import write_gal
 from test_raster import _cli_workdir, units_utm, write_tif
 
-from geo_pipeline import InputError
 from geo_pipeline._io import read_layer
+from geo_pipeline.autocorrelation import (
+    PERMUTATION_BLOCK,
+    conditional_pvalues,
+    local_statistics,
+    permutation_block,
+    spatial_autocorrelation,
+)
 from geo_pipeline.cli import main
-from geo_pipeline.parallel import PERMUTATION_BLOCK, dask_client, permutation_pvalues_local
+from geo_pipeline.parallel import dask_client, map_blocks
 from geo_pipeline.raster import zonal_population
+from geo_pipeline.weights import UnitWeights, build_weights
 
 distributed = pytest.importorskip("distributed")
-libpysal = pytest.importorskip("libpysal")
 
-pytestmark = [
-    pytest.mark.filterwarnings(
-        "ignore:Use `@` matmul instead of `\\*` mul operator:PendingDeprecationWarning"
-    ),
-    # esda warns that its default alternative will change; the test compares with that default on purpose
-    pytest.mark.filterwarnings(
-        "ignore:The alternative hypothesis for conditional randomization:DeprecationWarning"
-    ),
-]
+pytestmark = pytest.mark.filterwarnings(  # rasterio's from_origin multiplies Affine objects with `*`
+    "ignore:Use `@` matmul instead of `\\*` mul operator:PendingDeprecationWarning"
+)
+
+
+@contextlib.contextmanager
+def _quiet_shutdown() -> Iterator[None]:
+    """Ignore what distributed may warn while a cluster stops (workers still closing); not results."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ResourceWarning)  # sockets/processes closed late
+        warnings.filterwarnings("ignore", message=".*[Ww]orker.*", category=UserWarning)
+        yield
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[object]:
-    """Start a two-process LocalCluster, closed at the end of the module."""
-    with warnings.catch_warnings():
-        # distributed may warn about ports or slow shutdown; those are not results
-        warnings.simplefilter("ignore", ResourceWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        with dask_client(n_workers=2, threads_per_worker=1) as c:
-            yield c
-
-
-def lattice_data(nrows: int = 30, ncols: int = 40, seed: int = 7) -> tuple[np.ndarray, object]:
-    """Values with a clear hot spot in one corner on a queen lattice."""
-    w = libpysal.weights.lat2W(nrows, ncols, rook=False)
-    rng = np.random.default_rng(seed)
-    y = rng.normal(size=nrows * ncols)
-    grid = y.reshape(nrows, ncols)
-    grid[:8, :8] += 2.5
-    return grid.ravel(), w
+    """Start one two-process LocalCluster for the module; close it at the end."""
+    stack = contextlib.ExitStack()
+    c = stack.enter_context(dask_client(n_workers=2, threads_per_worker=1, processes=True))
+    try:
+        yield c
+    finally:
+        with _quiet_shutdown():
+            stack.close()
 
 
 # -- raster ------------------------------------------------------------------------
@@ -112,59 +121,121 @@ def test_cli_dask_option_gives_the_same_file(tmp_path: Path) -> None:
 # -- permutations -------------------------------------------------------------------
 
 
-def test_permutations_same_whatever_the_chunks_in_process() -> None:
-    y, w = lattice_data()
-    assert len(y) > 4 * PERMUTATION_BLOCK  # several seeding blocks
-    ref = permutation_pvalues_local(y, w, permutations=199, seed=11)
-    for chunks in (1, 2, 5):
-        other = permutation_pvalues_local(y, w, permutations=199, seed=11, chunks=chunks)
-        np.testing.assert_array_equal(other.p_sim, ref.p_sim)
-    different = permutation_pvalues_local(y, w, permutations=199, seed=12)
-    assert not np.array_equal(different.p_sim, ref.p_sim)  # the seed matters
+def lattice(nrows: int = 30, ncols: int = 40, seed: int = 7) -> gpd.GeoDataFrame:
+    """Make a lattice of 10 km squares (UTM 50N), noise with a hot spot in one corner; ``w`` has gaps."""
+    rng = np.random.default_rng(seed)
+    grid = rng.normal(size=(nrows, ncols))
+    grid[:8, :8] += 2.5
+    units = gpd.GeoDataFrame(
+        {
+            "unit_id": [f"u{r:02d}_{c:02d}" for r in range(nrows) for c in range(ncols)],
+            "v": grid.ravel(),
+            "w": rng.gamma(2.0, 1.0, size=nrows * ncols),
+        },
+        geometry=[
+            box(500_000 + c * 1e4, 3_300_000 + r * 1e4, 500_000 + (c + 1) * 1e4, 3_300_000 + (r + 1) * 1e4)
+            for r in range(nrows)
+            for c in range(ncols)
+        ],
+        crs="EPSG:32650",
+    )
+    units.loc[units.index.isin([5, 41, 900]), "w"] = np.nan  # no data: left out, weights subset
+    return units
 
 
-def test_permutations_on_dask_equal_in_process(client: object) -> None:
-    y, w = lattice_data()
-    local = permutation_pvalues_local(y, w, permutations=299, seed=5)
-    for chunks in (None, 3):
-        remote = permutation_pvalues_local(y, w, permutations=299, seed=5, client=client, chunks=chunks)
-        np.testing.assert_array_equal(remote.p_sim, local.p_sim)
-        np.testing.assert_array_equal(remote.Is, local.Is)
+@pytest.fixture(scope="module")
+def lattice_weights() -> tuple[np.ndarray, UnitWeights]:
+    units = lattice()
+    w = build_weights(units)
+    y = units["v"].to_numpy()
+    assert len(y) > 4 * PERMUTATION_BLOCK and len(y) % PERMUTATION_BLOCK  # several blocks, a short last one
+    return y, w
 
 
-def test_local_moran_matches_esda() -> None:
-    esda = pytest.importorskip("esda")
-    y, w = lattice_data()
-    ours = permutation_pvalues_local(y, w, permutations=999, seed=20201101)
-    assert w.transform == "O"  # not transformed in place
-    ref = esda.Moran_Local(y, w, permutations=999, seed=1)
-    np.testing.assert_allclose(ours.Is, ref.Is, rtol=1e-10, atol=1e-12)
-    # pseudo p-values from independent random draws: equal up to Monte-Carlo error,
-    # sd of a difference sqrt(2 p (1 - p) / 1000) < 0.023; allow 5 sd plus the grid step
-    p = (ours.p_sim + ref.p_sim) / 2
-    tol = 5 * np.sqrt(2 * p * (1 - p) / 1000) + 2 / 1000
-    assert np.all(np.abs(ours.p_sim - ref.p_sim) <= tol)
-    assert np.mean(np.abs(ours.p_sim - ref.p_sim)) < 0.02
-    # the planted hot spot is significant in both
-    hot = np.zeros((30, 40), bool)
-    hot[1:7, 1:7] = True
-    assert (ours.p_sim[hot.ravel()] < 0.05).mean() > 0.9 and (ref.p_sim[hot.ravel()] < 0.05).mean() > 0.9
+def test_stage_on_dask_equals_in_process_exactly(client: object) -> None:
+    units = lattice()
+    opts = {"variables": ["v", "w"], "permutations": 199, "seed": 20201101}
+    local = spatial_autocorrelation(units, **opts)
+    remote = spatial_autocorrelation(units, **opts, client=client)
+    pd.testing.assert_frame_equal(remote.units, local.units, check_exact=True)
+    pd.testing.assert_frame_equal(remote.global_moran, local.global_moran, check_exact=True)
+    out = local.units
+    assert (out.loc[[5, 41, 900], "gi_w_class"] == "no data").all()  # the no-data units kept their label
+    for var in ("v", "w"):  # the p-values are real permutation p-values (multiples of 1/200), not NaN
+        for col in (f"lisa_{var}_p", f"gi_{var}_p"):
+            k = out[col].dropna().to_numpy() * 200
+            assert len(k) >= 1197 and np.allclose(k, np.round(k), rtol=0, atol=1e-9), col
+    # the planted hot spot (rows and columns 1-6) is found, on Dask as in-process
+    inner = [f"u{r:02d}_{c:02d}" for r in range(1, 7) for c in range(1, 7)]
+    lab = remote.units.set_index("unit_id").loc[inner]
+    assert (lab["lisa_v_cluster"] == "HH").mean() > 0.9 and (lab["gi_v_class"] == "hot spot").mean() > 0.9
 
 
-def test_islands_get_nan_and_bad_input() -> None:
-    y, w = lattice_data(6, 6)
-    neighbours = {k: list(v) for k, v in w.neighbors.items()}
-    for j in neighbours.pop(0):
-        neighbours[j] = [k for k in neighbours[j] if k != 0]
-    neighbours[0] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # libpysal warns about the island
-        wi = libpysal.weights.W(neighbours)
-    res = permutation_pvalues_local(y, wi, permutations=99, seed=1)
-    assert np.isnan(res.p_sim[0]) and res.Is[0] == 0 and np.isfinite(res.p_sim[1:]).all()
-    y_bad = y.copy()
-    y_bad[3] = np.nan
-    with pytest.raises(InputError, match="missing"):
-        permutation_pvalues_local(y_bad, w, permutations=9, seed=1)
-    with pytest.raises(InputError, match="must match"):
-        permutation_pvalues_local(y[:-1], w, permutations=9, seed=1)
+def test_gi_and_lisa_pvalues_on_dask_equal_in_process(client: object, lattice_weights) -> None:  # type: ignore[no-untyped-def]
+    y, w = lattice_weights
+    local = local_statistics(y, w, permutations=299, seed=5, alpha=0.05, fdr=False)
+    remote = local_statistics(y, w, permutations=299, seed=5, alpha=0.05, fdr=False, client=client)
+    for col in ("p", "gi_p", "q", "cluster", "gi_class"):
+        np.testing.assert_array_equal(remote[col].to_numpy(), local[col].to_numpy(), err_msg=col)
+    assert local["gi_p"].min() < 0.01 and local["p"].min() < 0.01
+
+
+def test_kernel_same_whatever_the_chunks_and_workers(client: object, lattice_weights) -> None:  # type: ignore[no-untyped-def]
+    y, w = lattice_weights
+    ref = conditional_pvalues(y, w, permutations=199, seed=11, direction=y)
+    for chunks in (None, 1, 2, 5, 50):  # one task ... more tasks than blocks, over 2 workers
+        remote = conditional_pvalues(
+            y, w, permutations=199, seed=11, direction=y, client=client, chunks=chunks
+        )
+        np.testing.assert_array_equal(remote, ref, err_msg=f"chunks={chunks}")
+    # another cluster layout: one worker with two threads in this process
+    with _quiet_shutdown(), dask_client(n_workers=1, threads_per_worker=2, processes=False) as single:
+        np.testing.assert_array_equal(
+            conditional_pvalues(y, w, permutations=199, seed=11, direction=y, client=single), ref
+        )
+    # results come back in block order, whatever the grouping into tasks
+    expected = [10 + b for b in range(7)]
+    assert (
+        map_blocks(operator.add, 7, 10, client=client, chunks=3)
+        == expected
+        == map_blocks(operator.add, 7, 10)
+    )
+    # each block on its own, in any order, gives the same counts: the seed is the block's
+    n_blocks = -(-len(y) // PERMUTATION_BLOCK)
+    v = np.asarray(y, dtype=float)
+    from scipy import sparse
+
+    adj = sparse.csr_array((np.ones(len(w.focal)), (w.focal, w.neighbor)), shape=(w.n, w.n))
+    shared = (v, w.cardinalities.astype(np.int64), adj @ v, np.sign(v), 199, 11, float(np.abs(v).max()))
+    parts = {b: permutation_block(b, *shared) for b in reversed(range(n_blocks))}
+    larger = np.concatenate([parts[b] for b in range(n_blocks)])
+    np.testing.assert_array_equal((larger + 1.0) / 200.0, ref)
+    assert not np.array_equal(conditional_pvalues(y, w, permutations=199, seed=12, direction=y), ref)
+
+
+def test_pvalues_match_geoda_on_several_blocks(lattice_weights, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # GeoDa's C++ conditional permutations (pygeoda) are an independent implementation: same null
+    # distribution, other random draws; sd of a difference sqrt(2 p (1 - p) / 1000) < 0.023
+    y, w = lattice_weights
+    ours = local_statistics(y, w, permutations=999, seed=20201101, alpha=0.05, fdr=False)
+    ids = write_gal(w, tmp_path / "lattice.gal")
+    gw = Weight(gda_load_gal(str(tmp_path / "lattice.gal"), ids))
+    lisa = pygeoda.local_moran(gw, list(y), permutations=999, seed=1, cpu_threads=1)
+    gstar = pygeoda.local_gstar(gw, list(y - y.min()), permutations=999, seed=1, cpu_threads=1)
+    np.testing.assert_allclose(ours["I"], np.asarray(lisa.lisa_values()), rtol=0, atol=1e-9)
+    for col, ref in (("p", np.asarray(lisa.lisa_pvalues())), ("gi_p", np.asarray(gstar.lisa_pvalues()))):
+        a = ours[col].to_numpy()
+        p = (a + ref) / 2
+        tol = 5 * np.sqrt(2 * p * (1 - p) / 1000) + 2 / 1000
+        assert np.all(np.abs(a - ref) <= tol), col
+        assert np.mean(np.abs(a - ref)) < 0.02, col
+        for b in range(-(-len(y) // PERMUTATION_BLOCK)):  # no block is off
+            sl = slice(b * PERMUTATION_BLOCK, (b + 1) * PERMUTATION_BLOCK)
+            assert np.mean(np.abs(a[sl] - ref[sl])) < 0.03, (col, b)
+
+
+def test_dask_needs_the_numpy_engine(client: object) -> None:
+    from geo_pipeline import InputError
+
+    with pytest.raises(InputError, match="engine 'esda' cannot run on Dask"):
+        spatial_autocorrelation(lattice(6, 6), variables=["v"], permutations=9, engine="esda", client=client)
