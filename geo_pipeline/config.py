@@ -159,6 +159,10 @@ class AutocorrelationSettings:
         (vectorised, ~0.3 s) or ``"esda"`` (esda's numba kernels, fast once
         compiled but compiled anew in every process, 16-45 s measured).
         The statistics themselves always come from esda.
+    dask : run the local permutations on Dask (``[dask]`` settings), with
+        p-values identical to the in-process run; needs ``engine = "numpy"``.
+        Worth it for many more units than the 2,736 counties (starting a
+        local cluster takes a few seconds).
     """
 
     variables: list[str] = field(default_factory=lambda: ["change_pct", "net_outflow_ratio"])
@@ -171,6 +175,7 @@ class AutocorrelationSettings:
     alpha: float = 0.05
     fdr: bool = False
     engine: str = "numpy"
+    dask: bool = False
 
 
 @dataclass(frozen=True)
@@ -226,9 +231,8 @@ class RasterSettings:
     min_cells : with ``method = "auto"``, units with fewer cell centres than
         this are recomputed with exact fractional coverage.
     band : raster band holding people per cell.
-    dask : run on Dask.
-    scheduler : Dask scheduler address; empty: a LocalCluster.
-    workers : worker processes of the LocalCluster.
+    dask : run the raster windows on Dask (``[dask]`` settings), with
+        results identical to the in-process run.
     """
 
     path: str = ""
@@ -238,8 +242,26 @@ class RasterSettings:
     min_cells: int = 100
     band: int = 1
     dask: bool = False
+
+
+@dataclass(frozen=True)
+class DaskSettings:
+    """Dask cluster used by the stages with ``dask = true`` (raster, autocorrelation).
+
+    Attributes
+    ----------
+    scheduler : address of a running Dask scheduler, e.g.
+        ``"tcp://10.0.0.5:8786"`` (its workers must be able to import
+        geo_pipeline and, for the raster stage, read the raster path). Empty:
+        start a LocalCluster on this machine for the stage and close it after.
+    workers : worker processes of the LocalCluster.
+    threads_per_worker : threads per LocalCluster worker (the numeric kernels
+        hold the GIL, so processes scale and threads do not).
+    """
+
     scheduler: str = ""
     workers: int = 2
+    threads_per_worker: int = 1
 
 
 @dataclass(frozen=True)
@@ -279,6 +301,7 @@ class Settings:
     autocorrelation: AutocorrelationSettings = field(default_factory=AutocorrelationSettings)
     infrastructure: InfrastructureSettings = field(default_factory=InfrastructureSettings)
     raster: RasterSettings = field(default_factory=RasterSettings)
+    dask: DaskSettings = field(default_factory=DaskSettings)
     atlas: AtlasSettings = field(default_factory=AtlasSettings)
 
     # -- derived paths -----------------------------------------------------
@@ -325,6 +348,10 @@ def _check_value(section: str, key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
 
 
+#: Keys that moved to another section: (old section, key) -> new place.
+_MOVED = {("raster", "scheduler"): "[dask] scheduler", ("raster", "workers"): "[dask] workers"}
+
+
 def settings_from_dict(data: dict[str, Any], *, source: str = "config") -> Settings:
     """Build :class:`Settings` from a nested dict, rejecting unknown keys.
 
@@ -347,7 +374,8 @@ def settings_from_dict(data: dict[str, Any], *, source: str = "config") -> Setti
         kwargs = {}
         for key, value in body.items():
             if key not in fields:
-                unknown.append(f"[{name}] {key}")
+                moved = _MOVED.get((name, key))
+                unknown.append(f"[{name}] {key}" + (f" (moved to {moved})" if moved else ""))
                 continue
             kwargs[key] = _check_value(name, key, value, fields[key])
         sections[name] = cls(**kwargs)
@@ -389,11 +417,22 @@ def _check_choices(s: Settings, source: str) -> None:
         raise ConfigError(f"{source}: [autocorrelation] link_k >= 1 and distance_km > 0 required")
     if not s.autocorrelation.variables:
         raise ConfigError(f"{source}: [autocorrelation] variables must name at least one column")
-    r = s.raster
-    if r.window_rows < 1 or r.window_cols < 0 or r.min_cells < 0 or r.band < 1 or r.workers < 1:
+    if s.autocorrelation.dask and s.autocorrelation.engine != "numpy":
         raise ConfigError(
-            f"{source}: [raster] needs window_rows >= 1, window_cols >= 0, min_cells >= 0, band >= 1 "
-            f"and workers >= 1; found {r.window_rows}, {r.window_cols}, {r.min_cells}, {r.band}, {r.workers}"
+            f'{source}: [autocorrelation] dask = true needs engine = "numpy" (esda\'s kernels do not run '
+            f'on Dask), found engine = {s.autocorrelation.engine!r}; set dask = false or engine = "numpy"'
+        )
+    r = s.raster
+    if r.window_rows < 1 or r.window_cols < 0 or r.min_cells < 0 or r.band < 1:
+        raise ConfigError(
+            f"{source}: [raster] needs window_rows >= 1, window_cols >= 0, min_cells >= 0 and band >= 1; "
+            f"found {r.window_rows}, {r.window_cols}, {r.min_cells}, {r.band}"
+        )
+    d = s.dask
+    if d.workers < 1 or d.threads_per_worker < 1:
+        raise ConfigError(
+            f"{source}: [dask] needs workers >= 1 and threads_per_worker >= 1; "
+            f"found {d.workers}, {d.threads_per_worker}"
         )
     a = s.atlas
     if a.simplify_m < 0 or a.generalise_mm < 0 or not 20 <= a.dpi <= 1200:

@@ -8,6 +8,7 @@ slow part.
 from __future__ import annotations
 
 import contextlib
+import json
 import operator
 import warnings
 from collections.abc import Iterator
@@ -23,10 +24,11 @@ from pygeoda.libgeoda import gda_load_gal
 from pygeoda.weights.weight import Weight
 from rasterio.transform import from_origin
 from shapely.geometry import box
-from test_autocorrelation import write_gal
+from test_autocorrelation import _config, _population_gpkg, write_gal
 from test_raster import _cli_workdir, units_utm, write_tif
 
-from geo_pipeline._io import read_layer
+from geo_pipeline import ConfigError
+from geo_pipeline._io import read_layer, read_table
 from geo_pipeline.autocorrelation import (
     PERMUTATION_BLOCK,
     conditional_pvalues,
@@ -35,6 +37,7 @@ from geo_pipeline.autocorrelation import (
     spatial_autocorrelation,
 )
 from geo_pipeline.cli import main
+from geo_pipeline.config import load_settings
 from geo_pipeline.parallel import dask_client, map_blocks
 from geo_pipeline.raster import zonal_population
 from geo_pipeline.weights import UnitWeights, build_weights
@@ -105,8 +108,8 @@ def test_cli_dask_option_gives_the_same_file(tmp_path: Path) -> None:
     arr = np.random.default_rng(8).gamma(0.5, 40.0, size=(60, 80)).astype("float32")
     tif = write_tif(tmp_path / "pop.tif", arr)
     cfg = _cli_workdir(tmp_path, tif)
-    with open(cfg, "a", encoding="utf-8") as fh:
-        fh.write("workers = 1\nwindow_rows = 16\n")
+    with open(cfg, "a", encoding="utf-8") as fh:  # the file ends in its [raster] section
+        fh.write("window_rows = 16\n[dask]\nworkers = 1\n")
     runner = CliRunner()
     plain = runner.invoke(main, ["-c", str(cfg), "raster"])
     assert plain.exit_code == 0, plain.output
@@ -239,3 +242,47 @@ def test_dask_needs_the_numpy_engine(client: object) -> None:
 
     with pytest.raises(InputError, match="engine 'esda' cannot run on Dask"):
         spatial_autocorrelation(lattice(6, 6), variables=["v"], permutations=9, engine="esda", client=client)
+
+
+def test_cli_autocorrelation_dask_gives_the_same_file(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "[autocorrelation]\npermutations = 99\n[dask]\nworkers = 1\n")
+    _population_gpkg(tmp_path)
+    runner = CliRunner()
+    plain = runner.invoke(main, ["-c", str(cfg), "autocorrelation"], catch_exceptions=False)
+    assert plain.exit_code == 0, plain.output
+    gpkg = tmp_path / "processed" / "autocorrelation.gpkg"
+    first, gm1 = read_layer(gpkg, "units"), read_table(gpkg, "global_moran")
+    with _quiet_shutdown():
+        on_dask = runner.invoke(main, ["-c", str(cfg), "autocorrelation", "--dask", "--overwrite"])
+    assert on_dask.exit_code == 0, on_dask.output
+    second, gm2 = read_layer(gpkg, "units"), read_table(gpkg, "global_moran")
+    pd.testing.assert_frame_equal(second, first, check_exact=True)
+    pd.testing.assert_frame_equal(gm2, gm1, check_exact=True)
+    manifest = json.loads((tmp_path / "processed" / "manifest.json").read_text(encoding="utf-8"))
+    params = manifest["stages"]["autocorrelation"]["parameters"]
+    assert params["dask"] is True and params["dask_settings"]["workers"] == 1
+    bad = runner.invoke(
+        main, ["-c", str(cfg), "autocorrelation", "--dask", "--engine", "esda", "--overwrite"]
+    )
+    assert bad.exit_code != 0 and "--dask needs the numpy engine" in bad.output
+
+
+def test_dask_config_section(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[dask]\nscheduler = "tcp://127.0.0.1:8786"\nworkers = 3\n[autocorrelation]\ndask = true\n'
+    )
+    s = load_settings(cfg)
+    assert (
+        s.dask.scheduler == "tcp://127.0.0.1:8786" and s.dask.workers == 3 and s.dask.threads_per_worker == 1
+    )
+    assert s.autocorrelation.dask is True and s.raster.dask is False
+    cfg.write_text("[raster]\nworkers = 2\n")
+    with pytest.raises(ConfigError, match=r"\[raster\] workers \(moved to \[dask\] workers\)"):
+        load_settings(cfg)
+    cfg.write_text("[dask]\nworkers = 0\n")
+    with pytest.raises(ConfigError, match="workers >= 1"):
+        load_settings(cfg)
+    cfg.write_text('[autocorrelation]\ndask = true\nengine = "esda"\n')
+    with pytest.raises(ConfigError, match='dask = true needs engine = "numpy"'):
+        load_settings(cfg)

@@ -41,13 +41,14 @@ OPTIONS = [
     click.Option(
         ["--dask/--no-dask", "use_dask"],
         default=None,
-        help="Run the raster windows on Dask (a local cluster or [raster] scheduler) [config: dask].",
+        help="Run the raster windows on Dask (a local cluster or [dask] scheduler) [config: dask].",
     ),
     click.Option(
         ["--scheduler"],
         type=str,
         default=None,
-        help="Dask scheduler address, e.g. tcp://host:8786; empty: a local cluster [config: scheduler].",
+        help="Dask scheduler address, e.g. tcp://host:8786; empty: a local cluster "
+        "[config: [dask] scheduler].",
     ),
 ]
 
@@ -80,7 +81,8 @@ def run(
     method = method or s.method
     rows = window_rows or s.window_rows
     dask_on = s.dask if use_dask is None else use_dask
-    address = s.scheduler if scheduler is None else scheduler
+    d = ctx.settings.dask
+    address = d.scheduler if scheduler is None else scheduler
     check_writable(ctx.output("raster.gpkg"), overwrite=ctx.overwrite)
     rs.open_grid(path, band=s.band)  # fail on a bad raster before reading the units
 
@@ -102,7 +104,9 @@ def run(
         if dask_on:
             from ..parallel import dask_client
 
-            client = stack.enter_context(dask_client(address, n_workers=s.workers))
+            client = stack.enter_context(
+                dask_client(address, n_workers=d.workers, threads_per_worker=d.threads_per_worker)
+            )
         result = rs.zonal_population(
             units,
             path,
