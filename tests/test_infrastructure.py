@@ -388,6 +388,35 @@ def test_geographic_buffer_width_close_to_geodesic() -> None:
     assert area == pytest.approx(60 * length + math.pi * 900, rel=err + 2e-3)
 
 
+def test_fast_tm_transformers_give_the_from_crs_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transformers made from the pipeline text: exactly the buffers of Transformer.from_crs per line."""
+    raw = gpd.read_file(RAIL / "approx_corridors_keystations.geojson")
+    with pytest.warns(DataQualityWarning):
+        lines = rail.lines_from_corridors(raw)
+    lines = lines[lines["class"] == "high-speed"].iloc[:12]
+    fast = inf.corridor_buffers(lines, buffer_km=30)
+    seen = []
+    init = inf._TMTransformers.__init__
+
+    def slow_init(self: inf._TMTransformers, geod_crs: pyproj.CRS) -> None:
+        init(self, geod_crs)
+        self.fast = False  # every line through Transformer.from_crs
+        seen.append(self)
+
+    monkeypatch.setattr(inf._TMTransformers, "__init__", slow_init)
+    slow = inf.corridor_buffers(lines, buffer_km=30)
+    assert seen and len(fast) == len(slow) == 12
+    assert bool(shapely.equals_exact(fast.geometry.values, slow.geometry.values, tolerance=0).all())
+    np.testing.assert_array_equal(fast["max_scale_error"], slow["max_scale_error"])
+    monkeypatch.undo()
+    make = inf._TMTransformers(pyproj.CRS("EPSG:4326"))
+    make(lines.geometry.iloc[0])
+    assert make.fast is True  # the pipeline text is what from_crs finds for WGS84
+    other = inf._TMTransformers(pyproj.CRS("EPSG:4214"))  # Beijing 1954 (Krassowsky): from_crs per line
+    other(lines.geometry.iloc[0])
+    assert other.fast is False
+
+
 # -- overlay: bad input ----------------------------------------------------------------------------
 
 
