@@ -21,11 +21,21 @@ stage: weights key + cache load            0.4-0.5       SHA-256 over ids and WK
 esda numba compile, fresh process          21 / 34-45    ``warm_up()``; cannot be cached on
                                                          disk (function-typed argument)
 LISA 999 perm., esda warm                  0.07 / 0.12   after the compile
-LISA 999 perm., NumPy engine               0.22 / 0.25   no compile
-local_statistics LISA + Gi*, numpy / esda  0.45 / 0.33   esda warm
+LISA 999 perm., NumPy engine               0.14          block kernel, in-process (2,734 units
+                                                         in 11 seeding blocks; was 0.22 with
+                                                         one shared draw table)
+LISA 999 perm., NumPy engine on Dask       0.26          LocalCluster(2), warm; p identical
+local_statistics LISA + Gi*, numpy / esda  0.30 / 0.18   esda warm
+spatial_autocorrelation 2 vars, in-process 1.1           cached weights
+spatial_autocorrelation 2 vars, on Dask    1.9           units frame identical
 stage, esda engine (cached weights)        33-55         27-44 s of it waiting for numba
-stage, NumPy engine (cached weights)       6             statistics 2.4 s for 2 variables
+stage, NumPy engine (cached weights)       3.4-3.6       statistics 1.2-1.4 s for 2 variables
+stage, NumPy engine, --dask                10-16         5-8 s starting the LocalCluster (CLI,
+                                                         fresh process), statistics 1.7-3.3 s
 =========================================  ============  =====================================
+
+Dask pays off only for many more units than the counties (e.g. townships): for 2,736
+units the permutations take a fraction of a second and the cluster start dominates.
 
 A background warm-up thread (engine "esda") saved nothing measurable here: numba's
 compiler holds the GIL for much of its work and both cores were busy (stage 55.7 s

@@ -11,7 +11,7 @@ import contextlib
 import json
 import operator
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import geopandas as gpd
@@ -286,3 +286,21 @@ def test_dask_config_section(tmp_path: Path) -> None:
     cfg.write_text('[autocorrelation]\ndask = true\nengine = "esda"\n')
     with pytest.raises(ConfigError, match='dask = true needs engine = "numpy"'):
         load_settings(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
+def test_real_units_on_dask_equal_in_process(client: object, run_stage: Callable[[str], Path]) -> None:
+    processed = run_stage("population")
+    units = read_layer(processed / "population.gpkg", "units")
+    weights = build_weights(units)
+    assert weights.n > 10 * PERMUTATION_BLOCK  # the 2,734 county units: 11 blocks
+    opts = {"variables": ["change_pct", "net_outflow_ratio"], "weights": weights, "seed": 20201101}
+    local = spatial_autocorrelation(units, **opts)
+    remote = spatial_autocorrelation(units, **opts, client=client)
+    pd.testing.assert_frame_equal(remote.units, local.units, check_exact=True)
+    pd.testing.assert_frame_equal(remote.global_moran, local.global_moran, check_exact=True)
+    # the Northeast (Liaoning, Jilin, Heilongjiang) is Low-Low in population change, as in census 2020
+    ne = units["province_code"].astype(str).str[:2].isin(["21", "22", "23"])
+    ll = remote.units["lisa_change_pct_cluster"] == "LL"
+    assert ll[ne].mean() > 4 * ll[~ne].mean()
