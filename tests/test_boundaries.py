@@ -30,6 +30,7 @@ from geo_pipeline.boundaries import (
     BOUNDARY_COLUMNS,
     build_boundaries,
     cnmaps_index_path,
+    parse_geojson_geometries,
     read_cnmaps,
     repair_polygons,
 )
@@ -287,6 +288,49 @@ def raw_cnmaps() -> gpd.GeoDataFrame:
 @pytest.fixture(scope="module")
 def all_layers(raw_cnmaps: gpd.GeoDataFrame) -> dict[str, gpd.GeoDataFrame]:
     return build_boundaries(raw_cnmaps, exclude_no_census=False)
+
+
+def test_real_geojson_parsed_as_shapely_does(raw_cnmaps: gpd.GeoDataFrame) -> None:
+    """The pyarrow reader gives exactly shapely.from_geojson's geometries for every cnmaps file."""
+    root = cnmaps_index_path().parent.parent / "datasets"
+    with sqlite3.connect(cnmaps_index_path()) as con:
+        paths = [r[0] for r in con.execute(
+            "SELECT DISTINCT path FROM ADMINISTRATIVE WHERE source = '高德' AND kind = '陆地' "
+            "AND level IN ('省', '市', '区县') ORDER BY path")]
+    texts = [(root / p).read_bytes() for p in paths]
+    assert len(texts) == 3240
+    expected = shapely.to_wkb(shapely.from_geojson(texts))
+    got = shapely.to_wkb(parse_geojson_geometries(texts))
+    assert all(a == b for a, b in zip(expected, got, strict=True))
+    # and read_cnmaps hands them out unchanged, one per index row
+    first = raw_cnmaps.drop_duplicates("adcode").iloc[:50]
+    for adcode, geom in zip(first["adcode"], first.geometry, strict=True):
+        i = next(k for k, p in enumerate(paths) if p.endswith(f"{adcode}.geojson"))
+        assert shapely.to_wkb(geom) == expected[i]
+
+
+def test_geojson_parser_edge_cases_match_shapely() -> None:
+    texts = [
+        '{"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]], '
+        '[[1, 1], [2, 1], [2, 2], [1, 1]]]}',
+        '{"type":"MultiPolygon","coordinates":[[[[1e-3,-2.5E1],[0.1,-25],[0.2,-24.999999999999996],'
+        '[1e-3,-2.5E1]]],[[[100.123456789012345,30],[101,30],\n[101,31],[100.123456789012345,30]]]]}',
+        '{"coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]], "type": "Polygon"}',  # type not first
+        '{"type": "Polygon", "coordinates": [[[0, 0, 5], [1, 0, 5], [1, 1, 5], [0, 0, 5]]]}',  # 3-D
+        '{"type": "Point", "coordinates": [116.4, 39.9]}',
+        '{"type": "MultiPolygon", "coordinates": []}',
+        b'{"type": "Polygon", "coordinates": [[[116.391275, 39.906217], [116.4, 39.9], [116.39, 39.91], '
+        b'[116.391275, 39.906217]]], "bbox": [116.39, 39.9, 116.4, 39.91]}',
+    ]
+    got = parse_geojson_geometries(texts)
+    expected = shapely.from_geojson(texts)
+    assert [g.geom_type for g in got] == [
+        "Polygon", "MultiPolygon", "Polygon", "Polygon", "Point", "MultiPolygon", "Polygon"]
+    assert shapely.has_z(got[3]) and not shapely.has_z(got[0])
+    assert list(shapely.to_wkb(got)) == list(shapely.to_wkb(expected))
+    assert len(parse_geojson_geometries([])) == 0
+    with pytest.raises(shapely.errors.GEOSException):
+        parse_geojson_geometries(['{"type": "Polygon", "coordinates": [[[0, 0], [1, 0]'])
 
 
 def test_real_counts_before_exclusion(all_layers: dict[str, gpd.GeoDataFrame]) -> None:
