@@ -26,6 +26,7 @@ import tempfile
 import textwrap
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -198,25 +199,11 @@ def prepare_atlas(
     if simplify_m < 0:
         raise InputError(f"simplify_m must be >= 0, found {simplify_m}")
     crs = ALBERS_CHINA
-    u = units.to_crs(crs).reset_index(drop=True)
-    u = u.assign(province_code=u["province_code"].astype(str))
-    u = _simplify_polygons(u, simplify_m)
-    if provinces is None or not len(provinces):
-        prov = u.dissolve("province_code", as_index=False)
-        names = units.groupby(units["province_code"].astype(str))["province"].first() \
-            if "province" in units.columns else pd.Series(dtype=object)
-        prov["name"] = prov["province_code"].map(names).fillna(prov["province_code"])
-        prov = prov[["province_code", "name", "geometry"]]
-    else:
-        prov = provinces.to_crs(crs)
-        code = "province_code" if "province_code" in prov.columns else "adcode"
-        if code not in prov.columns:
-            raise InputError(f"provinces: expected a province_code or adcode column, found {list(prov.columns)}")
-        name = prov["name"] if "name" in prov.columns else prov[code]
-        prov = gpd.GeoDataFrame({"province_code": prov[code].astype(str), "name": name.astype(str)},
-                                geometry=prov.geometry.to_numpy(), crs=crs)
-        prov = _simplify_polygons(prov, simplify_m)
-    overview = _simplify_polygons(prov, simplify_m * 20)
+
+    def project_units() -> gpd.GeoDataFrame:
+        u = units.to_crs(crs).reset_index(drop=True)
+        u = u.assign(province_code=u["province_code"].astype(str))
+        return _simplify_polygons(u, simplify_m)
 
     def project(frame: gpd.GeoDataFrame | None, tol: float, polygons: bool = False) -> gpd.GeoDataFrame | None:
         if frame is None or not len(frame):
@@ -229,13 +216,38 @@ def prepare_atlas(
         return out.set_geometry(gpd.GeoSeries(shapely.simplify(out.geometry.to_numpy(), tol),
                                               index=out.index, crs=crs))
 
+    # The units (most of the vertices) are projected and simplified in a background thread
+    # while this one does the provinces and the other layers (PROJ and GEOS release the GIL);
+    # the same frames as one after the other. Measured on the real data (2-core machine with
+    # one core busy with other work): 7.9-8.1 s -> 7.1-7.3 s.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        units_job = pool.submit(project_units)
+        if provinces is None or not len(provinces):
+            u = units_job.result()
+            prov = u.dissolve("province_code", as_index=False)
+            names = units.groupby(units["province_code"].astype(str))["province"].first() \
+                if "province" in units.columns else pd.Series(dtype=object)
+            prov["name"] = prov["province_code"].map(names).fillna(prov["province_code"])
+            prov = prov[["province_code", "name", "geometry"]]
+        else:
+            prov = provinces.to_crs(crs)
+            code = "province_code" if "province_code" in prov.columns else "adcode"
+            if code not in prov.columns:
+                raise InputError(
+                    f"provinces: expected a province_code or adcode column, found {list(prov.columns)}")
+            name = prov["name"] if "name" in prov.columns else prov[code]
+            prov = gpd.GeoDataFrame({"province_code": prov[code].astype(str), "name": name.astype(str)},
+                                    geometry=prov.geometry.to_numpy(), crs=crs)
+            prov = _simplify_polygons(prov, simplify_m)
+        overview = _simplify_polygons(prov, simplify_m * 20)
+        cores_a = None if cores is None or not len(cores) else cores.to_crs(crs)
+        rings_a, rail_a = project(rings, simplify_m), project(rail_lines, simplify_m)
+        corridors_a = project(corridors, simplify_m, polygons=True)
+        classes = styles.diverging_classes(units["change_pct"], column="change_pct", unit=" %")
+        u = units_job.result()
     data = AtlasData(
-        units=u, provinces=prov, provinces_overview=overview,
-        cores=None if cores is None or not len(cores) else cores.to_crs(crs),
-        rings=project(rings, simplify_m), rail_lines=project(rail_lines, simplify_m),
-        corridors=project(corridors, simplify_m, polygons=True),
-        classes=styles.diverging_classes(units["change_pct"], column="change_pct", unit=" %"),
-        simplify_m=simplify_m,
+        units=u, provinces=prov, provinces_overview=overview, cores=cores_a, rings=rings_a, rail_lines=rail_a,
+        corridors=corridors_a, classes=classes, simplify_m=simplify_m,
     )
     vertices = {name: _n_vertices(getattr(data, name)) for name in
                 ("units", "provinces", "provinces_overview", "rings", "rail_lines", "corridors")}
@@ -619,6 +631,17 @@ class _PolygonPaths:
         return _PolygonPaths([p for p, k in zip(self.paths, keep, strict=True) if k], self.rows[keep])
 
 
+@dataclass(frozen=True)
+class _ProvinceGeometry:
+    """What :meth:`_Renderer.province_geometry` prepares for one province page."""
+
+    inside: np.ndarray  # the province's rows of the atlas units
+    extent: tuple[float, float, float, float]
+    provinces: gpd.GeoDataFrame  # provinces in view, clipped to the page and generalised
+    units: gpd.GeoDataFrame  # the province's units, generalised at the page scale
+    prefectures: gpd.GeoDataFrame | None  # dissolved from ``units``; None with fewer than two
+
+
 class _Renderer:
     """Draws the pages of one atlas: shared layout, classes and generalised geometry."""
 
@@ -980,22 +1003,38 @@ class _Renderer:
                 sel.plot(ax=ax, color=cat.color, linewidth=(cat.width or 0.4) * 2.2 * self.scale, zorder=7)
 
     # -- province pages ---------------------------------------------------------------------------
-    def province(self, spec: PageSpec, number: int, total: int) -> Figure:
-        fig, ax = self._figure(spec, number, total)
+    def province_geometry(self, code: str) -> _ProvinceGeometry:
+        """The geometry work of a province page: extent, clipping, generalisation, prefectures.
+
+        Only shapely/geopandas work on frames of its own (GEOS releases the
+        GIL), so :func:`atlas_pages` runs it for the coming pages in a
+        background thread while the current page is drawn.
+        """
         u = self.data.units
-        inside = (u["province_code"] == spec.province_code).to_numpy()
+        inside = (u["province_code"] == code).to_numpy()
         extent = _fit_extent(tuple(shapely.total_bounds(u.geometry.to_numpy()[inside])), self._aspect())
         tol = self._tolerance(extent)
         view = shapely.box(*extent)
         # context: the provinces in view, clipped to the page and generalised at its scale
         prov = self.data.provinces
         prov = self._generalise(prov[self._in_box(prov, view)], tol, clip=extent)
+        own = self._generalise(u[inside], tol)
+        pref = None
+        if "prefecture_code" in own.columns and own["prefecture_code"].nunique() >= 2:
+            pref = own.dissolve("prefecture_code", as_index=False, aggfunc="first")
+        return _ProvinceGeometry(inside, extent, prov, own, pref)
+
+    def province(self, spec: PageSpec, number: int, total: int, geometry: _ProvinceGeometry | None = None
+                 ) -> Figure:
+        g = geometry if geometry is not None else self.province_geometry(spec.province_code)
+        fig, ax = self._figure(spec, number, total)
+        u = self.data.units
+        inside, extent, prov, own = g.inside, g.extent, g.provinces, g.units
         others = prov[prov["province_code"] != spec.province_code]
         self._plot(ax, others, _CONTEXT, lw=0.45, edge="#8c8c8c")
-        own = self._generalise(u[inside], tol)
         self._plot(ax, own, self._class_colors()[inside], lw=0.12, zorder=2)
         self._boundary(ax, prov[prov["province_code"] == spec.province_code], color="black", lw=1.1, zorder=6)
-        n_pref = self._prefectures(ax, own)
+        n_pref = self._prefectures(ax, g.prefectures)
         self._set_extent(ax, extent)
         self._scale_bar(ax, extent)
         self._north_arrow(fig, extent)
@@ -1014,13 +1053,12 @@ class _Renderer:
         self._locator(fig, spec.province_code)
         return fig
 
-    def _prefectures(self, ax: Any, own: gpd.GeoDataFrame) -> int:
+    def _prefectures(self, ax: Any, pref: gpd.GeoDataFrame | None) -> int:
         """Outline and label the prefectures of a province page (dissolved from its units)."""
-        if "prefecture_code" not in own.columns or own["prefecture_code"].nunique() < 2:
+        if pref is None:
             return 0
         from matplotlib import patheffects
 
-        pref = own.dissolve("prefecture_code", as_index=False, aggfunc="first")
         self._boundary(ax, pref, color="#4d4d4d", lw=0.4, zorder=5)
         if "prefecture" in pref.columns:
             halo = [patheffects.withStroke(linewidth=1.8, foreground="white")]
@@ -1074,7 +1112,20 @@ def atlas_pages(
     if generalise_mm < 0:
         raise InputError(f"generalise_mm must be >= 0, found {generalise_mm}")
     renderer = _Renderer(data, paper=paper, source=source, generalise_mm=generalise_mm)
-    for number, spec in enumerate(plan, 1):
-        fig = renderer.national(spec, number, len(plan)) if spec.national else renderer.province(
-            spec, number, len(plan))
-        yield Page(spec.key, spec.title, fig, spec.national)
+    # The province pages' geometry (clipping, coverage simplification, prefecture dissolve: GEOS
+    # work that releases the GIL) is prepared in one background thread while the pages before
+    # them are drawn; drawing and PDF writing stay in this thread. Same figures as computing
+    # it page by page. Measured on the real atlas (36 pages, 2-core machine with one core busy
+    # with other work): building the 31 province pages 3.5 s -> 2.0 s, national pages' PDF
+    # 2.2 s -> 3.0 s (they share the core with the background thread), pages 0.5-1 s faster.
+    pool = ThreadPoolExecutor(max_workers=1) if any(not s.national for s in plan) else None
+    try:
+        geometry = {s.key: pool.submit(renderer.province_geometry, s.province_code)
+                    for s in plan if pool is not None and not s.national}
+        for number, spec in enumerate(plan, 1):
+            fig = renderer.national(spec, number, len(plan)) if spec.national else renderer.province(
+                spec, number, len(plan), geometry[spec.key].result())
+            yield Page(spec.key, spec.title, fig, spec.national)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
