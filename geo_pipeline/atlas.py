@@ -406,13 +406,18 @@ def cjk_font(text: str, *, font: str = "") -> str:
 
 
 def rc_params(family: str) -> dict[str, Any]:
-    """matplotlib settings for the atlas: the CJK family first, Type 42 fonts in PDF."""
+    """matplotlib settings for the atlas: the CJK family first, Type 42 fonts in PDF.
+
+    PDF streams are deflated at zlib level 6 (matplotlib's default): on the
+    real atlas level 9 took 2.6 s of CPU for 0.2 % less (10.04 -> 10.02 MB),
+    level 6 takes 1.5 s; the pages are the same (lossless compression).
+    """
     return {
         "font.family": [family, "DejaVu Sans"],
         "pdf.fonttype": 42,
         "ps.fonttype": 42,
         "axes.unicode_minus": True,
-        "pdf.compression": 9,
+        "pdf.compression": 6,
         "path.simplify": True,
     }
 
