@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import geopandas as gpd
@@ -106,6 +108,7 @@ SUMMARY_COLUMNS: dict[str, str] = {
 }
 
 _DENSIFY_DEG = 0.05  # lon/lat step before projecting lines (about 5 km)
+_THREADS = min(2, os.cpu_count() or 1)  # threads for the GEOS work of the overlay (2-core target)
 _DENSIFY_M = 2000.0  # metre step of buffer outlines before reprojection
 
 
@@ -542,31 +545,53 @@ def unit_overlay(
     share = np.zeros(n)
     share_year = np.full(n, np.inf)
     if not buffers.empty:
-        ua = _to_area_crs(gpd.GeoSeries(ugeom, crs=units.crs)).values
-        ba = _to_area_crs(buffers.geometry).values
-        byear = buffers["open_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
-        unit_area = shapely.area(ua)
-        bi, bj = shapely.STRtree(ba).query(ua, predicate="intersects")
-        pieces = shapely.intersection(ua[bi], ba[bj])
-        order = np.argsort(bi, kind="stable")
-        bi, bj, pieces = bi[order], bj[order], pieces[order]
-        starts = np.flatnonzero(np.r_[True, bi[1:] != bi[:-1]])
-        ends = np.r_[starts[1:], len(bi)]
-        with timed("corridor shares", log):
-            for a, b in zip(starts, ends, strict=True):
-                ii = int(bi[a])
-                pcs, yrs = pieces[a:b], byear[bj[a:b]]
-                merged = pcs[0] if len(pcs) == 1 else shapely.union_all(pcs)
-                total = float(shapely.area(merged))
-                share[ii] = min(total / unit_area[ii], 1.0) if unit_area[ii] > 0 else 0.0
-                if share[ii] < min_share - 1e-12:
-                    continue
-                for y in np.unique(yrs[~np.isnan(yrs)]):  # sorted
-                    sel = pcs[yrs <= y]
-                    part = sel[0] if len(sel) == 1 else shapely.union_all(sel)
-                    if shapely.area(part) / unit_area[ii] >= min_share - 1e-12:
-                        share_year[ii] = y
-                        break
+        # The GEOS and PROJ work below runs on halves of the units in two threads (both release
+        # the GIL); each unit's result depends only on its own pieces, so it is identical to one
+        # thread. Measured on the real units (2-core machine, second core free): unit_overlay
+        # 4.2-4.4 s -> 2.6 s wall (3.8 s CPU).
+        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+
+            def halves(fn: Any, *arrays: np.ndarray) -> list[Any]:
+                cuts = np.linspace(0, len(arrays[0]), _THREADS + 1).astype(int)
+                parts = [tuple(a[cuts[k]:cuts[k + 1]] for a in arrays) for k in range(_THREADS)]
+                return list(pool.map(lambda args: fn(*args), parts))
+
+            def to_area(part: np.ndarray) -> np.ndarray:
+                return np.asarray(_to_area_crs(gpd.GeoSeries(part, crs=units.crs)).values, dtype=object)
+
+            ua = np.concatenate(halves(to_area, np.asarray(ugeom, dtype=object)))
+            ba = _to_area_crs(buffers.geometry).values
+            byear = buffers["open_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+            unit_area = shapely.area(ua)
+            tree = shapely.STRtree(ba)
+            offsets = np.linspace(0, n, _THREADS + 1).astype(int)
+            found = halves(lambda part: tree.query(part, predicate="intersects"), ua)
+            bi = np.concatenate([f[0] + off for f, off in zip(found, offsets, strict=False)])
+            bj = np.concatenate([f[1] for f in found])
+            pieces = np.concatenate(halves(shapely.intersection, ua[bi], np.asarray(ba, dtype=object)[bj]))
+            order = np.argsort(bi, kind="stable")
+            bi, bj, pieces = bi[order], bj[order], pieces[order]
+            starts = np.flatnonzero(np.r_[True, bi[1:] != bi[:-1]])
+            ends = np.r_[starts[1:], len(bi)]
+
+            def shares(first: np.ndarray, last: np.ndarray) -> None:
+                for a, b in zip(first, last, strict=True):
+                    ii = int(bi[a])
+                    pcs, yrs = pieces[a:b], byear[bj[a:b]]
+                    merged = pcs[0] if len(pcs) == 1 else shapely.union_all(pcs)
+                    total = float(shapely.area(merged))
+                    share[ii] = min(total / unit_area[ii], 1.0) if unit_area[ii] > 0 else 0.0
+                    if share[ii] < min_share - 1e-12:
+                        continue
+                    for y in np.unique(yrs[~np.isnan(yrs)]):  # sorted
+                        sel = pcs[yrs <= y]
+                        part = sel[0] if len(sel) == 1 else shapely.union_all(sel)
+                        if shapely.area(part) / unit_area[ii] >= min_share - 1e-12:
+                            share_year[ii] = y
+                            break
+
+            with timed("corridor shares", log):
+                halves(shares, starts, ends)
     out["corridor_share"] = share
     out["in_corridor"] = (share >= min_share - 1e-12) | crosses
     first = np.minimum(cross_year, share_year)

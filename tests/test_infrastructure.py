@@ -417,6 +417,29 @@ def test_fast_tm_transformers_give_the_from_crs_buffers(monkeypatch: pytest.Monk
     assert other.fast is False
 
 
+def test_threaded_overlay_equals_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The overlay's GEOS work split over threads gives exactly the one-thread result (real polygons)."""
+    from geo_pipeline.boundaries import read_cnmaps
+
+    raw = read_cnmaps()
+    raw = raw[(raw["level"] == "区县") & raw["adcode"].str[:2].isin(["42", "43", "36"])]
+    units = gpd.GeoDataFrame({"unit_id": raw["adcode"].to_numpy()}, geometry=raw.geometry.to_numpy(),
+                             crs="EPSG:4326").drop_duplicates("unit_id").reset_index(drop=True)
+    assert len(units) > 250
+    with pytest.warns(DataQualityWarning):
+        lines = rail.lines_from_corridors(gpd.read_file(RAIL / "approx_corridors_keystations.geojson"))
+    stations = rail.key_stations(gpd.read_file(RAIL / "approx_corridors_keystations.geojson"))
+    stations = stations.assign(high_speed=True)[["name", "high_speed", "geometry"]]
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(inf, "_THREADS", threads)
+        results.append(inf.unit_overlay(units, lines, stations, buffer_km=30, min_share=0.5))
+    assert 0 < results[0]["in_corridor"].sum() < len(units)
+    assert results[0]["hsr_first_open_year"].notna().sum() > 50
+    for other in results[1:]:
+        pd.testing.assert_frame_equal(other, results[0])
+
+
 # -- overlay: bad input ----------------------------------------------------------------------------
 
 
