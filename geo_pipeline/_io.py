@@ -16,7 +16,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -223,7 +223,7 @@ def write_manifest(
         except json.JSONDecodeError:
             data = {}
     data.setdefault("stages", {})[stage] = {
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "inputs": {k: {"path": str(v), "sha256": sha256(v)} for k, v in inputs.items() if Path(v).is_file()},
         "outputs": {k: str(v) for k, v in outputs.items()},
         "parameters": dict(parameters),

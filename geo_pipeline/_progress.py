@@ -38,7 +38,7 @@ class timed:
     def __init__(self, desc: str, logger: logging.Logger, *, slow_s: float = 2.0) -> None:
         self.desc, self.logger, self.slow_s = desc, logger, slow_s
 
-    def __enter__(self) -> "timed":
+    def __enter__(self) -> timed:
         self.logger.debug("%s ...", self.desc)
         self.start = time.perf_counter()
         return self

@@ -34,7 +34,8 @@ def _squares(crs: str = "EPSG:4326") -> gpd.GeoDataFrame:
 def test_check_frame_collects_every_problem() -> None:
     gdf = _squares().drop(columns=["value"])
     with pytest.raises(InputError) as err:
-        check_frame(gdf, name="units", columns={"value": "numeric", "pop": "numeric"}, geometry=True).raise_if_any()
+        cols = {"value": "numeric", "pop": "numeric"}
+        check_frame(gdf, name="units", columns=cols, geometry=True).raise_if_any()
     assert "missing column(s) ['value', 'pop']" in str(err.value)
 
 

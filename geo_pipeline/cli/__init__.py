@@ -21,7 +21,6 @@ import json
 import logging
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,7 +212,9 @@ def _make_stage_command(name: str, module: ModuleType) -> click.Command:
 @click.pass_obj
 def run_all(settings: Settings, overwrite: bool, start: str | None, stop: str | None) -> None:
     """Run every stage in order (fetch ... atlas)."""
-    names = STAGE_ORDER[STAGE_ORDER.index(start) if start else 0 : STAGE_ORDER.index(stop) + 1 if stop else None]
+    first = STAGE_ORDER.index(start) if start else 0
+    last = STAGE_ORDER.index(stop) + 1 if stop else len(STAGE_ORDER)
+    names = STAGE_ORDER[first:last]
 
     def go() -> None:
         t_all = time.perf_counter()
