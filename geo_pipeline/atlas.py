@@ -25,7 +25,7 @@ import re
 import tempfile
 import textwrap
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -205,7 +205,8 @@ def prepare_atlas(
         u = u.assign(province_code=u["province_code"].astype(str))
         return _simplify_polygons(u, simplify_m)
 
-    def project(frame: gpd.GeoDataFrame | None, tol: float, polygons: bool = False) -> gpd.GeoDataFrame | None:
+    def project(frame: gpd.GeoDataFrame | None, tol: float, polygons: bool = False
+                ) -> gpd.GeoDataFrame | None:
         if frame is None or not len(frame):
             return None
         if frame.crs is None:
@@ -424,13 +425,28 @@ def rc_params(family: str) -> dict[str, Any]:
 
 def atlas_text(data: AtlasData) -> str:
     """Every character the atlas pages may draw (for the font subset)."""
+    parts = [_font_text(data)]
+    for frame, cols in ((data.cores, ("name",)), (data.units, ("prefecture",))):
+        if frame is not None:
+            for c in cols:
+                if c in frame.columns:
+                    parts += list(frame[c].dropna().astype(str).unique())
+    return "".join(sorted(set("".join(parts))))
+
+
+def _font_text(data: AtlasData) -> str:
+    """The characters of :func:`atlas_text` that pages set as text, not as outlines.
+
+    Prefecture labels (drawn with a halo, i.e. as outlines) and core names
+    are left out.
+    """
     parts = [_TEXT, SOURCE_LINE, *(t for pair in THEMES.values() for t in pair),
              *styles.LISA_LABELS.values(), *styles.RAIL_LABELS.values()]
     parts += list(data.provinces["name"].astype(str))
     if "province" in data.units.columns:
         parts += list(data.units["province"].dropna().astype(str).unique())
     for frame, cols in ((data.rail_lines, ("class", "rail_class", "line_class", "type")),
-                        (data.cores, ("name",)), (data.units, ("band", "prefecture"))):
+                        (data.units, ("band",))):
         if frame is not None:
             for c in cols:
                 if c in frame.columns:
@@ -615,7 +631,8 @@ class _PolygonPaths:
         keep = per_row > 0
         stops = np.cumsum(per_row)[keep]
         starts = stops - per_row[keep]
-        paths = [MplPath(coords[a:b], codes[a:b]) for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+        bounds = zip(starts.tolist(), stops.tolist(), strict=True)
+        paths = [MplPath(coords[a:b], codes[a:b]) for a, b in bounds]
         return cls(paths, rows[keep])
 
     @classmethod
@@ -1081,6 +1098,7 @@ def atlas_pages(
     source: str = SOURCE_LINE,
     generalise_mm: float = GENERALISE_MM,
     specs: Iterable[PageSpec] | None = None,
+    numbers: Collection[int] | None = None,
 ) -> Iterator[Page]:
     """Yield the atlas pages in order, one matplotlib figure each.
 
@@ -1102,6 +1120,9 @@ def atlas_pages(
         the PDF larger. Shapes outside a page's extent are clipped away.
     specs : iterable, optional
         Pages from :func:`plan_pages` (planned here when not given).
+    numbers : collection of int, optional
+        Draw only these pages (1-based numbers in the plan); their page
+        numbers ("n / total") stay those of the whole atlas. Default: all.
 
     Yields
     ------
@@ -1117,17 +1138,18 @@ def atlas_pages(
     if generalise_mm < 0:
         raise InputError(f"generalise_mm must be >= 0, found {generalise_mm}")
     renderer = _Renderer(data, paper=paper, source=source, generalise_mm=generalise_mm)
+    drawn = [(number, spec) for number, spec in enumerate(plan, 1) if numbers is None or number in numbers]
     # The province pages' geometry (clipping, coverage simplification, prefecture dissolve: GEOS
     # work that releases the GIL) is prepared in one background thread while the pages before
     # them are drawn; drawing and PDF writing stay in this thread. Same figures as computing
     # it page by page. Measured on the real atlas (36 pages, 2-core machine with one core busy
     # with other work): building the 31 province pages 3.5 s -> 2.0 s, national pages' PDF
     # 2.2 s -> 3.0 s (they share the core with the background thread), pages 0.5-1 s faster.
-    pool = ThreadPoolExecutor(max_workers=1) if any(not s.national for s in plan) else None
+    pool = ThreadPoolExecutor(max_workers=1) if any(not s.national for _, s in drawn) else None
     try:
         geometry = {s.key: pool.submit(renderer.province_geometry, s.province_code)
-                    for s in plan if pool is not None and not s.national}
-        for number, spec in enumerate(plan, 1):
+                    for _, s in drawn if pool is not None and not s.national}
+        for number, spec in drawn:
             fig = renderer.national(spec, number, len(plan)) if spec.national else renderer.province(
                 spec, number, len(plan), geometry[spec.key].result())
             yield Page(spec.key, spec.title, fig, spec.national)

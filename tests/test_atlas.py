@@ -283,6 +283,76 @@ def test_atlas_a3(tmp_path: Path) -> None:
     assert (round(width / 72, 2), round(height / 72, 2)) == atlas.PAPER_SIZES["A3"]
 
 
+# -- pages drawn in two processes ---------------------------------------------------------------
+def _atlas_with(folder: Path, workers: int, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from geo_pipeline.cli import _atlas as cli_atlas
+
+    write_stage_outputs(folder / "data_processed")
+    cfg = write_config(folder, "[atlas]\ndpi = 40\n")
+    assert run_cli(cfg, "export").exit_code == 0
+    monkeypatch.setattr(cli_atlas, "_WORKERS", workers)
+    result = run_cli(cfg, "atlas")
+    assert result.exit_code == 0, result.output
+    return folder / "maps"
+
+
+@pytest.fixture(scope="module")
+def serial_and_parallel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from geo_pipeline.cli import _atlas as cli_atlas
+
+    if not cli_atlas._can_fork():
+        pytest.skip("pages are drawn in a second process only where fork and pypdf are available")
+    with pytest.MonkeyPatch.context() as mp:
+        return (_atlas_with(tmp_path_factory.mktemp("serial"), 1, mp),
+                _atlas_with(tmp_path_factory.mktemp("parallel"), 2, mp))
+
+
+def test_split_pages_balanced_and_in_order() -> None:
+    from geo_pipeline.cli._atlas import _COST, _split
+
+    specs = [atlas.PageSpec(k, k, k, True) for k in atlas.THEMES]
+    specs += [atlas.PageSpec(f"province_{i}", "p", "p", False, str(i)) for i in range(31)]
+    first, second = _split(specs, 2)
+    assert first + second == list(range(1, 37)) and first[:5] == [1, 2, 3, 4, 5]
+    cost = [sum(_COST[specs[n - 1].national] for n in g) for g in (first, second)]
+    assert abs(cost[0] - cost[1]) <= _COST[False]
+    assert _split(specs, 1) == [list(range(1, 37))] and _split(specs[:3], 2) == [[1, 2, 3]]
+
+
+def test_parallel_atlas_equals_serial(serial_and_parallel: tuple[Path, Path], tmp_path: Path) -> None:
+    serial, parallel = serial_and_parallel
+    a, b = PdfReader(serial / "atlas.pdf"), PdfReader(parallel / "atlas.pdf")
+    assert len(a.pages) == len(b.pages) == 7
+    # same text on every page in the same order (titles, legends, "n / 7" page numbers)
+    assert [p.extract_text() for p in a.pages] == [p.extract_text() for p in b.pages]
+    assert "7 / 7" in b.pages[6].extract_text() and "湖南省" in b.pages[6].extract_text()
+    assert b.metadata["/Title"] == a.metadata["/Title"] and b.metadata["/Creator"] == a.metadata["/Creator"]
+    # each font subset embedded once, as many as in the one-process file
+    fonts = [r[0] for r in pdffonts(parallel / "atlas.pdf")]
+    assert len(fonts) == len(set(fonts)) == len(pdffonts(serial / "atlas.pdf"))
+    # the pages look the same (glyph positions may differ by rounding: a few edge pixels of text)
+    for page in range(1, 8):
+        x, y = render(serial / "atlas.pdf", page, tmp_path), render(parallel / "atlas.pdf", page, tmp_path)
+        assert x.shape == y.shape
+        assert (np.abs(x.astype(int) - y.astype(int)).max(axis=2) > 0).mean() < 0.005, page
+    for name in THEME_PNGS:  # PNGs drawn by either process are the same files
+        assert (serial / name).read_bytes() == (parallel / name).read_bytes()
+
+
+def test_parallel_atlas_keeps_fonts_that_differ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # without the warm-up text the two processes embed different subsets: both are kept, text intact
+    from geo_pipeline.cli import _atlas as cli_atlas
+
+    if not cli_atlas._can_fork():
+        pytest.skip("needs fork and pypdf")
+    monkeypatch.setattr(cli_atlas._Job, "warm_up", lambda self, pdf: pdf.savefig(Figure()))
+    maps = _atlas_with(tmp_path, 2, monkeypatch)
+    reader = PdfReader(maps / "atlas.pdf")
+    assert len(reader.pages) == 7 and "7 / 7" in reader.pages[6].extract_text()
+    fonts = [r[0] for r in pdffonts(maps / "atlas.pdf")]
+    assert len(fonts) == len(set(fonts)) > 2
+
+
 # -- real data ----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_atlas_real_data(run_stage: Callable[[str], Path], tmp_path: Path) -> None:
@@ -293,7 +363,9 @@ def test_atlas_real_data(run_stage: Callable[[str], Path], tmp_path: Path) -> No
     assert n_provinces == 31  # mainland provinces (Hong Kong, Macau, Taiwan have no census rows)
     assert len(PdfReader(pdf).pages) == 5 + n_provinces
     assert pdf.stat().st_size < 15e6
-    assert any("GeoPipelineCJK" in r[0] and r[-5] == "yes" for r in pdffonts(pdf))
+    fonts = pdffonts(pdf)
+    assert any("GeoPipelineCJK" in r[0] and r[-5] == "yes" for r in fonts)
+    assert len({r[0] for r in fonts}) == len(fonts) <= 3  # each subset embedded once (pages of 2 processes)
     pixels = render(pdf, 1, tmp_path)
     assert (pixels.min(axis=2) < 250).mean() > 0.2
     cl = styles.diverging_classes(units["change_pct"], column="change_pct")
