@@ -91,6 +91,24 @@ def test_write_gpkg_roundtrip_and_table(tmp_path: Path) -> None:
     assert read_table(out, "summary")["units"].tolist() == [3, 4]
 
 
+def test_sha256_once_per_file_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    import geo_pipeline._io as io_mod
+
+    out = tmp_path / "x.gpkg"
+    write_gpkg(out, {"units": _squares()})
+    first = io_mod.sha256(out)
+    assert first == hashlib.sha256(out.read_bytes()).hexdigest()
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    assert io_mod.sha256(out) == first and not opened  # unchanged file: not read again
+    monkeypatch.undo()
+    write_gpkg(out, {"units": _squares().assign(value=[5.0, 6.0])}, overwrite=True)  # replaced
+    assert io_mod.sha256(out) == hashlib.sha256(out.read_bytes()).hexdigest() != first
+
+
 def test_write_gpkg_refuses_overwrite_and_keeps_old_on_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
