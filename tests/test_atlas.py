@@ -10,6 +10,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyogrio
 import pyproj
 import pytest
@@ -161,6 +162,22 @@ def test_simplify_polygons_equals_reference(real_counties: gpd.GeoDataFrame) -> 
         assert list(np.flatnonzero(bad)) == [2]
         assert bool(np.all(shapely.equals_exact(got, expected, tolerance=0)))
         assert shapely.get_num_coordinates(got).sum() < shapely.get_num_coordinates(geoms).sum() / 3
+
+
+def test_prepared_units_equal_the_straightforward_projection(real_counties: gpd.GeoDataFrame) -> None:
+    # prepare_atlas projects halves of the units in two threads: same frame as units.to_crs(...)
+    units = real_counties.to_crs("EPSG:4326").assign(
+        unit_id=lambda d: d["adcode"], province_code=lambda d: d["adcode"].str[:2] + "0000",
+        change_pct=np.linspace(-10, 10, len(real_counties)))
+    units.index = units.index * 3 + 7  # the result has a fresh RangeIndex either way
+    data = atlas.prepare_atlas(units, simplify_m=500.0)
+    expected = units.to_crs(atlas.ALBERS_CHINA).reset_index(drop=True)
+    expected = expected.assign(province_code=expected["province_code"].astype(str))
+    expected = atlas._simplify_polygons(expected, 500.0)
+    assert data.units.crs.equals(expected.crs)
+    pd.testing.assert_frame_equal(data.units.drop(columns="geometry"), expected.drop(columns="geometry"))
+    got, want = data.units.geometry.to_numpy(), expected.geometry.to_numpy()
+    assert bool(shapely.equals_exact(got, want, tolerance=0).all())
 
 
 def test_polygon_paths_are_the_geopandas_paths(real_counties: gpd.GeoDataFrame) -> None:
