@@ -600,11 +600,11 @@ class _PolygonPaths:
     Built from all geometries at once with vectorised shapely calls instead
     of ``GeoDataFrame.plot``'s Python loop over every ring of every polygon
     (one ``PathPatch`` each, then copied into a ``PatchCollection``); the
-    paths, their order and colours are exactly those geopandas draws, so the
-    PDF is byte for byte the same. The national layers' paths are built once
-    and reused on the five national pages. Measured on the real atlas (36
-    pages): drawing the polygons 7.4 s -> 0.5 s (cProfile), atlas stage CPU
-    30.5 s -> 27.0 s.
+    paths, their order and colours are exactly those geopandas draws (an
+    atlas written by one process is byte for byte the same). The national
+    layers' paths are built once and reused on the five national pages.
+    Measured on the real atlas (36 pages): drawing the polygons 7.4 s ->
+    0.5 s (cProfile), atlas stage CPU 30.5 s -> 27.0 s.
     """
 
     paths: list[Any]
