@@ -42,6 +42,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from . import styles
+from ._crs import CHINA_ALBERS
 from ._errors import DataQualityWarning, InputError, MissingInputError
 from ._validate import check_frame
 
@@ -63,10 +64,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Albers equal-area conic for China (standard parallels 25 N / 47 N, central meridian 105 E).
-ALBERS_CHINA = pyproj.CRS.from_proj4(
-    "+proj=aea +lat_0=0 +lon_0=105 +lat_1=25 +lat_2=47 +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs"
-)
+#: The atlas projection: the shared China Albers equal-area CRS of :mod:`geo_pipeline._crs`.
+ALBERS_CHINA = CHINA_ALBERS
 #: Landscape page sizes in inches.
 PAPER_SIZES = {"A4": (11.69, 8.27), "A3": (16.54, 11.69)}
 

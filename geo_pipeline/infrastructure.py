@@ -52,6 +52,7 @@ import pyproj
 import shapely
 from scipy.spatial import cKDTree
 
+from ._crs import CHINA_ALBERS
 from ._errors import CRSError, DataQualityWarning, InputError
 from ._progress import timed
 from ._validate import Kind, check_frame, check_same_crs
@@ -72,11 +73,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Albers equal-area conic for China (WGS84), used for every area in degrees-based input.
-CHINA_ALBERS = (
-    "+proj=aea +lat_0=0 +lon_0=105 +lat_1=25 +lat_2=47 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
-)
 
 #: The two census years the population change is measured between.
 CENSUS_YEARS = (2010, 2020)
