@@ -36,6 +36,7 @@ __all__ = [
     "list_layers",
     "sha256",
     "write_manifest",
+    "attribute_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,18 @@ def _write_layer(path: Path, name: str, frame: pd.DataFrame) -> None:
         pyogrio.write_dataframe(frame, path, promote_to_multi=None, **kwargs)
     else:
         pyogrio.write_dataframe(pd.DataFrame(frame), path, **kwargs)
+
+
+def attribute_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame without its geometry column, as a plain DataFrame (a GeoPackage attribute table).
+
+    The unit polygons (about 4 M vertices, 65-70 MB in a GeoPackage) are stored
+    once, in population.gpkg, and once more in the user-facing shrinkage.gpkg;
+    the other stages' ``units`` layers are attribute tables keyed by ``unit_id``.
+    """
+    if isinstance(frame, gpd.GeoDataFrame):
+        return pd.DataFrame(frame.drop(columns=frame.geometry.name))
+    return pd.DataFrame(frame)
 
 
 def write_csv(path: str | os.PathLike[str], frame: pd.DataFrame, *, overwrite: bool = False) -> Path:

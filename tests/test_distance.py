@@ -423,8 +423,10 @@ def test_cli_writes_layers_and_refuses_overwrite(tmp_path: Path) -> None:
     result = runner.invoke(main, ["-c", str(cfg), "distance"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "data_processed" / "distance.gpkg"
-    assert list_layers(out) == ["units", "cores", "rings", "band_summary"]
+    # spatial layers first, then the attribute tables (units: geometry stored once, in population.gpkg)
+    assert list_layers(out) == ["cores", "rings", "units", "band_summary"]
     units = read_layer(out, "units")
+    assert not isinstance(units, gpd.GeoDataFrame) and "geometry" not in units.columns
     assert units["unit_id"].tolist() == ["u0", "u1", "u2", "u3"]
     assert units["nearest_core"].tolist()[:3] == ["北京", "北京", "广州"]
     assert units["band"].tolist()[:3] == ["0-50 km", "50-100 km", "100-150 km"]

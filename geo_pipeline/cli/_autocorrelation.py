@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from .._errors import ConfigError, GeoPipelineError, InputError
-from .._io import atomic_path, check_writable, read_layer
+from .._io import atomic_path, attribute_table, check_writable, read_layer
 from .._validate import check_frame
 from ..autocorrelation import moran_scatterplot, spatial_autocorrelation, start_warm_up
 from ..weights import UnitWeights, build_weights, weights_key
@@ -213,7 +213,7 @@ def run(ctx: Any, **options: Any) -> None:
         )[["unit_id", "unit_name", "neighbor_id", "neighbor_name", "distance_km", "geometry"]]
     ctx.write_gpkg(
         "autocorrelation.gpkg",
-        {"units": result.units, "global_moran": result.global_moran, "island_links": links},
+        {"units": attribute_table(result.units), "global_moran": result.global_moran, "island_links": links},
     )
     written = {}
     for row in result.global_moran.itertuples(index=False):

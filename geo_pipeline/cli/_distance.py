@@ -13,7 +13,7 @@ import pandas as pd
 
 from .. import distance as dist
 from .._errors import CRSError, InputError, MissingInputError
-from .._io import check_writable, list_layers, read_layer
+from .._io import attribute_table, check_writable, list_layers, read_layer
 from .._validate import check_frame
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ def run(
     out_units = gpd.GeoDataFrame(banded[keep], geometry=banded.geometry.values, crs=banded.crs)
     gpkg = ctx.write_gpkg(
         "distance.gpkg",
-        {"units": out_units, "cores": core_frame, "rings": rings, "band_summary": summary},
+        {"units": attribute_table(out_units), "cores": core_frame, "rings": rings, "band_summary": summary},
     )
     csv = ctx.write_csv("band_summary.csv", summary)
     bands = summary[summary["band_index"] >= 0]

@@ -24,7 +24,7 @@ import pyogrio
 from .. import infrastructure as inf
 from .. import rail
 from .._errors import ConfigError, DataQualityWarning, InputError, MissingInputError
-from .._io import check_writable, read_layer
+from .._io import attribute_table, check_writable, read_layer
 from .._validate import check_frame
 
 if TYPE_CHECKING:
@@ -363,7 +363,7 @@ def run(
             "rail_lines": line_frame,
             "rail_stations": station_frame,
             "corridors": corridors,
-            "units": out_units,
+            "units": attribute_table(out_units),
             "corridor_summary": summary,
         },
     )

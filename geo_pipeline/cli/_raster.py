@@ -11,7 +11,7 @@ import click
 import geopandas as gpd
 
 from .. import raster as rs
-from .._io import check_writable, read_layer
+from .._io import attribute_table, check_writable, read_layer
 from .._validate import check_frame
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def run(
     info = dict(result.attrs.get("raster", {}))
     out = gpd.GeoDataFrame(result, geometry="geometry", crs=result.crs)
     out.attrs = {}
-    gpkg = ctx.write_gpkg("raster.gpkg", {"units": out})
+    gpkg = ctx.write_gpkg("raster.gpkg", {"units": attribute_table(out)})
     total = float(out["pop_raster_sum"].sum())
     ctx.manifest(
         inputs={"population": pop_path, "raster": path},
