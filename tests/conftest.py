@@ -23,6 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("GEO_PIPELINE_MIRROR") or ROOT.parent / "shared" / "data").resolve()
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``qgis`` skip without python3-qgis; fail with GEO_PIPELINE_REQUIRE_QGIS=1 (_qgis.py)."""
+    if item.get_closest_marker("qgis") is not None:
+        from _qgis import require_qgis
+
+        require_qgis()
+
+
 @pytest.fixture(scope="session")
 def mirror() -> Path:
     """The folder holding the real input data (fails loudly when absent)."""

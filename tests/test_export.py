@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyogrio
 import pytest
+from _qgis import qgis_json
 from click.testing import CliRunner
 from shapely.geometry import LineString, Point, box
 
@@ -24,7 +23,6 @@ from geo_pipeline.cli import main
 from geo_pipeline.export import assemble_layers, merge_unit_columns, write_styled_gpkg
 
 ROOT = Path(__file__).resolve().parents[1]
-QGIS_PYTHON = "/usr/bin/python3"
 QGIS_CHECK = ROOT / "tests" / "qgis_check.py"
 
 # 4 x 3 grid of 0.5-degree squares around 110-112 E, 30-31.5 N; two provinces (columns 0-1 and 2-3).
@@ -366,19 +364,8 @@ def test_export_refuses_to_overwrite(exported: tuple[Path, dict[str, pd.DataFram
 
 # -- real QGIS ----------------------------------------------------------------------------
 def qgis_report(path: Path) -> dict:
-    """Run tests/qgis_check.py under the system Python with python3-qgis; fail clearly without it."""
-    probe = subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.fail(
-            f"{QGIS_PYTHON} cannot import qgis.core ({probe.stderr.strip()[-200:]}); install Debian's "
-            "python3-qgis (apt-get install python3-qgis; .ci/run does this)"
-        )
-    proc = subprocess.run(
-        [QGIS_PYTHON, str(QGIS_CHECK), str(path)], capture_output=True, text=True, timeout=600,
-        env={"QT_QPA_PLATFORM": "offscreen", "PATH": "/usr/bin:/bin", "HOME": str(path.parent)},
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run tests/qgis_check.py in headless QGIS (skipped without python3-qgis, see tests/_qgis.py)."""
+    return qgis_json(QGIS_CHECK, path, home=path.parent)
 
 
 def check_qgis_report(report: dict, path: Path) -> None:
@@ -421,7 +408,6 @@ def test_qgis_round_trip(exported: tuple[Path, dict[str, pd.DataFrame]]) -> None
 
 # -- real data ------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.qgis
 def test_export_real_data(run_stage: Callable[[str], Path]) -> None:
     processed = run_stage("export")
     path = processed / "shrinkage.gpkg"
@@ -433,4 +419,4 @@ def test_export_real_data(run_stage: Callable[[str], Path]) -> None:
     assert len(units) == len(population) and units["unit_id"].is_unique
     assert int(units["pop_2020"].sum()) == int(population["pop_2020"].sum())
     assert any(c.startswith("lisa_") for c in units.columns)
-    check_qgis_report(qgis_report(path), path)
+    check_qgis_report(qgis_report(path), path)  # last: skipped here without python3-qgis (tests/_qgis.py)
