@@ -84,6 +84,7 @@ __all__ = [
     "check_totals",
     "load_corrections",
     "apply_corrections",
+    "correction_action",
     "CORRECTION_COLUMNS",
     "normalise_name",
     "name_stem",
@@ -409,6 +410,31 @@ def apply_corrections(table: pd.DataFrame, corrections: pd.DataFrame, *, year: i
         else:
             raise InputError(f"census correction {year} {c.code}: unknown action {c.action!r}")
     return out
+
+
+_CORRECTION_NOTES = (
+    ("figures swapped with row ", "swap_values"),
+    ("code corrected from ", "recode"),
+    ("name corrected from ", "rename"),
+)
+
+
+def correction_action(note: Any) -> str | None:
+    """The correction action recorded in a row's ``note`` by :func:`apply_corrections`, or None.
+
+    Examples
+    --------
+    >>> correction_action("figures swapped with row 230110 (census_corrections.csv): ...")
+    'swap_values'
+    >>> correction_action(None) is None
+    True
+    """
+    if not isinstance(note, str):
+        return None
+    for prefix, action in _CORRECTION_NOTES:
+        if note.startswith(prefix):
+            return action
+    return None
 
 
 def read_city_table(path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -74,6 +74,7 @@ __all__ = [
     "assign_bands",
     "band_labels",
     "band_summary",
+    "band_summary_by",
     "cores_from_frame",
     "default_cores",
     "distance_bands",
@@ -682,6 +683,64 @@ def band_summary(
         "lower_km": float, "upper_km": float, "shrinking_share": float, "pop_weighted_change_pct": float,
         "median_change_pct": float, "net_outflow_share": float,
     })
+
+
+def band_summary_by(
+    units: pd.DataFrame,
+    by: str,
+    *,
+    breaks_km: Sequence[float] = DEFAULT_BREAKS_KM,
+    groups: Sequence[str] | None = None,
+    include_all: bool = True,
+) -> pd.DataFrame:
+    """:func:`band_summary` for each group of units (e.g. per region or unit kind).
+
+    Parameters
+    ----------
+    units : pandas.DataFrame
+        As for :func:`band_summary`, plus the column ``by``.
+    by : str
+        Grouping column, e.g. ``"region"`` or ``"unit_kind"``.
+    breaks_km : sequence of float, default (50, 100, 150)
+        The band edges used to make ``band_index``.
+    groups : sequence of str, optional
+        Groups in output order; every group gets all its bands, also when it
+        has no units (zero counts, NaN shares). Default: the sorted values
+        present. Values of ``by`` not listed are an error.
+    include_all : bool, default True
+        Append, per group, the row ``band = "all"`` (``band_index = -1``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Column ``by`` followed by :data:`SUMMARY_COLUMNS`; one block of rows
+        per group. Summed over the groups, the band rows of each band give the
+        counts and populations of :func:`band_summary` over all units.
+
+    Raises
+    ------
+    InputError
+        Missing column ``by``, missing group values, values not in ``groups``,
+        or the errors of :func:`band_summary`.
+    """
+    check_frame(units, name="units", columns=[by], not_null=[by]).raise_if_any()
+    values = units[by].astype(str)
+    order = list(groups) if groups is not None else sorted(values.unique())
+    unknown = sorted(set(values) - set(order))
+    if unknown:
+        raise InputError(f"units: column {by!r} has values {unknown} outside the groups {order}")
+    parts = []
+    for g in order:
+        part = band_summary(units[values.eq(g).to_numpy()], breaks_km=breaks_km, include_all=include_all)
+        part.insert(0, by, g)
+        parts.append(part)
+    if not parts:
+        empty = band_summary(units.iloc[:0], breaks_km=breaks_km, include_all=include_all).iloc[:0]
+        empty.insert(0, by, pd.Series(dtype=object))
+        return empty
+    out = pd.concat(parts, ignore_index=True)
+    out[by] = out[by].astype(object)
+    return out
 
 
 # -- rings --------------------------------------------------------------------------------------

@@ -102,6 +102,12 @@ _FIELD_DESCRIPTIONS = {
     "hukou_2010": "Registered (hukou) population, 2010 census",
     "net_outflow_ratio": "Net outflow ratio = (hukou_2010 - pop_2010) / hukou_2010; positive: net outflow",
     "net_outflow": "True when the net outflow ratio is positive (more registered than resident people)",
+    "region": "NBS economic region of the province: East, Central, West or Northeast",
+    "region_zh": "Economic region in Chinese: 东部, 中部, 西部, 东北",
+    "unit_kind": "Kind of county unit: district (市辖区), city (county-level), county, other (banner, "
+                 "特区, 林区), mixed (merged units of several kinds)",
+    "comparable": "False when the population is not comparable between the censuses (e.g. Sansha: "
+                  "2010 rows empty); left out of weights and statistics",
     "pop_raster_sum": "Sum of gridded population inside the unit",
     "pop_raster_mean": "Mean gridded population density inside the unit",
     "pop_centroid_lon": "Longitude of the population-weighted centroid",

@@ -21,6 +21,21 @@ cannot be matched one to one into one analysis unit, and computes per unit:
     positive ratio (``net_outflow``) means more people left than arrived.
     **2010 only**: the 2020 county table has no hukou total, so net outflow
     cannot be computed for 2020.
+``region``, ``region_zh``, ``unit_kind``
+    The NBS economic region of the unit's province (East/Central/West/
+    Northeast; None outside the 31 mainland provinces) and the administrative
+    kind of its polygons (district, city,
+    county, other, or mixed for a merged unit of several kinds); see
+    :mod:`geo_pipeline.regions`.
+``comparable``
+    False when the unit's population is not comparable between the censuses.
+    Rule: a unit is not comparable when one of its census unit rows has no
+    population figure (the territory was listed but not enumerated in that
+    census) or when it has rows of one census year only. On the real tables
+    exactly one unit is not comparable: 三沙 (西沙区+南沙区), whose 2010 rows
+    南沙群岛 and 中沙群岛的岛礁及其海域 are empty, so that its 2010 figure (444,
+    西沙群岛 only) is not the territory of its 2020 figure (2,333; +425 %).
+    Later stages leave such units out of weights and statistics.
 
 Every census row and every polygon is accounted for in the match report
 (:func:`match_report`); the sums of the units equal the province rows of both
@@ -43,8 +58,9 @@ import shapely
 
 from ._errors import DataQualityWarning, InputError
 from ._validate import Kind, check_frame
-from .census import AGGREGATE_KINDS, CENSUS_ROW_COLUMNS, check_totals
+from .census import AGGREGATE_KINDS, CENSUS_ROW_COLUMNS, check_totals, correction_action
 from .crosswalk import harmonise, match_census_rows
+from .regions import county_kind, region_of, unit_kind
 
 __all__ = [
     "UNIT_COLUMNS",
@@ -73,7 +89,8 @@ INDICATOR_COLUMNS = [
 #: Columns of the ``units`` layer (data contract) plus provenance columns.
 UNIT_COLUMNS = [
     "unit_id", "name", "province", "province_code", "prefecture", "prefecture_code", "level",
-    "n_members", *INDICATOR_COLUMNS, "members", "rows_2010", "rows_2020", "method", "geometry",
+    "n_members", *INDICATOR_COLUMNS, "region", "region_zh", "unit_kind", "comparable",
+    "members", "rows_2010", "rows_2020", "method", "geometry",
 ]
 
 #: Columns of the ``prefectures`` layer.
@@ -399,6 +416,15 @@ def _units(
     unit_methods = _collect(lk["unit_id"], lk["method"])
     out["method"] = [_methods_text(unit_methods.get(u, [])) or None for u in out.index]
     out = add_indicators(out, shrink_threshold_pct=shrink_threshold_pct)
+    # provinces outside the 31 of regions.csv (synthetic data) get no region
+    regions = region_of(out["province_code"], source="counties layer", strict=False)
+    out["region"] = regions["region"].to_numpy()
+    out["region_zh"] = regions["region_zh"].to_numpy()
+    kinds = _collect(attrs["unit_id"], [county_kind(n) for n in attrs["name"]])
+    out["unit_kind"] = [unit_kind(map(str, kinds[u])) for u in out.index]
+    # comparable: every census row of the unit has a population figure, in both years
+    empty = cr.loc[cr["pop"].isna(), "unit_id"]
+    out["comparable"] = ~out.index.isin(empty) & out["rows_2010"].gt(0) & out["rows_2020"].gt(0)
     out = out.reset_index()
     geoms = _unit_geometries(counties, attrs[["adcode", "unit_id"]], out["unit_id"])
     gdf = gpd.GeoDataFrame(out, geometry=geoms, crs=counties.crs)
@@ -437,7 +463,7 @@ def _empty_units(crs: object) -> gpd.GeoDataFrame:
         frame[c] = frame[c].astype("Int64")
     for c in ("change_pct", "annual_rate", "net_outflow_ratio"):
         frame[c] = frame[c].astype("float64")
-    for c in ("shrinking", "net_outflow"):
+    for c in ("shrinking", "net_outflow", "comparable"):
         frame[c] = frame[c].astype(bool)
     return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], crs=crs), crs=crs)[UNIT_COLUMNS]
 
@@ -493,7 +519,11 @@ def match_report(
         unit), ``aggregate`` (total row, not counted; ``kind`` says which),
         ``blank``, ``note``, ``unmatched`` (unit row without polygon) or
         ``no_census`` (polygon without census row). ``reason`` explains
-        aggregates, table links and unmatched items.
+        aggregates, table links and unmatched items. ``method`` of a census
+        row corrected by ``census_corrections.csv`` ends in
+        ``+corrected:<action>`` (``swap_values``: 2010 平房区/香坊区 and
+        伊宁市/奎屯市; ``rename``: 2010 丰南区/丰润区; ``recode``: 2020
+        五台山风景名胜区), and its ``reason`` quotes the correction.
     """
     no_census = no_census or {}
     node_unit = membership.set_index("node")["unit_id"].to_dict()
@@ -514,6 +544,9 @@ def match_report(
             if r.census_id in row_methods:
                 rec["status"] = "matched"
                 rec["method"] = _methods_text(row_methods[r.census_id])
+                action = correction_action(r.note)
+                if action is not None:  # e.g. 2010 平房区/香坊区 figures printed on each other's row
+                    rec["method"] = f"{rec['method']}+corrected:{action}"
                 rec["unit_id"] = node_unit.get(f"census:{r.census_id}")
                 rec["adcodes"] = ";".join(sorted(map(str, row_adcodes[r.census_id])))
                 rec["reason"] = " | ".join(map(str, table_reason.get(r.census_id, row_details[r.census_id])))

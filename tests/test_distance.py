@@ -24,6 +24,7 @@ from geo_pipeline.distance import (
     assign_bands,
     band_labels,
     band_summary,
+    band_summary_by,
     cores_from_frame,
     default_cores,
     distance_bands,
@@ -343,6 +344,39 @@ def test_band_summary_hand_computed() -> None:
         band_summary(frame.drop(columns=["shrinking"]))
 
 
+def test_band_summary_by_group_sums_to_the_national_summary() -> None:
+    frame = pd.DataFrame({
+        "band_index": [0, 0, 2, 2, 2, 3],
+        "pop_2010": [100, 300, 1000, 2000, 500, 50],
+        "pop_2020": [150, 270, 900, 2100, 400, 40],
+        "change_pct": [50.0, -10.0, -10.0, 5.0, -20.0, -20.0],
+        "shrinking": [False, True, True, False, True, True],
+        "region": ["East", "West", "East", "West", "West", "West"],
+    })
+    by = band_summary_by(frame, "region", groups=["East", "Central", "West"])
+    assert list(by.columns) == ["region", *SUMMARY_COLUMNS]
+    assert by["region"].tolist() == ["East"] * 5 + ["Central"] * 5 + ["West"] * 5
+    east = by[by["region"] == "East"].set_index("band")
+    assert east["n_units"].tolist() == [1, 0, 1, 0, 2]
+    assert east.loc["100-150 km", "pop_weighted_change_pct"] == pytest.approx(-10.0)
+    west = by[by["region"] == "West"].set_index("band")
+    assert west.loc["100-150 km", "shrinking_share"] == pytest.approx(0.5)
+    assert west.loc["100-150 km", "pop_weighted_change_pct"] == pytest.approx(100 * (2500 - 2500) / 2500)
+    central = by[by["region"] == "Central"]
+    assert (central["n_units"] == 0).all() and central["shrinking_share"].isna().all()
+    # band rows summed over the groups = the national summary
+    nat = band_summary(frame).set_index("band")
+    summed = by.groupby("band", sort=False)[["n_units", "n_shrinking", "pop_2010", "pop_2020"]].sum()
+    for col in ("n_units", "n_shrinking", "pop_2010", "pop_2020"):
+        assert summed[col].to_dict() == nat[col].to_dict()
+    with pytest.raises(InputError, match="outside the groups"):
+        band_summary_by(frame, "region", groups=["East"])
+    with pytest.raises(InputError, match="missing column"):
+        band_summary_by(frame, "unit_kind")
+    empty = band_summary_by(frame.iloc[:0], "region")
+    assert len(empty) == 0 and list(empty.columns) == ["region", *SUMMARY_COLUMNS]
+
+
 # -- rings --------------------------------------------------------------------------------------
 
 
@@ -607,8 +641,9 @@ def test_real_counties_distance_stage(run_stage: Callable[[str], Path]) -> None:
     csv = pd.read_csv(processed / "band_summary.csv", encoding="utf-8-sig")
     assert len(units) == len(population) and set(units["unit_id"]) == set(population["unit_id"])
     bands = summary[summary["band"] != "all"]
-    assert bands["n_units"].sum() == len(population)
-    assert bands["pop_2020"].sum() == int(population["pop_2020"].sum())
+    comparable = population[population["comparable"].astype(bool)]  # Sansha is left out of summaries
+    assert bands["n_units"].sum() == len(comparable) == len(population) - 1
+    assert bands["pop_2020"].sum() == int(comparable["pop_2020"].sum())
     assert csv["n_units"].tolist() == summary["n_units"].tolist()
     # Beijing's core districts are nearest to 北京 and within 50 km.
     dongcheng = units[units["name"].astype(str).str.contains("东城区") & (units["province"] == "北京市")]
@@ -622,3 +657,33 @@ def test_real_counties_distance_stage(run_stage: Callable[[str], Path]) -> None:
     # A planar Albers distance moves some counties across a band edge; the geodesic banding is kept.
     diag = planar_band_changes(units, cores)
     assert 0 < int(diag["band_changed"].sum()) < 0.05 * len(units)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
+def test_real_band_summary_by_region_and_kind(run_stage: Callable[[str], Path]) -> None:
+    _stages_available("fetch", "boundaries", "population", "raster")
+    processed = run_stage("distance")
+    units = read_layer(processed / "distance.gpkg", "units")
+    national = read_table(processed / "distance.gpkg", "band_summary").set_index("band")
+    # Sansha (comparable = False) is left out of every summary
+    assert units.loc[~units["comparable"].astype(bool), "unit_id"].tolist() == ["460301"]
+    assert national.loc["all", "n_units"] == len(units) - 1
+    for layer, col, groups in (
+        ("band_summary_by_region", "region", ["East", "Central", "West", "Northeast"]),
+        ("band_summary_by_kind", "unit_kind", ["district", "city", "county", "other", "mixed"]),
+    ):
+        by = read_table(processed / "distance.gpkg", layer)
+        csv = pd.read_csv(processed / f"{layer}.csv", encoding="utf-8-sig")
+        assert csv[col].tolist() == by[col].tolist() and csv["n_units"].tolist() == by["n_units"].tolist()
+        assert list(dict.fromkeys(by[col])) == groups and len(by) == len(groups) * len(national)
+        summed = by.groupby("band", sort=False)[["n_units", "n_shrinking", "pop_2010", "pop_2020"]].sum()
+        for c in ("n_units", "n_shrinking", "pop_2010", "pop_2020"):
+            assert summed[c].to_dict() == national[c].to_dict(), (layer, c)
+        # each group's row "all" is recomputed from the units
+        comparable = units[units["comparable"].astype(bool)]
+        for g, part in comparable.groupby(col):
+            row = by[(by[col] == g) & (by["band"] == "all")].iloc[0]
+            assert row["n_units"] == len(part) and row["n_shrinking"] == int(part["shrinking"].sum())
+            p10, p20 = part["pop_2010"].sum(), part["pop_2020"].sum()
+            assert row["pop_weighted_change_pct"] == pytest.approx(100 * (p20 - p10) / p10)

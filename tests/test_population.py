@@ -611,6 +611,39 @@ def test_real_known_cases(real_result: object, real_rows: dict[int, pd.DataFrame
     assert not u["province"].str.contains("+", regex=False).any()
 
 
+def test_real_regions_kinds_and_comparable(real_result: object) -> None:
+    res, layers = real_result
+    u = res.units
+    # the four NBS regions cover every unit
+    assert u["region"].notna().all()
+    assert u["region"].value_counts().to_dict() == {
+        "West": 1069, "East": 727, "Central": 673, "Northeast": 265}
+    assert u.groupby("region")["province_code"].nunique().to_dict() == {
+        "East": 10, "Central": 6, "West": 12, "Northeast": 3}
+    assert (u["region_zh"].map({"东部": "East", "中部": "Central", "西部": "West", "东北": "Northeast"})
+            == u["region"]).all()
+    assert u["unit_kind"].value_counts().to_dict() == {
+        "county": 1388, "district": 887, "city": 382, "other": 54, "mixed": 23}
+    by_id = u.set_index("unit_id")
+    assert by_id.loc["130702", "unit_kind"] == "district"  # 桥东区+宣化区
+    assert by_id.loc["130306", "unit_kind"] == "mixed"  # 抚宁区+昌黎县
+    assert by_id.loc["441900", "unit_kind"] == "city"  # 东莞: a prefecture-level city without districts
+    assert by_id.loc["429021", "unit_kind"] == "other"  # 神农架林区
+    # single-polygon units: the kind follows the polygon's name suffix
+    single = u[u["n_members"] == 1]
+    assert (single.loc[single["name"].str.endswith("县"), "unit_kind"] == "county").all()
+    assert (single.loc[single["name"].str.endswith("旗"), "unit_kind"] == "other").all()
+    # Sansha is the only unit whose population is not comparable (2010 南沙/中沙 rows are empty)
+    assert u.loc[~u["comparable"], "unit_id"].tolist() == ["460301"]
+    # every 2010 correction is in the match report's method column
+    rep = res.match_report
+    corrected = rep[rep["method"].fillna("").str.contains("corrected:")].set_index("census_id")
+    assert sorted(corrected["name"]) == sorted(["平房区", "香坊区", "伊宁市", "奎屯市", "丰南区", "丰润区",
+                                               "五台山风景名胜区"])
+    assert set(corrected.loc[corrected["name"].isin(["平房区", "香坊区"]), "method"]) == {
+        "code+corrected:swap_values"}
+
+
 def test_real_prefectures(real_result: object, mirror: Path) -> None:
     res, layers = real_result
     city = read_city_table(mirror / CENSUS / "census_city_2010-2020_v1.csv")

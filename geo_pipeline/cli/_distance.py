@@ -24,8 +24,13 @@ log = logging.getLogger("geo_pipeline.cli.distance")
 #: Population indicator columns copied into distance.gpkg/units for convenience.
 INDICATORS = [
     "pop_2010", "pop_2020", "change", "change_pct", "annual_rate", "shrinking",
-    "hukou_2010", "net_outflow_ratio", "net_outflow",
+    "hukou_2010", "net_outflow_ratio", "net_outflow", "region", "region_zh", "unit_kind", "comparable",
 ]
+#: Grouped band summaries: grouping column -> (output name, group order).
+GROUPED_SUMMARIES = {
+    "region": ("band_summary_by_region", ("East", "Central", "West", "Northeast")),
+    "unit_kind": ("band_summary_by_kind", ("district", "city", "county", "other", "mixed")),
+}
 _ID_COLUMNS = ["unit_id", "name", "province", "prefecture"]
 
 
@@ -130,7 +135,10 @@ def run(
     unit's representative point to the nearest core (default: 9 national central
     cities and 31 provincial capitals), cuts it into bands [0,50), [50,100),
     [100,150), 150+ km, and writes data_processed/distance.gpkg (layers units,
-    cores, rings, band_summary) and data_processed/band_summary.csv.
+    cores, rings, band_summary, band_summary_by_region, band_summary_by_kind)
+    and the summaries as CSV (band_summary.csv, band_summary_by_region.csv,
+    band_summary_by_kind.csv). Units with comparable = False are left out of
+    the summaries.
     """
     s = ctx.settings.distance
     cores_set = cores or s.cores
@@ -138,7 +146,8 @@ def run(
     point = point or s.point
     breaks = list(breaks_km) if breaks_km is not None else list(s.breaks_km)
     dist.band_labels(breaks)  # validates the breaks before any reading
-    for name in ("distance.gpkg", "band_summary.csv"):  # fail before the work, not after
+    csv_names = ["band_summary.csv", *(f"{n}.csv" for n, _ in GROUPED_SUMMARIES.values())]
+    for name in ("distance.gpkg", *csv_names):  # fail before the work, not after
         check_writable(ctx.output(name), overwrite=ctx.overwrite)
 
     pop_path = ctx.output("population.gpkg")
@@ -183,7 +192,20 @@ def run(
 
     t0 = time.perf_counter()
     banded = dist.distance_bands(units, core_frame, breaks_km=breaks, point=point)
-    summary = dist.band_summary(banded, breaks_km=breaks)
+    # units whose population is not comparable between the censuses (Sansha) are left out of the summaries
+    if "comparable" in banded.columns:
+        comparable = banded["comparable"].astype("boolean").fillna(True).to_numpy(dtype=bool)
+    else:
+        comparable = pd.Series(True, index=banded.index).to_numpy(dtype=bool)
+    summed = banded[comparable]
+    summary = dist.band_summary(summed, breaks_km=breaks)
+    grouped = {}
+    for col, (name, order) in GROUPED_SUMMARIES.items():
+        if col in summed.columns:  # units outside the 31 provinces (synthetic data) have no region
+            values = summed[col].astype(object).where(summed[col].notna(), "unknown")
+            extra = ["unknown"] if (values == "unknown").any() else []
+            grouped[name] = dist.band_summary_by(summed.assign(**{col: values}), col, breaks_km=breaks,
+                                                 groups=[*order, *extra])
     rings = dist.geodesic_rings(core_frame, radii_km=breaks)
     elapsed = time.perf_counter() - t0
 
@@ -191,9 +213,12 @@ def run(
     out_units = gpd.GeoDataFrame(banded[keep], geometry=banded.geometry.values, crs=banded.crs)
     gpkg = ctx.write_gpkg(
         "distance.gpkg",
-        {"units": attribute_table(out_units), "cores": core_frame, "rings": rings, "band_summary": summary},
+        {"units": attribute_table(out_units), "cores": core_frame, "rings": rings, "band_summary": summary,
+         **grouped},
     )
     csv = ctx.write_csv("band_summary.csv", summary)
+    csvs = {name: ctx.write_csv(f"{name}.csv", table) for name, table in grouped.items()}
+    excluded = banded.loc[~comparable, "unit_id"].astype(str).tolist()
     bands = summary[summary["band_index"] >= 0]
     shares = ", ".join(
         f"{b}: {sh:.0%} shrinking" if pd.notna(sh) else f"{b}: no units"
@@ -201,9 +226,10 @@ def run(
     )
     ctx.manifest(
         inputs=inputs,
-        outputs={"distance": gpkg, "band_summary": csv},
+        outputs={"distance": gpkg, "band_summary": csv, **csvs},
         parameters={"cores": cores_desc, "point": point, "breaks_km": breaks},
         summary={"units": len(banded), "cores": len(core_frame), "seconds": round(elapsed, 3),
+                 "units_not_comparable_left_out_of_summaries": excluded,
                  "n_units_per_band": dict(zip(bands["band"], bands["n_units"].tolist(), strict=True))},
     )
     log.info(
