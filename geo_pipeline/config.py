@@ -202,6 +202,16 @@ class InfrastructureSettings:
         file that the station layer lacks (approximate positions).
     utilisation_quantile : without design capacities, a line's utilisation
         proxy is its key-station trains per day over this quantile of its class.
+    geometry : with ``lines = "corridors"``: ``"threaded"`` rebuilds each line
+        through the stations it serves between its key stations
+        (geo_pipeline.rail_geometry), ``"straight"`` keeps the straight
+        key-station segments.
+    thread_max_lateral_km : a station in the train counts may lie this far
+        from its key-station segment to be threaded.
+    thread_max_lateral_km_conventional : the same for other train stations
+        (conventional lines only).
+    thread_max_detour : a threaded station may lengthen the path between its
+        two neighbours by at most this ratio (0.25 = 25 %).
     """
 
     lines: str = "corridors"
@@ -214,6 +224,10 @@ class InfrastructureSettings:
     hsr_min_trains: int = 1
     add_key_stations: bool = True
     utilisation_quantile: float = 0.9
+    geometry: str = "threaded"
+    thread_max_lateral_km: float = 30.0
+    thread_max_lateral_km_conventional: float = 10.0
+    thread_max_detour: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -448,6 +462,16 @@ def _check_choices(s: Settings, source: str) -> None:
             raise ConfigError(f"{source}: [infrastructure] {key} must be in (0, 1], found {getattr(inf, key)}")
     if not inf.corridor_buffer_km > 0 or inf.hsr_min_trains < 1:
         raise ConfigError(f"{source}: [infrastructure] corridor_buffer_km > 0 and hsr_min_trains >= 1 required")
+    if inf.geometry not in ("threaded", "straight"):
+        raise ConfigError(
+            f"{source}: [infrastructure] geometry = {inf.geometry!r}; expected 'threaded' or 'straight'"
+        )
+    if not (inf.thread_max_lateral_km > 0 and inf.thread_max_lateral_km_conventional > 0
+            and inf.thread_max_detour >= 0):
+        raise ConfigError(
+            f"{source}: [infrastructure] thread_max_lateral_km and thread_max_lateral_km_conventional must "
+            "be > 0 and thread_max_detour >= 0"
+        )
     layer_suffixes = (".gpkg", ".geojson", ".json", ".shp", ".zip")
     if inf.lines not in ("corridors", "osm") and not inf.lines.lower().endswith(layer_suffixes):
         raise ConfigError(

@@ -561,8 +561,13 @@ def test_cli_writes_layers_and_refuses_overwrite(tmp_path: Path) -> None:
     result = runner.invoke(main, ["-c", str(cfg), "infrastructure"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     gpkg = tmp_path / "data_processed" / "infrastructure.gpkg"
-    assert set(list_layers(gpkg)) == {"rail_lines", "rail_stations", "corridors", "units", "corridor_summary"}
+    assert set(list_layers(gpkg)) == {
+        "rail_lines", "rail_stations", "corridors", "units", "corridor_summary", "geometry_check"}
     units = read_layer(gpkg, "units").set_index("unit_id")
+    assert units["in_corridor"].equals(units["in_corridor_threaded"])  # threaded is the default
+    check = read_table(gpkg, "geometry_check")
+    offsets = check.loc[(check["track"] == "all") & (check["measure"] == "mean_m")].set_index("geometry")
+    assert offsets.loc["threaded", "value"] < 0.75 * offsets.loc["straight", "value"]
     assert units.loc["110101", "in_corridor"] and units.loc["310101", "in_corridor"]
     assert not units.loc["542523", "in_corridor"] and units.loc["542523", "hsr_station_km"] > 500
     assert units.loc["310101", "hsr_station_km"] < 20  # Shanghai station/Hongqiao are close
@@ -571,7 +576,7 @@ def test_cli_writes_layers_and_refuses_overwrite(tmp_path: Path) -> None:
     csv = pd.read_csv(tmp_path / "data_processed" / "corridor_summary.csv", encoding="utf-8-sig")
     assert len(csv) == len(summary)
     lines = read_layer(gpkg, "rail_lines")
-    assert lines["approximate"].all()
+    assert lines["approximate"].all() and (lines["geometry_source"] == "threaded").all()
     import sqlite3
 
     with sqlite3.connect(gpkg) as con:
@@ -609,6 +614,24 @@ def test_cli_osm_lines_and_options(tmp_path: Path) -> None:
     assert not units["hsr_crosses"].any()  # the OSM lines here are conventional
     corridors = read_layer(gpkg, "corridors")
     assert corridors.empty
+
+
+def test_cli_straight_geometry_option(tmp_path: Path) -> None:
+    cfg = _workdir(tmp_path, _small_units(), 'geometry = "straight"\n')
+    result = CliRunner().invoke(main, ["-c", str(cfg), "infrastructure"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    gpkg = tmp_path / "data_processed" / "infrastructure.gpkg"
+    lines = read_layer(gpkg, "rail_lines")
+    assert (lines["geometry_source"] == "straight").all()
+    raw = gpd.read_file(RAIL / "approx_corridors_keystations.geojson").set_index("line")
+    row = lines.set_index("name").loc["京沪高铁"]
+    assert shapely.equals_exact(row.geometry, raw.loc["京沪高铁", "geometry"], tolerance=0)
+    units = read_layer(gpkg, "units")
+    assert units["in_corridor"].equals(units["in_corridor_straight"])
+    (tmp_path / "bad").mkdir()
+    bad = _workdir(tmp_path / "bad", _small_units(), 'geometry = "curvy"\n')
+    res = CliRunner().invoke(main, ["-c", str(bad), "infrastructure"])
+    assert res.exit_code == 2 and "threaded" in res.output
 
 
 def test_cli_osm_without_file_is_config_error(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import pyogrio
 
 from .. import infrastructure as inf
 from .. import rail
+from .. import rail_geometry as rgeo
 from .._errors import ConfigError, DataQualityWarning, InputError, MissingInputError
 from .._io import attribute_table, check_writable, read_layer
 from .._validate import check_frame
@@ -37,6 +38,8 @@ CATALOGUE = Path("rail") / "railways_lines.csv"
 CORRIDORS = Path("rail") / "approx_corridors_keystations.geojson"
 TRAIN_COUNTS = Path("rail") / "derived_station_train_counts.csv"
 OSM_STATIONS = Path("rail") / "osm_railway_stations.zip"
+#: OSM extract whose railway ways check the line geometry (Guixi: 沪昆线, 皖赣线).
+CHECK_OSM = Path("osm") / "guixi_jiangxi.osm"
 
 _ID_COLUMNS = ["unit_id", "name", "province", "prefecture"]
 _INDICATORS = ["pop_2010", "pop_2020", "change_pct", "shrinking"]
@@ -55,6 +58,9 @@ DESCRIPTIONS = {
     "equal-area).",
     "corridor_summary": "Shrinkage inside vs outside high-speed corridors and by period of first service; "
     "census years 2010 and 2020 only, descriptive.",
+    "geometry_check": "Straight vs threaded line geometry: distance from points every 100 m along the OSM "
+    "tracks of the Guixi extract to our line of the same name (metres), and the change in corridor "
+    "membership of the units.",
 }
 
 OPTIONS = [
@@ -224,7 +230,7 @@ def run(
         raise ConfigError(
             "lines or stations = 'osm' needs an OSM file: set [infrastructure] osm_file or --osm-file"
         )
-    for name in ("infrastructure.gpkg", "corridor_summary.csv"):  # fail before the work, not after
+    for name in ("infrastructure.gpkg", "corridor_summary.csv", "geometry_check.csv"):  # fail before the work
         check_writable(ctx.output(name), overwrite=ctx.overwrite)
 
     pop_path = ctx.output("population.gpkg")
@@ -337,6 +343,15 @@ def run(
             reference_quantile=s.utilisation_quantile,
         )
 
+        # -- geometry: threaded through the stations, or straight -----------------------------------
+        versions: dict[str, gpd.GeoDataFrame] = {}
+        if lines_src == "corridors" and raw_corridors is not None:
+            versions = _line_versions(line_frame, raw_corridors, station_frame, train_counts, s)
+            line_frame = versions[s.geometry]
+        else:
+            line_frame = line_frame.assign(geometry_source=str(line_frame["source"].iloc[0])
+                                           if len(line_frame) else "")
+
         # -- overlay --------------------------------------------------------------------------------
         buffers = inf.corridor_buffers(line_frame, buffer_km=buffer)
         overlay = inf.unit_overlay(
@@ -347,6 +362,22 @@ def run(
             min_share=s.corridor_min_share,
             buffers=buffers,
         )
+        check = None
+        if versions:
+            other = "straight" if s.geometry == "threaded" else "threaded"
+            alt = inf.unit_overlay(units, versions[other], station_frame, buffer_km=buffer,
+                                   min_share=s.corridor_min_share)
+            by_version = {s.geometry: overlay, other: alt}
+            change = rgeo.membership_change(by_version["straight"], by_version["threaded"])
+            overlay = overlay.assign(
+                in_corridor_straight=by_version["straight"]["in_corridor"].to_numpy(),
+                in_corridor_threaded=by_version["threaded"]["in_corridor"].to_numpy(),
+            )
+            check_path = ctx.raw / CHECK_OSM
+            if check_path.is_file():
+                inputs["check_osm"] = check_path
+            check = _geometry_check(versions, change, check_path if check_path.is_file() else None,
+                                    catalogue, reference)
         corridors = inf.dissolve_corridors(buffers, approximate=bool(line_frame["approximate"].any()))
         summary = inf.corridor_summary(units, overlay)
     elapsed = time.perf_counter() - t0
@@ -356,23 +387,27 @@ def run(
     table_units = pd.DataFrame(units[ids + extra]).assign(unit_id=lambda d: d["unit_id"].astype(str))
     joined = table_units.merge(pd.DataFrame(overlay.drop(columns=overlay.geometry.name)), on="unit_id")
     cols = ids + [c for c in inf.UNIT_COLUMNS if c != "unit_id"] + extra
+    cols += [c for c in ("in_corridor_straight", "in_corridor_threaded") if c in joined.columns]
     out_units = gpd.GeoDataFrame(joined[cols], geometry=overlay.geometry.to_numpy(), crs=units.crs)
-    gpkg = ctx.write_gpkg(
-        "infrastructure.gpkg",
-        {
-            "rail_lines": line_frame,
-            "rail_stations": station_frame,
-            "corridors": corridors,
-            "units": attribute_table(out_units),
-            "corridor_summary": summary,
-        },
-    )
+    layers: dict[str, pd.DataFrame] = {
+        "rail_lines": line_frame,
+        "rail_stations": station_frame,
+        "corridors": corridors,
+        "units": attribute_table(out_units),
+        "corridor_summary": summary,
+    }
+    if check is not None:
+        layers["geometry_check"] = check
+    gpkg = ctx.write_gpkg("infrastructure.gpkg", layers)
     descriptions = dict(DESCRIPTIONS)
     if bool(line_frame["approximate"].any()):
         for layer in ("rail_lines", "corridors"):
             descriptions[layer] += " " + rail.APPROXIMATE_NOTE
     _describe_layers(gpkg, descriptions)
     csv = ctx.write_csv("corridor_summary.csv", summary)
+    outputs = {"infrastructure": gpkg, "corridor_summary": csv}
+    if check is not None:
+        outputs["geometry_check"] = ctx.write_csv("geometry_check.csv", check)
 
     hs_lines = int((line_frame["class"] == "high-speed").sum())
     hs_stations = int(station_frame["high_speed"].sum())
@@ -380,7 +415,7 @@ def run(
     outside = summary.loc[(summary["grouping"] == "corridor") & (summary["group"] == "outside")].iloc[0]
     ctx.manifest(
         inputs=inputs,
-        outputs={"infrastructure": gpkg, "corridor_summary": csv},
+        outputs=outputs,
         parameters={
             "lines": lines_src,
             "stations": stations_src,
@@ -392,6 +427,10 @@ def run(
             "hsr_min_trains": s.hsr_min_trains,
             "add_key_stations": s.add_key_stations,
             "utilisation_quantile": s.utilisation_quantile,
+            "geometry": s.geometry if versions else str(lines_src),
+            "thread_max_lateral_km": s.thread_max_lateral_km,
+            "thread_max_lateral_km_conventional": s.thread_max_lateral_km_conventional,
+            "thread_max_detour": s.thread_max_detour,
         },
         summary={
             "units": len(out_units),
@@ -421,3 +460,57 @@ def run(
         100 * float(outside["shrinking_share"] if outside["n_units"] else 0),
         elapsed,
     )
+
+
+def _line_versions(
+    lines: gpd.GeoDataFrame,
+    raw_corridors: gpd.GeoDataFrame,
+    stations: gpd.GeoDataFrame,
+    train_counts: pd.DataFrame | None,
+    s: Any,
+) -> dict[str, gpd.GeoDataFrame]:
+    """The straight and the threaded version of the corridor lines."""
+    unmatched = dict(zip(raw_corridors["line"].astype(str), raw_corridors.get("unmatched", ""), strict=True))
+    straight = lines.assign(geometry_source="straight")
+    pool_st = stations.loc[stations["source"] != "corridor_key_station"]
+    pools = rgeo.threading_pools(pool_st, train_counts=train_counts, min_hsr_trains=s.hsr_min_trains)
+    threaded = rgeo.thread_lines(
+        lines.assign(unmatched=lines["name"].map(unmatched)),
+        pools,
+        max_lateral_km=s.thread_max_lateral_km,
+        max_lateral_km_conventional=s.thread_max_lateral_km_conventional,
+        max_detour=s.thread_max_detour,
+    ).drop(columns=["unmatched"])
+    threaded["note"] = rgeo.THREADED_NOTE
+    return {"straight": straight, "threaded": threaded}
+
+
+def _geometry_check(
+    versions: dict[str, gpd.GeoDataFrame],
+    change: pd.DataFrame,
+    osm_path: Path | None,
+    catalogue: pd.DataFrame | None,
+    reference: gpd.GeoDataFrame | None,
+) -> pd.DataFrame:
+    """Offsets of both versions to the OSM tracks of the check extract, and the membership change."""
+    rows = [
+        {"check": "corridor_membership", "geometry": "both", "track": "", "line": "", "measure": m,
+         "value": float(v)}
+        for m, v in zip(change["measure"], change["value"], strict=True)
+    ]
+    if osm_path is not None:
+        osm = rail.lines_from_osm(read_osm(osm_path, {"railway": "rail"}), catalogue=catalogue,
+                                  reference=reference)
+        osm = osm.loc[osm["catalogue_line"].isin(set(versions["straight"]["name"]))]
+        tracks = gpd.GeoDataFrame({"track": osm["name"].to_numpy(), "line": osm["catalogue_line"].to_numpy()},
+                                  geometry=osm.geometry.to_numpy(), crs=osm.crs)
+        for version, frame in versions.items():
+            off = rgeo.track_offset(frame, tracks)
+            for _, r in off.iterrows():
+                for m in ("n_points", "mean_m", "median_m", "max_m", "share_within_5km"):
+                    rows.append({"check": f"offset_to_osm:{osm_path.name}", "geometry": version,
+                                 "track": r["track"], "line": r["line"], "measure": m, "value": float(r[m])})
+        log.info("geometry check against %s: %s", osm_path.name, "; ".join(
+            f"{v} mean {r['value']:.0f} m" for v in versions for r in rows
+            if r["geometry"] == v and r["track"] == "all" and r["measure"] == "mean_m"))
+    return pd.DataFrame(rows, columns=["check", "geometry", "track", "line", "measure", "value"])
