@@ -43,7 +43,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from . import styles
 from ._crs import CHINA_ALBERS
-from ._errors import DataQualityWarning, InputError, MissingInputError
+from ._errors import ConfigError, DataQualityWarning, InputError, MissingInputError
 from ._validate import check_frame
 
 __all__ = [
@@ -262,32 +262,69 @@ def prepare_atlas(
 
 
 # -- fonts ----------------------------------------------------------------------------------
+#: Family used when ``[atlas] font`` is empty: Noto Sans CJK SC (OFL-1.1), from the collection
+#: ``NotoSansCJK-Regular.ttc`` (Noto CJK 2.004, the same file as Debian's fonts-noto-cjk) that
+#: the PyPI package ``noto-cjk-sans-otc`` installs with geo_pipeline.
+PACKAGED_FONT_FAMILY = "Noto Sans CJK SC"
 _PREFERRED_FONTS = (
     "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN",
     "Noto Sans CJK JP", "Noto Sans CJK TC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
 )
-_FONT_HINT = ("install an OFL CJK font: Debian `apt-get install fonts-noto-cjk` (as .ci/run does), or set "
-              "[atlas] font to the path of a Noto Sans SC / Source Han Sans font file")
+_FONT_HINT = ("reinstall geo_pipeline (`pip install -e .` installs the font package noto-cjk-sans-otc), "
+              "or set [atlas] font to the path of a Noto Sans CJK SC / Source Han Sans SC font file")
+_FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".otc")
+
+
+def packaged_font() -> tuple[str, int] | None:
+    """File and face index of Noto Sans CJK SC in the pip-installed font package, or None.
+
+    The font does not go through matplotlib's font cache or the system fonts: it is read
+    from the package folder, and :func:`cjk_font` registers a subset of it with
+    ``font_manager.addfont``.
+    """
+    try:
+        from noto_cjk_sans_otc import FONT_PATH
+    except ImportError:
+        return None
+    path = Path(str(FONT_PATH))
+    if not path.is_file():
+        return None
+    return str(path.resolve()), _collection_face(str(path), PACKAGED_FONT_FAMILY)
+
+
+def _collection_face(path: str, family: str = PACKAGED_FONT_FAMILY) -> int:
+    """Face index of ``family`` in a font collection (else the first Simplified Chinese face, else 0)."""
+    if not path.lower().endswith((".ttc", ".otc")):
+        return 0
+    from fontTools.ttLib import TTCollection
+
+    with TTCollection(path, lazy=True) as collection:
+        names = [f["name"].getDebugName(1) or "" for f in collection.fonts]
+    for i, name in enumerate(names):
+        if name == family:
+            return i
+    sc = [i for i, n in enumerate(names) if n.endswith((" SC", " CN")) and "Mono" not in n]
+    return sc[0] if sc else next((i for i, n in enumerate(names) if "SC" in n), 0)
 
 
 def _locate_font(font: str) -> tuple[str, int]:
-    """Font file and face index for ``font`` (a path, a family name, or empty for Noto Sans CJK SC)."""
+    """Font file and face index for ``font``: a file, a family name known to matplotlib, or empty.
+
+    Empty means the packaged Noto Sans CJK SC (:func:`packaged_font`); only when that package
+    is missing are the system fonts matplotlib knows searched for a CJK sans font.
+    """
+    if font and Path(font).expanduser().is_file():
+        path = str(Path(font).expanduser().resolve())
+        return path, _collection_face(path)
+    if font and (os.sep in font or font.lower().endswith(_FONT_SUFFIXES)):
+        raise MissingInputError(f"[atlas] font: file {font} not found; {_FONT_HINT}")
+    if not font:
+        found = packaged_font()
+        if found is not None:
+            return found
+        log.warning("atlas: font package noto-cjk-sans-otc not installed; looking for a system CJK font")
     from matplotlib import font_manager
 
-    if font and Path(font).is_file():
-        path = str(Path(font).resolve())
-        index = 0
-        for entry in font_manager.fontManager.ttflist:
-            if entry.fname == path and "SC" in entry.name:
-                index = getattr(entry, "index", 0)
-        if path.lower().endswith((".ttc", ".otc")) and index == 0:
-            from fontTools.ttLib import TTCollection
-
-            names = [f["name"].getDebugName(1) or "" for f in TTCollection(path, lazy=True).fonts]
-            index = next((i for i, n in enumerate(names) if "SC" in n), 0)
-        return path, index
-    if font and font_manager.fontManager.ttflist and os.sep in font:
-        raise MissingInputError(f"[atlas] font: file {font} not found; {_FONT_HINT}")
     wanted = (font,) if font else _PREFERRED_FONTS
     for name in wanted:
         for entry in font_manager.fontManager.ttflist:
@@ -298,6 +335,28 @@ def _locate_font(font: str) -> tuple[str, int]:
                 return entry.fname, int(getattr(entry, "index", 0))
     what = f"font {font!r}" if font else "no CJK font (Noto Sans CJK SC or similar)"
     raise MissingInputError(f"{what} found by matplotlib; {_FONT_HINT}")
+
+
+def _is_han(char: str) -> bool:
+    """True for a CJK unified ideograph (the Chinese names of the atlas)."""
+    code = ord(char)
+    return 0x3400 <= code <= 0x4DBF or 0x4E00 <= code <= 0x9FFF or 0x20000 <= code <= 0x3134F
+
+
+def _check_coverage(path: str, index: int, chars: str, font: str) -> None:
+    """Raise ConfigError when the font lacks Chinese characters that the atlas draws."""
+    from fontTools.ttLib import TTFont
+
+    number = index if path.lower().endswith((".ttc", ".otc")) else -1
+    with TTFont(path, fontNumber=number, lazy=True) as tt:
+        cmap = tt.getBestCmap() or {}
+    missing = [c for c in chars if _is_han(c) and ord(c) not in cmap]
+    if missing:
+        raise ConfigError(
+            f"[atlas] font {font or path!r} ({path}, face {index}) has no glyphs for {len(missing)} Chinese "
+            f"characters the atlas draws (e.g. {''.join(missing[:8])}); use a Simplified Chinese font such "
+            "as Noto Sans CJK SC, or leave [atlas] font empty for the packaged one"
+        )
 
 
 def _font_cache_dir() -> Path:
@@ -324,8 +383,10 @@ def cjk_font(text: str, *, font: str = "") -> str:
     text : str
         Every character the pages will draw (see :func:`atlas_text`).
     font : str, optional
-        Font file path or family name; empty: Noto Sans CJK SC (Debian
-        fonts-noto-cjk), else another CJK sans font matplotlib knows.
+        Font file path (TTF/OTF, or a TTC/OTC collection, whose Simplified
+        Chinese face is used) or a family name matplotlib knows; empty: Noto
+        Sans CJK SC from the font package installed with geo_pipeline
+        (:func:`packaged_font`).
 
     Returns
     -------
@@ -335,7 +396,9 @@ def cjk_font(text: str, *, font: str = "") -> str:
     Raises
     ------
     MissingInputError
-        If no CJK font is installed, naming the package to install.
+        If the font is not found, naming the package to install.
+    ConfigError
+        If the font has no glyphs for Chinese characters of ``text``.
     """
     from fontTools import subset
     from fontTools.pens.cu2quPen import Cu2QuPen
@@ -350,6 +413,7 @@ def cjk_font(text: str, *, font: str = "") -> str:
     family = f"GeoPipeline CJK {key}"
     out = _font_cache_dir() / f"cjk-{key}.ttf"
     if not out.is_file():
+        _check_coverage(path, index, chars, font)
         opts = subset.Options()
         opts.font_number = index
         opts.name_IDs = ["*"]

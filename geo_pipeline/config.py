@@ -292,7 +292,7 @@ class AtlasSettings:
         page drops detail finer than this at its scale (never below
         ``simplify_m``), which keeps the PDF small; 0 disables it.
     font : CJK font file (TTF/OTF/TTC) or family name; empty: Noto Sans CJK SC
-        (Debian ``fonts-noto-cjk``).
+        from the font package ``noto-cjk-sans-otc`` installed with geo_pipeline.
     """
 
     paper: str = "A4"

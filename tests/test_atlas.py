@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
-import shutil
-import subprocess
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,26 +28,64 @@ from geo_pipeline.boundaries import read_cnmaps
 THEME_PNGS = sorted(f"{k}.png" for k in atlas.THEMES)
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} not found; install Debian's poppler-utils (.ci/run does)")
-    return path
+def pdf_fonts(pdf: Path) -> list[dict]:
+    """Every font object of ``pdf`` once, like poppler's ``pdffonts`` (read with pypdf).
+
+    Each: ``name`` (BaseFont), ``type`` ("CID TrueType", "TrueType", "Type 3", ...), ``emb``
+    (font program embedded), ``sub`` (subset tag ``ABCDEF+``), ``uni`` (ToUnicode map) and
+    ``program`` (the embedded TrueType/OpenType bytes, or b"").
+    """
+    reader = PdfReader(pdf)
+    fonts: dict[object, dict] = {}
+
+    def visit(resources: object) -> None:
+        resources = resources.get_object() if resources is not None else None
+        if not resources:
+            return
+        font_dict = resources.get("/Font")
+        for key, ref in dict.items(font_dict.get_object() if font_dict is not None else {}):
+            ident = getattr(ref, "idnum", None) or (id(resources), key)
+            if ident in fonts:
+                continue
+            font = ref.get_object()
+            subtype = str(font.get("/Subtype"))
+            descriptor = font.get("/FontDescriptor")
+            kind = {"/TrueType": "TrueType", "/Type1": "Type 1", "/Type3": "Type 3"}.get(subtype, subtype)
+            if subtype == "/Type0":
+                desc = font["/DescendantFonts"][0].get_object()
+                kind = {"/CIDFontType2": "CID TrueType", "/CIDFontType0": "CID Type 0C"}.get(
+                    str(desc.get("/Subtype")), str(desc.get("/Subtype")))
+                descriptor = desc.get("/FontDescriptor")
+            descriptor = descriptor.get_object() if descriptor is not None else {}
+            program = next((descriptor[k].get_object() for k in ("/FontFile2", "/FontFile3", "/FontFile")
+                            if k in descriptor), None)
+            name = str(font.get("/BaseFont", "")).lstrip("/")
+            fonts[ident] = {
+                "name": name, "type": kind, "emb": program is not None or subtype == "/Type3",
+                "sub": re.match(r"[A-Z]{6}\+", name) is not None, "uni": "/ToUnicode" in font,
+                "program": program.get_data() if program is not None else b"",
+            }
+        xobjects = resources.get("/XObject")
+        for ref in dict.values(xobjects.get_object() if xobjects is not None else {}):
+            obj = ref.get_object()
+            if obj.get("/Subtype") == "/Form":
+                visit(obj.get("/Resources"))
+
+    for page in reader.pages:
+        visit(page.get("/Resources"))
+    return list(fonts.values())
 
 
-def pdffonts(pdf: Path) -> list[list[str]]:
-    """Rows of ``pdffonts`` (name, type..., emb, sub, uni, ...)."""
-    out = subprocess.run([_tool("pdffonts"), str(pdf)], capture_output=True, text=True, check=True)
-    assert "Mismatch" not in out.stderr, out.stderr  # the broken CFF-in-TrueType embedding
-    return [line.split() for line in out.stdout.splitlines()[2:]]
+def render(pdf: Path, page: int, dpi: int = 60) -> np.ndarray:
+    """Render one page (1-based) with PDFium (pypdfium2) and return its RGB pixels."""
+    import pypdfium2 as pdfium
 
-
-def render(pdf: Path, page: int, folder: Path, dpi: int = 60) -> np.ndarray:
-    """Render one page with pdftoppm and return its RGB pixels."""
-    stem = folder / f"page{page}"
-    subprocess.run([_tool("pdftoppm"), "-r", str(dpi), "-png", "-f", str(page), "-l", str(page),
-                    "-singlefile", str(pdf), str(stem)], check=True, capture_output=True)
-    return np.asarray(Image.open(f"{stem}.png").convert("RGB"))
+    doc = pdfium.PdfDocument(str(pdf))
+    try:
+        image = doc[page - 1].render(scale=dpi / 72).to_pil()
+        return np.asarray(image.convert("RGB"))
+    finally:
+        doc.close()
 
 
 def has_color(pixels: np.ndarray, hex_color: str, *, tol: int = 3, min_pixels: int = 20) -> bool:
@@ -119,8 +157,100 @@ def test_plan_pages_counts_and_warns() -> None:
 
 
 def test_cjk_font_missing_names_the_package() -> None:
-    with pytest.raises(MissingInputError, match="fonts-noto-cjk"):
+    with pytest.raises(MissingInputError, match="noto-cjk-sans-otc"):
         atlas.cjk_font("人口", font="No Such Font Family 123")
+    with pytest.raises(MissingInputError, match="file /no/such/font.ttc not found"):
+        atlas.cjk_font("人口", font="/no/such/font.ttc")
+
+
+#: SHA-256 of NotoSansCJK-Regular.ttc (Noto CJK 2.004) in the PyPI package noto-cjk-sans-otc 0.0.1.
+PACKAGED_TTC_SHA256 = "b76b0433203017ca80401b2ee0dd69350349871c4b19d504c34dbdd80541690a"
+
+
+def test_default_font_is_the_packaged_noto_sans_cjk_sc() -> None:
+    import hashlib
+    from importlib import metadata
+
+    from fontTools.ttLib import TTCollection
+
+    path, index = atlas.packaged_font()
+    assert atlas._locate_font("") == (path, index)
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == PACKAGED_TTC_SHA256
+    with TTCollection(path, lazy=True) as collection:
+        face = collection.fonts[index]["name"]
+        assert (index, face.getDebugName(1)) == (2, "Noto Sans CJK SC")
+        assert face.getDebugName(5).startswith("Version 2.004")
+    licence = [f for f in metadata.files("noto-cjk-sans-otc") if f.name == "LICENSE"]
+    assert "SIL Open Font License" in licence[0].read_text()
+
+
+def test_configured_font_file_still_works(tmp_path: Path) -> None:
+    from fontTools.ttLib import TTFont
+    from matplotlib import font_manager
+
+    packaged, _ = atlas.packaged_font()
+    assert atlas._locate_font(packaged) == (packaged, 2)  # a collection: its Simplified Chinese face
+    # a single-face font file of the user's (here: the SC face cut out of the collection)
+    one = tmp_path / "my font.otf"
+    with TTFont(packaged, fontNumber=2, lazy=False) as face:
+        face.save(one)
+    assert atlas._locate_font(str(one)) == (str(one), 0)
+    family = atlas.cjk_font("湖南省人口", font=str(one))
+    path = font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
+    with TTFont(path) as subset:
+        assert all(ord(c) in subset.getBestCmap() for c in "湖南省人口")
+    # a configured font without Chinese glyphs is a config error, not an atlas of empty boxes
+    dejavu = font_manager.findfont("DejaVu Sans")
+    with pytest.raises(atlas.ConfigError, match="no glyphs for 3 Chinese characters"):
+        atlas.cjk_font("湖南省 Hunan", font=dejavu)
+
+
+_FRESH_ATLAS = """
+import sys
+from pathlib import Path
+import matplotlib
+from matplotlib import font_manager
+
+cache = Path(matplotlib.get_cachedir())
+assert str(cache).startswith(sys.argv[2]), cache
+assert not list(cache.glob("geo_pipeline_fonts/*")), "font subsets left from an earlier run"
+# hide every font matplotlib found on the system: only its own DejaVu fonts stay visible
+font_manager.fontManager.ttflist = [e for e in font_manager.fontManager.ttflist if "mpl-data" in e.fname]
+from geo_pipeline.cli import main
+main(["-c", sys.argv[1], "-vv", "atlas"])
+"""
+
+
+def test_atlas_with_empty_matplotlib_config_and_no_system_fonts(tmp_path: Path) -> None:
+    """A fresh process, no matplotlib cache, no system font visible: the packaged font is used."""
+    import os
+    import subprocess
+    import sys
+
+    from fontTools.ttLib import TTFont
+
+    write_stage_outputs(tmp_path / "data_processed")
+    cfg = write_config(tmp_path, "[atlas]\ndpi = 20\nper_province = false\n")
+    assert run_cli(cfg, "export").exit_code == 0
+    mplconfig = tmp_path / "mplconfig"
+    mplconfig.mkdir()
+    drop = ("MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(MPLCONFIGDIR=str(mplconfig), HOME=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", _FRESH_ATLAS, str(cfg), str(mplconfig)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    packaged, index = atlas.packaged_font()
+    assert f"from {packaged}[{index}]" in proc.stderr  # the subset was cut from the packaged font
+    assert list(mplconfig.glob("fontlist-*.json"))  # matplotlib's cache was built from nothing
+    fonts = pdf_fonts(tmp_path / "maps" / "atlas.pdf")
+    cjk = [f for f in fonts if "GeoPipelineCJK" in f["name"]]
+    assert cjk and all(f["type"] == "CID TrueType" and f["emb"] for f in cjk)
+    assert not [f for f in fonts if "Noto" in f["name"]]  # no system font was embedded instead
+    with TTFont(io.BytesIO(cjk[0]["program"])) as program:
+        assert program["name"].getDebugName(5).startswith("Version 2.004")  # Noto Sans CJK 2.004's name table
+    text = PdfReader(tmp_path / "maps" / "atlas.pdf").pages[0].extract_text()
+    assert "人口变化" in text
 
 
 def test_cjk_font_is_truetype_subset_with_the_glyphs() -> None:
@@ -251,22 +381,23 @@ def test_atlas_pages_and_pngs(atlas_run: Path) -> None:
 
 
 def test_atlas_embeds_a_truetype_cjk_font(atlas_run: Path) -> None:
-    rows = pdffonts(atlas_run / "maps" / "atlas.pdf")
-    cjk = [r for r in rows if "GeoPipelineCJK" in r[0]]
+    rows = pdf_fonts(atlas_run / "maps" / "atlas.pdf")
+    cjk = [r for r in rows if "GeoPipelineCJK" in r["name"]]
     assert cjk, rows
     for r in cjk:
-        assert r[1:3] == ["CID", "TrueType"] and r[-5:-2] == ["yes", "yes", "yes"]  # emb, sub, uni
+        assert r["type"] == "CID TrueType" and r["emb"] and r["sub"] and r["uni"]
+        assert r["program"][:4] == b"\x00\x01\x00\x00"  # real TrueType, not CFF in a TrueType wrapper
 
 
-def test_atlas_page_renders_with_class_colors(atlas_run: Path, tmp_path: Path) -> None:
+def test_atlas_page_renders_with_class_colors(atlas_run: Path) -> None:
     pdf = atlas_run / "maps" / "atlas.pdf"
-    pixels = render(pdf, 1, tmp_path)
+    pixels = render(pdf, 1)
     assert (pixels.min(axis=2) < 250).mean() > 0.2  # not blank
     units = synthetic_units()
     cl = styles.diverging_classes(units["change_pct"], column="change_pct", unit=" %")
     for color, n in zip(cl.colors, cl.counts):
         assert has_color(pixels, color) == (n > 0), color
-    lisa = render(pdf, 4, tmp_path)
+    lisa = render(pdf, 4)
     assert has_color(lisa, styles.LISA_COLORS["HH"]) and has_color(lisa, styles.LISA_COLORS["LL"])
     assert not has_color(lisa, styles.LISA_COLORS["HL"])  # no High-Low unit in the data
 
@@ -336,7 +467,7 @@ def test_split_pages_balanced_and_in_order() -> None:
     assert _split(specs, 1) == [list(range(1, 37))] and _split(specs[:3], 2) == [[1, 2, 3]]
 
 
-def test_parallel_atlas_equals_serial(serial_and_parallel: tuple[Path, Path], tmp_path: Path) -> None:
+def test_parallel_atlas_equals_serial(serial_and_parallel: tuple[Path, Path]) -> None:
     serial, parallel = serial_and_parallel
     a, b = PdfReader(serial / "atlas.pdf"), PdfReader(parallel / "atlas.pdf")
     assert len(a.pages) == len(b.pages) == 7
@@ -345,11 +476,11 @@ def test_parallel_atlas_equals_serial(serial_and_parallel: tuple[Path, Path], tm
     assert "7 / 7" in b.pages[6].extract_text() and "湖南省" in b.pages[6].extract_text()
     assert b.metadata["/Title"] == a.metadata["/Title"] and b.metadata["/Creator"] == a.metadata["/Creator"]
     # each font subset embedded once, as many as in the one-process file
-    fonts = [r[0] for r in pdffonts(parallel / "atlas.pdf")]
-    assert len(fonts) == len(set(fonts)) == len(pdffonts(serial / "atlas.pdf"))
+    fonts = [r["name"] for r in pdf_fonts(parallel / "atlas.pdf")]
+    assert len(fonts) == len(set(fonts)) == len(pdf_fonts(serial / "atlas.pdf"))
     # the pages look the same (glyph positions may differ by rounding: a few edge pixels of text)
     for page in range(1, 8):
-        x, y = render(serial / "atlas.pdf", page, tmp_path), render(parallel / "atlas.pdf", page, tmp_path)
+        x, y = render(serial / "atlas.pdf", page), render(parallel / "atlas.pdf", page)
         assert x.shape == y.shape
         assert (np.abs(x.astype(int) - y.astype(int)).max(axis=2) > 0).mean() < 0.005, page
     for name in THEME_PNGS:  # PNGs drawn by either process are the same files
@@ -366,13 +497,13 @@ def test_parallel_atlas_keeps_fonts_that_differ(tmp_path: Path, monkeypatch: pyt
     maps = _atlas_with(tmp_path, 2, monkeypatch)
     reader = PdfReader(maps / "atlas.pdf")
     assert len(reader.pages) == 7 and "7 / 7" in reader.pages[6].extract_text()
-    fonts = [r[0] for r in pdffonts(maps / "atlas.pdf")]
+    fonts = [r["name"] for r in pdf_fonts(maps / "atlas.pdf")]
     assert len(fonts) == len(set(fonts)) > 2
 
 
 # -- real data ----------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_atlas_real_data(run_stage: Callable[[str], Path], tmp_path: Path) -> None:
+def test_atlas_real_data(run_stage: Callable[[str], Path]) -> None:
     processed = run_stage("atlas")
     pdf = processed.parent / "maps" / "atlas.pdf"
     units = pyogrio.read_dataframe(processed / "shrinkage.gpkg", layer="units", read_geometry=False)
@@ -380,10 +511,10 @@ def test_atlas_real_data(run_stage: Callable[[str], Path], tmp_path: Path) -> No
     assert n_provinces == 31  # mainland provinces (Hong Kong, Macau, Taiwan have no census rows)
     assert len(PdfReader(pdf).pages) == 5 + n_provinces
     assert pdf.stat().st_size < 15e6
-    fonts = pdffonts(pdf)
-    assert any("GeoPipelineCJK" in r[0] and r[-5] == "yes" for r in fonts)
-    assert len({r[0] for r in fonts}) == len(fonts) <= 3  # each subset embedded once (pages of 2 processes)
-    pixels = render(pdf, 1, tmp_path)
+    fonts = pdf_fonts(pdf)
+    assert any("GeoPipelineCJK" in r["name"] and r["emb"] and r["sub"] for r in fonts)
+    assert len({r["name"] for r in fonts}) == len(fonts) <= 3  # each subset embedded once (2 processes)
+    pixels = render(pdf, 1)
     assert (pixels.min(axis=2) < 250).mean() > 0.2
     cl = styles.diverging_classes(units["change_pct"], column="change_pct")
     assert sum(has_color(pixels, c) for c in cl.colors) >= cl.k - 1
