@@ -70,6 +70,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import DataQualityWarning, InputError, MissingInputError
+from ._validate import Problems
 
 __all__ = [
     "COUNTY_COLUMNS",
@@ -82,6 +83,8 @@ __all__ = [
     "standardise_county_table",
     "classify_county_rows",
     "check_totals",
+    "check_county_rows",
+    "check_city_table",
     "load_corrections",
     "apply_corrections",
     "correction_action",
@@ -318,7 +321,74 @@ def standardise_county_table(frame: pd.DataFrame, *, year: int, source: str = "c
     else:
         out["hukou"] = pd.array([pd.NA] * n, dtype="Int64")
     out["note"] = pd.Series([None] * n, dtype=object)
+    _check_blank_counts(frame.reset_index(drop=True), out, cols=cols, source=source)
     return out
+
+
+def _check_blank_counts(
+    frame: pd.DataFrame, out: pd.DataFrame, *, cols: Mapping[str, str], source: str
+) -> None:
+    """Raise when a row has figures but a blank population (or 2010 hukou) cell.
+
+    A row without any figure (2010: 南沙群岛, 中沙群岛的岛礁及其海域, uninhabited;
+    separator and note rows) may leave the cells empty; a row with figures
+    in other columns and an empty population cell is a damaged table: the
+    missing count must never become 0.
+    """
+    skip = {cols[k] for k in ("label", "code", "province_label", "prefecture_label") if k in cols}
+    others = [c for c in frame.columns if c not in skip and c not in (cols["pop"], cols.get("hukou"))]
+    figures = frame[others].notna().any(axis=1).to_numpy() if others else np.zeros(len(frame), bool)
+    problems = Problems(source)
+    count_cols = [("pop", cols["pop"])] + ([("hukou", cols["hukou"])] if "hukou" in cols else [])
+    for std, col in count_cols:
+        other_counts = [out[s].notna().to_numpy() for s, _ in count_cols if s != std]
+        has_data = figures.copy()
+        for known in other_counts:
+            has_data |= known
+        blank = out[std].isna().to_numpy() & has_data
+        for i in np.flatnonzero(blank)[:20]:
+            label = normalise_name(out.at[i, "label"]) or "(no name)"
+            code = out.at[i, "code"] or "no code"
+            problems.add(
+                f"Excel row {int(out.at[i, 'excel_row'])} ({label}, {code}): population cell {col!r} "
+                "is blank "
+                "while the row has other figures; fill in the count (a missing count is never taken as 0)"
+            )
+        if blank.sum() > 20:
+            problems.add(f"... and {int(blank.sum()) - 20} more blank {col!r} cell(s)")
+    problems.raise_if_any()
+
+
+def check_county_rows(rows: pd.DataFrame, *, year: int, source: str | None = None) -> None:
+    """Raise :class:`InputError` when a code appears on more than one row of a county table.
+
+    A duplicated code would merge one county into another (both rows link to
+    the polygon of that code). Codes are compared after the corrections.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        :func:`classify_county_rows` output (or any frame with ``code``,
+        ``excel_row`` and ``label``/``name``).
+    year : {2010, 2020}
+    source : str, optional
+        Name of the table in messages (default ``"<year> county table"``).
+
+    Raises
+    ------
+    InputError
+        Listing every duplicated code with its Excel rows and names.
+    """
+    problems = Problems(source or f"{year} county table")
+    coded = rows[rows["code"].notna()]
+    dup = coded[coded["code"].duplicated(keep=False)]
+    names = dup["name"] if "name" in dup.columns else dup["label"].map(normalise_name)
+    for code, grp in dup.assign(_n=names).groupby("code", sort=True):
+        where = ", ".join(
+            f"Excel row {int(r)} ({n})" for r, n in zip(grp["excel_row"], grp["_n"], strict=True)
+        )
+        problems.add(f"code {code} appears on {len(grp)} rows: {where}; each county code must appear once")
+    problems.raise_if_any()
 
 
 #: Columns of a census corrections table.
@@ -457,7 +527,10 @@ def read_city_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     if not p.is_file():
         raise MissingInputError(f"{p} not found; run `geo-pipeline fetch` first")
     try:
-        frame = pd.read_csv(p, dtype={"city_code": str, "province_code": str}, encoding="utf-8-sig")
+        frame = pd.read_csv(
+            p, dtype={"city_code": str, "province_code": str, "popu_2010": str, "popu_2020": str},
+            encoding="utf-8-sig", keep_default_na=False, na_values=[""],
+        )
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
         raise InputError(f"{p}: cannot parse as CSV ({exc}); expected census_city_2010-2020_v1.csv") from exc
     missing = [c for c in CITY_COLUMNS if c not in frame.columns]
@@ -465,11 +538,75 @@ def read_city_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise InputError(
             f"{p}: missing column(s) {missing}; expected {CITY_COLUMNS}, found {list(frame.columns)[:12]}"
         )
-    out = frame[CITY_COLUMNS].copy()
+    return check_city_table(frame[CITY_COLUMNS], source=str(p))
+
+
+#: Cell texts of the prefecture table that mean "no figure" (XPCC cities, 三沙 2010).
+_CITY_MISSING = ("", "NA", "NaN", "nan", "-")
+
+
+def check_city_table(frame: pd.DataFrame, *, source: str = "prefecture table") -> pd.DataFrame:
+    """Validate and type the prefecture table (pure); every problem is listed in one error.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The columns of :data:`CITY_COLUMNS` as read (codes as text).
+    source : str
+        File name used in messages.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with ``city_code``/``province_code`` as 6-digit strings and
+        ``popu_2010``/``popu_2020`` as nullable integers. An empty cell (or
+        ``NA``) stays missing and is reported by the population stage as
+        "population missing in the CSV"; it never becomes 0.
+
+    Raises
+    ------
+    InputError
+        A code that is not a 6-digit number, a duplicated ``city_code``, or a
+        population that is not a number, negative or fractional (each with its
+        CSV line, header = line 1).
+    """
+    problems = Problems(source)
+    out = frame.copy().reset_index(drop=True)
+    line = pd.Series(np.arange(2, len(out) + 2), index=out.index)
     for col in ("city_code", "province_code"):
-        out[col] = [_parse_code(v, where=f"{p.name} column {col}") for v in out[col]]
+        parsed = []
+        for i, v in enumerate(out[col]):
+            try:
+                parsed.append(_parse_code(v, where=f"line {i + 2} column {col}"))
+            except InputError as exc:
+                problems.add(str(exc))
+                parsed.append(None)
+        out[col] = pd.Series(parsed, index=out.index, dtype=object)
+    missing_code = out["city_code"].isna() & frame["city_code"].reset_index(drop=True).isna()
+    for i in np.flatnonzero(missing_code.to_numpy())[:10]:
+        problems.add(f"line {i + 2} ({out.at[i, 'city']}): city_code is empty")
+    coded = out[out["city_code"].notna()]
+    for code, grp in coded[coded["city_code"].duplicated(keep=False)].groupby("city_code", sort=True):
+        where = ", ".join(f"line {int(line[i])} ({c})" for i, c in zip(grp.index, grp["city"], strict=True))
+        problems.add(
+            f"city_code {code} appears on {len(grp)} lines: {where}; each prefecture must appear once"
+        )
     for col in ("popu_2010", "popu_2020"):
-        out[col] = pd.to_numeric(out[col], errors="coerce").round().astype("Int64")
+        raw = out[col]
+        text = raw.astype(str).str.strip()
+        blank = raw.isna() | text.isin(_CITY_MISSING)
+        values = pd.to_numeric(raw.where(~blank), errors="coerce")
+        bad = values.isna() & ~blank
+        for i in np.flatnonzero(bad.to_numpy())[:10]:
+            problems.add(f"line {i + 2} ({out.at[i, 'city']}): {col} = {raw.iloc[i]!r} is not a number")
+        neg = values < 0
+        for i in np.flatnonzero(neg.to_numpy())[:10]:
+            problems.add(f"line {i + 2} ({out.at[i, 'city']}): {col} = {raw.iloc[i]!r} is negative")
+        frac = values.notna() & (values % 1 != 0)
+        for i in np.flatnonzero(frac.to_numpy())[:10]:
+            problems.add(f"line {i + 2} ({out.at[i, 'city']}): {col} = {raw.iloc[i]!r} is not a whole number")
+        out[col] = values.where(~(bad | neg | frac)).round().astype("Int64")
+    problems.raise_if_any()
     return out
 
 
@@ -505,7 +642,7 @@ def _initial_kind(label: str | None, name: str, code: str | None, pop: Any) -> s
     return "unit"
 
 
-def classify_county_rows(table: pd.DataFrame, *, year: int) -> pd.DataFrame:
+def classify_county_rows(table: pd.DataFrame, *, year: int, source: str | None = None) -> pd.DataFrame:
     """Classify every row of a standardised county table (pure).
 
     Parameters
@@ -513,6 +650,8 @@ def classify_county_rows(table: pd.DataFrame, *, year: int) -> pd.DataFrame:
     table : pandas.DataFrame
         Output of :func:`standardise_county_table` (rows in sheet order).
     year : {2010, 2020}
+    source : str, optional
+        Name of the table in messages (default ``"<year> county table"``).
 
     Returns
     -------
@@ -526,6 +665,11 @@ def classify_county_rows(table: pd.DataFrame, *, year: int) -> pd.DataFrame:
         and ``prefecture_code`` of the enclosing aggregates (derived
         ``xx0100``/``xx0200``/``xx9000`` for uncoded municipal and 省直辖
         subtotals), ``pop``, ``hukou`` and ``note`` (anomalies found, else None).
+
+    Raises
+    ------
+    InputError
+        If a code appears on more than one row (:func:`check_county_rows`).
 
     Warns
     -----
@@ -635,6 +779,7 @@ def classify_county_rows(table: pd.DataFrame, *, year: int) -> pd.DataFrame:
     )
     out["pop"] = out["pop"].astype("Int64")
     out["hukou"] = out["hukou"].astype("Int64")
+    check_county_rows(out, year=year, source=source)
     return out
 
 

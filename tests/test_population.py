@@ -334,12 +334,27 @@ def test_build_population_synthetic_units_and_indicators() -> None:
     assert rep.loc[rep["census_id"].eq("2010:9"), "status"].item() == "note"
 
 
+def test_build_population_unmatched_rows_are_an_error_by_default() -> None:
+    with pytest.raises(UnknownCodeError, match="2 census unit row") as info:
+        build_population(_rows(RAW_2010, 2010), _rows(RAW_2020, 2020), _counties(), known_changes=None)
+    msg = str(info.value)
+    assert "2010 Excel row 5 code 100103 二区 (population 100)" in msg
+    assert "2020 Excel row 8 code 100171 子市经济开发区 (population 111)" in msg
+    assert 'unknown_codes = "warn"' in msg
+
+
 def test_build_population_warns_about_unmatched_rows() -> None:
     with pytest.warns(DataQualityWarning) as record:
-        res = build_population(_rows(RAW_2010, 2010), _rows(RAW_2020, 2020), _counties(), known_changes=None)
+        res = build_population(_rows(RAW_2010, 2010), _rows(RAW_2020, 2020), _counties(), known_changes=None,
+                               unknown_codes="warn")
     messages = " ".join(str(w.message) for w in record)
     assert "2 census unit row(s) match no polygon" in messages
-    assert "census rows of one year only (the other year counts 0): 100105" in messages  # 五区 without 2010
+    assert "census rows of one year only (no figure, NA, for the other year): 100105" in messages
+    # 五区 has no 2010 row: no 2010 figure, no change (never -100 %), not shrinking
+    u = res.units.set_index("unit_id")
+    assert u.loc["100105", "pop_2010"] is pd.NA and u.loc["100105", "pop_2020"] == 300
+    assert u.loc["100105", "change"] is pd.NA and np.isnan(u.loc["100105", "change_pct"])
+    assert not u.loc["100105", "shrinking"]
     rep = res.match_report
     assert set(rep.loc[rep["status"].eq("unmatched"), "census_id"]) == {"2010:5", "2020:8"}
     # the unmatched rows are not counted: the province totals differ by exactly their population
@@ -358,7 +373,8 @@ def test_build_population_rejects_wrong_crs_and_missing_column() -> None:
 
 def test_build_population_empty_counties_gives_empty_units() -> None:
     with pytest.warns(DataQualityWarning, match="match no polygon"):
-        res = build_population(_rows(RAW_2010, 2010), _rows(RAW_2020, 2020), _counties().iloc[:0])
+        res = build_population(_rows(RAW_2010, 2010), _rows(RAW_2020, 2020), _counties().iloc[:0],
+                               unknown_codes="warn")
     assert res.units.empty and list(res.units.columns) == UNIT_COLUMNS
 
 

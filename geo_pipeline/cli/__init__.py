@@ -87,6 +87,12 @@ class StageContext:
         """The ``maps`` folder."""
         return self.settings.path("maps")
 
+    def raw_file(self, rel: str | Path) -> Path:
+        """Path of a raw input in ``data_raw``, checked against its registry SHA-256."""
+        from ..fetch import verify_raw_file
+
+        return verify_raw_file(self.raw, rel)
+
     def output(self, name: str) -> Path:
         """Path of an output file in ``data_processed``."""
         return self.processed / name

@@ -256,13 +256,13 @@ def run(
     t0 = time.perf_counter()
     with _data_quality_to_log():
         catalogue = None
-        cat_path = ctx.raw / CATALOGUE
+        cat_path = ctx.raw_file(CATALOGUE)
         if cat_path.is_file():
             catalogue = rail.prepare_catalogue(read_csv(cat_path, what="rail line catalogue"))
             inputs["rail_catalogue"] = cat_path
         elif lines_src == "corridors":
             raise MissingInputError(f"rail line catalogue {cat_path} not found; {_FETCH_HINT}")
-        corr_path = ctx.raw / CORRIDORS
+        corr_path = ctx.raw_file(CORRIDORS)
         raw_corridors = None
         if lines_src == "corridors" or corr_path.is_file():
             raw_corridors = read_vector(corr_path, what="rail corridor file", hint=_FETCH_HINT)
@@ -285,7 +285,7 @@ def run(
 
         # -- stations -------------------------------------------------------------------------------
         if stations_src == "osm_stations":
-            st_path = ctx.raw / OSM_STATIONS
+            st_path = ctx.raw_file(OSM_STATIONS)
             station_frame = rail.stations_from_points(
                 read_vector(st_path, what="OSM station file", hint=_FETCH_HINT)
             )
@@ -306,7 +306,7 @@ def run(
                 station_frame.loc[station_frame["high_speed"], "high_speed_basis"] = "user"
             inputs["stations"] = Path(stations_src)
 
-        counts_path = ctx.raw / TRAIN_COUNTS
+        counts_path = ctx.raw_file(TRAIN_COUNTS)
         train_counts = None
         if counts_path.is_file():
             train_counts = read_csv(counts_path, what="station train counts")

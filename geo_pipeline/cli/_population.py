@@ -79,8 +79,8 @@ def run(ctx: StageContext, **options: Any) -> None:
     check_writable(ctx.output(REPORT_CSV), overwrite=ctx.overwrite)
 
     # --- inputs
-    paths = {f"census_{y}": ctx.raw / p for y, p in CENSUS_FILES.items()}
-    paths["census_city"] = ctx.raw / CITY_FILE
+    paths = {f"census_{y}": ctx.raw_file(p) for y, p in CENSUS_FILES.items()}
+    paths["census_city"] = ctx.raw_file(CITY_FILE)
     boundaries = ctx.output(BOUNDARIES)
     packaged = settings.packaged_tables
     corrections = load_corrections() if packaged else load_corrections().iloc[:0]
@@ -88,7 +88,8 @@ def run(ctx: StageContext, **options: Any) -> None:
         rows = {}
         for y in CENSUS_FILES:
             table = read_county_table(paths[f"census_{y}"], year=y)
-            rows[y] = classify_county_rows(apply_corrections(table, corrections, year=y), year=y)
+            rows[y] = classify_county_rows(apply_corrections(table, corrections, year=y), year=y,
+                                           source=str(paths[f"census_{y}"]))
         city = read_city_table(paths["census_city"])
     counties = read_layer(boundaries, "counties", hint=_BOUNDARY_HINT)
     prefectures = read_layer(boundaries, "prefectures", hint=_BOUNDARY_HINT)
@@ -117,7 +118,7 @@ def run(ctx: StageContext, **options: Any) -> None:
     # --- pure work
     with timed("harmonising census units", log):
         result = build_population(rows[2010], rows[2020], counties, known_changes=table,
-                                  shrink_threshold_pct=threshold)
+                                  shrink_threshold_pct=threshold, unknown_codes=settings.unknown_codes)
     pref, pref_report = prefecture_indicators(city, prefectures, result.units,
                                                  shrink_threshold_pct=threshold)
     offset = wkt_offset_km(city, prefectures)
@@ -171,6 +172,7 @@ def run(ctx: StageContext, **options: Any) -> None:
         inputs=inputs,
         outputs={"population": path, "match_report_csv": csv},
         parameters={"level": level, "shrink_threshold_pct": threshold, "packaged_tables": packaged,
+                    "unknown_codes": settings.unknown_codes,
                     "crosswalk_file": str(xw_file) if xw_file else "", "crosswalk_rows": len(table)},
         summary=summary,
     )
