@@ -229,6 +229,22 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run manifest as a dict (empty when missing or unreadable)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def recorded_inputs(manifest: str | os.PathLike[str], stage: str) -> dict[str, str]:
+    """SHA-256 of the inputs ``stage`` recorded in the manifest, by input key."""
+    entry = read_manifest(manifest).get("stages", {}).get(stage, {})
+    return {k: v.get("sha256", "") for k, v in entry.get("inputs", {}).items() if isinstance(v, dict)}
+
+
 def write_manifest(
     path: str | os.PathLike[str],
     *,

@@ -22,7 +22,6 @@ nature; it is the only stage that does so outside the CLI wrapper.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import posixpath
@@ -153,34 +152,31 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> list[RegistryEn
     return entries
 
 
-@functools.cache
-def _registry_index() -> dict[str, RegistryEntry]:
-    """The package registry by path (read once per process)."""
-    return {e.path: e for e in load_registry()}
-
-
-def verify_raw_file(root: str | os.PathLike[str], rel: str | os.PathLike[str]) -> Path:
-    """Path of ``root/rel``, checked against its registry SHA-256 when it is a registry file.
+def verify_raw_file(
+    root: str | os.PathLike[str], rel: str | os.PathLike[str], *, expected: str | None
+) -> Path:
+    """Path of ``root/rel``, checked against the SHA-256 it had when fetch verified it.
 
     Stages call this for every raw input they read, so a file edited after
-    fetch is never used silently. The digest is computed once per process
-    and file version (:func:`geo_pipeline._io.sha256`). A missing file is
-    left to the reader (which names the stage to run).
+    fetch is never used silently. ``expected`` is the digest fetch recorded
+    in the manifest (the registry's); None (no fetch recorded, e.g. your own
+    tables put in data_raw by hand) skips the check. The digest is computed
+    once per process and file version (:func:`geo_pipeline._io.sha256`). A
+    missing file is left to the reader (which names the stage to run).
 
     Raises
     ------
     ChecksumError
-        The file differs from the registry (edited or damaged after fetch).
+        The file differs from what fetch verified (edited or damaged since).
     """
     path = Path(root) / rel
-    entry = _registry_index().get(Path(rel).as_posix())
-    if entry is not None and path.is_file():
+    if expected is not None and path.is_file():
         found = sha256(path)
-        if found != entry.sha256:
+        if found != expected:
             raise ChecksumError(
-                f"{path}: SHA-256 mismatch: expected {entry.sha256} (registry), found {found}; the file was "
-                "changed after fetch. data_raw is never edited: run `geo-pipeline fetch --overwrite` to "
-                "restore it"
+                f"{path}: SHA-256 mismatch: expected {expected} (verified by fetch, manifest.json), found "
+                f"{found}; the file was changed after fetch. data_raw is never edited: run "
+                "`geo-pipeline fetch --overwrite` to restore it"
             )
     return path
 

@@ -6,17 +6,17 @@ with ``--overwrite`` and checks the exit code, the message's key words and
 that every file of ``data_processed`` is byte-identical afterwards (no output
 replaced, no temporary file left).
 
-Damaged census tables are made "official" by patching the registry SHA-256 in
-this process (as for another edition of the table), so the content checks are
-what is tested; the case ``raw_edited`` leaves the registry alone and expects
-the checksum error.
+Damaged census tables are made "official" by recording their SHA-256 as the
+fetched one in the manifest (as for another edition of the table), so the
+content checks are what is tested; the case ``raw_edited_after_fetch`` does not
+and expects the checksum error (exit 3).
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
+import json
 import os
 import re
 import warnings
@@ -95,12 +95,12 @@ def edit_csv(path: Path, edit: Callable[[pd.DataFrame], None]) -> None:
     frame.to_csv(path, index=False, encoding="utf-8-sig", quoting=csv.QUOTE_ALL)
 
 
-def trust(monkeypatch: pytest.MonkeyPatch, raw: Path, rel: str) -> None:
-    """Accept the damaged file as the registry's file (as for another edition)."""
-    index = fetch._registry_index()
-    entry = index[rel]
-    digest = hashlib.sha256((raw / rel).read_bytes()).hexdigest()
-    monkeypatch.setitem(index, rel, dataclasses.replace(entry, sha256=digest))
+def trust(processed: Path, raw: Path, rel: str) -> None:
+    """Accept the damaged file as fetched (as for another edition): record its SHA-256 in the manifest."""
+    manifest = processed / "manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data["stages"]["fetch"]["inputs"][rel]["sha256"] = hashlib.sha256((raw / rel).read_bytes()).hexdigest()
+    replace_file(manifest, json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8"))
 
 
 def invoke(cfg: Path, *args: str) -> Result:
@@ -150,7 +150,7 @@ def population_done(run_stage: Callable[[str], Path]) -> Path:
 @pytest.mark.parametrize(("file", "damage", "trusted", "code", "words"),
                          [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_census_input(
-    population_done: Path, mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    population_done: Path, mirror: Path, tmp_path: Path,
     file: str, damage: object, trusted: bool, code: int, words: list[str],
 ) -> None:
     cfg = clone_workdir(population_done, tmp_path, mirror)
@@ -162,7 +162,7 @@ def test_bad_census_input(
         replace_file(target, target.read_bytes())
         edit_csv(target, damage)  # type: ignore[arg-type]
     if trusted:
-        trust(monkeypatch, tmp_path / "data_raw", file)
+        trust(tmp_path / "data_processed", tmp_path / "data_raw", file)
     before = digests(tmp_path / "data_processed")
     result = invoke(cfg, "-q", "population", "--overwrite")
     assert result.exit_code == code, result.output
@@ -173,13 +173,13 @@ def test_bad_census_input(
 
 
 def test_unknown_codes_warn_gives_no_figure_not_minus_100(
-    population_done: Path, mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    population_done: Path, mirror: Path, tmp_path: Path,
 ) -> None:
     cfg = clone_workdir(population_done, tmp_path, mirror, '[population]\nunknown_codes = "warn"\n')
     target = tmp_path / "data_raw" / C2020
     replace_file(target, target.read_bytes())
     edit_xlsx(target, {"A5": 119999, "D5": "无名区"})
-    trust(monkeypatch, tmp_path / "data_raw", C2020)
+    trust(tmp_path / "data_processed", tmp_path / "data_raw", C2020)
     with pytest.warns(DataQualityWarning) as record:
         result = CliRunner().invoke(main, ["-c", str(cfg), "-q", "population", "--overwrite"],
                                     catch_exceptions=False)

@@ -88,10 +88,12 @@ class StageContext:
         return self.settings.path("maps")
 
     def raw_file(self, rel: str | Path) -> Path:
-        """Path of a raw input in ``data_raw``, checked against its registry SHA-256."""
+        """Path of a raw input in ``data_raw``, checked against the SHA-256 fetch recorded for it."""
+        from .._io import recorded_inputs
         from ..fetch import verify_raw_file
 
-        return verify_raw_file(self.raw, rel)
+        fetched = recorded_inputs(self.output("manifest.json"), "fetch")
+        return verify_raw_file(self.raw, rel, expected=fetched.get(Path(rel).as_posix()))
 
     def output(self, name: str) -> Path:
         """Path of an output file in ``data_processed``."""
