@@ -1,30 +1,34 @@
 #!/usr/bin/env python
-"""Benchmarks of geo_pipeline against the naive library paths.
+"""Benchmarks of geo_pipeline against what a user would otherwise call.
 
 Usage::
 
     python benchmarks/bench.py [--quick] [--repeat N] [--out benchmarks/results/bench.json]
-                               [--workdir DIR] [--skip-run]
+                               [--workdir DIR] [--skip-run] [--baseline-rev REV]
 
 What it does:
 
-1. Runs ``geo-pipeline run`` once on the real data (mirror: ``GEO_PIPELINE_MIRROR`` or
-   ``../shared/data``) in a work folder (``--workdir``, default a new temporary folder) and
-   times it end to end ("whole pipeline", target 60 s); the per-stage times come from the
-   run's own log.
-2. Times stage functions on those real outputs and on scaled synthetic inputs (units x10:
-   each unit cut by a fishnet; population rasters of China's extent at 0.01 and 0.0025 deg),
-   each against the naive library path: GeoPackage I/O (pyogrio + Arrow vs fiona),
-   distance bands (vs pyproj.Geod over all unit-core pairs), Queen weights (vs
-   libpysal.weights.Queen), LISA with 999 permutations (esda warm vs the stage's block
-   kernel in-process and on a LocalCluster), raster zonal statistics (vs rasterstats
-   and exactextract).
-3. Prints a table (step, median s, baseline, baseline median s, ratio = baseline / ours,
+1. Runs ``geo-pipeline run --to export`` and then the atlas stage on the real data (mirror:
+   ``GEO_PIPELINE_MIRROR`` or ``../shared/data``) in a work folder, each in a subprocess, and
+   reports wall and CPU time (user + sys). With ``--baseline-rev REV`` the same two commands run
+   on an older git revision in the same benchmark run (same interpreter and libraries), so the
+   CPU ratio compares like with like.
+2. Times stage functions on those real outputs and on scaled inputs (units x3 and x10: each unit
+   cut by a fishnet; population rasters of China's extent at 0.01 and 0.0025 deg), each against
+   the library default a user would call, on the same inputs, with the outputs asserted equal:
+   GeoPackage I/O (vs geopandas' default engine, pyogrio), distance bands (vs pyproj.Geod over
+   all unit-core pairs), Queen weights (vs libpysal.weights.Queen), LISA + Gi* with 999
+   permutations (vs esda in a fresh process, with its numba compile; and vs esda warm), raster
+   zonal statistics (centre vs rasterstats; exact vs exactextract, the same work), and each
+   stage's start-up against importing its libraries alone.
+3. Growth: weights, statistics, distance and writing at 1x, 3x and 10x the units, with the
+   fitted exponent b of time ~ n**b.
+4. Prints a table (step, median s, baseline, baseline median s, ratio = baseline / ours,
    target, pass/fail, peak RSS above the step's start) and writes it as JSON.
 
-Each benchmark is a small function; one that fails (e.g. a stage not available yet) is
-reported as an error row and the others still run. ``--quick`` keeps the whole run under
-about two minutes (pipeline up to export, one repeat, no 0.0025 deg raster, no units x10).
+Each benchmark is a small function; one that fails is reported as an error row and the others
+still run. ``--quick`` (pipeline up to export, one repeat, no 0.0025 deg raster, no x3/x10)
+takes a few minutes.
 """
 
 from __future__ import annotations
@@ -223,7 +227,13 @@ class Context:
 
     def units_x10(self) -> Any:
         """Return the units cut about ten times finer by a fishnet."""
-        return self.cached("units_x10", lambda: subdivide(self.units(), 10, self.workdir))
+        return self.units_xn(10)
+
+    def units_xn(self, factor: int) -> Any:
+        """Return the units cut about ``factor`` times finer by a fishnet (cached on disk)."""
+        if factor == 1:
+            return self.units()
+        return self.cached(f"units_x{factor}", lambda: subdivide(self.units(), factor, self.workdir))
 
     def raster(self, res: float) -> Path:
         """Path of the synthetic raster at ``res`` degrees (made once, read once to warm the OS cache)."""
@@ -331,88 +341,172 @@ def synthetic_raster(folder: Path, res: float) -> Path:
 # -- the whole pipeline ------------------------------------------------------------------------
 
 
-def run_pipeline(ctx: Context) -> list[Row]:
-    """``geo-pipeline run`` end to end in a subprocess, per-stage times from its log."""
-    cfg = ctx.workdir / "geo_pipeline.toml"
+def _write_run_config(workdir: Path, mirror: Path, extra: str = "") -> Path:
+    cfg = workdir / "geo_pipeline.toml"
+    workdir.mkdir(parents=True, exist_ok=True)
     cfg.write_text(
         "[paths]\n"
-        f'data_raw = "{(ctx.workdir / "data_raw").as_posix()}"\n'
-        f'data_processed = "{ctx.processed.as_posix()}"\n'
-        f'maps = "{(ctx.workdir / "maps").as_posix()}"\n'
-        f'mirror = "{ctx.mirror.as_posix()}"\n',
+        f'data_raw = "{(workdir / "data_raw").as_posix()}"\n'
+        f'data_processed = "{(workdir / "data_processed").as_posix()}"\n'
+        f'maps = "{(workdir / "maps").as_posix()}"\n'
+        f'mirror = "{mirror.as_posix()}"\n' + extra,
         encoding="utf-8",
     )
-    exe = Path(sys.executable).with_name("geo-pipeline")
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "geo_pipeline.cli"]
-    cmd += ["-c", str(cfg), "run", "--overwrite"]
-    if ctx.args.quick:  # the atlas alone takes most of a minute: --quick stops after export
-        cmd += ["--to", "export"]
+    return cfg
+
+
+def _timed_cli(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, Any]:
+    """Run the CLI in a subprocess; return (wall s, CPU s of the child: user + sys, process)."""
+    import resource
+
+    # the same entry point for every revision (older trees have no ``python -m geo_pipeline.cli``)
+    entry = "import sys; from geo_pipeline.cli import main; sys.argv[0] = 'geo-pipeline'; main()"
+    cmd = [sys.executable, "-c", entry]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ctx.workdir, check=False)
+    proc = subprocess.run(cmd + args, capture_output=True, text=True, cwd=cwd, check=False, env=env)
     wall = time.perf_counter() - t0
-    (ctx.workdir / "run.log").write_text(proc.stderr + proc.stdout, encoding="utf-8")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, proc
+
+
+def _pipeline_cpu(workdir: Path, mirror: Path, *, env: dict[str, str] | None, atlas: bool) -> dict[str, Any]:
+    """CPU and wall time of ``run --to export`` and, optionally, of the atlas stage after it."""
+    cfg = _write_run_config(workdir, mirror)
+    out: dict[str, Any] = {}
+    run_args = ["-c", str(cfg), "run", "--overwrite", "--to", "export"]
+    wall, cpu, proc = _timed_cli(run_args, cwd=workdir, env=env)
+    (workdir / "run.log").write_text(proc.stderr + proc.stdout, encoding="utf-8")
+    out["export"] = (wall, cpu, proc.returncode, proc.stderr)
+    if atlas:
+        wall, cpu, proc = _timed_cli(["-c", str(cfg), "atlas", "--overwrite"], cwd=workdir, env=env)
+        (workdir / "atlas.log").write_text(proc.stderr + proc.stdout, encoding="utf-8")
+        out["atlas"] = (wall, cpu, proc.returncode, proc.stderr)
+    return out
+
+
+def _checkout(rev: str, folder: Path) -> Path:
+    """Export the tree of git revision ``rev`` into ``folder`` (for a same-run baseline)."""
+    if not (folder / "geo_pipeline").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
+
+
+def run_pipeline(ctx: Context) -> list[Row]:
+    """``geo-pipeline run --to export`` and the atlas stage, end to end in subprocesses.
+
+    Reports wall and CPU time (user + sys of the child); per-stage wall times come from the
+    run's own log. With ``--baseline-rev REV`` the same two commands run on git revision REV
+    (exported to the work folder, imported through PYTHONPATH, same interpreter and
+    libraries) in the same benchmark run, and the CPU ratio REV / ours is reported.
+    """
+    runs = {"ours": _pipeline_cpu(ctx.workdir, ctx.mirror, env=None, atlas=not ctx.args.quick)}
+    if ctx.args.baseline_rev:
+        tree = _checkout(ctx.args.baseline_rev, ctx.workdir / f"rev_{ctx.args.baseline_rev}")
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        base_dir = ctx.workdir / f"run_{ctx.args.baseline_rev}"
+        runs["base"] = _pipeline_cpu(base_dir, ctx.mirror, env=env, atlas=not ctx.args.quick)
     rows = []
-    for name, secs in re.findall(r"cli: (\w+): finished in ([\d.]+) s", proc.stderr):
-        rows.append(Row(step=f"stage {name} (CLI, from the run log)", median_s=float(secs)))
-    skipped = re.findall(r"stage (\w+) is not available", proc.stderr)
-    if ctx.args.quick:
-        whole = Row(step="pipeline fetch..export: geo-pipeline run --to export (subprocess)", median_s=wall)
-    else:
-        whole = Row(step="whole pipeline: geo-pipeline run (subprocess)", median_s=wall, target_s=60.0)
-    if skipped:
-        whole.note = f"stages not available yet: {', '.join(skipped)}"
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        whole.error = f"exit code {proc.returncode}: {last}"
-    return [whole, *rows]
+    for part, label in (("export", "geo-pipeline run --to export"), ("atlas", "atlas stage (after export)")):
+        if part not in runs["ours"]:
+            continue
+        wall, cpu, code, err = runs["ours"][part]
+        row = Row(step=f"{label}: CPU s (user+sys)", median_s=cpu, note=f"wall {wall:.1f} s")
+        if code != 0:
+            row.error = f"exit code {code}: {(err.strip().splitlines() or ['?'])[-1]}"
+        if "base" in runs:
+            bwall, bcpu, bcode, berr = runs["base"][part]
+            row.baseline, row.baseline_s = f"same at {ctx.args.baseline_rev}", bcpu
+            row.note += f"; {ctx.args.baseline_rev}: wall {bwall:.1f} s" + (
+                f", exit {bcode}: {(berr.strip().splitlines() or ['?'])[-1][:120]}" if bcode else ""
+            )
+        rows.append(row)
+    err = runs["ours"]["export"][3]
+    for name, secs in re.findall(r"cli: (\w+): finished in ([\d.]+) s", err):
+        rows.append(Row(step=f"stage {name} (wall, from the run log)", median_s=float(secs)))
+    return rows
 
 
 # -- benchmarks (each a small function returning rows) -----------------------------------------
 
 
+def _same_frame(a: Any, b: Any) -> bool:
+    """Same columns, values and geometries (WKB), in the same order."""
+    import shapely
+
+    if list(a.columns) != list(b.columns) or len(a) != len(b):
+        return False
+    geom = a.geometry.name
+    attrs_a, attrs_b = a.drop(columns=geom), b.drop(columns=geom)
+    return bool(attrs_a.equals(attrs_b)) and bool(
+        np.array_equal(shapely.to_wkb(a.geometry.values), shapely.to_wkb(b.geometry.values))
+    )
+
+
 def bench_gpkg(ctx: Context) -> list[Row]:
-    """Read and write the units layer: pyogrio + Arrow (project I/O) vs fiona."""
+    """Read and write the units layer: project I/O vs geopandas' default engine (pyogrio).
+
+    The baseline is what a user calls: ``geopandas.read_file`` / ``GeoDataFrame.to_file`` with
+    their default engine (pyogrio since geopandas 1.0; without Arrow). Both sides read and write
+    the same file and the results are asserted equal, so a ratio near 1 means parity.
+    """
     import geopandas as gpd
 
     from geo_pipeline._io import read_layer, write_gpkg
 
     rows = []
-    for label, frame in (("units", ctx.units()), ("units x10", None if ctx.args.quick else ctx.units_x10())):
-        if frame is None:
-            continue
+    sets = [("units", ctx.units())]
+    if not ctx.args.quick:
+        sets += [("units x3", ctx.units_xn(3)), ("units x10", ctx.units_xn(10))]
+    for label, frame in sets:
         src = ctx.workdir / f"io_{label.replace(' ', '_')}.gpkg"
         write_gpkg(src, {"units": frame}, overwrite=True)
         out_ours = ctx.workdir / "io_ours.gpkg"
-        out_fiona = ctx.workdir / "io_fiona.gpkg"
+        out_default = ctx.workdir / "io_default.gpkg"
 
         def write_ours(f: Any = frame, o: Path = out_ours) -> None:
             write_gpkg(o, {"units": f}, overwrite=True)
 
-        def write_fiona(f: Any = frame, o: Path = out_fiona) -> None:
+        def write_default(f: Any = frame, o: Path = out_default) -> None:
             if o.exists():
                 o.unlink()
-            f.to_file(o, layer="units", driver="GPKG", engine="fiona")
+            f.to_file(o, layer="units", driver="GPKG")
 
+        ours_read = read_layer(src, "units")
+        default_read = gpd.read_file(src, layer="units")
+        same_read = _same_frame(ours_read, default_read)
+        write_ours()
+        write_default()
+        same_write = _same_frame(read_layer(out_ours, "units"), read_layer(out_default, "units"))
+        assert same_read and same_write, f"{label}: project I/O and geopandas differ (read {same_read})"
+        n = len(frame)
         rows.append(
             compare(
-                f"GeoPackage read {label} ({len(frame)} rows)",
+                f"GeoPackage read {label} ({n} rows)",
                 lambda s=src: read_layer(s, "units"),
                 repeat=ctx.repeat,
-                baseline=("fiona", lambda s=src: gpd.read_file(s, layer="units", engine="fiona")),
-                baseline_repeat=1,
+                baseline=(
+                    "geopandas.read_file (default engine)", lambda s=src: gpd.read_file(s, layer="units")
+                ),
                 target_s=0.5 if label == "units" else None,
+                note="same frame asserted (attributes, WKB)",
             )
         )
+        rows[-1].extra["n"] = n
         rows.append(
             compare(
-                f"GeoPackage write {label} ({len(frame)} rows)",
+                f"GeoPackage write {label} ({n} rows)",
                 write_ours,
                 repeat=ctx.repeat,
-                baseline=("fiona", write_fiona),
-                baseline_repeat=1,
+                baseline=("GeoDataFrame.to_file (default engine)", write_default),
                 target_s=0.5 if label == "units" else None,
+                note="files read back equal",
             )
         )
+        rows[-1].extra["n"] = n
     return rows
 
 
@@ -631,18 +725,14 @@ def bench_raster(ctx: Context) -> list[Row]:
                 repeat=1,
                 baseline=("exactextract sum/count", base["exactextract"]),
                 baseline_repeat=1,
-                note="ours also computes the weighted centroid from exactextract's cell arrays",
+                note="same sums asserted; ours also computes the weighted centroid from exactextract's "
+                "cell arrays (more work than the baseline)",
             )
+            ours_exact = zonal_population(subset, tif, method="exact")["pop_raster_sum"].to_numpy()
+            ref = base["exactextract"]()["sum"].to_numpy()
+            same = np.allclose(ours_exact, ref, rtol=1e-6, equal_nan=True)
+            assert same, "exact sums differ from exactextract"
             rows.append(exact_row)
-            rows.append(
-                compare(
-                    f"raster zonal centre vs exactextract, {res:g} deg, {len(subset)} random units",
-                    lambda t=tif: zonal_population(subset, t, method="centre"),
-                    repeat=1,
-                    baseline=("exactextract sum/count", base["exactextract"]),
-                    baseline_repeat=1,
-                )
-            )
     if not ctx.args.quick:
         units10 = ctx.units_x10()
         tif = ctx.raster(0.01)
@@ -741,12 +831,209 @@ def bench_raster_dask(ctx: Context, units: Any, tif: Path) -> list[Row]:
     ]
 
 
+_LISA_FRESH_OURS = """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np
+from geo_pipeline.autocorrelation import local_statistics
+from geo_pipeline.weights import UnitWeights
+data = np.load(sys.argv[1], allow_pickle=False)
+w = UnitWeights.from_arrays(dict(data))
+out = local_statistics(data["y"], w, permutations=999, seed=1, alpha=0.05, fdr=False)
+np.save(sys.argv[2], out["I"].to_numpy(dtype=float))
+print(time.perf_counter() - t0)
+"""
+
+_LISA_FRESH_ESDA = """
+import sys, time, warnings
+warnings.simplefilter("ignore")
+t0 = time.perf_counter()
+import numpy as np
+import esda
+from libpysal.graph import Graph
+data = np.load(sys.argv[1], allow_pickle=False)
+ids = data["ids"].astype(object)
+f, g = data["focal"], data["neighbor"]
+order = np.lexsort((g, f))
+graph = Graph.from_arrays(ids[f[order]], ids[g[order]], np.ones(len(f)))
+y = data["y"]
+lisa = esda.Moran_Local(y, graph, transformation="r", permutations=999, seed=1, n_jobs=1)
+gi = esda.G_Local(y, graph, transform="r", star=True, permutations=999, seed=1, n_jobs=1)
+np.save(sys.argv[2], lisa.Is)
+print(time.perf_counter() - t0)
+"""
+
+
+def bench_lisa_fresh(ctx: Context) -> list[Row]:
+    """LISA + Gi* with 999 permutations, each in a fresh process, as a user would run them.
+
+    The baseline is esda's default path in a new interpreter (import, numba compile of the
+    permutation kernels, Moran_Local and G_Local(star=True)); ours is the stage's
+    ``local_statistics`` in a new interpreter (imports, the NumPy permutation kernel). Both get the
+    same neighbour pairs and values from one file; the local Moran's I values are asserted equal.
+    """
+    from geo_pipeline.weights import build_weights
+
+    units = ctx.units()
+    y = units["change_pct"].to_numpy(dtype=float)
+    ok = np.isfinite(y)
+    w = build_weights(units, kind="queen").subset(ok)
+    arrays = {**w.to_arrays(), "y": y[ok]}
+    src = ctx.workdir / "lisa_inputs.npz"
+    np.savez(src, **arrays)
+
+    def fresh(code: str, tag: str) -> tuple[float, float, np.ndarray]:
+        out = ctx.workdir / f"lisa_{tag}.npy"
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(src), str(out)], capture_output=True, text=True, check=True
+        )
+        wall = time.perf_counter() - t0
+        return wall, float(proc.stdout.split()[-1]), np.load(out)
+
+    ours_wall, _, ours_i = fresh(_LISA_FRESH_OURS, "ours")
+    esda_wall, _, esda_i = fresh(_LISA_FRESH_ESDA, "esda")
+    same = bool(np.allclose(ours_i, esda_i, rtol=1e-9, atol=1e-12))
+    return [
+        Row(
+            step=f"LISA + Gi* 999 perm., fresh process ({int(ok.sum())} units)",
+            median_s=ours_wall,
+            baseline="esda Moran_Local + G_Local, fresh process (incl. numba compile)",
+            baseline_s=esda_wall,
+            note=f"whole process wall time incl. imports; local I identical: {same}",
+        )
+    ]
+
+
+#: stage -> the library module that holds its pure function
+_STAGE_MODULES = {
+    "boundaries": "boundaries",
+    "population": "population",
+    "distance": "distance",
+    "autocorrelation": "autocorrelation",
+    "infrastructure": "infrastructure",
+    "export": "export",
+    "atlas": "atlas",
+}
+
+_LOADED_LIBS = """
+import sys
+before = set(sys.modules)
+import geo_pipeline.cli, importlib
+importlib.import_module("geo_pipeline.cli._" + sys.argv[1])
+importlib.import_module("geo_pipeline." + sys.argv[2])
+top = {m.split(".")[0] for m in set(sys.modules) - before}
+print(" ".join(sorted(t for t in top if t not in sys.stdlib_module_names and not t.startswith("_")
+                      and t != "geo_pipeline")))
+"""
+
+
+def _best_fresh(code: str, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench_stage_startup(ctx: Context) -> list[Row]:
+    """A stage's start-up against importing the third-party libraries it needs, fresh processes.
+
+    Ours: import the CLI, the stage's wrapper and its library module (what ``geo-pipeline
+    <stage>`` loads before it reads data). Baseline: ``import`` of exactly the third-party
+    top-level packages that this loads, nothing of geo_pipeline. Best of 5 each; target:
+    ours within 1.2x of the baseline (ratio >= 0.83).
+    """
+    rows = []
+    for stage, module in _STAGE_MODULES.items():
+        proc = subprocess.run(
+            [sys.executable, "-c", _LOADED_LIBS, stage, module], capture_output=True, text=True, check=True
+        )
+        libs = proc.stdout.split()
+        ours = (
+            "import geo_pipeline.cli, importlib; "
+            f"importlib.import_module('geo_pipeline.cli._{stage}'); "
+            f"importlib.import_module('geo_pipeline.{module}')"
+        )
+        base = "import " + ", ".join(libs) if libs else "pass"
+        t_ours, t_base = _best_fresh(ours, 5), _best_fresh(base, 5)
+        row = Row(
+            step=f"start-up of stage {stage} (fresh process, best of 5)",
+            median_s=t_ours,
+            baseline="import of its libraries alone",
+            baseline_s=t_base,
+            note=f"target ratio >= 0.83 (ours <= 1.2x); libraries: {' '.join(libs)}",
+        )
+        rows.append(row)
+    return rows
+
+
+def _fit_exponent(ns: list[int], ts: list[float]) -> float:
+    """Slope of log(time) on log(n): time grows as n**exponent."""
+    return float(np.polyfit(np.log(ns), np.log(ts), 1)[0])
+
+
+def bench_growth(ctx: Context) -> list[Row]:
+    """Time weights, statistics, distance and writing on the units at 1x, 3x and 10x (fishnet).
+
+    Reports each size and the fitted exponent b of time ~ n**b (b = 1: linear).
+    Full mode only (cutting the units takes a minute).
+    """
+    if ctx.args.quick:
+        return []
+    from geo_pipeline import distance as dist
+    from geo_pipeline._io import write_gpkg
+    from geo_pipeline.autocorrelation import local_statistics
+    from geo_pipeline.weights import build_weights
+
+    cores = dist.default_cores("all")
+    steps: dict[str, Callable[[Any], Any]] = {
+        "Queen weights (build_weights)": lambda u: build_weights(u, kind="queen"),
+        "LISA + Gi* 999 perm. (local_statistics)": lambda u: local_statistics(
+            u["change_pct"].to_numpy(dtype=float), build_weights(u, kind="queen"),
+            permutations=999, seed=1, alpha=0.05, fdr=False,
+        ),
+        "distance_bands": lambda u: dist.distance_bands(u, cores, breaks_km=[50.0, 100.0, 150.0]),
+        "GeoPackage write": lambda u: write_gpkg(ctx.workdir / "growth.gpkg", {"units": u}, overwrite=True),
+    }
+    rows: list[Row] = []
+    for name, fn in steps.items():
+        ns, ts = [], []
+        for factor in (1, 3, 10):
+            units = ctx.units_xn(factor)
+            if name.startswith("LISA"):
+                # weights are timed in their own row: time the statistics alone
+                w = build_weights(units, kind="queen")
+                y = units["change_pct"].to_numpy(dtype=float)
+                t, peak, _ = measure(
+                    lambda y=y, w=w: local_statistics(
+                        y, w, permutations=999, seed=1, alpha=0.05, fdr=False
+                    ),
+                    1,
+                )
+            else:
+                t, peak, _ = measure(lambda u=units, f=fn: f(u), 1)
+            ns.append(len(units))
+            ts.append(t)
+            rows.append(Row(step=f"growth: {name}, x{factor} ({len(units)} units)", median_s=t, peak_mb=peak))
+        b = _fit_exponent(ns, ts)
+        rows.append(
+            Row(step=f"growth: {name}, fitted exponent", note=f"time ~ n^{b:.2f} over n = {ns}",
+                extra={"exponent": b, "n": ns, "seconds": ts})
+        )
+    return rows
+
+
 BENCHMARKS: list[Callable[[Context], list[Row]]] = [
+    bench_stage_startup,
     bench_gpkg,
     bench_distance,
     bench_weights,
     bench_lisa,
+    bench_lisa_fresh,
     bench_raster,
+    bench_growth,
 ]
 
 
@@ -800,6 +1087,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=None, help="repeats per timing (default 3, quick 1)")
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
     parser.add_argument("--workdir", type=Path, default=None, help="work folder (kept; default: temporary)")
+    parser.add_argument(
+        "--baseline-rev",
+        default=None,
+        help="also run the pipeline of this git revision (e.g. ddb1726) in the same run and report "
+        "the CPU ratio",
+    )
     parser.add_argument(
         "--skip-run",
         action="store_true",
