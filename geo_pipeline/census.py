@@ -75,6 +75,9 @@ from ._validate import Problems
 __all__ = [
     "COUNTY_COLUMNS",
     "CITY_COLUMNS",
+    "AGE_BANDS",
+    "CITY_AGE_COLUMNS",
+    "age_band_columns",
     "ROW_KINDS",
     "AGGREGATE_KINDS",
     "CENSUS_ROW_COLUMNS",
@@ -106,6 +109,20 @@ COUNTY_COLUMNS: dict[int, dict[str, str]] = {
 
 #: Columns of the prefecture table census_city_2010-2020_v1.csv that are used.
 CITY_COLUMNS = ["city", "city_code", "province", "province_code", "popu_2010", "popu_2020", "coord"]
+
+#: The 18 five-year age bands of the county tables, both sexes summed (2010 ``0岁`` and ``1-4岁``
+#: make ``age_0_4``); ``age_85plus`` is 85 and older.
+AGE_BANDS: tuple[str, ...] = (*(f"age_{lo}_{lo + 4}" for lo in range(0, 85, 5)), "age_85plus")
+
+#: Age columns of the prefecture table: percent of residents aged 0-14, 15-59, 60+ and 65+.
+CITY_AGE_COLUMNS = [f"age_{g}_{y}" for y in (2010, 2020) for g in ("0_14", "15_59", "60", "65")]
+
+_AGE_HEADER = {
+    # 2010: "0岁（男）", "1-4岁（女）", "45-49岁（女)" (sic), "85岁及以上（男）"
+    2010: re.compile(r"^(?P<lo>\d+)(?:-(?P<hi>\d+))?岁(?P<open>及以上)?[（(](?P<sex>[男女])[）)]$"),
+    # 2020: "男_0岁", "女_1到4岁", "男_85岁以上"
+    2020: re.compile(r"^(?P<sex>[男女])_(?P<lo>\d+)(?:到(?P<hi>\d+))?岁(?P<open>以上)?$"),
+}
 
 #: Every kind a census row can be classified as.
 ROW_KINDS = (
@@ -265,6 +282,75 @@ def _numeric(series: pd.Series, *, name: str, source: str) -> pd.Series:
     return values.round().astype("Int64")
 
 
+def age_band_columns(columns: Any, *, year: int, source: str = "county table") -> dict[str, list[str]]:
+    """Source columns of each age band (both sexes) of a county table.
+
+    Parameters
+    ----------
+    columns : iterable of str
+        Column names of the sheet.
+    year : {2010, 2020}
+    source : str
+        Name used in messages.
+
+    Returns
+    -------
+    dict
+        :data:`AGE_BANDS` name -> its source columns (2 per band, 4 for 2010
+        ``age_0_4``); empty when the table has no age columns at all.
+
+    Raises
+    ------
+    InputError
+        If the age columns of a sex do not cover 0-84 in consecutive
+        intervals plus 85 and older, or an interval straddles two bands.
+
+    Examples
+    --------
+    >>> age_band_columns(["男_0岁", "女_0岁", "合计"], year=2020)  # doctest: +SKIP
+    """
+    pattern = _AGE_HEADER.get(year)
+    if pattern is None:
+        raise InputError(f"census year must be one of {sorted(_AGE_HEADER)}, found {year!r}")
+    intervals: dict[str, list[tuple[int, int, str]]] = {}
+    for col in columns:
+        m = pattern.match(str(col).strip())
+        if m is None:
+            continue
+        lo = int(m["lo"])
+        hi = 999 if m["open"] else int(m["hi"] or lo)
+        intervals.setdefault(m["sex"], []).append((lo, hi, str(col)))
+    if not intervals:
+        return {}
+    problems = []
+    out: dict[str, list[str]] = {b: [] for b in AGE_BANDS}
+    for sex in ("男", "女"):
+        spans = sorted(intervals.get(sex, []))
+        expect = 0
+        for lo, hi, col in spans:
+            if lo != expect:
+                problems.append(f"{sex}: expected an age column starting at {expect}, found {col!r}")
+                break
+            start = lo - lo % 5
+            in_one_band = hi != 999 and hi // 5 == lo // 5 and lo < 85
+            band = "age_85plus" if hi == 999 and lo == 85 else (
+                f"age_{start}_{start + 4}" if in_one_band else None)
+            if band is None:
+                problems.append(f"{sex}: age column {col!r} does not fit one of the 5-year bands {AGE_BANDS}")
+                break
+            out[band].append(col)
+            expect = hi + 1
+        else:
+            if expect != 1000:
+                problems.append(f"{sex}: age columns end at {expect - 1}; expected an 85+ column")
+    if problems:
+        raise InputError(
+            f"{source}: the age columns do not make the 18 five-year bands 0-4 ... 85+ for both sexes: "
+            + "; ".join(problems)
+        )
+    return out
+
+
 def standardise_county_table(frame: pd.DataFrame, *, year: int, source: str = "county table") -> pd.DataFrame:
     """Rename a raw county table to standard columns (pure).
 
@@ -283,7 +369,9 @@ def standardise_county_table(frame: pd.DataFrame, *, year: int, source: str = "c
         ``label`` (name as written, indentation kept), ``code`` (6-digit
         string or None), ``province_label``, ``prefecture_label`` (2020 only,
         else None), ``pop`` and ``hukou`` (nullable integers; ``hukou`` is
-        missing in 2020, whose table has no hukou total).
+        missing in 2020, whose table has no hukou total), and, when the sheet
+        has age columns, the :data:`AGE_BANDS` (nullable integers, both sexes
+        summed; see :func:`age_band_columns`).
 
     Raises
     ------
@@ -322,6 +410,11 @@ def standardise_county_table(frame: pd.DataFrame, *, year: int, source: str = "c
         out["hukou"] = pd.array([pd.NA] * n, dtype="Int64")
     out["note"] = pd.Series([None] * n, dtype=object)
     _check_blank_counts(frame.reset_index(drop=True), out, cols=cols, source=source)
+    for band, band_cols in age_band_columns(frame.columns, year=year, source=source).items():
+        parts = [_numeric(frame[c].reset_index(drop=True), name=c, source=source) for c in band_cols]
+        # a blank cell is no one (the yearbook leaves zeros blank in small units: 西沙群岛, 冷湖行委);
+        # geo_pipeline.ageing.check_age_bands verifies that the bands then sum to the row's total
+        out[band] = pd.concat(parts, axis=1).sum(axis=1, min_count=1).astype("Int64")
     return out
 
 
@@ -402,7 +495,9 @@ def load_corrections() -> pd.DataFrame:
     swaps the population and hukou figures of the row ``code`` with those of
     the row ``value`` (figures printed on the wrong row), ``rename`` replaces
     the row's name by ``value`` (names printed on the wrong row, codes and
-    figures right), ``recode`` replaces a misprinted code by ``value``. The
+    figures right), ``recode`` replaces a misprinted code by ``value``,
+    ``set_age`` sets one age band (both sexes, :data:`AGE_BANDS`) to a
+    corrected count given as ``value`` = ``age_<lo>_<hi>=<count>``. The
     ``name`` column is the name as printed, checked before anything is changed.
     """
     ref = resources.files("geo_pipeline").joinpath("data/census_corrections.csv")
@@ -459,7 +554,7 @@ def apply_corrections(table: pd.DataFrame, corrections: pd.DataFrame, *, year: i
         i = locate(c.code, c.name)
         if c.action == "swap_values":
             j = locate(c.value, None)
-            for col in ("pop", "hukou"):
+            for col in ("pop", "hukou", *(b for b in AGE_BANDS if b in out.columns)):
                 out.loc[i, col], out.loc[j, col] = out.at[j, col], out.at[i, col]
             msg = f"figures swapped with row {c.value} (census_corrections.csv): {c.reason}"
             out.at[i, "note"] = msg
@@ -472,6 +567,19 @@ def apply_corrections(table: pd.DataFrame, corrections: pd.DataFrame, *, year: i
             out.at[i, "code"] = c.value
             out.at[i, "note"] = f"code corrected from {c.code} (census_corrections.csv): {c.reason}"
             index[c.value] = index.pop(c.code)
+        elif c.action == "set_age":
+            band, _, figure = str(c.value).partition("=")
+            if band not in AGE_BANDS or band not in out.columns or not figure.strip().isdigit():
+                raise InputError(
+                    f"census correction {year} {c.code}: set_age expects 'age_<lo>_<hi>=<count>' with a band "
+                    f"of {list(AGE_BANDS)} present in the table, found {c.value!r}"
+                )
+            before = out.at[i, band]
+            out.at[i, band] = int(figure)
+            out.at[i, "note"] = (
+                f"age band {band} corrected from {before} to {int(figure)} "
+                f"(census_corrections.csv): {c.reason}"
+            )
         elif c.action == "rename":
             old = out.at[i, "label"]
             indent = old[: len(old) - len(old.lstrip())] if isinstance(old, str) else ""
@@ -486,6 +594,7 @@ _CORRECTION_NOTES = (
     ("figures swapped with row ", "swap_values"),
     ("code corrected from ", "recode"),
     ("name corrected from ", "rename"),
+    ("age band ", "set_age"),
 )
 
 
@@ -514,7 +623,8 @@ def read_city_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     -------
     pandas.DataFrame
         The columns of :data:`CITY_COLUMNS`; ``city_code`` and
-        ``province_code`` as 6-digit strings.
+        ``province_code`` as 6-digit strings; and the age percentages
+        :data:`CITY_AGE_COLUMNS` (float, NaN when blank or not in the file).
 
     Raises
     ------
@@ -538,7 +648,7 @@ def read_city_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise InputError(
             f"{p}: missing column(s) {missing}; expected {CITY_COLUMNS}, found {list(frame.columns)[:12]}"
         )
-    return check_city_table(frame[CITY_COLUMNS], source=str(p))
+    return _with_city_ages(check_city_table(frame[CITY_COLUMNS], source=str(p)), frame, source=p.name)
 
 
 #: Cell texts of the prefecture table that mean "no figure" (XPCC cities, 三沙 2010).
@@ -607,6 +717,26 @@ def check_city_table(frame: pd.DataFrame, *, source: str = "prefecture table") -
             problems.add(f"line {i + 2} ({out.at[i, 'city']}): {col} = {raw.iloc[i]!r} is not a whole number")
         out[col] = values.where(~(bad | neg | frac)).round().astype("Int64")
     problems.raise_if_any()
+    return out
+
+
+def _with_city_ages(out: pd.DataFrame, frame: pd.DataFrame, *, source: str) -> pd.DataFrame:
+    """Add the :data:`CITY_AGE_COLUMNS` (percent, float; NaN when blank or absent from the file)."""
+    for col in CITY_AGE_COLUMNS:
+        if col not in frame.columns:
+            out[col] = np.nan
+            continue
+        raw = frame[col]
+        values = pd.to_numeric(raw.replace({"NA": np.nan, "": np.nan, "-": np.nan}), errors="coerce")
+        unparsed = values.isna() & raw.notna() & ~raw.isin(["NA", "", "-"])
+        bad = unparsed | (~values.between(0, 100) & values.notna())
+        if bad.any():
+            raise InputError(
+                f"{source}: column {col!r} has {int(bad.sum())} value(s) that are not percentages "
+                "in [0, 100] "
+                f"(rows {list(frame.index[bad][:5] + 2)}); expected the share of residents in the age group"
+            )
+        out[col] = values.astype("float64").to_numpy()
     return out
 
 
@@ -779,6 +909,10 @@ def classify_county_rows(table: pd.DataFrame, *, year: int, source: str | None =
     )
     out["pop"] = out["pop"].astype("Int64")
     out["hukou"] = out["hukou"].astype("Int64")
+    for band in AGE_BANDS:  # age bands travel with their row when the table has them
+        if band in table.columns:
+            out[band] = table[band].astype("Int64").to_numpy()
+            out[band] = out[band].astype("Int64")
     check_county_rows(out, year=year, source=source)
     return out
 

@@ -106,6 +106,14 @@ _FIELD_DESCRIPTIONS = {
     "region_zh": "Economic region in Chinese: 东部, 中部, 西部, 东北",
     "unit_kind": "Kind of county unit: district (市辖区), city (county-level), county, other (banner, "
                  "特区, 林区), mixed (merged units of several kinds)",
+    "share_60plus_2010": "Residents aged 60+ in % of residents, 2010 census",
+    "share_60plus_2020": "Residents aged 60+ in % of residents, 2020 census",
+    "share_65plus_2010": "Residents aged 65+ in % of residents, 2010 census",
+    "share_65plus_2020": "Residents aged 65+ in % of residents, 2020 census",
+    "share_60plus_change_pts": "Change of the 60+ share 2010-2020, percentage points",
+    "share_65plus_change_pts": "Change of the 65+ share 2010-2020, percentage points",
+    "old_age_dependency_2010": "Old-age dependency ratio 2010: residents aged 65+ per 100 aged 15-64",
+    "old_age_dependency_2020": "Old-age dependency ratio 2020: residents aged 65+ per 100 aged 15-64",
     "comparable": "False when the population is not comparable between the censuses (e.g. Sansha: "
                   "2010 rows empty); left out of weights and statistics",
     "pop_raster_sum": "Sum of gridded population inside the unit",

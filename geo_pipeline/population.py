@@ -27,6 +27,12 @@ cannot be matched one to one into one analysis unit, and computes per unit:
     kind of its polygons (district, city,
     county, other, or mixed for a merged unit of several kinds); see
     :mod:`geo_pipeline.regions`.
+``share_60plus_2010`` ... ``old_age_dependency_2020``
+    Ageing from the 5-year age bands of the county tables: shares aged 60+
+    and 65+ (percent of residents), their change in points, and the old-age
+    dependency ratio (65+ per 100 aged 15-64), with the counts
+    ``pop_15_64_<year>``, ``pop_60plus_<year>``, ``pop_65plus_<year>``; a
+    merged unit sums its members' bands first (:mod:`geo_pipeline.ageing`).
 ``comparable``
     False when the unit's population is not comparable between the censuses.
     Rule: a unit is not comparable when one of its census unit rows has no
@@ -49,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import geopandas as gpd
@@ -58,7 +65,8 @@ import shapely
 
 from ._errors import DataQualityWarning, InputError, UnknownCodeError
 from ._validate import Kind, check_frame
-from .census import AGGREGATE_KINDS, CENSUS_ROW_COLUMNS, check_totals, correction_action
+from .ageing import AGEING_COLUMNS, COUNT_COLUMNS, ageing_indicators, prefecture_ageing, unit_age_counts
+from .census import AGGREGATE_KINDS, CENSUS_ROW_COLUMNS, CITY_AGE_COLUMNS, check_totals, correction_action
 from .crosswalk import harmonise, match_census_rows
 from .regions import county_kind, region_of, unit_kind
 
@@ -90,14 +98,14 @@ INDICATOR_COLUMNS = [
 UNIT_COLUMNS = [
     "unit_id", "name", "province", "province_code", "prefecture", "prefecture_code", "level",
     "n_members", *INDICATOR_COLUMNS, "region", "region_zh", "unit_kind", "comparable",
-    "members", "rows_2010", "rows_2020", "method", "geometry",
+    *AGEING_COLUMNS, *COUNT_COLUMNS, "members", "rows_2010", "rows_2020", "method", "geometry",
 ]
 
 #: Columns of the ``prefectures`` layer.
 PREFECTURE_COLUMNS = [
     "unit_id", "name", "province", "province_code", "prefecture", "prefecture_code", "level",
     "n_members", *INDICATOR_COLUMNS, "city_code", "join", "pop_2010_units", "pop_2020_units",
-    "geometry",
+    "region", "region_zh", "comparable", *AGEING_COLUMNS, "geometry",
 ]
 
 #: Columns of the ``match_report`` table.
@@ -441,6 +449,7 @@ def _units(
     unit_methods = _collect(lk["unit_id"], lk["method"])
     out["method"] = [_methods_text(unit_methods.get(u, [])) or None for u in out.index]
     out = add_indicators(out, shrink_threshold_pct=shrink_threshold_pct)
+    out = ageing_indicators(pd.concat([out, unit_age_counts(rows, census, out.index)], axis=1))
     # provinces outside the 31 of regions.csv (synthetic data) get no region
     regions = region_of(out["province_code"], source="counties layer", strict=False)
     out["region"] = regions["region"].to_numpy()
@@ -486,8 +495,10 @@ def _empty_units(crs: object) -> gpd.GeoDataFrame:
         frame[c] = frame[c].astype("int64")
     for c in ("change", "hukou_2010"):
         frame[c] = frame[c].astype("Int64")
-    for c in ("change_pct", "annual_rate", "net_outflow_ratio"):
+    for c in ("change_pct", "annual_rate", "net_outflow_ratio", *AGEING_COLUMNS):
         frame[c] = frame[c].astype("float64")
+    for c in COUNT_COLUMNS:
+        frame[c] = frame[c].astype("Int64")
     for c in ("shrinking", "net_outflow", "comparable"):
         frame[c] = frame[c].astype(bool)
     return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], crs=crs), crs=crs)[UNIT_COLUMNS]
@@ -704,6 +715,7 @@ def prefecture_indicators(
     units: pd.DataFrame,
     *,
     shrink_threshold_pct: float = 0.0,
+    county_rows: Sequence[pd.DataFrame] = (),
 ) -> tuple[gpd.GeoDataFrame, pd.DataFrame]:
     """Prefecture indicators from ``census_city_2010-2020_v1.csv`` on boundary polygons (pure).
 
@@ -720,11 +732,18 @@ def prefecture_indicators(
         ``pop_2010``, ``pop_2020``, ``hukou_2010``), used for ``hukou_2010``
         and the ``pop_*_units`` cross-checks.
     shrink_threshold_pct : float, default 0.0
+    county_rows : sequence of pandas.DataFrame, optional
+        Classified county-table rows with age bands; they fill the ageing
+        columns where the CSV has no age figures (通化市 2020), see
+        :func:`~geo_pipeline.ageing.prefecture_ageing`.
 
     Returns
     -------
     prefectures : geopandas.GeoDataFrame
         :data:`PREFECTURE_COLUMNS`; ``unit_id`` is the boundary prefecture adcode.
+        ``region``/``region_zh`` by province, ``comparable`` True (CSV rows
+        without both populations are not prefecture units), and the ageing
+        columns from the CSV's age percentages.
     report : pandas.DataFrame
         One row per CSV row in the format of :data:`REPORT_COLUMNS` (``item``
         ``census_city``, ``pop`` = ``popu_2020``): ``matched`` with the join
@@ -831,6 +850,17 @@ def prefecture_indicators(
     out["net_outflow"] = (out["net_outflow_ratio"] > 0).fillna(False).astype(bool)
     out["city_code"] = merged["city_code"].to_numpy()
     out["join"] = merged["join"].to_numpy()
+    regions = region_of(out["province_code"], source="prefectures layer", strict=False)
+    out["region"] = regions["region"].to_numpy()
+    out["region_zh"] = regions["region_zh"].to_numpy()
+    out["comparable"] = True
+    if all(c in city_table.columns for c in CITY_AGE_COLUMNS):
+        ages = prefecture_ageing(city_table, county_rows).reindex(merged["city_code"])
+        for c in AGEING_COLUMNS:
+            out[c] = ages[c].to_numpy(dtype="float64")
+    else:
+        for c in AGEING_COLUMNS:
+            out[c] = np.nan
     gdf = gpd.GeoDataFrame(out, geometry=merged.geometry.values, crs=prefectures.crs)
     gdf["geometry"] = [_as_multipolygon(gm) for gm in gdf.geometry]
     return gdf[PREFECTURE_COLUMNS], report

@@ -452,7 +452,7 @@ def test_cli_population_synthetic(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     out = tmp_path / "data_processed"
     assert set(list_layers(out / "population.gpkg")) == {
-        "units", "prefectures", "match_report", "crosswalk", "province_totals"}
+        "units", "prefectures", "match_report", "crosswalk", "province_totals", "province_ageing"}
     units = read_layer(out / "population.gpkg", "units")
     assert sorted(units["unit_id"]) == ["100102", "100104", "100181"]
     assert units.crs.to_epsg() == 4326
@@ -655,9 +655,107 @@ def test_real_regions_kinds_and_comparable(real_result: object) -> None:
     rep = res.match_report
     corrected = rep[rep["method"].fillna("").str.contains("corrected:")].set_index("census_id")
     assert sorted(corrected["name"]) == sorted(["平房区", "香坊区", "伊宁市", "奎屯市", "丰南区", "丰润区",
-                                               "五台山风景名胜区"])
+                                               "五台山风景名胜区", "建昌县", "石鼓区"])
     assert set(corrected.loc[corrected["name"].isin(["平房区", "香坊区"]), "method"]) == {
         "code+corrected:swap_values"}
+
+
+def _raw_band_sum(path: Path, label: str, lows: range, *, year: int) -> int:
+    """Independent reference: sum the raw xlsx cells of the ages in ``lows`` on the row ``label``."""
+    import re
+
+    raw = pd.read_excel(path, engine="calamine")
+    if year == 2010:
+        pat = re.compile(r"^(\d+)(?:-\d+)?岁(?:及以上)?[（(][男女]")
+        row = raw[raw["地区"].astype(str).str.strip() == label]
+    else:
+        pat = re.compile(r"^[男女]_(\d+)(?:到\d+)?岁")
+        row = raw[raw["区县"].astype(str).str.strip().eq(label) | raw["省"].astype(str).str.strip().eq(label)
+                  & raw["区划代码"].astype(str).str.endswith("0000")]
+    cols = [c for c in raw.columns if (m := pat.match(str(c))) and int(m.group(1)) in lows]
+    assert len(row) == 1 and len(cols) == 2 * len(range(lows.start, 86, 5)), (label, len(row), cols)
+    return int(pd.to_numeric(row[cols].iloc[0]).fillna(0).sum())
+
+
+def test_real_ageing_units_reproduce_the_census_provinces(
+    real_result: object, real_rows: dict[int, pd.DataFrame], mirror: Path
+) -> None:
+    from geo_pipeline.ageing import AGEING_COLUMNS, check_age_bands, province_ageing
+
+    res, _ = real_result
+    u = res.units
+    assert u[AGEING_COLUMNS].notna().all().all()  # every unit, both years
+    for year in (2010, 2020):
+        check_age_bands(real_rows[year], year=year)  # bands of every populated row = its total
+    prov = province_ageing(real_rows[2010], real_rows[2020], u).set_index("code")
+    assert len(prov) == 32 and (prov["difference_persons"] == 0).all()
+    by_prov = u.groupby("province_code")[["pop_60plus_2020", "pop_2020"]].sum()
+    path = mirror / CENSUS / "census_county_2020_v1.xlsx"
+    for code, label, share in (("210000", "辽宁省", 25.72), ("220000", "吉林省", 23.06),
+                               ("230000", "黑龙江省", 23.22)):
+        # the census provincial figure: the province row's own bands in the raw sheet, to the person
+        census_60 = _raw_band_sum(path, label, range(60, 86), year=2020)
+        assert by_prov.loc[code, "pop_60plus_2020"] == census_60 == prov.loc[code, "census_pop_60plus_2020"]
+        got = 100 * by_prov.loc[code, "pop_60plus_2020"] / by_prov.loc[code, "pop_2020"]
+        assert prov.loc[code, "share_60plus_2020"] == pytest.approx(got)
+        assert round(got, 2) == share  # the 7th census communiqué's provincial shares
+    # the seed's claim, as numbers: Liaoning 25.72 %, Jilin 23.06 % aged 60+ in 2020
+    assert prov.loc["210000", "share_60plus_2020"] > 23 and prov.loc["220000", "share_60plus_2020"] > 23
+    assert prov.loc["000000", "share_60plus_2020"] == pytest.approx(18.727635, abs=1e-6)
+    # 2010 Liaoning needs the 建昌县 correction (35-39岁 female misprinted +30,000)
+    liaoning_2010 = _raw_band_sum(mirror / CENSUS / "census_county_2010_v1.xlsx", "辽宁省", range(60, 86),
+                                  year=2010)
+    assert prov.loc["210000", "pop_60plus_2010"] == liaoning_2010
+    # a merged unit sums its members' bands before dividing: 三亚's four districts in 2020
+    r20 = real_rows[2020]
+    sanya = u[u["members"].str.contains("460202")].iloc[0]
+    rows = r20[r20["kind"].eq("unit") & r20["code"].isin(["460202", "460203", "460204", "460205"])]
+    old = rows[["age_65_69", "age_70_74", "age_75_79", "age_80_84", "age_85plus"]].astype("int64").sum().sum()
+    work = rows[[f"age_{lo}_{lo + 4}" for lo in range(15, 65, 5)]].astype("int64").sum().sum()
+    assert sanya["pop_65plus_2020"] == old and sanya["pop_2020"] == int(rows["pop"].sum())
+    assert sanya["old_age_dependency_2020"] == pytest.approx(100 * old / work)
+    assert sanya["share_65plus_change_pts"] == pytest.approx(
+        sanya["share_65plus_2020"] - sanya["share_65plus_2010"])
+
+
+def test_real_age_band_corrections_are_needed(mirror: Path) -> None:
+    from geo_pipeline.ageing import check_age_bands
+
+    corrections = load_corrections()
+    plain = corrections[corrections["action"] != "set_age"]
+    table = read_county_table(mirror / CENSUS / "census_county_2010_v1.xlsx", year=2010)
+    rows = classify_county_rows(apply_corrections(table, plain, year=2010), year=2010)
+    with pytest.raises(InputError) as err:
+        check_age_bands(rows, year=2010)
+    msg = str(err.value)
+    assert "2 problems" in msg and "建昌县" in msg and "(difference +30000)" in msg
+    assert "石鼓区" in msg and "(difference -6)" in msg
+
+
+def test_real_prefecture_ageing_and_regions(
+    real_result: object, real_rows: dict[int, pd.DataFrame], mirror: Path
+) -> None:
+    from geo_pipeline.ageing import AGEING_COLUMNS
+
+    res, layers = real_result
+    city = read_city_table(mirror / CENSUS / "census_city_2010-2020_v1.csv")
+    pref, _ = prefecture_indicators(city, layers["prefectures"], res.units,
+                                    county_rows=(real_rows[2010], real_rows[2020]))
+    p = pref.set_index("unit_id")
+    c = city.set_index("city_code")
+    assert p["region"].notna().all() and p["comparable"].all()
+    assert p["region"].value_counts().to_dict() == {"West": 131, "East": 102, "Central": 87, "Northeast": 36}
+    # the CSV's percentages are the shares; dependency = 65+ / (100 - 0-14 - 65+)
+    assert p.loc["210100", "share_60plus_2020"] == c.loc["210100", "age_60_2020"]
+    a0, a65 = c.loc["210100", "age_0_14_2010"], c.loc["210100", "age_65_2010"]
+    assert p.loc["210100", "old_age_dependency_2010"] == pytest.approx(100 * a65 / (100 - a0 - a65))
+    # 通化市 has no 2020 ages in the CSV: its 2020 county-table prefecture row fills them
+    assert np.isnan(c.loc["220500", "age_60_2020"])
+    r20 = real_rows[2020]
+    row = r20[r20["code"].eq("220500")].iloc[0]
+    old = sum(int(row[f"age_{lo}_{lo + 4}"]) for lo in range(60, 85, 5)) + int(row["age_85plus"])
+    assert p.loc["220500", "share_60plus_2020"] == pytest.approx(100 * old / int(row["pop"]))
+    assert p[AGEING_COLUMNS].notna().all().all()
 
 
 def test_real_prefectures(real_result: object, mirror: Path) -> None:

@@ -14,7 +14,9 @@ from .._errors import DataQualityWarning
 from .._io import check_writable, list_layers, read_layer, read_table
 from .._progress import timed
 from .._validate import check_frame
+from ..ageing import check_age_bands, province_ageing
 from ..census import (
+    AGE_BANDS,
     apply_corrections,
     classify_county_rows,
     load_corrections,
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT = "population.gpkg"
 REPORT_CSV = "match_report.csv"
+AGEING_CSV = "province_ageing.csv"
 CENSUS_FILES = {
     2010: "census/census_county_2010_v1.xlsx",
     2020: "census/census_county_2020_v1.xlsx",
@@ -61,9 +64,11 @@ def run(ctx: StageContext, **options: Any) -> None:
     data_raw/census/ and the counties/prefectures of data_processed/boundaries.gpkg,
     links every census row to today's county polygons (code, name, then the
     documented crosswalk table), merges polygons that cannot be matched one to
-    one, and writes data_processed/population.gpkg (layers units, prefectures;
-    tables match_report, crosswalk, province_totals) and
-    data_processed/match_report.csv.
+    one, computes change, net outflow, ageing (age bands), region, unit kind and
+    comparability per unit, and writes data_processed/population.gpkg (layers
+    units, prefectures; tables match_report, crosswalk, province_totals,
+    province_ageing), data_processed/match_report.csv and
+    data_processed/province_ageing.csv.
     """
     settings = ctx.settings.population
     threshold = options.get("shrink_threshold_pct")
@@ -77,6 +82,7 @@ def run(ctx: StageContext, **options: Any) -> None:
     dest = ctx.output(OUTPUT)
     check_writable(dest, overwrite=ctx.overwrite)
     check_writable(ctx.output(REPORT_CSV), overwrite=ctx.overwrite)
+    check_writable(ctx.output(AGEING_CSV), overwrite=ctx.overwrite)
 
     # --- inputs
     paths = {f"census_{y}": ctx.raw_file(p) for y, p in CENSUS_FILES.items()}
@@ -90,6 +96,10 @@ def run(ctx: StageContext, **options: Any) -> None:
             table = read_county_table(paths[f"census_{y}"], year=y)
             rows[y] = classify_county_rows(apply_corrections(table, corrections, year=y), year=y,
                                            source=str(paths[f"census_{y}"]))
+            if AGE_BANDS[0] in rows[y].columns:
+                check_age_bands(rows[y], year=y, source=str(paths[f"census_{y}"]))
+            else:  # e.g. a reduced table: ageing columns stay empty, no other figure changes
+                log.warning("%s: no age columns; the ageing columns are left empty", paths[f"census_{y}"])
         city = read_city_table(paths["census_city"])
     counties = read_layer(boundaries, "counties", hint=_BOUNDARY_HINT)
     prefectures = read_layer(boundaries, "prefectures", hint=_BOUNDARY_HINT)
@@ -120,7 +130,9 @@ def run(ctx: StageContext, **options: Any) -> None:
         result = build_population(rows[2010], rows[2020], counties, known_changes=table,
                                   shrink_threshold_pct=threshold, unknown_codes=settings.unknown_codes)
     pref, pref_report = prefecture_indicators(city, prefectures, result.units,
-                                                 shrink_threshold_pct=threshold)
+                                                 shrink_threshold_pct=threshold,
+                                                 county_rows=(rows[2010], rows[2020]))
+    ageing = province_ageing(rows[2010], rows[2020], result.units)
     offset = wkt_offset_km(city, prefectures)
     if offset == offset and offset > 0.3:
         warnings.warn(
@@ -141,9 +153,11 @@ def run(ctx: StageContext, **options: Any) -> None:
         "match_report": report,
         "crosswalk": result.crosswalk,
         "province_totals": result.totals,
+        "province_ageing": ageing,
     }
     path = ctx.write_gpkg(OUTPUT, layers)
     csv = ctx.write_csv(REPORT_CSV, report)
+    ageing_csv = ctx.write_csv(AGEING_CSV, ageing)
 
     # --- summary
     rep = result.match_report
@@ -167,10 +181,18 @@ def run(ctx: StageContext, **options: Any) -> None:
         "national_difference_2020": int(nation.loc[2020, "difference"]),
         "shrinking_units": int(result.units["shrinking"].sum()),
         "wkt_offset_km": round(offset, 3) if offset == offset else None,
+        "units_not_comparable": result.units.loc[~result.units["comparable"], "unit_id"].tolist(),
+        # the seed's claim (Liaoning, Jilin > 23 % aged 60+ in 2020), recomputed from the units
+        "share_60plus_2020_pct": {
+            str(n): (round(float(v), 2) if v == v else None)
+            for n, v in zip(ageing["name"], ageing["share_60plus_2020"], strict=True)
+            if n in ("辽宁省", "吉林省", "黑龙江省", "全国")
+        },
+        "province_ageing_difference_persons": int(ageing["difference_persons"].fillna(0).sum()),
     }
     ctx.manifest(
         inputs=inputs,
-        outputs={"population": path, "match_report_csv": csv},
+        outputs={"population": path, "match_report_csv": csv, "province_ageing_csv": ageing_csv},
         parameters={"level": level, "shrink_threshold_pct": threshold, "packaged_tables": packaged,
                     "unknown_codes": settings.unknown_codes,
                     "crosswalk_file": str(xw_file) if xw_file else "", "crosswalk_rows": len(table)},
