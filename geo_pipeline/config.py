@@ -309,6 +309,25 @@ class AtlasSettings:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    """Report stage (maps/report.html and maps/report.md).
+
+    Attributes
+    ----------
+    bootstrap : resamples for the bootstrap intervals (population-weighted
+        change, break of the segmented regression).
+    seed : seed of the bootstrap.
+    maps : embed the atlas' national maps (drawn with the atlas code).
+    dpi : resolution of the embedded maps and charts.
+    """
+
+    bootstrap: int = 999
+    seed: int = 20201101
+    maps: bool = True
+    dpi: int = 100
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of a pipeline run; see each section's class."""
 
@@ -322,6 +341,7 @@ class Settings:
     raster: RasterSettings = field(default_factory=RasterSettings)
     dask: DaskSettings = field(default_factory=DaskSettings)
     atlas: AtlasSettings = field(default_factory=AtlasSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
 
     # -- derived paths -----------------------------------------------------
     def path(self, which: str) -> Path:
@@ -460,6 +480,9 @@ def _check_choices(s: Settings, source: str) -> None:
             f"{source}: [atlas] needs simplify_m >= 0, generalise_mm >= 0 and dpi in [20, 1200]; "
             f"found {a.simplify_m}, {a.generalise_mm}, {a.dpi}"
         )
+    if s.report.bootstrap < 0 or not 20 <= s.report.dpi <= 600:
+        raise ConfigError(f"{source}: [report] needs bootstrap >= 0 and dpi in [20, 600]; "
+                          f"found {s.report.bootstrap}, {s.report.dpi}")
     inf = s.infrastructure
     if not 0 < inf.underused_threshold <= 1:
         raise ConfigError(f"{source}: [infrastructure] underused_threshold must be in (0, 1]")

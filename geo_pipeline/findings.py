@@ -33,7 +33,7 @@ import io
 import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,8 +86,9 @@ RULES: dict[str, str] = {
         "within it (odds-ratio 95 % interval above 1); (c) threshold: the segmented regression has a "
         "break (bootstrap interval of the slope change excludes 0) whose bootstrap interval contains "
         "{km:g} km; (d) distance matters: the log-distance coefficient of the spatial model is "
-        "negative with p < 0.05. Supported when (a), (b) and (c or d) hold; partly supported when "
-        "at least one holds; not supported when none does."
+        "negative with p < 0.05; (e) generally (普遍): more than half of the units beyond {km:g} km "
+        "shrink in every region (when the region column exists). Supported when (a), (b), (c or d) "
+        "and (e) hold; partly supported when at least one holds; not supported when none does."
     ),
     "northeast": (
         "Three tests: (a) the Northeast's total population fell; (b) its share of Low-Low "
@@ -149,9 +150,15 @@ def not_testable(rule: str, missing: Sequence[str], what: str = "column") -> Ver
     return Verdict(VERDICTS[3], (f"not testable with these data: {what} {text} missing",), rule)
 
 
-def _combine(rule: str, tests: Mapping[str, bool | None], reasons: Sequence[str], *, all_for_support: Sequence[str],
-             support_if: bool | None = None) -> Verdict:
-    """Supported when ``support_if`` (default: every test in ``all_for_support``), partly when any test holds."""
+def _combine(
+    rule: str,
+    tests: Mapping[str, bool | None],
+    reasons: Sequence[str],
+    *,
+    all_for_support: Sequence[str],
+    support_if: bool | None = None,
+) -> Verdict:
+    """Supported when ``support_if`` (default: all tests in ``all_for_support``); partly when any holds."""
     held = [k for k, v in tests.items() if v]
     support = all(tests.get(k) for k in all_for_support) if support_if is None else support_if
     if support:
@@ -180,7 +187,9 @@ def wilson_interval(k: Any, n: Any, *, confidence: float = CONFIDENCE) -> tuple[
     return lo, hi
 
 
-def odds_ratio(a: int, b: int, c: int, d: int, *, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+def odds_ratio(
+    a: int, b: int, c: int, d: int, *, confidence: float = CONFIDENCE
+) -> tuple[float, float, float]:
     """Conditional ML odds ratio of the 2x2 table [[a, b], [c, d]] and its exact interval (scipy)."""
     if min(a + b, c + d, a + c, b + d) == 0:
         return (math.nan, math.nan, math.nan)
@@ -189,8 +198,9 @@ def odds_ratio(a: int, b: int, c: int, d: int, *, confidence: float = CONFIDENCE
     return float(res.statistic), float(ci.low), float(ci.high)
 
 
-def mantel_haenszel(tables: Sequence[Sequence[Sequence[float]]], *, confidence: float = CONFIDENCE
-                    ) -> tuple[float, float, float]:
+def mantel_haenszel(
+    tables: Sequence[Sequence[Sequence[float]]], *, confidence: float = CONFIDENCE
+) -> tuple[float, float, float]:
     r"""Mantel-Haenszel odds ratio pooled over 2x2 tables, with the Robins-Breslow-Greenland interval.
 
     Notes
@@ -223,7 +233,7 @@ def mantel_haenszel(tables: Sequence[Sequence[Sequence[float]]], *, confidence: 
 
 
 def log_change(pop_2010: Any, pop_2020: Any) -> np.ndarray:
-    """Return ``100 * ln(pop_2020 / pop_2010)`` (log-percent change; NaN where a population is not positive)."""
+    """Return ``100 * ln(pop_2020 / pop_2010)``, the log-percent change (NaN where a population is <= 0)."""
     p10 = np.asarray(pop_2010, dtype=float)
     p20 = np.asarray(pop_2020, dtype=float)
     ok = (p10 > 0) & (p20 > 0)
@@ -234,8 +244,16 @@ def log_change(pop_2010: Any, pop_2020: Any) -> np.ndarray:
 
 # -- share tables --------------------------------------------------------------------------------
 SHARE_COLUMNS = [
-    "n_units", "n_shrinking", "shrinking_share", "share_ci_low", "share_ci_high",
-    "pop_2010", "pop_2020", "pop_weighted_change_pct", "change_ci_low", "change_ci_high",
+    "n_units",
+    "n_shrinking",
+    "shrinking_share",
+    "share_ci_low",
+    "share_ci_high",
+    "pop_2010",
+    "pop_2020",
+    "pop_weighted_change_pct",
+    "change_ci_low",
+    "change_ci_high",
 ]
 
 
@@ -298,11 +316,21 @@ def share_table(
             boot = boot[np.isfinite(boot)]
             if len(boot):
                 clo, chi = np.percentile(boot, [50 * (1 - confidence), 50 * (1 + confidence)])
-        rows.append({**dict(zip(by, key, strict=True)), "n_units": n, "n_shrinking": k,
-                     "shrinking_share": k / n, "share_ci_low": lo[0], "share_ci_high": hi[0],
-                     "pop_2010": int(round(s10)), "pop_2020": int(round(s20)),
-                     "pop_weighted_change_pct": 100.0 * (s20 - s10) / s10 if s10 > 0 else math.nan,
-                     "change_ci_low": float(clo), "change_ci_high": float(chi)})
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "n_units": n,
+                "n_shrinking": k,
+                "shrinking_share": k / n,
+                "share_ci_low": lo[0],
+                "share_ci_high": hi[0],
+                "pop_2010": int(round(s10)),
+                "pop_2020": int(round(s20)),
+                "pop_weighted_change_pct": 100.0 * (s20 - s10) / s10 if s10 > 0 else math.nan,
+                "change_ci_low": float(clo),
+                "change_ci_high": float(chi),
+            }
+        )
     return pd.DataFrame(rows, columns=[*by, *SHARE_COLUMNS])
 
 
@@ -358,7 +386,9 @@ def _resample_counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     return np.bincount(draws.ravel(), minlength=size * n).reshape(size, n).astype(float)
 
 
-def _fit_grid(w: np.ndarray, x: np.ndarray, y: np.ndarray, hinge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fit_grid(
+    w: np.ndarray, x: np.ndarray, y: np.ndarray, hinge: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Weighted least squares of y on [1, x, hinge_j] for every grid point j and every weight row.
 
     ``w`` is (B, n) case weights (bootstrap counts), ``hinge`` (n, m). Returns the
@@ -449,8 +479,10 @@ def segmented_regression(
     else:
         cand = np.asarray(sorted(grid), dtype=float)
     if len(cand) == 0:
-        raise InputError(f"segmented regression: no candidate break between the {trim:g} and {1 - trim:g} "
-                         f"quantiles of x with step {step:g}; lower the step or give a grid")
+        raise InputError(
+            f"segmented regression: no candidate break between the {trim:g} and {1 - trim:g} "
+            f"quantiles of x with step {step:g}; lower the step or give a grid"
+        )
     hinge = np.maximum(xa[:, None] - cand[None, :], 0.0)
     beta, sse = _fit_grid(np.ones((1, n)), xa, ya, hinge)
     j = int(np.argmin(sse[0]))
@@ -468,17 +500,26 @@ def segmented_regression(
             w = _resample_counts(rng, n, bsz)
             bb, bs = _fit_grid(w, xa, ya, hinge)
             jj = np.argmin(bs, axis=1)
-            boot_k[start:start + bsz] = cand[jj]
-            boot_c[start:start + bsz] = bb[np.arange(bsz), jj, 2]
+            boot_k[start : start + bsz] = cand[jj]
+            boot_c[start : start + bsz] = bb[np.arange(bsz), jj, 2]
     q = [50 * (1 - confidence), 50 * (1 + confidence)]
     kci = tuple(float(v) for v in np.nanpercentile(boot_k, q)) if bootstrap else (math.nan, math.nan)
     cci = tuple(float(v) for v in np.nanpercentile(boot_c, q)) if bootstrap else (math.nan, math.nan)
     return SegmentedFit(
-        break_x=float(cand[j]), intercept=float(a), slope_before=float(b), slope_after=float(b + c),
-        break_ci=kci, slope_change_ci=cci,  # type: ignore[arg-type]
+        break_x=float(cand[j]),
+        intercept=float(a),
+        slope_before=float(b),
+        slope_after=float(b + c),
+        break_ci=kci,
+        slope_change_ci=cci,  # type: ignore[arg-type]
         r2_linear=1 - sse_lin / tss if tss > 0 else math.nan,
         r2_segmented=1 - float(sse[0, j]) / tss if tss > 0 else math.nan,
-        n=n, grid=cand, sse_grid=sse[0], boot_breaks=boot_k, bootstrap=bootstrap, confidence=confidence,
+        n=n,
+        grid=cand,
+        sse_grid=sse[0],
+        boot_breaks=boot_k,
+        bootstrap=bootstrap,
+        confidence=confidence,
     )
 
 
@@ -512,10 +553,19 @@ class SpatialRegression:
 
 
 def _coef_rows(label: str, model: Any, stat_attr: str) -> list[dict[str, Any]]:
-    return [{"model": label, "variable": name, "coef": float(beta), "std_err": float(se), "stat": float(st),
-             "p": float(p)}
-            for name, beta, se, (st, p) in zip(_names(model), model.betas.ravel(), model.std_err,
-                                              getattr(model, stat_attr), strict=True)]
+    return [
+        {
+            "model": label,
+            "variable": name,
+            "coef": float(beta),
+            "std_err": float(se),
+            "stat": float(st),
+            "p": float(p),
+        }
+        for name, beta, se, (st, p) in zip(
+            _names(model), model.betas.ravel(), model.std_err, getattr(model, stat_attr), strict=True
+        )
+    ]
 
 
 def _names(model: Any) -> list[str]:
@@ -526,6 +576,19 @@ def _names(model: Any) -> list[str]:
     if len(names) < n:  # GM_Error_Het: lambda is a coefficient without an x name in some versions
         names += ["lambda"] * (n - len(names))
     return names[:n]
+
+
+@contextlib.contextmanager
+def _quiet_spreg() -> Iterator[None]:
+    """Silence spreg's own notes: its pandas deprecation warnings and the model names it prints.
+
+    spreg 1.9 sorts a frame with ``inplace=True`` (a pandas 3.1 deprecation, no effect on the
+    results) and prints the model name to stdout; neither says anything about the data.
+    """
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        yield
 
 
 def spatial_regression(
@@ -573,18 +636,27 @@ def spatial_regression(
         xa = xa.reshape(-1, 1)
     names = list(name_x) if name_x is not None else [f"x{i}" for i in range(xa.shape[1])]
     if len(ya) != len(xa) or len(ya) != w.n:
-        raise InputError(f"spatial regression: y has {len(ya)} rows, x {len(xa)}, weights {w.n}; they must agree")
+        raise InputError(
+            f"spatial regression: y has {len(ya)} rows, x {len(xa)}, weights {w.n}; they must agree"
+        )
     if not (np.isfinite(ya).all() and np.isfinite(xa).all()):
         raise InputError("spatial regression: y and x must be finite; drop or fill missing values first")
-    ols = spreg.OLS(ya, xa, w=w, spat_diag=True, moran=True, name_y=name_y, name_x=names)
-    diag = pd.DataFrame([
-        {"test": "Moran's I (residuals)", "statistic": float(ols.moran_res[0]), "p": float(ols.moran_res[2])},
-        {"test": "LM lag", "statistic": float(ols.lm_lag[0]), "p": float(ols.lm_lag[1])},
-        {"test": "LM error", "statistic": float(ols.lm_error[0]), "p": float(ols.lm_error[1])},
-        {"test": "robust LM lag", "statistic": float(ols.rlm_lag[0]), "p": float(ols.rlm_lag[1])},
-        {"test": "robust LM error", "statistic": float(ols.rlm_error[0]), "p": float(ols.rlm_error[1])},
-        {"test": "LM SARMA", "statistic": float(ols.lm_sarma[0]), "p": float(ols.lm_sarma[1])},
-    ])
+    with _quiet_spreg():
+        ols = spreg.OLS(ya, xa, w=w, spat_diag=True, moran=True, name_y=name_y, name_x=names)
+    diag = pd.DataFrame(
+        [
+            {
+                "test": "Moran's I (residuals)",
+                "statistic": float(ols.moran_res[0]),
+                "p": float(ols.moran_res[2]),
+            },
+            {"test": "LM lag", "statistic": float(ols.lm_lag[0]), "p": float(ols.lm_lag[1])},
+            {"test": "LM error", "statistic": float(ols.lm_error[0]), "p": float(ols.lm_error[1])},
+            {"test": "robust LM lag", "statistic": float(ols.rlm_lag[0]), "p": float(ols.rlm_lag[1])},
+            {"test": "robust LM error", "statistic": float(ols.rlm_error[0]), "p": float(ols.rlm_error[1])},
+            {"test": "LM SARMA", "statistic": float(ols.lm_sarma[0]), "p": float(ols.lm_sarma[1])},
+        ]
+    )
     lag, err = ols.lm_lag[1] < alpha, ols.lm_error[1] < alpha
     rlag, rerr = ols.rlm_lag[1] < alpha, ols.rlm_error[1] < alpha
     if not lag and not err:
@@ -597,12 +669,13 @@ def spatial_regression(
         reason = f"both LM tests are significant; only the robust LM {choice} test is"
     else:
         choice = "lag" if ols.rlm_lag[0] >= ols.rlm_error[0] else "error"
-        reason = (f"both LM tests and {'both' if rlag else 'neither of the'} robust tests are significant; "
-                  f"the robust LM {choice} statistic is larger")
+        reason = (
+            f"both LM tests and {'both' if rlag else 'neither of the'} robust tests are significant; "
+            f"the robust LM {choice} statistic is larger"
+        )
     model = None
     rows = _coef_rows("OLS", ols, "t_stat")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # spreg prints the model name
-        warnings.simplefilter("ignore", category=RuntimeWarning)
+    with _quiet_spreg():
         if choice == "lag":
             model = spreg.GM_Lag(ya, xa, w=w, name_y=name_y, name_x=names)
             rows += _coef_rows("spatial lag (GMM)", model, "z_stat")
@@ -622,12 +695,15 @@ def verdict_distance(
     within_n: int,
     fit: SegmentedFit | None,
     distance_coef: tuple[float, float] | None,
+    region_shares: Mapping[str, float] | None = None,
     km: float = CLAIM_KM,
 ) -> Verdict:
     """Claim 1 (see :data:`RULES` ``"distance"``).
 
     ``distance_coef`` is (coefficient, p) of log distance in the spatial model
     (or OLS when the diagnostics keep it); None when no regression was fitted.
+    ``region_shares`` maps each region to its shrinking share beyond ``km``
+    (None: no region column, test (e) not applied).
     """
     rule = RULES["distance"].format(km=km)
     if beyond_n == 0 or within_n == 0:
@@ -639,12 +715,17 @@ def verdict_distance(
         "majority": bool(lo[0] > 0.5),
         "contrast": bool(olo > 1) if np.isfinite(olo) else False,
         "threshold": (fit.has_break and fit.contains(km)) if fit is not None else None,
-        "distance_matters": (distance_coef[0] < 0 and distance_coef[1] < 0.05) if distance_coef is not None else None,
+        "distance_matters": (distance_coef[0] < 0 and distance_coef[1] < 0.05)
+        if distance_coef is not None
+        else None,
+        "every_region": all(v > 0.5 for v in region_shares.values()) if region_shares else None,
     }
     reasons = [
         f"(a) {beyond_k:,} of {beyond_n:,} units beyond {km:g} km shrink ({100 * share:.1f} %, 95 % CI "
-        f"{100 * lo[0]:.1f}-{100 * hi[0]:.1f} %): {'above' if tests['majority'] else 'not clearly above'} 50 %.",
-        f"(b) within {km:g} km {within_k:,} of {within_n:,} shrink ({100 * within_k / within_n:.1f} %); odds ratio "
+        f"{100 * lo[0]:.1f}-{100 * hi[0]:.1f} %): "
+        f"{'above' if tests['majority'] else 'not clearly above'} 50 %.",
+        f"(b) within {km:g} km {within_k:,} of {within_n:,} shrink ({100 * within_k / within_n:.1f} "
+        f"%); odds ratio "
         f"beyond vs within {orr:.2f} (95 % CI {olo:.2f}-{ohi:.2f}): "
         f"{'more shrinkage beyond' if tests['contrast'] else 'no clear excess beyond'} {km:g} km.",
     ]
@@ -654,15 +735,32 @@ def verdict_distance(
             f"(c) segmented regression: break at {fit.break_x:g} km (95 % bootstrap CI {fit.break_ci[0]:g}-"
             f"{fit.break_ci[1]:g} km, which {where} {km:g} km); slope change {fit.slope_change:+.4f} per km "
             f"(CI {fit.slope_change_ci[0]:+.4f} to {fit.slope_change_ci[1]:+.4f}): "
-            f"{'a break' if fit.has_break else 'no clear break (the interval contains 0)'}.")
+            f"{'a break' if fit.has_break else 'no clear break (the interval contains 0)'}."
+        )
     else:
         reasons.append("(c) segmented regression not fitted.")
     if distance_coef is not None:
-        reasons.append(f"(d) log-distance coefficient {distance_coef[0]:+.3f} (p = {distance_coef[1]:.3g}): "
-                       f"{'distance still matters' if tests['distance_matters'] else 'no significant negative effect'}.")
+        reasons.append(
+            f"(d) log-distance coefficient {distance_coef[0]:+.3f} (p = {distance_coef[1]:.3g}): "
+            f"{'distance still matters' if tests['distance_matters'] else 'no significant negative effect'}."
+        )
     else:
         reasons.append("(d) spatial regression not fitted.")
-    support = bool(tests["majority"] and tests["contrast"] and (tests["threshold"] or tests["distance_matters"]))
+    if region_shares:
+        low = [k for k, v in region_shares.items() if not v > 0.5]
+        reasons.append(
+            f"(e) beyond {km:g} km "
+            + ", ".join(f"{k} {100 * v:.1f} %" for k, v in region_shares.items())
+            + (f": not a majority in {', '.join(low)}." if low else ": a majority in every region.")
+        )
+    else:
+        reasons.append("(e) not applied: region column missing.")
+    support = bool(
+        tests["majority"]
+        and tests["contrast"]
+        and (tests["threshold"] or tests["distance_matters"])
+        and tests["every_region"] is not False
+    )
     return _combine(rule, tests, reasons, all_for_support=(), support_if=support)
 
 
@@ -690,8 +788,10 @@ def verdict_northeast(
     }
     reasons = [
         f"(a) total change of the Northeast {total_change / 1e6:+.2f} million.",
-        f"(b) Low-Low units: {ll_k} of {ll_n} in the Northeast ({100 * ll_k / ll_n:.1f} %, CI {100 * ne_lo[0]:.1f}-"
-        f"{100 * ne_hi[0]:.1f} %) vs {rest_ll_k} of {rest_ll_n} elsewhere ({100 * rest_ll_k / max(rest_ll_n, 1):.1f} %, "
+        f"(b) Low-Low units: {ll_k} of {ll_n} in the Northeast ({100 * ll_k / ll_n:.1f} %, CI "
+        f"{100 * ne_lo[0]:.1f}-"
+        f"{100 * ne_hi[0]:.1f} %) vs {rest_ll_k} of {rest_ll_n} elsewhere "
+        f"({100 * rest_ll_k / max(rest_ll_n, 1):.1f} %, "
         f"CI {100 * r_lo[0]:.1f}-{100 * r_hi[0]:.1f} %).",
         f"(c) {county_k} of {county_n} Northeast counties and county-level cities shrink "
         f"({100 * county_k / county_n:.1f} %, CI {100 * c_lo[0]:.1f}-{100 * c_hi[0]:.1f} %).",
@@ -720,10 +820,13 @@ def verdict_ageing(
     if moran_bv is not None:
         assoc = assoc and bool(moran_bv[0] < 0 and moran_bv[1] < 0.05)
     tests = {"above_seed": all(above.values()), "association": assoc}
-    reasons = [", ".join(f"{k} {v:.2f} %" for k, v in province_shares.items())
-               + f" aged 60+ in 2020 ({'all' if tests['above_seed'] else 'not all'} above {threshold:g} %).",
-               f"Spearman rho of change_pct with the 60+ share {spearman[0]:+.3f} (p = {spearman[1]:.3g})"
-               + (f"; bivariate Moran's I {moran_bv[0]:+.3f} (p = {moran_bv[1]:.3g})" if moran_bv else "") + "."]
+    reasons = [
+        ", ".join(f"{k} {v:.2f} %" for k, v in province_shares.items())
+        + f" aged 60+ in 2020 ({'all' if tests['above_seed'] else 'not all'} above {threshold:g} %).",
+        f"Spearman rho of change_pct with the 60+ share {spearman[0]:+.3f} (p = {spearman[1]:.3g})"
+        + (f"; bivariate Moran's I {moran_bv[0]:+.3f} (p = {moran_bv[1]:.3g})" if moran_bv else "")
+        + ".",
+    ]
     return _combine(rule, tests, reasons, all_for_support=tuple(tests))
 
 
@@ -738,12 +841,17 @@ def verdict_net_outflow(*, table: Sequence[Sequence[int]], spearman: tuple[float
         return not_testable(rule, ["units with and without net outflow"], what="data:")
     orr, olo, ohi = odds_ratio(a, b, c, d)
     lo, hi = wilson_interval(a, a + b)
-    tests = {"odds": bool(olo > 1), "correlation": bool(spearman[0] < 0 and spearman[1] < 0.05),
-             "majority": bool(lo[0] > 0.5)}
-    reasons = [f"(a) odds ratio of shrinking, net outflow vs not: {orr:.2f} (95 % CI {olo:.2f}-{ohi:.2f}).",
-               f"(b) Spearman rho of net_outflow_ratio with change_pct {spearman[0]:+.3f} (p = {spearman[1]:.3g}).",
-               f"(c) {a:,} of {a + b:,} net-outflow units shrink ({100 * a / (a + b):.1f} %, CI {100 * lo[0]:.1f}-"
-               f"{100 * hi[0]:.1f} %)."]
+    tests = {
+        "odds": bool(olo > 1),
+        "correlation": bool(spearman[0] < 0 and spearman[1] < 0.05),
+        "majority": bool(lo[0] > 0.5),
+    }
+    reasons = [
+        f"(a) odds ratio of shrinking, net outflow vs not: {orr:.2f} (95 % CI {olo:.2f}-{ohi:.2f}).",
+        f"(b) Spearman rho of net_outflow_ratio with change_pct {spearman[0]:+.3f} (p = {spearman[1]:.3g}).",
+        f"(c) {a:,} of {a + b:,} net-outflow units shrink ({100 * a / (a + b):.1f} %, CI {100 * lo[0]:.1f}-"
+        f"{100 * hi[0]:.1f} %).",
+    ]
     return _combine(rule, tests, reasons, all_for_support=tuple(tests))
 
 
@@ -754,17 +862,18 @@ def verdict_hsr(*, strata: Sequence[Sequence[Sequence[int]]], labels: Sequence[s
     [inside & shrinking, inside & growing]].
     """
     rule = RULES["hsr"]
-    usable = [(lab, t) for lab, t in zip(labels, strata, strict=True)
-              if sum(t[0]) > 0 and sum(t[1]) > 0]
+    usable = [(lab, t) for lab, t in zip(labels, strata, strict=True) if sum(t[0]) > 0 and sum(t[1]) > 0]
     if not usable:
         return not_testable(rule, ["units inside and outside corridors in the same band"], what="data:")
     orr, lo, hi = mantel_haenszel([t for _, t in usable])
     less = [lab for lab, t in usable if t[1][0] / sum(t[1]) < t[0][0] / sum(t[0])]
     tests = {"pooled": bool(lo > 1) if np.isfinite(lo) else False, "most_bands": len(less) > len(usable) / 2}
-    reasons = [f"Mantel-Haenszel odds ratio of shrinking, outside vs inside corridors within distance bands: "
-               f"{orr:.2f} (95 % CI {lo:.2f}-{hi:.2f}).",
-               f"Inside units shrink less often in {len(less)} of {len(usable)} bands"
-               + (f" ({', '.join(less)})." if less else ".")]
+    reasons = [
+        f"Mantel-Haenszel odds ratio of shrinking, outside vs inside corridors within distance bands: "
+        f"{orr:.2f} (95 % CI {lo:.2f}-{hi:.2f}).",
+        f"Inside units shrink less often in {len(less)} of {len(usable)} bands"
+        + (f" ({', '.join(less)})." if less else "."),
+    ]
     return _combine(rule, tests, reasons, all_for_support=tuple(tests))
 
 
@@ -779,12 +888,16 @@ def verdict_intercity(*, utilisation: Any, design_basis: bool, threshold: float 
     u = np.asarray(utilisation, dtype=float)
     u = u[np.isfinite(u)]
     if not design_basis:
-        return not_testable(rule, ["ridership and design capacity (utilisation_basis is a proxy)"], what="data:")
+        return not_testable(
+            rule, ["ridership and design capacity (utilisation_basis is a proxy)"], what="data:"
+        )
     if len(u) == 0:
         return not_testable(rule, ["utilisation of intercity lines"], what="data:")
     med = float(np.median(u))
     share = float((u <= threshold).mean())
     tests = {"median": med <= threshold, "quarter": share >= 0.25}
-    reasons = [f"median utilisation of {len(u)} intercity lines {med:.2f}; {100 * share:.0f} % at or below "
-               f"{threshold:g}."]
+    reasons = [
+        f"median utilisation of {len(u)} intercity lines {med:.2f}; {100 * share:.0f} % at or below "
+        f"{threshold:g}."
+    ]
     return _combine(rule, tests, reasons, all_for_support=("median",))

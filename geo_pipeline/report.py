@@ -50,29 +50,47 @@ log = logging.getLogger(__name__)
 
 #: The claims: key -> (Chinese wording, English gloss).
 CLAIMS: dict[str, tuple[str, str]] = {
-    "distance": ("距中心城市150公里外的县域普遍出现收缩",
-                 "Counties more than 150 km from a central city generally shrink."),
-    "northeast": ("东北地区是人口流失的集中区域",
-                  "The Northeast is a cluster of population loss."),
-    "ageing": ("辽宁、吉林60岁及以上人口占比超过23%，人口收缩与老龄化相伴",
-               "In Liaoning and Jilin more than 23 % of residents are aged 60+; shrinkage goes with ageing."),
-    "net_outflow": ("常住人口少于户籍人口即为人口净流出",
-                    "Net outflow: fewer residents than registered (hukou) people, and it goes with shrinkage."),
-    "hsr": ("高铁沿线县域与非沿线县域的收缩程度不同",
-            "Counties along high-speed rail shrink differently from counties away from it."),
-    "intercity": ("部分城际铁路客流仅为设计能力的40%",
-                  "Some intercity lines carry only 40 % of their design ridership."),
+    "distance": (
+        "距中心城市150公里外的县域普遍出现收缩",
+        "Counties more than 150 km from a central city generally shrink.",
+    ),
+    "northeast": ("东北地区是人口流失的集中区域", "The Northeast is a cluster of population loss."),
+    "ageing": (
+        "辽宁、吉林60岁及以上人口占比超过23%，人口收缩与老龄化相伴",
+        "In Liaoning and Jilin more than 23 % of residents are aged 60+; shrinkage goes with ageing.",
+    ),
+    "net_outflow": (
+        "常住人口少于户籍人口即为人口净流出",
+        "Net outflow: fewer residents than registered (hukou) people, and it goes with shrinkage.",
+    ),
+    "hsr": (
+        "高铁沿线县域与非沿线县域的收缩程度不同",
+        "Counties along high-speed rail shrink differently from counties away from it.",
+    ),
+    "intercity": (
+        "部分城际铁路客流仅为设计能力的40%",
+        "Some intercity lines carry only 40 % of their design ridership.",
+    ),
 }
 
 #: Published reference figures compared against (value, description, source).
 PUBLISHED: dict[str, tuple[float, str, str]] = {
-    "county_shrinking": (1507, "1,507 of 2,896 county units shrinking (52 %), 2010-2020",
-                         "Environment and Planning A (2022), as cited in issue 13"),
+    "county_shrinking": (
+        1507,
+        "1,507 of 2,896 county units shrinking (52 %), 2010-2020",
+        "Environment and Planning A (2022), as cited in issue 13",
+    ),
     "county_units": (2896, "county units in that study", "Environment and Planning A (2022)"),
-    "prefecture_shrinking": (266, "266 shrinking cities (prefecture level), 2010-2020",
-                             "published figure as cited in issue 12"),
-    "northeast_change": (-11.01e6, "Northeast (Liaoning, Jilin, Heilongjiang) population change -11.01 million, "
-                         "2010-2020", "NBS, 7th national census briefing (2021), as cited in issue 13"),
+    "prefecture_shrinking": (
+        266,
+        "266 shrinking cities (prefecture level), 2010-2020",
+        "published figure as cited in issue 12",
+    ),
+    "northeast_change": (
+        -11.01e6,
+        "Northeast (Liaoning, Jilin, Heilongjiang) population change -11.01 million, 2010-2020",
+        "NBS, 7th national census briefing (2021), as cited in issue 13",
+    ),
 }
 
 #: Region that is the Northeast in the ``region`` column.
@@ -163,12 +181,27 @@ def band_chart(table: pd.DataFrame, *, label: str, group: str | None = None, dpi
     cmap = ["#b2182b", "#2166ac", "#4d9221", "#8073ac", "#e08214", "#35978f", "#666666"]
     for gi, g in enumerate(groups):
         d = table if g is None else table[table[group] == g]
-        pos = np.array([labels.index(v) for v in d[label]], dtype=float) + (gi - (len(groups) - 1) / 2) * width
+        pos = (
+            np.array([labels.index(v) for v in d[label]], dtype=float) + (gi - (len(groups) - 1) / 2) * width
+        )
         share = 100 * d["shrinking_share"].to_numpy(dtype=float)
-        err = np.vstack([share - 100 * d["share_ci_low"].to_numpy(dtype=float),
-                         100 * d["share_ci_high"].to_numpy(dtype=float) - share])
-        ax.bar(pos, share, width=width * 0.95, color=cmap[gi % len(cmap)], alpha=0.85,
-               label=None if g is None else str(g), yerr=err, capsize=2, error_kw={"linewidth": 0.8})
+        err = np.vstack(
+            [
+                share - 100 * d["share_ci_low"].to_numpy(dtype=float),
+                100 * d["share_ci_high"].to_numpy(dtype=float) - share,
+            ]
+        )
+        ax.bar(
+            pos,
+            share,
+            width=width * 0.95,
+            color=cmap[gi % len(cmap)],
+            alpha=0.85,
+            label=None if g is None else str(g),
+            yerr=err,
+            capsize=2,
+            error_kw={"linewidth": 0.8},
+        )
     ax.axhline(50, color="#333333", linewidth=0.6, linestyle="--")
     ax.set_xticks(range(len(labels)), [str(v) for v in labels])
     ax.set_ylabel("Shrinking units (%), 95 % CI")
@@ -179,8 +212,9 @@ def band_chart(table: pd.DataFrame, *, label: str, group: str | None = None, dpi
     return _png(fig, dpi)
 
 
-def segmented_chart(x: np.ndarray, y: np.ndarray, fit: fd.SegmentedFit, *, km: float = fd.CLAIM_KM,
-                    dpi: int = 110) -> bytes:
+def segmented_chart(
+    x: np.ndarray, y: np.ndarray, fit: fd.SegmentedFit, *, km: float = fd.CLAIM_KM, dpi: int = 110
+) -> bytes:
     """Scatter of change against distance with the segmented fit, its break and break interval."""
     from matplotlib.figure import Figure
 
@@ -217,14 +251,19 @@ def _analysable(units: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         n_out = int((~keep).sum())
         if n_out:
             names = ", ".join(units.loc[~keep, "name"].astype(str).head(5)) if "name" in units.columns else ""
-            return units[keep], (f"{n_out} unit(s) whose population is not comparable between the censuses "
-                                 f"({names}) are left out of every statistic.")
+            return units[keep], (
+                f"{n_out} unit(s) whose population is not comparable between the censuses "
+                f"({names}) are left out of every statistic."
+            )
     return units, ""
 
 
 def _beyond(units: pd.DataFrame, km: float) -> pd.Series:
-    return pd.Series(np.where(units["distance_km"].to_numpy(dtype=float) >= km, f"{km:g}+ km", f"<{km:g} km"),
-                     index=units.index, name="side")
+    return pd.Series(
+        np.where(units["distance_km"].to_numpy(dtype=float) >= km, f"{km:g}+ km", f"<{km:g} km"),
+        index=units.index,
+        name="side",
+    )
 
 
 def _pct(x: float, d: int = 1) -> str:
@@ -234,9 +273,14 @@ def _pct(x: float, d: int = 1) -> str:
 # -- sections ------------------------------------------------------------------------------------
 def _section(key: str, level: str) -> Section:
     zh, en = CLAIMS[key]
-    titles = {"distance": "1. Distance to a central city", "northeast": "2. The Northeast",
-              "ageing": "3. Ageing", "net_outflow": "4. Net outflow (2010)",
-              "hsr": "5. High-speed rail and shrinkage", "intercity": "6. Intercity lines and design ridership"}
+    titles = {
+        "distance": "1. Distance to a central city",
+        "northeast": "2. The Northeast",
+        "ageing": "3. Ageing",
+        "net_outflow": "4. Net outflow (2010)",
+        "hsr": "5. High-speed rail and shrinkage",
+        "intercity": "6. Intercity lines and design ridership",
+    }
     return Section(key=key, level=level, title=titles[key], claim_zh=zh, claim_en=en)
 
 
@@ -272,43 +316,76 @@ def section_distance(
     bands = bands.set_index("band").loc[order].reset_index()
     sides = fd.share_table(u, ["side"], bootstrap=bootstrap, seed=seed)
     allrow = fd.share_table(u.assign(all="all"), ["all"], bootstrap=bootstrap, seed=seed)
-    sec.tables.append(ReportTable("bands", f"Shrinking share and population-weighted change by distance band "
-                                           f"({level} units)", bands))
+    sec.tables.append(
+        ReportTable(
+            "bands", f"Shrinking share and population-weighted change by distance band ({level} units)", bands
+        )
+    )
     sec.tables.append(ReportTable("claim_sides", f"Within vs beyond {km:g} km", sides))
-    sec.figures.append(ReportFigure(f"{level}_bands", f"Shrinking share by distance band ({level} units), "
-                                    "95 % Wilson intervals; dashed line: 50 %.",
-                                    band_chart(bands, label="band", dpi=dpi)))
+    sec.figures.append(
+        ReportFigure(
+            f"{level}_bands",
+            f"Shrinking share by distance band ({level} units), 95 % Wilson intervals; dashed line: 50 %.",
+            band_chart(bands, label="band", dpi=dpi),
+        )
+    )
     b = sides.set_index("side")
-    beyond_k, beyond_n = (int(b.loc[f"{km:g}+ km", "n_shrinking"]), int(b.loc[f"{km:g}+ km", "n_units"])) \
-        if f"{km:g}+ km" in b.index else (0, 0)
-    within_k, within_n = (int(b.loc[f"<{km:g} km", "n_shrinking"]), int(b.loc[f"<{km:g} km", "n_units"])) \
-        if f"<{km:g} km" in b.index else (0, 0)
+    beyond_k, beyond_n = (
+        (int(b.loc[f"{km:g}+ km", "n_shrinking"]), int(b.loc[f"{km:g}+ km", "n_units"]))
+        if f"{km:g}+ km" in b.index
+        else (0, 0)
+    )
+    within_k, within_n = (
+        (int(b.loc[f"<{km:g} km", "n_shrinking"]), int(b.loc[f"<{km:g} km", "n_units"]))
+        if f"<{km:g} km" in b.index
+        else (0, 0)
+    )
     a = allrow.iloc[0]
     sec.text.append(
         f"{int(a['n_shrinking']):,} of {int(a['n_units']):,} {level} units shrank between 2010 and 2020 "
-        f"({_pct(a['shrinking_share'])}); the population-weighted change was {a['pop_weighted_change_pct']:+.2f} % "
-        f"(95 % bootstrap CI {a['change_ci_low']:+.2f} to {a['change_ci_high']:+.2f} %).")
+        f"({_pct(a['shrinking_share'])}); the population-weighted change was "
+        f"{a['pop_weighted_change_pct']:+.2f} % "
+        f"(95 % bootstrap CI {a['change_ci_low']:+.2f} to {a['change_ci_high']:+.2f} %)."
+    )
+    region_shares = None
     for col, title in (("region", "region"), ("unit_kind", "unit kind")):
         if col in u.columns and u[col].notna().any():
             t = fd.share_table(u, [col, "band"], bootstrap=bootstrap, seed=seed)
             t["_o"] = t["band"].map({v: i for i, v in enumerate(order)})
             t = t.sort_values([col, "_o"]).drop(columns="_o").reset_index(drop=True)
             sec.tables.append(ReportTable(f"bands_by_{col}", f"By {title} and band", t))
-            sec.figures.append(ReportFigure(f"{level}_bands_by_{col}", f"Shrinking share by band and {title} "
-                                            f"({level} units), 95 % Wilson intervals.",
-                                            band_chart(t, label="band", group=col, dpi=dpi)))
+            sec.figures.append(
+                ReportFigure(
+                    f"{level}_bands_by_{col}",
+                    f"Shrinking share by band and {title} ({level} units), 95 % Wilson intervals.",
+                    band_chart(t, label="band", group=col, dpi=dpi),
+                )
+            )
             s2 = fd.share_table(u, [col, "side"], bootstrap=0)
             beyond = s2[s2["side"] == f"{km:g}+ km"]
-            sec.text.append(f"Beyond {km:g} km by {title}: " + "; ".join(
-                f"{r[col]} {_pct(r['shrinking_share'])} of {int(r['n_units'])} (CI {_pct(r['share_ci_low'])}-"
-                f"{_pct(r['share_ci_high'])})" for _, r in beyond.iterrows()) + ".")
+            if col == "region":
+                region_shares = dict(zip(beyond["region"], beyond["shrinking_share"], strict=True))
+            sec.text.append(
+                f"Beyond {km:g} km by {title}: "
+                + "; ".join(
+                    f"{r[col]} {_pct(r['shrinking_share'])} of {int(r['n_units'])} (CI "
+                    f"{_pct(r['share_ci_low'])}-"
+                    f"{_pct(r['share_ci_high'])})"
+                    for _, r in beyond.iterrows()
+                )
+                + "."
+            )
         else:
             sec.text.append(f"By {title}: not testable with these data: {col} missing.")
     if core_sets is not None and len(core_sets):
-        sec.tables.append(ReportTable("core_sets", f"Sensitivity to the core set (beyond {km:g} km)", core_sets))
+        sec.tables.append(
+            ReportTable("core_sets", f"Sensitivity to the core set (beyond {km:g} km)", core_sets)
+        )
     else:
-        sec.text.append("Under other core sets: not testable with these data: core-set sensitivity table missing "
-                        "(the distance stage writes it when core sets are available).")
+        sec.text.append(
+            "Under other core sets: not testable with these data: core-set sensitivity table missing "
+            "(the distance stage writes it when core sets are available)."
+        )
     # threshold
     x = u["distance_km"].to_numpy(dtype=float)
     y = fd.log_change(u["pop_2010"], u["pop_2020"])
@@ -318,16 +395,50 @@ def section_distance(
     except InputError as exc:
         sec.text.append(f"Segmented regression not fitted: {exc}.")
     if fit is not None:
-        seg = pd.DataFrame([{
-            "n": fit.n, "break_km": fit.break_x, "break_ci_low": fit.break_ci[0], "break_ci_high": fit.break_ci[1],
-            "slope_before_per_km": fit.slope_before, "slope_after_per_km": fit.slope_after,
-            "slope_change_ci_low": fit.slope_change_ci[0], "slope_change_ci_high": fit.slope_change_ci[1],
-            "r2_linear": fit.r2_linear, "r2_segmented": fit.r2_segmented, "bootstrap": fit.bootstrap,
-            "has_break": fit.has_break, "ci_contains_claim_km": fit.contains(km)}])
-        sec.tables.append(ReportTable("threshold", "Segmented regression of 100 ln(pop2020/pop2010) on distance", seg))
-        sec.figures.append(ReportFigure(f"{level}_threshold", "Change against distance with the segmented fit; "
-                                        "shaded: 95 % bootstrap interval of the break.",
-                                        segmented_chart(x, y, fit, km=km, dpi=dpi)))
+        seg = pd.DataFrame(
+            [
+                {
+                    "n": fit.n,
+                    "break_km": fit.break_x,
+                    "break_ci_low": fit.break_ci[0],
+                    "break_ci_high": fit.break_ci[1],
+                    "slope_before_per_km": fit.slope_before,
+                    "slope_after_per_km": fit.slope_after,
+                    "slope_change_ci_low": fit.slope_change_ci[0],
+                    "slope_change_ci_high": fit.slope_change_ci[1],
+                    "r2_linear": fit.r2_linear,
+                    "r2_segmented": fit.r2_segmented,
+                    "bootstrap": fit.bootstrap,
+                    "has_break": fit.has_break,
+                    "ci_contains_claim_km": fit.contains(km),
+                }
+            ]
+        )
+        sec.tables.append(
+            ReportTable("threshold", "Segmented regression of 100 ln(pop2020/pop2010) on distance", seg)
+        )
+        sec.text.append(
+            f"Segmented regression: change falls by {-fit.slope_before:.3f} log-% per km up to "
+            f"{fit.break_x:g} km "
+            f"(95 % bootstrap CI of the break {fit.break_ci[0]:g}-{fit.break_ci[1]:g} km) and changes by "
+            f"{fit.slope_after:+.4f} log-% per km beyond it; R² {fit.r2_linear:.3f} (one line) -> "
+            f"{fit.r2_segmented:.3f} (segmented)."
+            if fit.slope_before < 0
+            else f"Segmented regression: change varies by {fit.slope_before:+.3f} log-% per km up "
+            f"to {fit.break_x:g} km "
+            f"(95 % CI of the break {fit.break_ci[0]:g}-{fit.break_ci[1]:g} km) and by "
+            f"{fit.slope_after:+.4f} beyond "
+            f"it; R² {fit.r2_linear:.3f} (one line) -> {fit.r2_segmented:.3f} (segmented)."
+        )
+        sec.figures.append(
+            ReportFigure(
+                f"{level}_threshold",
+                "Change against distance with the segmented fit; "
+                "shaded: 95 % bootstrap interval of the break; points outside the 0.5th-"
+                "99.5th percentiles drawn at those limits.",
+                segmented_chart(x, y, fit, km=km, dpi=dpi),
+            )
+        )
     # spatial regression
     coef = None
     if w is not None:
@@ -336,9 +447,17 @@ def section_distance(
             sec.text.append(reg)
         else:
             r, used, left = reg
-            sec.tables.append(ReportTable("regression_diagnostics", "OLS spatial diagnostics (spreg)", r.diagnostics))
-            sec.tables.append(ReportTable("regression", "Coefficients (OLS and the model the diagnostics point "
-                                                        "to); response 100 ln(pop2020/pop2010)", r.coefficients))
+            sec.tables.append(
+                ReportTable("regression_diagnostics", "OLS spatial diagnostics (spreg)", r.diagnostics)
+            )
+            sec.tables.append(
+                ReportTable(
+                    "regression",
+                    "Coefficients (OLS and the model the diagnostics point "
+                    "to); response 100 ln(pop2020/pop2010)",
+                    r.coefficients,
+                )
+            )
             final = r.coefficients[r.coefficients["model"] == r.coefficients["model"].iloc[-1]]
             row = final[final["variable"] == "log_distance_km"].iloc[0]
             coef = (float(row["coef"]), float(row["p"]))
@@ -346,14 +465,24 @@ def section_distance(
                 f"Spatial regression on {len(u):,} units with {', '.join(used)}: the diagnostics choose the "
                 f"{r.choice} model ({r.reason}). Log distance: {row['coef']:+.3f} (SE {row['std_err']:.3f}, "
                 f"p = {row['p']:.3g}) in the {final['model'].iloc[0]}: distance "
-                f"{'still matters' if coef[0] < 0 and coef[1] < 0.05 else 'does not clearly matter'} once spatial "
-                f"dependence{' and region' if 'region' in ' '.join(used) else ''} are accounted for.")
+                f"{'still matters' if coef[0] < 0 and coef[1] < 0.05 else 'does not clearly matter'} "
+                "once spatial "
+                f"dependence{' and region' if 'region' in ' '.join(used) else ''} are accounted for."
+            )
             if left:
                 sec.text.append("Left out of the model: " + "; ".join(left) + ".")
     else:
         sec.text.append("Spatial regression not fitted: no spatial weights for these units.")
-    sec.verdict = fd.verdict_distance(beyond_k=beyond_k, beyond_n=beyond_n, within_k=within_k, within_n=within_n,
-                                      fit=fit, distance_coef=coef, km=km)
+    sec.verdict = fd.verdict_distance(
+        beyond_k=beyond_k,
+        beyond_n=beyond_n,
+        within_k=within_k,
+        within_n=within_n,
+        fit=fit,
+        distance_coef=coef,
+        region_shares=region_shares,
+        km=km,
+    )
     if level == "county":
         v, desc, src = PUBLISHED["county_shrinking"]
         n_pub = PUBLISHED["county_units"][0]
@@ -361,17 +490,21 @@ def section_distance(
             f"Published: {desc} ({src}). This run: {int(a['n_shrinking']):,} of {int(a['n_units']):,} "
             f"({_pct(a['shrinking_share'])}); difference {int(a['n_shrinking']) - int(v):+,} units and "
             f"{100 * (a['shrinking_share'] - v / n_pub):+.1f} points. The unit sets differ: this run merges "
-            "units that changed between the censuses.")
+            "units that changed between the censuses."
+        )
     elif level == "prefecture":
         v, desc, src = PUBLISHED["prefecture_shrinking"]
-        sec.comparisons.append(f"Published: {desc} ({src}). This run: {int(a['n_shrinking'])} of "
-                               f"{int(a['n_units'])} prefecture units shrink ({int(a['n_shrinking']) - int(v):+d}). "
-                               "Definitions differ (whole prefectures here; the published count also uses "
-                               "urban-area populations).")
+        sec.comparisons.append(
+            f"Published: {desc} ({src}). This run: {int(a['n_shrinking'])} of "
+            f"{int(a['n_units'])} prefecture units shrink ({int(a['n_shrinking']) - int(v):+d}). "
+            "Definitions differ (whole prefectures here; the published count also uses "
+            "urban-area populations)."
+        )
     sec.limits += [
         "Distance is measured from one representative point per unit to the nearest core of the chosen set; "
         "it is geodesic distance, not travel time.",
-        "Shares and regressions describe units, not people; a band's population-weighted change can grow while "
+        "Shares and regressions describe units, not people; a band's population-weighted change can "
+        "grow while "
         "most of its units shrink.",
         "Associations with distance are not causal: distance stands for many things (market access, "
         "administrative rank, terrain, history).",
@@ -406,16 +539,19 @@ def _regression(u: pd.DataFrame, w: Any) -> tuple[fd.SpatialRegression, list[str
     x = np.column_stack(list(cols.values()))
     ok = np.isfinite(y) & np.isfinite(x).all(axis=1)
     if not ok.all():
-        return (f"Spatial regression not fitted: {int((~ok).sum())} units have missing values in "
-                f"{list(cols)}; the weights cover every unit.")
+        return (
+            f"Spatial regression not fitted: {int((~ok).sum())} units have missing values in "
+            f"{list(cols)}; the weights cover every unit."
+        )
     if w.n != len(u):
         return f"Spatial regression not fitted: weights have {w.n} units, the data {len(u)}."
     r = fd.spatial_regression(y, x, w=w, name_y="log_change", name_x=list(cols))
     return r, list(cols), left
 
 
-def section_northeast(units: pd.DataFrame, *, level: str = "county", dpi: int = 110,
-                      bootstrap: int = 999, seed: int = 20201101) -> Section:
+def section_northeast(
+    units: pd.DataFrame, *, level: str = "county", dpi: int = 110, bootstrap: int = 999, seed: int = 20201101
+) -> Section:
     """Claim 2: change and Low-Low shares by province, the Northeast total, shrinking counties."""
     sec = _section("northeast", level)
     miss = _missing(units, ["region", "province", "pop_2010", "pop_2020", "shrinking"])
@@ -426,7 +562,9 @@ def section_northeast(units: pd.DataFrame, *, level: str = "county", dpi: int = 
     u, note = _analysable(units)
     if note:
         sec.text.append(note)
-    lisa = next((c for c in ("lisa_change_pct_cluster", "lisa_change_pct_eb_cluster") if c in u.columns), None)
+    lisa = next(
+        (c for c in ("lisa_change_pct_cluster", "lisa_change_pct_eb_cluster") if c in u.columns), None
+    )
     ll = u[lisa].isin(_LL).to_numpy() if lisa else np.zeros(len(u), dtype=bool)
     u = u.assign(low_low=ll)
     prov = fd.share_table(u, ["region", "province"], bootstrap=0)
@@ -436,7 +574,9 @@ def section_northeast(units: pd.DataFrame, *, level: str = "county", dpi: int = 
     prov["low_low_share"] = prov["n_low_low"] / prov["n_units"]
     prov["low_low_ci_low"], prov["low_low_ci_high"] = lo, hi
     prov = prov.sort_values(["region", "pop_weighted_change_pct"]).reset_index(drop=True)
-    sec.tables.append(ReportTable("provinces", "Change and Low-Low (LISA of change_pct) share by province", prov))
+    sec.tables.append(
+        ReportTable("provinces", "Change and Low-Low (LISA of change_pct) share by province", prov)
+    )
     ne = u["region"].to_numpy() == NORTHEAST
     total = float(u.loc[ne, "pop_2020"].sum() - u.loc[ne, "pop_2010"].sum()) if ne.any() else None
     kind_ok = "unit_kind" in u.columns and u["unit_kind"].notna().any()
@@ -450,24 +590,41 @@ def section_northeast(units: pd.DataFrame, *, level: str = "county", dpi: int = 
     sec.tables.append(ReportTable("regions", "By region", regions))
     if total is not None:
         v, desc, src = PUBLISHED["northeast_change"]
-        sec.text.append(f"The Northeast's units changed by {total / 1e6:+.2f} million residents "
-                        f"({100 * total / u.loc[ne, 'pop_2010'].sum():+.2f} %).")
-        sec.comparisons.append(f"Published: {desc} ({src}). This run: {total / 1e6:+.2f} million "
-                               f"(difference {(total - v) / 1e6:+.2f} million, {100 * (total - v) / abs(v):+.1f} %).")
-    sec.verdict = fd.verdict_northeast(
-        total_change=total, ll_k=int(ll[ne].sum()), ll_n=int(ne.sum()), rest_ll_k=int(ll[~ne].sum()),
-        rest_ll_n=int((~ne).sum()), county_k=ck, county_n=cn) if (lisa and kind_ok) else \
-        fd.not_testable(fd.RULES["northeast"], [c for c, ok in (("LISA cluster", lisa), ("unit_kind", kind_ok))
-                                                   if not ok])
-    sec.limits += ["Low-Low marks units whose change and whose neighbours' change are both low with a "
-                   "permutation p below alpha; it depends on the weights and on multiple testing.",
-                   "The census briefing counts whole provinces; units here are harmonised counties whose totals "
-                   "equal the census province rows (population stage check)."]
+        sec.text.append(
+            f"The Northeast's units changed by {total / 1e6:+.2f} million residents "
+            f"({100 * total / u.loc[ne, 'pop_2010'].sum():+.2f} %)."
+        )
+        sec.comparisons.append(
+            f"Published: {desc} ({src}). This run: {total / 1e6:+.2f} million "
+            f"(difference {(total - v) / 1e6:+.2f} million, {100 * (total - v) / abs(v):+.1f} %)."
+        )
+    sec.verdict = (
+        fd.verdict_northeast(
+            total_change=total,
+            ll_k=int(ll[ne].sum()),
+            ll_n=int(ne.sum()),
+            rest_ll_k=int(ll[~ne].sum()),
+            rest_ll_n=int((~ne).sum()),
+            county_k=ck,
+            county_n=cn,
+        )
+        if (lisa and kind_ok)
+        else fd.not_testable(
+            fd.RULES["northeast"], [c for c, ok in (("LISA cluster", lisa), ("unit_kind", kind_ok)) if not ok]
+        )
+    )
+    sec.limits += [
+        "Low-Low marks units whose change and whose neighbours' change are both low with a "
+        "permutation p below alpha; it depends on the weights and on multiple testing.",
+        "The census briefing counts whole provinces; units here are harmonised counties whose totals "
+        "equal the census province rows (population stage check).",
+    ]
     return sec
 
 
-def section_ageing(units: pd.DataFrame, *, level: str = "county", global_moran: pd.DataFrame | None = None
-                   ) -> Section:
+def section_ageing(
+    units: pd.DataFrame, *, level: str = "county", global_moran: pd.DataFrame | None = None
+) -> Section:
     """Claim 3: 60+ shares of Liaoning and Jilin in 2020 and the association of shrinkage with ageing."""
     sec = _section("ageing", level)
     miss = _missing(units, ["share_60plus_2020", "province", "pop_2020", "change_pct"])
@@ -481,37 +638,53 @@ def section_ageing(units: pd.DataFrame, *, level: str = "county", global_moran: 
     s = u["share_60plus_2020"].to_numpy(dtype=float)
     scale = 1.0 if np.nanmax(s) > 1.0 else 100.0  # shares in % or as fractions
     u = u.assign(_p60=s * scale * u["pop_2020"].to_numpy(dtype=float) / 100.0)
-    prov = u.groupby("province").agg(pop_2020=("pop_2020", "sum"), pop_60plus_2020=("_p60", "sum")).reset_index()
+    prov = (
+        u.groupby("province").agg(pop_2020=("pop_2020", "sum"), pop_60plus_2020=("_p60", "sum")).reset_index()
+    )
     prov["share_60plus_2020_pct"] = 100 * prov["pop_60plus_2020"] / prov["pop_2020"]
     prov = prov.sort_values("share_60plus_2020_pct", ascending=False).reset_index(drop=True)
-    sec.tables.append(ReportTable("provinces", "Share aged 60+ in 2020 by province (recomputed from the units)",
-                                  prov))
-    shares = {p: float(prov.loc[prov["province"] == p, "share_60plus_2020_pct"].iloc[0])
-              for p in AGEING_PROVINCES if (prov["province"] == p).any()}
+    sec.tables.append(
+        ReportTable("provinces", "Share aged 60+ in 2020 by province (recomputed from the units)", prov)
+    )
+    shares = {
+        p: float(prov.loc[prov["province"] == p, "share_60plus_2020_pct"].iloc[0])
+        for p in AGEING_PROVINCES
+        if (prov["province"] == p).any()
+    }
     ok = np.isfinite(s) & np.isfinite(u["change_pct"].to_numpy(dtype=float))
     rho = stats.spearmanr(u.loc[ok, "change_pct"], s[ok])
     sp = (float(rho.statistic), float(rho.pvalue))
-    sec.text.append(f"Spearman correlation of change_pct with the 2020 60+ share over {int(ok.sum()):,} units: "
-                    f"{sp[0]:+.3f} (p = {sp[1]:.3g}).")
+    sec.text.append(
+        f"Spearman correlation of change_pct with the 2020 60+ share over {int(ok.sum()):,} units: "
+        f"{sp[0]:+.3f} (p = {sp[1]:.3g})."
+    )
     bv = None
     if global_moran is not None and "variable" in global_moran.columns:
-        rows = global_moran[global_moran["variable"].astype(str).str.contains("60plus")
-                            & global_moran["variable"].astype(str).str.contains("change_pct")]
+        rows = global_moran[
+            global_moran["variable"].astype(str).str.contains("60plus")
+            & global_moran["variable"].astype(str).str.contains("change_pct")
+        ]
         if len(rows):
             r = rows.iloc[0]
             p = float(r["p_sim"]) if "p_sim" in rows.columns else float(r["p_norm"])
             bv = (float(r["I"]), p)
             sec.tables.append(ReportTable("moran_bv", "Bivariate Moran's I (autocorrelation stage)", rows))
     if bv is None:
-        sec.text.append("Bivariate Moran's I: not testable with these data: no Moran_BV row of change_pct with the "
-                        "60+ share in global_moran.")
+        sec.text.append(
+            "Bivariate Moran's I: not testable with these data: no Moran_BV row of change_pct with the "
+            "60+ share in global_moran."
+        )
     sec.verdict = fd.verdict_ageing(province_shares=shares, spearman=sp, moran_bv=bv)
-    sec.comparisons.append("Seed: over 23 % aged 60+ in Liaoning and Jilin (2020). This run: "
-                           + ", ".join(f"{k} {v:.2f} %" for k, v in shares.items()) + ".")
-    sec.limits += ["Ageing shares are of residents; out-migration of the young raises them, so the association "
-                   "does not say which causes which.",
-                   "A correlation across units can differ from the relation within any one unit (ecological "
-                   "fallacy)."]
+    sec.comparisons.append(
+        "Seed: over 23 % aged 60+ in Liaoning and Jilin (2020). This run: "
+        + ", ".join(f"{k} {v:.2f} %" for k, v in shares.items())
+        + "."
+    )
+    sec.limits += [
+        "Ageing shares are of residents; out-migration of the young raises them, so the association "
+        "does not say which causes which.",
+        "A correlation across units can differ from the relation within any one unit (ecological fallacy).",
+    ]
     return sec
 
 
@@ -529,10 +702,17 @@ def section_net_outflow(units: pd.DataFrame, *, level: str = "county") -> Sectio
     u = u[u["net_outflow_ratio"].notna()]
     out = _bool(u["net_outflow"])
     shr = _bool(u["shrinking"])
-    table = [[int((out & shr).sum()), int((out & ~shr).sum())], [int((~out & shr).sum()), int((~out & ~shr).sum())]]
-    ct = pd.DataFrame({"net_outflow_2010": ["yes", "no", "all"],
-                       "shrinking": [table[0][0], table[1][0], table[0][0] + table[1][0]],
-                       "growing": [table[0][1], table[1][1], table[0][1] + table[1][1]]})
+    table = [
+        [int((out & shr).sum()), int((out & ~shr).sum())],
+        [int((~out & shr).sum()), int((~out & ~shr).sum())],
+    ]
+    ct = pd.DataFrame(
+        {
+            "net_outflow_2010": ["yes", "no", "all"],
+            "shrinking": [table[0][0], table[1][0], table[0][0] + table[1][0]],
+            "growing": [table[0][1], table[1][1], table[0][1] + table[1][1]],
+        }
+    )
     ct["n_units"] = ct["shrinking"] + ct["growing"]
     ct["shrinking_share"] = ct["shrinking"] / ct["n_units"]
     ct["share_ci_low"], ct["share_ci_high"] = fd.wilson_interval(ct["shrinking"], ct["n_units"])
@@ -540,19 +720,29 @@ def section_net_outflow(units: pd.DataFrame, *, level: str = "county") -> Sectio
     rho = stats.spearmanr(u["net_outflow_ratio"], u["change_pct"])
     pear = stats.pearsonr(u["net_outflow_ratio"], u["change_pct"])
     sp = (float(rho.statistic), float(rho.pvalue))
-    corr = pd.DataFrame([{"method": "Spearman", "r": sp[0], "p": sp[1], "n": len(u)},
-                         {"method": "Pearson", "r": float(pear.statistic), "p": float(pear.pvalue), "n": len(u)}])
-    sec.tables.append(ReportTable("correlation", "Correlation of net_outflow_ratio (2010) with change_pct", corr))
-    sec.text.append(f"{int(out.sum()):,} of {len(u):,} units had fewer residents than registered people in 2010 "
-                    f"(net outflow); their total hukou surplus was "
-                    f"{(u.loc[out, 'hukou_2010'].sum() - u.loc[out, 'pop_2010'].sum()) / 1e6:.2f} million."
-                    if "hukou_2010" in u.columns else
-                    f"{int(out.sum()):,} of {len(u):,} units had net outflow in 2010.")
+    corr = pd.DataFrame(
+        [
+            {"method": "Spearman", "r": sp[0], "p": sp[1], "n": len(u)},
+            {"method": "Pearson", "r": float(pear.statistic), "p": float(pear.pvalue), "n": len(u)},
+        ]
+    )
+    sec.tables.append(
+        ReportTable("correlation", "Correlation of net_outflow_ratio (2010) with change_pct", corr)
+    )
+    sec.text.append(
+        f"{int(out.sum()):,} of {len(u):,} units had fewer residents than registered people in 2010 "
+        f"(net outflow); their total hukou surplus was "
+        f"{(u.loc[out, 'hukou_2010'].sum() - u.loc[out, 'pop_2010'].sum()) / 1e6:.2f} million."
+        if "hukou_2010" in u.columns
+        else f"{int(out.sum()):,} of {len(u):,} units had net outflow in 2010."
+    )
     sec.verdict = fd.verdict_net_outflow(table=table, spearman=sp)
-    sec.limits += ["Net outflow is measured in 2010 only: the 2020 county table has no hukou total, so the "
-                   "2020 balance cannot be computed.",
-                   "Resident minus hukou mixes migration with registration practice (students, the army, "
-                   "unregistered births); it is a stock, not a flow over the decade."]
+    sec.limits += [
+        "Net outflow is measured in 2010 only: the 2020 county table has no hukou total, so the "
+        "2020 balance cannot be computed.",
+        "Resident minus hukou mixes migration with registration practice (students, the army, "
+        "unregistered births); it is a stock, not a flow over the decade.",
+    ]
     return sec
 
 
@@ -568,15 +758,23 @@ def section_hsr(units: pd.DataFrame, *, level: str = "county", dpi: int = 110) -
     if note:
         sec.text.append(note)
     u = u.assign(corridor=np.where(_bool(u["in_corridor"]), "inside", "outside"))
-    order = list(u.groupby("band")["distance_km"].min().sort_values().index) if "distance_km" in u.columns \
+    order = (
+        list(u.groupby("band")["distance_km"].min().sort_values().index)
+        if "distance_km" in u.columns
         else sorted(u["band"].unique())
+    )
     t = fd.share_table(u, ["band", "corridor"], bootstrap=0)
     t["_o"] = t["band"].map({v: i for i, v in enumerate(order)})
     t = t.sort_values(["_o", "corridor"]).drop(columns="_o").reset_index(drop=True)
     sec.tables.append(ReportTable("corridor_by_band", "Inside vs outside HSR corridors, by distance band", t))
-    sec.figures.append(ReportFigure(f"{level}_corridor_by_band", "Shrinking share inside and outside high-speed "
-                                    "rail corridors within each distance band, 95 % Wilson intervals.",
-                                    band_chart(t, label="band", group="corridor", dpi=dpi)))
+    sec.figures.append(
+        ReportFigure(
+            f"{level}_corridor_by_band",
+            "Shrinking share inside and outside high-speed "
+            "rail corridors within each distance band, 95 % Wilson intervals.",
+            band_chart(t, label="band", group="corridor", dpi=dpi),
+        )
+    )
     strata, labels = [], []
     for b in order:
         d = u[u["band"] == b]
@@ -590,15 +788,22 @@ def section_hsr(units: pd.DataFrame, *, level: str = "county", dpi: int = 110) -
     else:
         sec.text.append("By period of first service: not testable with these data: hsr_period missing.")
     sec.verdict = fd.verdict_hsr(strata=strata, labels=labels)
-    sec.limits += ["Corridors are buffers around APPROXIMATE line geometry (straight segments between key "
-                   "stations); membership near a corridor edge can be wrong.",
-                   "Lines opened during 2010-2020 could not have shaped the whole decade's change, and lines are "
-                   "routed to places that were already larger: the comparison is an association, not an effect."]
+    sec.limits += [
+        "Corridors are buffers around APPROXIMATE line geometry (straight segments between key "
+        "stations); membership near a corridor edge can be wrong.",
+        "Lines opened during 2010-2020 could not have shaped the whole decade's change, and lines are "
+        "routed to places that were already larger: the comparison is an association, not an effect.",
+    ]
     return sec
 
 
-def section_intercity(lines: pd.DataFrame | None, crossings: pd.DataFrame | None, *, level: str = "county",
-                      threshold: float = 0.4) -> Section:
+def section_intercity(
+    lines: pd.DataFrame | None,
+    crossings: pd.DataFrame | None,
+    *,
+    level: str = "county",
+    threshold: float = 0.4,
+) -> Section:
     """Claim 6: what the open data say about intercity lines' use of design capacity.
 
     ``crossings``: one row per line and unit it crosses (``line_id``, ``unit_id``,
@@ -606,9 +811,11 @@ def section_intercity(lines: pd.DataFrame | None, crossings: pd.DataFrame | None
     """
     sec = _section("intercity", level)
     rule = fd.RULES["intercity"]
-    sec.text.append("Ridership and design capacity per line are not in the open data this pipeline uses: the "
-                    "rail catalogue has design speeds and opening dates, and the station files count trains, "
-                    "not passengers.")
+    sec.text.append(
+        "Ridership and design capacity per line are not in the open data this pipeline uses: the "
+        "rail catalogue has design speeds and opening dates, and the station files count trains, "
+        "not passengers."
+    )
     if lines is None or _missing(lines, ["utilisation", "utilisation_basis", "name"]):
         sec.verdict = fd.not_testable(rule, ["rail_lines with utilisation"], what="layer")
         return sec
@@ -616,38 +823,67 @@ def section_intercity(lines: pd.DataFrame | None, crossings: pd.DataFrame | None
     inter = lines[lines["name"].astype(str).str.contains("城际")]
     user = basis.loc[inter.index].eq("user table")
     desc = lines.groupby(["class", "utilisation_basis"], dropna=False)["utilisation"].describe().reset_index()
-    sec.tables.append(ReportTable("utilisation", "Utilisation by line class (proxy unless 'user table')", desc))
-    keep = ["line_id", "name", "class", "open_year", "trains_per_day", "utilisation", "utilisation_basis",
-            "underused"]
+    sec.tables.append(
+        ReportTable("utilisation", "Utilisation by line class (proxy unless 'user table')", desc)
+    )
+    keep = [
+        "line_id",
+        "name",
+        "class",
+        "open_year",
+        "trains_per_day",
+        "utilisation",
+        "utilisation_basis",
+        "underused",
+    ]
     under = lines[_bool(lines["underused"])] if "underused" in lines.columns else lines.iloc[:0]
     under = under[[c for c in keep if c in under.columns]].copy()
     if crossings is not None and len(crossings):
-        g = crossings.groupby("line_id").agg(n_units_crossed=("unit_id", "nunique"),
-                                             n_shrinking=("shrinking", "sum")).reset_index()
+        g = (
+            crossings.groupby("line_id")
+            .agg(n_units_crossed=("unit_id", "nunique"), n_shrinking=("shrinking", "sum"))
+            .reset_index()
+        )
         g["shrinking_share"] = g["n_shrinking"] / g["n_units_crossed"]
         under = under.merge(g, on="line_id", how="left")
         allc = crossings.drop_duplicates("unit_id")
         u_under = crossings[crossings["line_id"].isin(under["line_id"])].drop_duplicates("unit_id")
-        sec.text.append(f"Units crossed by underused lines shrink in {_pct(u_under['shrinking'].mean())} of "
-                        f"{len(u_under):,} cases, units crossed by any line in {_pct(allc['shrinking'].mean())} of "
-                        f"{len(allc):,}.")
+        sec.text.append(
+            f"Units crossed by underused lines shrink in {_pct(u_under['shrinking'].mean())} of "
+            f"{len(u_under):,} cases, units crossed by any line in {_pct(allc['shrinking'].mean())} of "
+            f"{len(allc):,}."
+        )
     under = under.sort_values("utilisation").reset_index(drop=True)
-    sec.tables.append(ReportTable("underused_lines", f"Underused lines (utilisation < {threshold:g}) and the "
-                                  "units they cross", under))
+    sec.tables.append(
+        ReportTable(
+            "underused_lines",
+            f"Underused lines (utilisation < {threshold:g}) and the units they cross",
+            under,
+        )
+    )
     n_int = len(inter)
-    sec.text.append(f"{len(under)} of {len(lines)} lines are flagged underused; {n_int} lines are intercity (城际) "
-                    f"by name, {int(user.sum())} of them with a ratio from a user capacity table. The proxy "
-                    f"compares a line's key-station trains per day with the busiest lines of its class "
-                    f"({basis.replace('', np.nan).dropna().unique().tolist() or ['no basis']}): it ranks service "
-                    "levels; it is not a share of design ridership.")
-    sec.text.append("To get the real ratio, give a CSV with columns line, design_capacity and ridership (or "
-                    "trains_per_day, in the same unit) to `geo-pipeline infrastructure --utilisation-file FILE` "
-                    "([infrastructure] utilisation_file), then rerun export and report; matched lines get "
-                    "utilisation_basis = 'user table'.")
-    sec.verdict = fd.verdict_intercity(utilisation=inter.loc[user[user].index, "utilisation"],
-                                       design_basis=bool(user.any()), threshold=threshold)
-    sec.limits += ["Crossing a unit is judged on the approximate line geometry.",
-                   "Train counts are per station and day from one timetable snapshot, not per line over time."]
+    sec.text.append(
+        f"{len(under)} of {len(lines)} lines are flagged underused; {n_int} lines are intercity (城际) "
+        f"by name, {int(user.sum())} of them with a ratio from a user capacity table. The proxy "
+        f"compares a line's key-station trains per day with the busiest lines of its class "
+        f"({basis.replace('', np.nan).dropna().unique().tolist() or ['no basis']}): it ranks service "
+        "levels; it is not a share of design ridership."
+    )
+    sec.text.append(
+        "To get the real ratio, give a CSV with columns line, design_capacity and ridership (or "
+        "trains_per_day, in the same unit) to `geo-pipeline infrastructure --utilisation-file FILE` "
+        "([infrastructure] utilisation_file), then rerun export and report; matched lines get "
+        "utilisation_basis = 'user table'."
+    )
+    sec.verdict = fd.verdict_intercity(
+        utilisation=inter.loc[user[user].index, "utilisation"],
+        design_basis=bool(user.any()),
+        threshold=threshold,
+    )
+    sec.limits += [
+        "Crossing a unit is judged on the approximate line geometry.",
+        "Train counts are per station and day from one timetable snapshot, not per line over time.",
+    ]
     return sec
 
 
@@ -671,8 +907,15 @@ def manifest_tables(manifest: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataF
     rows = []
     for stage, entry in (manifest.get("stages") or {}).items():
         for name, info in (entry.get("inputs") or {}).items():
-            rows.append({"stage": stage, "input": name, "path": info.get("path", ""),
-                         "sha256": str(info.get("sha256", ""))[:16], "finished": entry.get("finished", "")})
+            rows.append(
+                {
+                    "stage": stage,
+                    "input": name,
+                    "path": info.get("path", ""),
+                    "sha256": str(info.get("sha256", ""))[:16],
+                    "finished": entry.get("finished", ""),
+                }
+            )
     inputs = pd.DataFrame(rows, columns=["stage", "input", "path", "sha256", "finished"])
     versions = pd.DataFrame(sorted((manifest.get("versions") or {}).items()), columns=["package", "version"])
     return inputs, versions
@@ -724,34 +967,64 @@ def build_report(
     maps = dict(maps or {})
     sections: list[Section] = []
     for level, units in levels.items():
-        check_frame(units, name=f"{level} units", columns={"unit_id": "any", "pop_2010": "numeric",
-                                                            "pop_2020": "numeric"}).raise_if_any()
-        sections.append(section_distance(units, level=level, w=weights.get(level), core_sets=core_sets.get(level),
-                                         bootstrap=bootstrap, seed=seed, dpi=dpi))
+        check_frame(
+            units,
+            name=f"{level} units",
+            columns={"unit_id": "any", "pop_2010": "numeric", "pop_2020": "numeric"},
+        ).raise_if_any()
+        sections.append(
+            section_distance(
+                units,
+                level=level,
+                w=weights.get(level),
+                core_sets=core_sets.get(level),
+                bootstrap=bootstrap,
+                seed=seed,
+                dpi=dpi,
+            )
+        )
         sections.append(section_northeast(units, level=level, dpi=dpi, bootstrap=bootstrap, seed=seed))
-        sections.append(section_ageing(units, level=level, global_moran=global_moran if level == "county"
-                                       else None))
+        sections.append(
+            section_ageing(units, level=level, global_moran=global_moran if level == "county" else None)
+        )
         sections.append(section_net_outflow(units, level=level))
         sections.append(section_hsr(units, level=level, dpi=dpi))
     sections.append(section_intercity(rail_lines, crossings, threshold=underused_threshold))
     for sec in sections:  # the atlas' national maps, where they illustrate a section (county level)
         if sec.level != "county":
             continue
-        for theme in {"distance": ("population_change", "distance_bands"), "northeast": ("lisa_clusters",),
-                      "net_outflow": ("net_outflow",), "hsr": ("rail_corridors",)}.get(sec.key, ()):
+        for theme in {
+            "distance": ("population_change", "distance_bands"),
+            "northeast": ("lisa_clusters",),
+            "net_outflow": ("net_outflow",),
+            "hsr": ("rail_corridors",),
+        }.get(sec.key, ()):
             if theme in maps:
                 cap, png = maps[theme]
                 sec.figures.insert(0, ReportFigure(f"map_{theme}", cap + " (the atlas' national page)", png))
-    summary = pd.DataFrame([{"level": s.level, "claim": s.key, "claim_zh": s.claim_zh, "verdict": s.verdict.label,
-                             **{f"test_{k}": v for k, v in s.verdict.tests.items()}} for s in sections])
+    summary = pd.DataFrame(
+        [
+            {
+                "level": s.level,
+                "claim": s.key,
+                "claim_zh": s.claim_zh,
+                "verdict": s.verdict.label,
+                **{f"test_{k}": v for k, v in s.verdict.tests.items()},
+            }
+            for s in sections
+        ]
+    )
     methods = [
         "Every number in this report is computed by geo_pipeline.findings and geo_pipeline.report from the "
         "run's outputs in data_processed/ (shrinkage.gpkg and the stage tables); published figures are only "
         "quoted for comparison, with their source.",
-        f"Shares: 95 % Wilson score intervals (scipy.stats.binomtest). Population-weighted change: percentile "
+        f"Shares: 95 % Wilson score intervals (scipy.stats.binomtest). Population-weighted change: "
+        f"percentile "
         f"intervals over {bootstrap} bootstrap resamples of the units (seed {seed}).",
-        f"Threshold: continuous piecewise-linear least squares of 100 ln(pop2020/pop2010) on distance with one "
-        f"break, chosen on a 5 km grid between the 5th and 95th percentiles of distance; percentile intervals "
+        f"Threshold: continuous piecewise-linear least squares of 100 ln(pop2020/pop2010) on "
+        f"distance with one "
+        f"break, chosen on a 5 km grid between the 5th and 95th percentiles of distance; percentile "
+        f"intervals "
         f"over {bootstrap} bootstrap resamples, each re-estimating the break.",
         "Spatial regression: PySAL spreg OLS with Lagrange-multiplier diagnostics on row-standardised queen "
         "contiguity weights (islands linked as in the autocorrelation stage); then spreg.GM_Lag or "
@@ -761,10 +1034,17 @@ def build_report(
     ]
     inputs, versions = manifest_tables(manifest or {})
     if extra_versions:
-        versions = pd.concat([versions, pd.DataFrame(sorted(extra_versions.items()),
-                                                     columns=["package", "version"])]).drop_duplicates("package")
-    return Report(title="Shrinking cities in China, 2010-2020: testing the seeds' claims", sections=sections,
-                  summary=summary, methods=methods, inputs=inputs, versions=versions.reset_index(drop=True))
+        versions = pd.concat(
+            [versions, pd.DataFrame(sorted(extra_versions.items()), columns=["package", "version"])]
+        ).drop_duplicates("package")
+    return Report(
+        title="Shrinking cities in China, 2010-2020: testing the seeds' claims",
+        sections=sections,
+        summary=summary,
+        methods=methods,
+        inputs=inputs,
+        versions=versions.reset_index(drop=True),
+    )
 
 
 def analysable_units(units: pd.DataFrame) -> pd.DataFrame:
@@ -798,7 +1078,9 @@ def _fmt(col: str, v: Any) -> str:
 
 
 def _rows(frame: pd.DataFrame) -> list[list[str]]:
-    return [[_fmt(c, v) for c, v in zip(frame.columns, row, strict=True)] for row in frame.itertuples(index=False)]
+    return [
+        [_fmt(c, v) for c, v in zip(frame.columns, row, strict=True)] for row in frame.itertuples(index=False)
+    ]
 
 
 def _md_table(frame: pd.DataFrame) -> str:
@@ -814,10 +1096,23 @@ def _md_table(frame: pd.DataFrame) -> str:
 def render_markdown(report: Report, *, figure_path: Callable[[ReportFigure], str] | None = None) -> str:
     """Markdown version of the report; figures are linked as ``report_<key>.png`` (or ``figure_path``)."""
     path = figure_path or (lambda f: f"report_{f.key}.png")
-    out = [f"# {report.title}", "", "## Verdicts", "", _md_table(report.summary[["level", "claim", "claim_zh",
-                                                                                   "verdict"]]), ""]
+    out = [
+        f"# {report.title}",
+        "",
+        "## Verdicts",
+        "",
+        _md_table(report.summary[["level", "claim", "claim_zh", "verdict"]]),
+        "",
+    ]
     for sec in report.sections:
-        out += [f"## {sec.title} ({sec.level} level)", "", f"> {sec.claim_zh}", ">", f"> *{sec.claim_en}*", ""]
+        out += [
+            f"## {sec.title} ({sec.level} level)",
+            "",
+            f"> {sec.claim_zh}",
+            ">",
+            f"> *{sec.claim_en}*",
+            "",
+        ]
         out += [*(f"{t}\n" for t in sec.text)]
         for fig in sec.figures:
             out += [f"![{fig.caption}]({path(fig)})", "", f"*{fig.caption}*", ""]
@@ -830,8 +1125,18 @@ def render_markdown(report: Report, *, figure_path: Callable[[ReportFigure], str
         if sec.limits:
             out += ["**What these data can and cannot show:**", "", *(f"- {c}" for c in sec.limits), ""]
         out += [f"**Verdict: {sec.verdict.label}.**", "", *(f"- {r}" for r in sec.verdict.reasons), ""]
-    out += ["## Method notes", "", *(f"- {m}" for m in report.methods), "", "## Inputs and versions", "",
-            _md_table(report.inputs), "", _md_table(report.versions), ""]
+    out += [
+        "## Method notes",
+        "",
+        *(f"- {m}" for m in report.methods),
+        "",
+        "## Inputs and versions",
+        "",
+        _md_table(report.inputs),
+        "",
+        _md_table(report.versions),
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -861,60 +1166,95 @@ h1+h2,.summary h2{break-before:auto}table,figure,.verdict,blockquote{break-insid
 
 def _verdict_class(label: str) -> str:
     return {"supported": "v-supported", "partly supported": "v-partly", "not supported": "v-not"}.get(
-        label, "v-untestable")
+        label, "v-untestable"
+    )
 
 
 def _html_table(frame: pd.DataFrame, caption: str) -> str:
     e = html.escape
     head = "".join(f"<th>{e(str(c))}</th>" for c in frame.columns)
     body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>" for r in _rows(frame))
-    return f'<div class="wrap"><table><caption>{e(caption)}</caption><thead><tr>{head}</tr></thead>' \
-           f"<tbody>{body}</tbody></table></div>"
+    return (
+        f'<div class="wrap"><table><caption>{e(caption)}</caption><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    return (
+        f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    )
 
 
 def render_html(report: Report) -> str:
     """One self-contained HTML page: inline CSS, figures as ``data:`` URIs, no external reference."""
     e = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{e(report.title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(report.title)}</h1>",
-             '<section class="summary"><h2>Verdicts</h2>',
-             _html_table(report.summary[["level", "claim", "claim_zh", "verdict"]], "One verdict per claim and "
-                         "level, from the rules in the method notes"), "</section>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{e(report.title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(report.title)}</h1>",
+        '<section class="summary"><h2>Verdicts</h2>',
+        _html_table(
+            report.summary[["level", "claim", "claim_zh", "verdict"]],
+            "One verdict per claim and level, from the rules in the method notes",
+        ),
+        "</section>",
+    ]
     for sec in report.sections:
-        parts.append(f'<section id="{e(sec.level)}-{e(sec.key)}"><h2>{e(sec.title)} '
-                     f'<span class="small">({e(sec.level)} level)</span></h2>')
-        parts.append(f'<blockquote><div class="zh" lang="zh-CN">{e(sec.claim_zh)}</div>'
-                     f"<div><em>{e(sec.claim_en)}</em></div></blockquote>")
+        parts.append(
+            f'<section id="{e(sec.level)}-{e(sec.key)}"><h2>{e(sec.title)} '
+            f'<span class="small">({e(sec.level)} level)</span></h2>'
+        )
+        parts.append(
+            f'<blockquote><div class="zh" lang="zh-CN">{e(sec.claim_zh)}</div>'
+            f"<div><em>{e(sec.claim_en)}</em></div></blockquote>"
+        )
         parts += [f"<p>{e(t)}</p>" for t in sec.text]
-        parts += [f"<figure>{_img(f.png, f.caption)}<figcaption>{e(f.caption)}</figcaption></figure>"
-                  for f in sec.figures]
-        parts += [_html_table(t.frame, f"{t.title} (report_{sec.level}_{t.key}.csv)")
-                  + (f'<p class="small">{e(t.note)}</p>' if t.note else "") for t in sec.tables]
+        parts += [
+            f"<figure>{_img(f.png, f.caption)}<figcaption>{e(f.caption)}</figcaption></figure>"
+            for f in sec.figures
+        ]
+        parts += [
+            _html_table(t.frame, f"{t.title} (report_{sec.level}_{t.key}.csv)")
+            + (f'<p class="small">{e(t.note)}</p>' if t.note else "")
+            for t in sec.tables
+        ]
         if sec.comparisons:
-            parts.append("<h3>Published figures</h3><ul>" + "".join(f"<li>{e(c)}</li>" for c in sec.comparisons)
-                         + "</ul>")
+            parts.append(
+                "<h3>Published figures</h3><ul>"
+                + "".join(f"<li>{e(c)}</li>" for c in sec.comparisons)
+                + "</ul>"
+            )
         if sec.limits:
-            parts.append("<h3>What these data can and cannot show</h3><ul>"
-                         + "".join(f"<li>{e(c)}</li>" for c in sec.limits) + "</ul>")
-        parts.append(f'<div class="verdict {_verdict_class(sec.verdict.label)}"><strong>Verdict: '
-                     f"{e(sec.verdict.label)}.</strong><ul>"
-                     + "".join(f"<li>{e(r)}</li>" for r in sec.verdict.reasons) + "</ul></div></section>")
-    parts.append("<section><h2>Method notes</h2><ul>" + "".join(f"<li>{e(m)}</li>" for m in report.methods)
-                 + "</ul></section>")
-    parts.append("<section><h2>Inputs and versions</h2>" + _html_table(report.inputs, "Inputs of each stage "
-                 "(data_processed/manifest.json; SHA-256 shortened)") + _html_table(report.versions, "Versions")
-                 + "</section></body></html>")
+            parts.append(
+                "<h3>What these data can and cannot show</h3><ul>"
+                + "".join(f"<li>{e(c)}</li>" for c in sec.limits)
+                + "</ul>"
+            )
+        parts.append(
+            f'<div class="verdict {_verdict_class(sec.verdict.label)}"><strong>Verdict: '
+            f"{e(sec.verdict.label)}.</strong><ul>"
+            + "".join(f"<li>{e(r)}</li>" for r in sec.verdict.reasons)
+            + "</ul></div></section>"
+        )
+    parts.append(
+        "<section><h2>Method notes</h2><ul>"
+        + "".join(f"<li>{e(m)}</li>" for m in report.methods)
+        + "</ul></section>"
+    )
+    parts.append(
+        "<section><h2>Inputs and versions</h2>"
+        + _html_table(report.inputs, "Inputs of each stage (data_processed/manifest.json; SHA-256 shortened)")
+        + _html_table(report.versions, "Versions")
+        + "</section></body></html>"
+    )
     return "\n".join(parts)
 
 
 def external_references(text: str) -> list[str]:
-    """URLs a page would fetch: ``src=``/``href=`` attributes and CSS ``url()`` that are not ``data:`` or ``#``."""
+    """URLs a page would fetch: ``src=``/``href=`` values and CSS ``url()`` other than ``data:`` or ``#``."""
     found = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]+)|url\(\s*["']?([^"')\s]+)""", text, flags=re.I)
     refs = [a or b for a, b in found]
     return [r for r in refs if not r.startswith(("data:", "#"))]
-

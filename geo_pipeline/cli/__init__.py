@@ -58,6 +58,7 @@ STAGE_ORDER = [
     "autocorrelation",
     "infrastructure",
     "export",
+    "report",
     "atlas",
 ]
 
