@@ -793,7 +793,8 @@ def verdict_northeast(
         f"{100 * ne_hi[0]:.1f} %) vs {rest_ll_k} of {rest_ll_n} elsewhere "
         f"({100 * rest_ll_k / max(rest_ll_n, 1):.1f} %, "
         f"CI {100 * r_lo[0]:.1f}-{100 * r_hi[0]:.1f} %).",
-        f"(c) {county_k} of {county_n} Northeast counties and county-level cities shrink "
+        f"(c) {county_k} of {county_n} Northeast counties, county-level cities and banners (not "
+        f"urban districts) shrink "
         f"({100 * county_k / county_n:.1f} %, CI {100 * c_lo[0]:.1f}-{100 * c_hi[0]:.1f} %).",
     ]
     return _combine(rule, tests, reasons, all_for_support=tuple(tests))

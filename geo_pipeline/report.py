@@ -1073,7 +1073,7 @@ def _fmt(col: str, v: Any) -> str:
             return f"{f:,.0f}"
         if f.is_integer() and abs(f) < 1e6 and not col.endswith(("pct", "km", "coef")):
             return f"{int(f):,}"
-        return f"{f:.4g}" if abs(f) < 0.01 else f"{f:,.2f}" if abs(f) < 1e5 else f"{f:,.0f}"
+        return f"{f:,.0f}" if abs(f) >= 1e5 else f"{f:,.1f}" if abs(f) >= 100 else f"{f:.4g}"
     return str(v)
 
 
