@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ConfigError
+from ._levels import check_levels
 
 __all__ = ["Settings", "load_settings", "MIRROR_ENV"]
 
@@ -51,6 +52,23 @@ class PathsSettings:
     data_processed: str = "data_processed"
     maps: str = "maps"
     mirror: str = ""
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The whole pipeline.
+
+    Attributes
+    ----------
+    levels : unit levels the per-unit stages (distance, autocorrelation,
+        infrastructure) run at, and that export and atlas include:
+        ``"county"`` (harmonised counties; outputs keep their plain names) and
+        ``"prefecture"`` (prefecture-level cities of the census city table;
+        outputs named ``<file>_prefecture.<ext>`` and, in shrinkage.gpkg,
+        ``prefecture_<layer>``). ``--level`` on a stage runs one level only.
+    """
+
+    levels: list[str] = field(default_factory=lambda: ["county", "prefecture"])
 
 
 @dataclass(frozen=True)
@@ -93,9 +111,6 @@ class PopulationSettings:
 
     Attributes
     ----------
-    level : analysis units, ``"county"`` (harmonised counties) or ``"prefecture"``
-        (the ``units`` layer then holds the prefectures of
-        census_city_2010-2020_v1.csv, ``unit_id`` = prefecture adcode).
     shrink_threshold_pct : a unit shrinks when ``change_pct`` is below this.
     crosswalk_file : optional CSV of extra census-row-to-polygon links, appended
         to the packaged table ``geo_pipeline/data/census_crosswalk.csv``; same
@@ -112,7 +127,6 @@ class PopulationSettings:
         (a unit left without a row of one year gets no figure, NA, for it).
     """
 
-    level: str = "county"
     shrink_threshold_pct: float = 0.0
     crosswalk_file: str = ""
     packaged_tables: bool = True
@@ -332,6 +346,7 @@ class Settings:
     """All settings of a pipeline run; see each section's class."""
 
     paths: PathsSettings = field(default_factory=PathsSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     fetch: FetchSettings = field(default_factory=FetchSettings)
     boundaries: BoundariesSettings = field(default_factory=BoundariesSettings)
     population: PopulationSettings = field(default_factory=PopulationSettings)
@@ -388,7 +403,8 @@ def _check_value(section: str, key: str, value: Any, tp: Any) -> Any:
 
 
 #: Keys that moved to another section: (old section, key) -> new place.
-_MOVED = {("raster", "scheduler"): "[dask] scheduler", ("raster", "workers"): "[dask] workers"}
+_MOVED = {("raster", "scheduler"): "[dask] scheduler", ("raster", "workers"): "[dask] workers",
+          ("population", "level"): "[pipeline] levels"}
 
 
 def settings_from_dict(data: dict[str, Any], *, source: str = "config") -> Settings:
@@ -431,7 +447,6 @@ def settings_from_dict(data: dict[str, Any], *, source: str = "config") -> Setti
 
 def _check_choices(s: Settings, source: str) -> None:
     choices = {
-        ("population", "level"): ("county", "prefecture"),
         ("population", "unknown_codes"): ("error", "warn"),
         ("distance", "cores"): ("all", "central", "capitals"),
         ("distance", "point"): ("representative", "centroid", "population"),
@@ -444,6 +459,7 @@ def _check_choices(s: Settings, source: str) -> None:
         value = getattr(getattr(s, sec), key)
         if value not in allowed:
             raise ConfigError(f"{source}: [{sec}] {key} = {value!r}; expected one of {list(allowed)}")
+    check_levels(s.pipeline.levels, source=f"{source}: [pipeline] levels")
     if s.fetch.timeout_s <= 0 or not s.fetch.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{source}: [fetch] timeout_s must be > 0 and base_url an http(s) URL")
     breaks = s.distance.breaks_km

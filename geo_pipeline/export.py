@@ -16,7 +16,7 @@ import re
 import sqlite3
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import pyogrio
 from . import styles
 from ._errors import CRSError, DataQualityWarning, InputError
 from ._io import atomic_path
+from ._levels import UNITS_LAYER, level_layer, level_title
 from ._validate import Problems, check_frame
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "LayerStyle",
     "merge_unit_columns",
     "assemble_layers",
+    "add_level_layers",
     "field_descriptions",
     "write_styled_gpkg",
     "LAYER_ORDER",
@@ -479,6 +481,64 @@ def assemble_layers(
             fields=field_descriptions(list(frame.columns), prov), styles=layer_styles, sources=src,
             view_of="units" if lname == "lisa" else None,
         )
+    return out
+
+
+def add_level_layers(
+    layers: Mapping[str, ExportLayer],
+    level_layers: Mapping[str, ExportLayer],
+    *,
+    level: str,
+) -> dict[str, ExportLayer]:
+    """Add the layers of a further unit level to the export layers, named ``<level>_<name>``.
+
+    Parameters
+    ----------
+    layers : mapping of str to ExportLayer
+        The export layers of the base (county) level, from :func:`assemble_layers`.
+    level_layers : mapping of str to ExportLayer
+        :func:`assemble_layers` of the units of ``level`` (their ``units``,
+        ``lisa`` and summary tables); spatial layers keep their styles (the
+        ``units`` styles: change, net outflow, LISA, distance bands).
+    level : str
+        The level, e.g. ``"prefecture"``: ``units`` becomes ``prefecture_units``.
+
+    Returns
+    -------
+    dict of str to ExportLayer
+        ``layers`` followed by the renamed level layers. A base layer holding
+        the same units without the indicators (``prefectures``) becomes a view
+        of the level's units layer, so the geometry is stored once.
+
+    Raises
+    ------
+    InputError
+        If a renamed layer already exists in ``layers``.
+    """
+    out = dict(layers)
+    units_name = level_layer("units", level)
+    title = level_title(level)
+    for name, layer in level_layers.items():
+        new = level_layer(name, level)
+        if new in out:
+            raise InputError(f"layer {new!r} given twice; expected one frame per export layer")
+        description = layer.description
+        if name == "units":
+            description = (f"Analysis units at the {level} level ({title}) with every indicator of the "
+                           "pipeline at that level: population 2010/2020 and change, net outflow, distance "
+                           "to metropolitan cores, spatial autocorrelation, rail access.")
+        elif name in LAYER_DESCRIPTIONS and description == LAYER_DESCRIPTIONS[name]:
+            description = f"{description} Level: {title}."
+        out[new] = replace(
+            layer, name=new, title=f"{LAYER_TITLES.get(name, name)}, {title}", description=description,
+            view_of=level_layer(layer.view_of, level) if layer.view_of else None,
+        )
+    same = UNITS_LAYER[level]  # the plain layer of these units (population columns only), if exported
+    if same in out and units_name in out and out[same].view_of is None:
+        frame = out[same].frame
+        cols = [c for c in frame.columns if c != getattr(frame, "_geometry_column_name", None)]
+        if set(cols) <= set(out[units_name].frame.columns):
+            out[same] = replace(out[same], view_of=units_name)
     return out
 
 

@@ -8,6 +8,11 @@ Each stage has a thin wrapper module ``geo_pipeline.cli._<stage>`` that defines
 ``OPTIONS`` (optional)
     extra :class:`click.Option` objects of that stage; each defaults to None,
     meaning "take the value from the config".
+``PER_LEVEL = True`` (optional)
+    the stage analyses units and runs once per unit level of
+    ``[pipeline] levels`` (or the one given with ``--level``): it reads
+    ``ctx.units_layer`` of population.gpkg and writes ``ctx.level_file(name)``
+    (see :mod:`geo_pipeline._levels`).
 
 Stage wrappers are imported only when their command runs or its ``--help`` is
 asked for (:class:`_LazyGroup`); ``geo-pipeline --help`` lists them from the
@@ -39,6 +44,7 @@ import click
 
 from .. import __version__
 from .._errors import GeoPipelineError
+from .._levels import BASE_LEVEL, LEVELS, UNITS_LAYER, check_levels, level_file, level_layer, level_title
 from ..config import Settings, load_settings
 
 if TYPE_CHECKING:  # pandas, geopandas and _io load when a stage writes, not at start-up
@@ -67,11 +73,50 @@ DEFAULT_CONFIG = "geo_pipeline.toml"
 
 @dataclass
 class StageContext:
-    """What a stage wrapper gets: settings, overwrite flag and path helpers."""
+    """What a stage wrapper gets: settings, overwrite flag, unit level and path helpers.
+
+    ``level`` is the unit level the stage runs at (``"county"`` or
+    ``"prefecture"``). A per-level stage reads its units from
+    ``population.gpkg`` layer :attr:`units_layer` and names its outputs with
+    :meth:`level_file` (``distance.gpkg`` -> ``distance_prefecture.gpkg``);
+    county outputs keep their plain names.
+    """
 
     settings: Settings
     overwrite: bool = False
     stage: str = ""
+    level: str = BASE_LEVEL
+
+    @property
+    def levels(self) -> list[str]:
+        """The configured unit levels (``[pipeline] levels``), in pipeline order."""
+        return check_levels(self.settings.pipeline.levels, source="[pipeline] levels")
+
+    @property
+    def units_layer(self) -> str:
+        """Layer of ``population.gpkg`` with the units of this level (``units`` or ``prefectures``)."""
+        return UNITS_LAYER[self.level]
+
+    @property
+    def label(self) -> str:
+        """``stage`` for counties, ``stage[prefecture]`` else: for logs and the manifest."""
+        return self.stage if self.level == BASE_LEVEL else f"{self.stage}[{self.level}]"
+
+    def level_file(self, name: str, level: str | None = None) -> str:
+        """File name of an output at this (or the given) level (:func:`geo_pipeline._levels.level_file`)."""
+        return level_file(name, level or self.level)
+
+    def level_layer(self, name: str, level: str | None = None) -> str:
+        """Layer name at this (or the given) level in a file shared by the levels (``prefecture_units``)."""
+        return level_layer(name, level or self.level)
+
+    def level_output(self, name: str, level: str | None = None) -> Path:
+        """Path in ``data_processed`` of an output at this (or the given) level."""
+        return self.output(self.level_file(name, level))
+
+    def for_level(self, level: str) -> StageContext:
+        """A copy of this context at ``level``."""
+        return dataclasses.replace(self, level=level)
 
     @property
     def raw(self) -> Path:
@@ -109,7 +154,7 @@ class StageContext:
             crs = getattr(frame, "crs", None)
             log.info(
                 "%s: wrote layer %s (%d rows%s) to %s",
-                self.stage, lname, len(frame), f", {crs.to_string()}" if crs is not None else "", path,
+                self.label, lname, len(frame), f", {crs.to_string()}" if crs is not None else "", path,
             )
         return path
 
@@ -118,7 +163,7 @@ class StageContext:
         from .._io import write_csv
 
         path = write_csv(self.output(name), frame, overwrite=self.overwrite)
-        log.info("%s: wrote %s (%d rows)", self.stage, path, len(frame))
+        log.info("%s: wrote %s (%d rows)", self.label, path, len(frame))
         return path
 
     def manifest(
@@ -129,17 +174,17 @@ class StageContext:
         parameters: Mapping[str, Any] | None = None,
         summary: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record this stage in ``data_processed/manifest.json``."""
+        """Record this stage in ``data_processed/manifest.json`` (key ``stage`` or ``stage[level]``)."""
         from .._io import write_manifest
 
         section = getattr(self.settings, self.stage, None)
         params = dict(parameters or {})
         if section is not None and not params:
-            import dataclasses
-
             params = dataclasses.asdict(section)
+        if self.level != BASE_LEVEL:
+            params.setdefault("level", self.level)
         write_manifest(
-            self.output("manifest.json"), stage=self.stage, inputs=inputs, outputs=outputs,
+            self.output("manifest.json"), stage=self.label, inputs=inputs, outputs=outputs,
             parameters=params, summary=summary,
         )
 
@@ -274,22 +319,42 @@ _overwrite_option = click.option(
 )
 
 
+def _per_level(module: ModuleType) -> bool:
+    return bool(getattr(module, "PER_LEVEL", False))
+
+
+def _run_stage(module: ModuleType, ctx: StageContext, levels: list[str], **options: Any) -> None:
+    """Run a stage once, or once per level for a per-level stage (``PER_LEVEL = True``)."""
+    for level in levels if _per_level(module) else [BASE_LEVEL]:
+        lctx = ctx.for_level(level)
+        t0 = time.perf_counter()
+        if _per_level(module):
+            log.info("%s: %s", lctx.label, level_title(level))
+        module.run(lctx, **options)
+        log.info("%s: finished in %.1f s", lctx.label, time.perf_counter() - t0)
+
+
 def _make_stage_command(name: str, module: ModuleType) -> click.Command:
     doc = (module.run.__doc__ or f"Run the {name} stage.").strip()
+    params = list(getattr(module, "OPTIONS", []))
+    if _per_level(module):
+        params.append(click.Option(
+            ["--level"], type=click.Choice(LEVELS), default=None,
+            help="Unit level to run at (default: every level of [pipeline] levels).",
+        ))
 
     @click.pass_obj
     def callback(settings: Settings, overwrite: bool, **options: Any) -> None:
         ctx = StageContext(settings=settings, overwrite=overwrite, stage=name)
         opts = {k: v for k, v in options.items() if v is not None}
+        level = opts.pop("level", None) if _per_level(module) else None
 
         def go() -> None:
-            t0 = time.perf_counter()
-            module.run(ctx, **opts)
-            log.info("%s: finished in %.1f s", name, time.perf_counter() - t0)
+            _run_stage(module, ctx, [level] if level else ctx.levels, **opts)
 
         _run_guarded(go)
 
-    cmd = click.Command(name, callback=callback, help=doc, params=list(getattr(module, "OPTIONS", [])))
+    cmd = click.Command(name, callback=callback, help=doc, params=params)
     return _overwrite_option(cmd)
 
 
@@ -299,7 +364,7 @@ def _make_stage_command(name: str, module: ModuleType) -> click.Command:
 @click.option("--to", "stop", type=click.Choice(STAGE_ORDER), default=None, help="Stop after this stage.")
 @click.pass_obj
 def run_all(settings: Settings, overwrite: bool, start: str | None, stop: str | None) -> None:
-    """Run every stage in order (fetch ... atlas)."""
+    """Run every stage in order (fetch ... atlas), per-unit stages at every level of [pipeline] levels."""
     first = STAGE_ORDER.index(start) if start else 0
     last = STAGE_ORDER.index(stop) + 1 if stop else len(STAGE_ORDER)
     names = STAGE_ORDER[first:last]
@@ -311,10 +376,9 @@ def run_all(settings: Settings, overwrite: bool, start: str | None, stop: str | 
             if module is None:
                 log.warning("stage %s is not available in this version; skipped", name)
                 continue
-            t0 = time.perf_counter()
             log.info("== %s ==", name)
-            module.run(StageContext(settings=settings, overwrite=overwrite, stage=name))
-            log.info("%s: finished in %.1f s", name, time.perf_counter() - t0)
+            ctx = StageContext(settings=settings, overwrite=overwrite, stage=name)
+            _run_stage(module, ctx, ctx.levels)
         log.info("pipeline finished in %.1f s", time.perf_counter() - t_all)
 
     _run_guarded(go)

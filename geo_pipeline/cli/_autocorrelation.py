@@ -14,6 +14,7 @@ import numpy as np
 
 from .._errors import ConfigError, GeoPipelineError, InputError
 from .._io import atomic_path, attribute_table, check_writable, read_layer
+from .._levels import level_title
 from .._validate import check_frame
 from ..autocorrelation import moran_scatterplot, spatial_autocorrelation, start_warm_up
 from ..weights import UnitWeights, build_weights, weights_key
@@ -21,6 +22,10 @@ from ..weights import UnitWeights, build_weights, weights_key
 log = logging.getLogger("geo_pipeline.cli.autocorrelation")
 
 PNG_DPI = 150
+
+#: Runs once per unit level ([pipeline] levels): autocorrelation_prefecture.gpkg,
+#: maps/moran_<variable>_prefecture.png at the prefecture level.
+PER_LEVEL = True
 
 OPTIONS = [
     click.Option(
@@ -134,8 +139,9 @@ def run(ctx: Any, **options: Any) -> None:
             f"{cfg.engine!r}; use --engine numpy or --no-dask"
         )
 
-    gpkg = ctx.output("autocorrelation.gpkg")
-    pngs = {v: ctx.maps / f"moran_{v}.png" for v in cfg.variables}
+    gpkg_name = ctx.level_file("autocorrelation.gpkg")
+    gpkg = ctx.output(gpkg_name)
+    pngs = {v: ctx.maps / ctx.level_file(f"moran_{v}.png") for v in cfg.variables}
     for path in (gpkg, *pngs.values()):
         check_writable(path, overwrite=ctx.overwrite)
 
@@ -143,10 +149,10 @@ def run(ctx: Any, **options: Any) -> None:
     warm = start_warm_up() if cfg.permutations and cfg.engine == "esda" else None
 
     source = ctx.output("population.gpkg")
-    units = read_layer(source, "units", hint="run `geo-pipeline population` first")
+    units = read_layer(source, ctx.units_layer, hint="run `geo-pipeline population` first")
     check_frame(
         units,
-        name=f"{source} layer units",
+        name=f"{source} layer {ctx.units_layer}",
         columns={"unit_id": "string", **{v: "numeric" for v in cfg.variables}},
         geometry=True,
         crs="EPSG:4326",
@@ -212,7 +218,7 @@ def run(ctx: Any, **options: Any) -> None:
             unit_name=links["unit_id"].map(lookup), neighbor_name=links["neighbor_id"].map(lookup)
         )[["unit_id", "unit_name", "neighbor_id", "neighbor_name", "distance_km", "geometry"]]
     ctx.write_gpkg(
-        "autocorrelation.gpkg",
+        gpkg_name,
         {"units": attribute_table(result.units), "global_moran": result.global_moran, "island_links": links},
     )
     written = {}
@@ -220,7 +226,12 @@ def run(ctx: Any, **options: Any) -> None:
         if not np.isfinite(row.I):
             log.warning("%s: no Moran scatterplot (statistics undefined)", row.variable)
             continue
-        fig = moran_scatterplot(result.units, row.variable, moran_i=row.I, p_sim=row.p_sim)
+        ptxt = f", p = {row.p_sim:.3g}" if np.isfinite(row.p_sim) else ""
+        fig = moran_scatterplot(
+            result.units, row.variable, moran_i=row.I, p_sim=row.p_sim,
+            title=f"Moran scatterplot, {level_title(ctx.level)}: {row.variable} (I = {row.I:.3f}{ptxt}, "
+            f"n = {int(result.units[f'lisa_{row.variable}_std'].notna().sum())})",
+        )
         with atomic_path(pngs[row.variable], overwrite=ctx.overwrite) as tmp:
             fig.savefig(tmp, dpi=PNG_DPI, format="png")
         written[f"moran_{row.variable}"] = pngs[row.variable]
@@ -258,8 +269,9 @@ def run(ctx: Any, **options: Any) -> None:
             f"{r.variable} I={r.I:.3f} p={r.p_sim:.3g} (HH {counts.get('HH', 0)}, LL {counts.get('LL', 0)})"
         )
     log.info(
-        "autocorrelation: %d units, %s weights with %d added link(s); %s; statistics %.1f s "
+        "%s: %d units, %s weights with %d added link(s); %s; statistics %.1f s "
         "(%s permutations%s%s); %.1f s in all -> %s",
+        ctx.label,
         len(units),
         cfg.weights,
         weights.n_links,

@@ -33,6 +33,9 @@ GROUPED_SUMMARIES = {
 }
 _ID_COLUMNS = ["unit_id", "name", "province", "prefecture"]
 
+#: Runs once per unit level ([pipeline] levels); outputs named by level (distance_prefecture.gpkg).
+PER_LEVEL = True
+
 
 def _parse_breaks(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[float] | None:
     if value is None:
@@ -130,15 +133,17 @@ def run(
 ) -> None:
     """Distance of every unit to the nearest metropolitan core, in bands.
 
-    Reads data_processed/population.gpkg (layer units) and, with point =
-    population, raster.gpkg. Measures the geodesic (WGS84) distance from each
-    unit's representative point to the nearest core (default: 9 national central
-    cities and 31 provincial capitals), cuts it into bands [0,50), [50,100),
+    Reads data_processed/population.gpkg (layer units; prefectures at the
+    prefecture level) and, with point = population, raster.gpkg. Measures
+    the geodesic (WGS84) distance from each unit's representative point to
+    the nearest core (default: 9 national central cities and 31 provincial
+    capitals), cuts it into bands [0,50), [50,100),
     [100,150), 150+ km, and writes data_processed/distance.gpkg (layers units,
     cores, rings, band_summary, band_summary_by_region, band_summary_by_kind)
     and the summaries as CSV (band_summary.csv, band_summary_by_region.csv,
     band_summary_by_kind.csv). Units with comparable = False are left out of
-    the summaries.
+    the summaries. At the prefecture level the files are named
+    distance_prefecture.gpkg, band_summary_prefecture.csv, ...
     """
     s = ctx.settings.distance
     cores_set = cores or s.cores
@@ -146,14 +151,16 @@ def run(
     point = point or s.point
     breaks = list(breaks_km) if breaks_km is not None else list(s.breaks_km)
     dist.band_labels(breaks)  # validates the breaks before any reading
-    csv_names = ["band_summary.csv", *(f"{n}.csv" for n, _ in GROUPED_SUMMARIES.values())]
-    for name in ("distance.gpkg", *csv_names):  # fail before the work, not after
+    stems = ("band_summary", *(n for n, _ in GROUPED_SUMMARIES.values()))
+    csv_names = [ctx.level_file(f"{n}.csv") for n in stems]
+    gpkg_name, csv_name = ctx.level_file("distance.gpkg"), csv_names[0]
+    for name in (gpkg_name, *csv_names):  # fail before the work, not after
         check_writable(ctx.output(name), overwrite=ctx.overwrite)
 
     pop_path = ctx.output("population.gpkg")
-    units = read_layer(pop_path, "units", hint="run `geo-pipeline population` first")
+    units = read_layer(pop_path, ctx.units_layer, hint="run `geo-pipeline population` first")
     present = [c for c in INDICATORS if c in units.columns]
-    where = f"{pop_path} layer units"
+    where = f"{pop_path} layer {ctx.units_layer}"
     check_frame(
         units, name=where,
         columns={"unit_id": "string", "pop_2010": "numeric", "pop_2020": "numeric",
@@ -168,7 +175,7 @@ def run(
         )
     inputs: dict[str, Path] = {"population": pop_path}
     if point == "population":
-        raster_path = ctx.output("raster.gpkg")
+        raster_path = ctx.level_output("raster.gpkg")
         raster = read_layer(
             raster_path, "units", read_geometry=False,
             hint="run `geo-pipeline raster` (needs [raster] path) or set [distance] point = 'representative'",
@@ -212,12 +219,12 @@ def run(
     keep = [c for c in _ID_COLUMNS if c in banded.columns] + dist.RESULT_COLUMNS + present
     out_units = gpd.GeoDataFrame(banded[keep], geometry=banded.geometry.values, crs=banded.crs)
     gpkg = ctx.write_gpkg(
-        "distance.gpkg",
+        gpkg_name,
         {"units": attribute_table(out_units), "cores": core_frame, "rings": rings, "band_summary": summary,
          **grouped},
     )
-    csv = ctx.write_csv("band_summary.csv", summary)
-    csvs = {name: ctx.write_csv(f"{name}.csv", table) for name, table in grouped.items()}
+    csv = ctx.write_csv(csv_name, summary)
+    csvs = {name: ctx.write_csv(ctx.level_file(f"{name}.csv"), table) for name, table in grouped.items()}
     excluded = banded.loc[~comparable, "unit_id"].astype(str).tolist()
     bands = summary[summary["band_index"] >= 0]
     shares = ", ".join(
@@ -233,6 +240,6 @@ def run(
                  "n_units_per_band": dict(zip(bands["band"], bands["n_units"].tolist(), strict=True))},
     )
     log.info(
-        "distance: %d units, %d cores (%s), point=%s, EPSG:4326 -> %s; %s (%.2f s)",
-        len(banded), len(core_frame), cores_desc, point, gpkg, shares, elapsed,
+        "%s: %d units, %d cores (%s), point=%s, EPSG:4326 -> %s; %s (%.2f s)",
+        ctx.label, len(banded), len(core_frame), cores_desc, point, gpkg, shares, elapsed,
     )

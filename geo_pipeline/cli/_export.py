@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,8 @@ import pyogrio
 
 from .._errors import DataQualityWarning
 from .._io import list_layers, read_layer, read_table
-from ..export import assemble_layers, write_styled_gpkg
+from .._levels import BASE_LEVEL, UNITS_LAYER, level_layer, level_title
+from ..export import add_level_layers, assemble_layers, write_styled_gpkg
 from . import StageContext
 
 log = logging.getLogger("geo_pipeline.cli.export")
@@ -31,6 +33,15 @@ _OPTIONAL_LAYERS = (
     ("infrastructure.gpkg", "corridors", "corridors", True),
     ("infrastructure.gpkg", "corridor_summary", "corridor_summary", False),
 )
+#: The optional layers that do not depend on the unit level (when counties are not run).
+_SHARED_LAYERS = tuple(spec for spec in _OPTIONAL_LAYERS if spec[0] in ("population.gpkg", "boundaries.gpkg"))
+#: Summary tables of a further level, read from its own files (``band_summary`` of
+#: ``distance_prefecture.gpkg``), written as ``<level>_<name>`` by :func:`add_level_layers`.
+_LEVEL_TABLES = (
+    ("distance.gpkg", "band_summary", "band_summary", False),
+    ("autocorrelation.gpkg", "global_moran", "global_moran", False),
+    ("infrastructure.gpkg", "corridor_summary", "corridor_summary", False),
+)
 #: Stages whose ``units`` layer is merged into the export units.
 _UNIT_STAGES = ("raster", "distance", "autocorrelation", "infrastructure")
 
@@ -42,13 +53,53 @@ def _missing(what: str, stage: str) -> None:
     )
 
 
+def _read_units_tables(ctx: StageContext, level: str, layers_of: Callable[[Path], list[str]],
+                       inputs: dict[str, Path]) -> dict[str, pd.DataFrame]:
+    """Per-unit tables of the unit stages at ``level`` (attributes only), warning for missing ones."""
+    tables: dict[str, pd.DataFrame] = {}
+    for stage in _UNIT_STAGES:
+        path = ctx.level_output(f"{stage}.gpkg", level)
+        if "units" in layers_of(path):
+            # attributes only: the export keeps the population geometry (reading the real distance,
+            # autocorrelation and infrastructure units without their 3 x 4 M vertices: 0.8 s -> 0.1 s)
+            tables[stage] = read_table(path, "units")
+            inputs[path.stem] = path
+        elif stage == "raster" and not ctx.settings.raster.path:
+            log.debug("export: raster stage not configured; no gridded population columns")
+        else:
+            _missing(f"{path.name} (layer units)", stage)
+    return tables
+
+
+def _read_layers(ctx: StageContext, specs: tuple[tuple[str, str, str, bool], ...], level: str,
+                 layers_of: Callable[[Path], list[str]], inputs: dict[str, Path],
+                 ) -> tuple[dict[str, pd.DataFrame], dict[str, str], dict[str, str]]:
+    extra: dict[str, pd.DataFrame] = {}
+    sources: dict[str, str] = {}
+    descriptions: dict[str, str] = {}
+    for fname, lname, export_name, spatial in specs:
+        path = ctx.level_output(fname, level)
+        if lname not in layers_of(path):
+            _missing(f"{path.name} layer {lname}", fname.removesuffix(".gpkg"))
+            continue
+        extra[export_name] = read_layer(path, lname) if spatial else read_table(path, lname)
+        sources[export_name] = f"{path.name}:{lname}"
+        layer_md = pyogrio.read_info(path, layer=lname).get("layer_metadata") or {}
+        descriptions[export_name] = str(layer_md.get("DESCRIPTION") or "")
+        inputs[path.stem] = path
+    return extra, sources, descriptions
+
+
 def run(ctx: StageContext) -> None:
     """Merge every stage's results into data_processed/shrinkage.gpkg, styled for QGIS.
 
     Units get every indicator (joined on unit_id); prefectures, provinces,
     LISA clusters, distance rings and cores, rail lines, stations and
     corridors are added when their stage has run (a warning names any that is
-    missing). Each spatial layer gets a default QGIS style in the GeoPackage's
+    missing). With the prefecture level in [pipeline] levels, the prefecture
+    units with every indicator of their level are added as prefecture_units
+    (styled like units), with prefecture_lisa and the prefecture_* summary
+    tables. Each spatial layer gets a default QGIS style in the GeoPackage's
     layer_styles table, and layers and fields are described in the GeoPackage
     metadata (gpkg_contents, gpkg_data_columns).
     """
@@ -63,42 +114,41 @@ def run(ctx: StageContext) -> None:
             layer_cache[path] = list_layers(path) if path.is_file() else []
         return layer_cache[path]
 
-    unit_tables: dict[str, pd.DataFrame] = {}
-    for stage in _UNIT_STAGES:
-        path = processed / f"{stage}.gpkg"
-        if "units" in layers_of(path):
-            # attributes only: the export keeps the population geometry (reading the real distance,
-            # autocorrelation and infrastructure units without their 3 x 4 M vertices: 0.8 s -> 0.1 s)
-            unit_tables[stage] = read_table(path, "units")
-            inputs[stage] = path
-        elif stage == "raster" and not ctx.settings.raster.path:
-            log.debug("export: raster stage not configured; no gridded population columns")
-        else:
-            _missing(f"{path.name} (layer units)", stage)
-
-    extra: dict[str, pd.DataFrame] = {}
-    sources: dict[str, str] = {}
-    descriptions: dict[str, str] = {}
-    for fname, lname, export_name, spatial in _OPTIONAL_LAYERS:
-        path = processed / fname
-        if lname not in layers_of(path):
-            _missing(f"{fname} layer {lname}", fname.removesuffix(".gpkg"))
-            continue
-        extra[export_name] = read_layer(path, lname) if spatial else read_table(path, lname)
-        sources[export_name] = f"{fname}:{lname}"
-        layer_md = pyogrio.read_info(path, layer=lname).get("layer_metadata") or {}
-        descriptions[export_name] = str(layer_md.get("DESCRIPTION") or "")
-        inputs[fname.removesuffix(".gpkg")] = path
-
+    levels = ctx.levels
+    if BASE_LEVEL in levels:
+        unit_tables = _read_units_tables(ctx, BASE_LEVEL, layers_of, inputs)
+    else:
+        unit_tables = {}
+    extra, sources, descriptions = _read_layers(
+        ctx, _OPTIONAL_LAYERS if BASE_LEVEL in levels else _SHARED_LAYERS, BASE_LEVEL, layers_of, inputs)
     layers = assemble_layers(units, unit_tables=unit_tables, layers=extra, sources=sources,
                              descriptions=descriptions)
+    for level in levels:
+        if level == BASE_LEVEL:
+            continue
+        ulayer = UNITS_LAYER[level]
+        if ulayer not in layers_of(population):
+            _missing(f"population.gpkg layer {ulayer}", "population")
+            continue
+        lunits = read_layer(population, ulayer)
+        ltables = _read_units_tables(ctx, level, layers_of, inputs)
+        lextra, lsources, ldesc = _read_layers(ctx, _LEVEL_TABLES, level, layers_of, inputs)
+        assembled = assemble_layers(lunits, unit_tables=ltables, layers=lextra, sources=lsources,
+                                    descriptions=ldesc)
+        layers = add_level_layers(layers, assembled, level=level)
     out = write_styled_gpkg(ctx.output(OUTPUT), layers, overwrite=ctx.overwrite)
     n_styles = sum(len(layer.styles) for layer in layers.values())
     ctx.manifest(
         inputs=inputs, outputs={"shrinkage": out},
+        parameters={"levels": levels},
         summary={"layers": {n: len(layer.frame) for n, layer in layers.items()}, "styles": n_styles},
     )
+    per_level = ", ".join(
+        f"{len(layers[level_layer('units', lv)].frame)} {level_title(lv)}"
+        for lv in levels if level_layer("units", lv) in layers
+    )
     log.info(
-        "export: wrote %d layers (%d units, %d columns; %d QGIS styles), EPSG:4326, to %s",
-        len(layers), len(layers["units"].frame), layers["units"].frame.shape[1] - 1, n_styles, out,
+        "export: wrote %d layers (%s; %d unit columns; %d QGIS styles), EPSG:4326, to %s",
+        len(layers), per_level or f"{len(layers['units'].frame)} units", layers["units"].frame.shape[1] - 1,
+        n_styles, out,
     )

@@ -45,6 +45,10 @@ _ID_COLUMNS = ["unit_id", "name", "province", "prefecture"]
 _INDICATORS = ["pop_2010", "pop_2020", "change_pct", "shrinking"]
 _FETCH_HINT = "run `geo-pipeline fetch` first"
 
+#: Runs once per unit level ([pipeline] levels): infrastructure_prefecture.gpkg and
+#: corridor_summary_prefecture.csv at the prefecture level.
+PER_LEVEL = True
+
 #: Layer descriptions written to gpkg_contents (QGIS shows them as the layer abstract).
 DESCRIPTIONS = {
     "rail_lines": "Rail lines with class (high-speed/fast/conventional), design speed, opening year and a "
@@ -204,7 +208,8 @@ def run(
 ) -> None:
     """High-speed rail lines, stations and corridors overlaid on the units.
 
-    Reads data_processed/population.gpkg (layer units) and the rail inputs in
+    Reads data_processed/population.gpkg (layer units, or prefectures at the
+    prefecture level) and the rail inputs in
     data_raw/rail/ (line catalogue railways_lines.csv, APPROXIMATE corridor
     polylines with errors up to tens of km, station train counts, OSM
     station points) or an OSM extract (--lines osm --osm-file x.osm, read
@@ -213,7 +218,8 @@ def run(
     share of its area within 30 km of one (equal-area), and the year of its
     first high-speed service. Writes data_processed/infrastructure.gpkg
     (rail_lines, rail_stations, corridors, units, corridor_summary) and
-    corridor_summary.csv.
+    corridor_summary.csv (infrastructure_prefecture.gpkg and
+    corridor_summary_prefecture.csv at the prefecture level).
     """
     s = ctx.settings.infrastructure
     lines_src = lines or s.lines
@@ -230,14 +236,16 @@ def run(
         raise ConfigError(
             "lines or stations = 'osm' needs an OSM file: set [infrastructure] osm_file or --osm-file"
         )
-    for name in ("infrastructure.gpkg", "corridor_summary.csv", "geometry_check.csv"):  # fail before the work
+    gpkg_name, csv_name = ctx.level_file("infrastructure.gpkg"), ctx.level_file("corridor_summary.csv")
+    check_name = ctx.level_file("geometry_check.csv")
+    for name in (gpkg_name, csv_name, check_name):  # fail before the work, not after
         check_writable(ctx.output(name), overwrite=ctx.overwrite)
 
     pop_path = ctx.output("population.gpkg")
-    units = read_layer(pop_path, "units", hint="run `geo-pipeline population` first")
+    units = read_layer(pop_path, ctx.units_layer, hint="run `geo-pipeline population` first")
     check_frame(
         units,
-        name=f"{pop_path} layer units",
+        name=f"{pop_path} layer {ctx.units_layer}",
         columns={
             "unit_id": "string",
             "pop_2010": "numeric",
@@ -398,16 +406,16 @@ def run(
     }
     if check is not None:
         layers["geometry_check"] = check
-    gpkg = ctx.write_gpkg("infrastructure.gpkg", layers)
+    gpkg = ctx.write_gpkg(gpkg_name, layers)
     descriptions = dict(DESCRIPTIONS)
     if bool(line_frame["approximate"].any()):
         for layer in ("rail_lines", "corridors"):
             descriptions[layer] += " " + rail.APPROXIMATE_NOTE
     _describe_layers(gpkg, descriptions)
-    csv = ctx.write_csv("corridor_summary.csv", summary)
+    csv = ctx.write_csv(csv_name, summary)
     outputs = {"infrastructure": gpkg, "corridor_summary": csv}
     if check is not None:
-        outputs["geometry_check"] = ctx.write_csv("geometry_check.csv", check)
+        outputs["geometry_check"] = ctx.write_csv(check_name, check)
 
     hs_lines = int((line_frame["class"] == "high-speed").sum())
     hs_stations = int(station_frame["high_speed"].sum())
@@ -443,9 +451,10 @@ def run(
         },
     )
     log.info(
-        "infrastructure: %d units, %d lines (%d high-speed, source %s), %d stations (%d high-speed), "
+        "%s: %d units, %d lines (%d high-speed, source %s), %d stations (%d high-speed), "
         "EPSG:4326 -> %s; in corridors (%g km): %d units, %.0f%% shrinking; outside: %d units, %.0f%% "
         "shrinking (%.1f s)",
+        ctx.label,
         len(out_units),
         len(line_frame),
         hs_lines,

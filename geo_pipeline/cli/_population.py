@@ -50,10 +50,6 @@ OPTIONS = [
         ["--crosswalk-file"], type=click.Path(dir_okay=False, path_type=Path), default=None,
         help="Extra crosswalk CSV appended to the packaged table (config: [population] crosswalk_file).",
     ),
-    click.Option(
-        ["--level"], type=click.Choice(["county", "prefecture"]), default=None,
-        help="Analysis units of the `units` layer (config: [population] level).",
-    ),
 ]
 
 
@@ -73,7 +69,6 @@ def run(ctx: StageContext, **options: Any) -> None:
     settings = ctx.settings.population
     threshold = options.get("shrink_threshold_pct")
     threshold = settings.shrink_threshold_pct if threshold is None else float(threshold)
-    level = options.get("level") or settings.level
     xw_opt = options.get("crosswalk_file")
     if xw_opt is not None:
         xw_file: Path | None = Path(xw_opt)
@@ -142,13 +137,12 @@ def run(ctx: StageContext, **options: Any) -> None:
         )
     log.debug("prefecture WKT vs boundaries: median centroid offset %.3f km (WGS84 as expected)", offset)
 
-    units = result.units if level == "county" else pref
     parts = [result.match_report, pref_report]
     if "provinces" in list_layers(boundaries):
         parts.append(no_census_report(read_table(boundaries, "provinces"), counties))
     report = pd.concat(parts, ignore_index=True)
     layers = {
-        "units": units,
+        "units": result.units,
         "prefectures": pref,
         "match_report": report,
         "crosswalk": result.crosswalk,
@@ -174,7 +168,6 @@ def run(ctx: StageContext, **options: Any) -> None:
         "polygons_in_units": int(result.units["n_members"].sum()),
         "prefectures": len(pref),
         "prefecture_rows_unmatched": int((pref_report["status"] == "unmatched").sum()),
-        "level": level,
         "pop_2010": int(result.units["pop_2010"].sum()),
         "pop_2020": int(result.units["pop_2020"].sum()),
         "national_difference_2010": int(nation.loc[2010, "difference"]),
@@ -193,7 +186,7 @@ def run(ctx: StageContext, **options: Any) -> None:
     ctx.manifest(
         inputs=inputs,
         outputs={"population": path, "match_report_csv": csv, "province_ageing_csv": ageing_csv},
-        parameters={"level": level, "shrink_threshold_pct": threshold, "packaged_tables": packaged,
+        parameters={"shrink_threshold_pct": threshold, "packaged_tables": packaged,
                     "unknown_codes": settings.unknown_codes,
                     "crosswalk_file": str(xw_file) if xw_file else "", "crosswalk_rows": len(table)},
         summary=summary,

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("geo_pipeline.cli.raster")
 
+#: Runs once per unit level ([pipeline] levels): raster.gpkg, raster_prefecture.gpkg.
+PER_LEVEL = True
+
 OPTIONS = [
     click.Option(
         ["--raster", "raster_path"],
@@ -64,7 +67,8 @@ def run(
 ) -> None:
     """Zonal statistics of a gridded population raster over the units.
 
-    Reads data_processed/population.gpkg (layer units) and the GeoTIFF of
+    Reads data_processed/population.gpkg (layer units, or prefectures at the
+    prefecture level: raster_prefecture.gpkg) and the GeoTIFF of
     people per cell given by [raster] path or --raster (WorldPop / GHS-POP, any
     CRS; the units are reprojected to it, never the raster). Streams the raster
     in windows and writes data_processed/raster.gpkg, layer units: unit_id,
@@ -83,14 +87,15 @@ def run(
     dask_on = s.dask if use_dask is None else use_dask
     d = ctx.settings.dask
     address = d.scheduler if scheduler is None else scheduler
-    check_writable(ctx.output("raster.gpkg"), overwrite=ctx.overwrite)
+    gpkg_name = ctx.level_file("raster.gpkg")
+    check_writable(ctx.output(gpkg_name), overwrite=ctx.overwrite)
     rs.open_grid(path, band=s.band)  # fail on a bad raster before reading the units
 
     pop_path = ctx.output("population.gpkg")
-    units = read_layer(pop_path, "units", hint="run `geo-pipeline population` first")
+    units = read_layer(pop_path, ctx.units_layer, hint="run `geo-pipeline population` first")
     check_frame(
         units,
-        name=f"{pop_path} layer units",
+        name=f"{pop_path} layer {ctx.units_layer}",
         columns={"unit_id": "string"},
         crs="EPSG:4326",
         geometry=True,
@@ -120,7 +125,7 @@ def run(
     info = dict(result.attrs.get("raster", {}))
     out = gpd.GeoDataFrame(result, geometry="geometry", crs=result.crs)
     out.attrs = {}
-    gpkg = ctx.write_gpkg("raster.gpkg", {"units": attribute_table(out)})
+    gpkg = ctx.write_gpkg(gpkg_name, {"units": attribute_table(out)})
     total = float(out["pop_raster_sum"].sum())
     ctx.manifest(
         inputs={"population": pop_path, "raster": path},
@@ -138,9 +143,9 @@ def run(
         summary={"units": len(out), "population_sum": total, **info},
     )
     log.info(
-        "raster: %d units from %s (%s); %d by cell centres, %d by exact coverage, %d without data; "
+        "%s: %d units from %s (%s); %d by cell centres, %d by exact coverage, %d without data; "
         "total %.0f people; %.1f Mcells/s%s -> %s",
-        len(out),
+        ctx.label, len(out),
         path,
         info.get("crs", "?"),
         info.get("n_centre", 0),
