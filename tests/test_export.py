@@ -28,6 +28,8 @@ QGIS_CHECK = ROOT / "tests" / "qgis_check.py"
 # 4 x 3 grid of 0.5-degree squares around 110-112 E, 30-31.5 N; two provinces (columns 0-1 and 2-3).
 CHANGE = [-30.0, -12.0, -4.0, 8.0, -22.0, -6.0, 0.5, 15.0, -1.5, 3.0, 25.0, 40.0]
 LISA = ["LL", "LL", "ns", "ns", "LL", "ns", "ns", "HH", "ns", "LH", "HH", "HH"]
+PREF_BANDS = ["0-50 km", "150+ km", "150+ km", "0-50 km", "150+ km", "150+ km"]
+PREF_LISA = ["LL", "ns", "HH", "ns", "ns", "HH"]
 BANDS = ["0-50 km", "0-50 km", "50-100 km", "50-100 km", "0-50 km", "50-100 km",
          "100-150 km", "100-150 km", "50-100 km", "100-150 km", "150+ km", "150+ km"]
 
@@ -64,8 +66,12 @@ def write_stage_outputs(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str
     provinces = provinces.rename(columns={"province": "name"}).assign(
         adcode=lambda d: d["province_code"], level="province", in_census=True)
     prefectures = units.dissolve("prefecture_code", as_index=False, aggfunc={
-        "pop_2010": "sum", "pop_2020": "sum", "province": "first", "province_code": "first"})
+        "pop_2010": "sum", "pop_2020": "sum", "province": "first", "province_code": "first", "prefecture": "first"})
     prefectures["change_pct"] = 100 * (prefectures["pop_2020"] / prefectures["pop_2010"] - 1)
+    prefectures["unit_id"] = prefectures["prefecture_code"]
+    prefectures["name"] = prefectures["prefecture"]
+    prefectures["shrinking"] = prefectures["change_pct"] < 0
+    pids = prefectures["unit_id"]
     files: dict[str, dict[str, pd.DataFrame]] = {
         "boundaries": {"provinces": provinces},
         "population": {"units": units, "prefectures": prefectures},
@@ -105,8 +111,21 @@ def write_stage_outputs(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str
                                       crs="EPSG:4326"),
         "corridor_summary": pd.DataFrame({"in_corridor": [True, False], "change_pct": [3.1, -4.2]}),
     }
+    # the prefecture level: its own stage files, named by level (distance_prefecture.gpkg ...)
+    files["distance_prefecture"] = {
+        "units": pd.DataFrame({"unit_id": pids, "band": PREF_BANDS}),
+        "band_summary": pd.DataFrame({"band": ["0-50 km", "150+ km"], "n_units": [2, 4]}),
+    }
+    files["autocorrelation_prefecture"] = {
+        "units": pd.DataFrame({"unit_id": pids, "lisa_change_pct_cluster": PREF_LISA}),
+        "global_moran": pd.DataFrame({"variable": ["change_pct"], "I": [0.2], "p_sim": [0.04]}),
+    }
+    files["infrastructure_prefecture"] = {
+        "units": pd.DataFrame({"unit_id": pids, "in_corridor": [True, False] * 3}),
+        "corridor_summary": pd.DataFrame({"in_corridor": [True, False], "change_pct": [1.0, -2.0]}),
+    }
     for stage, layers in files.items():
-        if stage in skip:
+        if stage.removesuffix("_prefecture") in skip:
             continue
         path = folder / f"{stage}.gpkg"
         for i, (name, frame) in enumerate(layers.items()):
@@ -152,8 +171,10 @@ def _styles(path: Path) -> pd.DataFrame:
 EXPECTED_LAYERS = [
     "units", "prefectures", "provinces", "lisa", "distance_rings", "cores", "rail_lines",
     "rail_stations", "corridors", "band_summary", "global_moran", "corridor_summary",
+    "prefecture_units", "prefecture_lisa", "prefecture_band_summary", "prefecture_global_moran",
+    "prefecture_corridor_summary",
 ]
-SPATIAL = EXPECTED_LAYERS[:9]
+SPATIAL = EXPECTED_LAYERS[:9] + EXPECTED_LAYERS[12:14]
 
 
 # -- pure functions ---------------------------------------------------------------------
@@ -291,6 +312,19 @@ def test_export_layers_and_values(exported: tuple[Path, dict[str, pd.DataFrame]]
     assert kind == ("view",)
     # no .aux.xml appears beside the file when GDAL opens it read-only
     assert not list(path.parent.glob("*.aux.xml"))
+    # prefecture level: its units with the columns of its own stage files, joined on unit_id
+    pref = pyogrio.read_dataframe(path, layer="prefecture_units").set_index("unit_id")
+    src_pref = frames["population.prefectures"].set_index("unit_id").loc[pref.index]
+    assert len(pref) == 6 and list(pref["band"]) == PREF_BANDS
+    assert list(pref["lisa_change_pct_cluster"]) == PREF_LISA and "dist_hsr_km" not in pref.columns
+    np.testing.assert_allclose(pref["change_pct"], src_pref["change_pct"])
+    assert pyogrio.read_dataframe(path, layer="prefecture_band_summary")["n_units"].tolist() == [2, 4]
+    with sqlite3.connect(path) as con:  # prefectures and prefecture_lisa: views of prefecture_units
+        kinds = dict(con.execute("SELECT name, type FROM sqlite_master WHERE name IN "
+                                 "('prefectures', 'prefecture_lisa', 'prefecture_units')"))
+    assert kinds == {"prefectures": "view", "prefecture_lisa": "view", "prefecture_units": "table"}
+    plain = pyogrio.read_dataframe(path, layer="prefectures")
+    assert len(plain) == 6 and "band" not in plain.columns
 
 
 def test_export_styles_one_default_per_spatial_layer(exported: tuple[Path, dict[str, pd.DataFrame]]) -> None:
@@ -307,10 +341,14 @@ def test_export_styles_one_default_per_spatial_layer(exported: tuple[Path, dict[
         "units": "graduatedSymbol", "prefectures": "graduatedSymbol", "provinces": "singleSymbol",
         "lisa": "categorizedSymbol", "distance_rings": "categorizedSymbol", "cores": "singleSymbol",
         "rail_lines": "categorizedSymbol", "rail_stations": "categorizedSymbol", "corridors": "singleSymbol",
+        "prefecture_units": "graduatedSymbol", "prefecture_lisa": "categorizedSymbol",
     }
     # units also carry the alternative styles a user can switch to in QGIS
     assert set(st.loc[st["f_table_name"] == "units", "styleName"]) == {
         "Population change 2010-2020 (%)", "Net outflow ratio", "LISA clusters", "Distance bands"}
+    # prefecture units are styled like units (no net outflow in the synthetic prefectures)
+    assert set(st.loc[st["f_table_name"] == "prefecture_units", "styleName"]) == {
+        "Population change 2010-2020 (%)", "LISA clusters", "Distance bands"}
     with sqlite3.connect(path) as con:
         kind = con.execute("SELECT data_type FROM gpkg_contents WHERE table_name = 'layer_styles'").fetchone()
     assert kind == ("attributes",)
@@ -337,10 +375,11 @@ def test_export_descriptions(exported: tuple[Path, dict[str, pd.DataFrame]]) -> 
 def test_export_missing_optional_stage_warns(tmp_path: Path) -> None:
     write_stage_outputs(tmp_path / "data_processed", skip=("infrastructure",))
     cfg = write_config(tmp_path)
-    with pytest.warns(DataQualityWarning, match="infrastructure.gpkg") as rec:
+    with pytest.warns(DataQualityWarning, match=r"infrastructure(_prefecture)?\.gpkg") as rec:
         result = run_cli(cfg, "export")
     assert result.exit_code == 0, result.output
     assert any("geo-pipeline infrastructure" in str(w.message) for w in rec)
+    assert any("infrastructure_prefecture.gpkg (layer units) not found" in str(w.message) for w in rec)
     names = [str(n) for n in pyogrio.list_layers(tmp_path / "data_processed" / "shrinkage.gpkg")[:, 0]]
     assert "rail_lines" not in names and "units" in names and "lisa" in names
 
