@@ -323,10 +323,35 @@ def _per_level(module: ModuleType) -> bool:
     return bool(getattr(module, "PER_LEVEL", False))
 
 
-def _run_stage(module: ModuleType, ctx: StageContext, levels: list[str], **options: Any) -> None:
-    """Run a stage once, or once per level for a per-level stage (``PER_LEVEL = True``)."""
+def _has_units(ctx: StageContext) -> bool:
+    """True when population.gpkg is absent (the stage then says so) or has the level's units layer."""
+    path = ctx.output("population.gpkg")
+    if ctx.level == BASE_LEVEL or not path.is_file():
+        return True
+    from .._io import list_layers
+
+    return ctx.units_layer in list_layers(path)
+
+
+def _run_stage(
+    module: ModuleType, ctx: StageContext, levels: list[str], *, chosen: bool = False, **options: Any
+) -> None:
+    """Run a stage once, or once per level for a per-level stage (``PER_LEVEL = True``).
+
+    A configured level (not ``chosen`` with ``--level``) other than counties
+    whose units layer is missing from population.gpkg (a population.gpkg made
+    without the census city table) is skipped with a log message; a chosen one
+    fails in the stage with the missing layer named.
+    """
     for level in levels if _per_level(module) else [BASE_LEVEL]:
         lctx = ctx.for_level(level)
+        if _per_level(module) and not chosen and not _has_units(lctx):
+            log.warning(
+                "%s: population.gpkg has no layer %r (the %s level); skipped. Rerun `geo-pipeline "
+                "population` with the census city table, or set [pipeline] levels",
+                lctx.label, lctx.units_layer, level,
+            )
+            continue
         t0 = time.perf_counter()
         if _per_level(module):
             log.info("%s: %s", lctx.label, level_title(level))
@@ -350,7 +375,7 @@ def _make_stage_command(name: str, module: ModuleType) -> click.Command:
         level = opts.pop("level", None) if _per_level(module) else None
 
         def go() -> None:
-            _run_stage(module, ctx, [level] if level else ctx.levels, **opts)
+            _run_stage(module, ctx, [level] if level else ctx.levels, chosen=level is not None, **opts)
 
         _run_guarded(go)
 
