@@ -184,7 +184,7 @@ def test_default_font_is_the_packaged_noto_sans_cjk_sc() -> None:
     assert "SIL Open Font License" in licence[0].read_text()
 
 
-def test_configured_font_file_still_works(tmp_path: Path) -> None:
+def test_configured_font_file_still_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fontTools.ttLib import TTFont
     from matplotlib import font_manager
 
@@ -199,6 +199,10 @@ def test_configured_font_file_still_works(tmp_path: Path) -> None:
     path = font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
     with TTFont(path) as subset:
         assert all(ord(c) in subset.getBestCmap() for c in "湖南省人口")
+    # a system font given by its family name: found through matplotlib's font list
+    entry = font_manager.FontEntry(fname=str(one), name="My System CJK", style="normal", weight=400)
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [*font_manager.fontManager.ttflist, entry])
+    assert atlas._locate_font("My System CJK") == (str(one), 0)
     # a configured font without Chinese glyphs is a config error, not an atlas of empty boxes
     dejavu = font_manager.findfont("DejaVu Sans")
     with pytest.raises(atlas.ConfigError, match="no glyphs for 3 Chinese characters"):
