@@ -231,6 +231,18 @@ class InfrastructureSettings:
         (conventional lines only).
     thread_max_detour : a threaded station may lengthen the path between its
         two neighbours by at most this ratio (0.25 = 25 %).
+    network : build the rail network (geo_pipeline.rail_network) and the
+        door-to-core travel times; needs the distance stage's cores and lines
+        from the corridor file.
+    rail_speed_factor : effective rail speed = design speed x this factor.
+    rail_dwell_min : minutes per intermediate stop (key stations and stations
+        of the train counts).
+    rail_transfer_min : minutes to change lines at a shared station.
+    road_kmh : road speed of the trip to a station (or straight to a core).
+    road_detour : road distance over geodesic distance.
+    access_radius_km : a unit (and a core) tries every station within
+        max(nearest station, this radius).
+    time_breaks_min : upper edges of the travel-time bands in minutes.
     """
 
     lines: str = "corridors"
@@ -247,6 +259,14 @@ class InfrastructureSettings:
     thread_max_lateral_km: float = 30.0
     thread_max_lateral_km_conventional: float = 10.0
     thread_max_detour: float = 0.25
+    network: bool = True
+    rail_speed_factor: float = 0.8
+    rail_dwell_min: float = 2.0
+    rail_transfer_min: float = 15.0
+    road_kmh: float = 50.0
+    road_detour: float = 1.3
+    access_radius_km: float = 50.0
+    time_breaks_min: list[float] = field(default_factory=lambda: [60.0, 120.0, 180.0])
 
 
 @dataclass(frozen=True)
@@ -516,6 +536,17 @@ def _check_choices(s: Settings, source: str) -> None:
         raise ConfigError(
             f"{source}: [infrastructure] thread_max_lateral_km and thread_max_lateral_km_conventional must "
             "be > 0 and thread_max_detour >= 0"
+        )
+    if not (inf.rail_speed_factor > 0 and inf.road_kmh > 0 and inf.road_detour >= 1
+            and min(inf.rail_dwell_min, inf.rail_transfer_min, inf.access_radius_km) >= 0):
+        raise ConfigError(
+            f"{source}: [infrastructure] needs rail_speed_factor > 0, road_kmh > 0, road_detour >= 1 and "
+            "rail_dwell_min, rail_transfer_min, access_radius_km >= 0"
+        )
+    tb = list(inf.time_breaks_min)
+    if not tb or any(b <= 0 for b in tb) or any(b2 <= b1 for b1, b2 in zip(tb, tb[1:], strict=False)):
+        raise ConfigError(
+            f"{source}: [infrastructure] time_breaks_min must be positive and increasing, found {tb}"
         )
     layer_suffixes = (".gpkg", ".geojson", ".json", ".shp", ".zip")
     if inf.lines not in ("corridors", "osm") and not inf.lines.lower().endswith(layer_suffixes):

@@ -25,6 +25,7 @@ from geo_pipeline import CRSError, DataQualityWarning, InputError, OutputExistsE
 from geo_pipeline import infrastructure as inf
 from geo_pipeline._io import list_layers, read_layer, read_table, write_gpkg
 from geo_pipeline.cli import main
+from geo_pipeline.distance import default_cores
 
 RAIL = MIRROR / "rail"
 GUIXI = MIRROR / "osm" / "guixi_jiangxi.osm"
@@ -531,6 +532,7 @@ def _workdir(tmp_path: Path, units: gpd.GeoDataFrame, extra: str = "") -> Path:
     (raw / "rail").symlink_to(RAIL, target_is_directory=True)
     (raw / "osm").symlink_to(MIRROR / "osm", target_is_directory=True)
     write_gpkg(tmp_path / "data_processed" / "population.gpkg", {"units": units})
+    write_gpkg(tmp_path / "data_processed" / "distance.gpkg", {"cores": default_cores()})
     return write_config(tmp_path, MIRROR, "[infrastructure]\n" + extra if extra else "")
 
 
@@ -562,8 +564,17 @@ def test_cli_writes_layers_and_refuses_overwrite(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     gpkg = tmp_path / "data_processed" / "infrastructure.gpkg"
     assert set(list_layers(gpkg)) == {
-        "rail_lines", "rail_stations", "corridors", "units", "corridor_summary", "geometry_check"}
+        "rail_lines", "rail_stations", "corridors", "units", "corridor_summary", "geometry_check",
+        "time_band_summary", "access_change_summary", "network_check"}
     units = read_layer(gpkg, "units").set_index("unit_id")
+    # door to core: central Beijing and Shanghai within an hour (by road to the core), western Tibet 180+
+    assert units.loc["110101", "rail_minutes_to_core"] < 30 and units.loc["110101", "rail_core"] == "北京"
+    assert units.loc["310101", "rail_time_band"] == "< 60 min"
+    assert units.loc["542523", "rail_time_band"] == "180+ min"
+    assert (units["rail_minutes_to_core"] <= units["rail_minutes_to_core_2010"]).all()
+    bands = read_table(gpkg, "time_band_summary").set_index("band")
+    assert bands.loc["all", "n_units"] == 3 and bands.loc["< 60 min", "n_units"] == 2
+    assert read_table(gpkg, "network_check")["within_margin"].all()
     assert units["in_corridor"].equals(units["in_corridor_threaded"])  # threaded is the default
     check = read_table(gpkg, "geometry_check")
     offsets = check.loc[(check["track"] == "all") & (check["measure"] == "mean_m")].set_index("geometry")
@@ -768,3 +779,15 @@ def test_shuffled_index_and_string_ids(layout: tuple[gpd.GeoDataFrame, ...]) -> 
     pd.testing.assert_frame_equal(
         pd.DataFrame(got.drop(columns="geometry")), pd.DataFrame(base.drop(columns="geometry"))
     )
+
+
+def test_cli_network_needs_the_cores(tmp_path: Path) -> None:
+    cfg = _workdir(tmp_path, _small_units())
+    (tmp_path / "data_processed" / "distance.gpkg").unlink()
+    result = CliRunner().invoke(main, ["-c", str(cfg), "infrastructure"])
+    assert result.exit_code == 3 and "network = false" in result.output
+    cfg.write_text(cfg.read_text(encoding="utf-8") + "[infrastructure]\nnetwork = false\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["-c", str(cfg), "infrastructure"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    units = read_layer(tmp_path / "data_processed" / "infrastructure.gpkg", "units")
+    assert "rail_minutes_to_core" not in units.columns

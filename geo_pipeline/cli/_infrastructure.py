@@ -24,6 +24,7 @@ import pyogrio
 from .. import infrastructure as inf
 from .. import rail
 from .. import rail_geometry as rgeo
+from .. import rail_network as rnet
 from .._errors import ConfigError, DataQualityWarning, InputError, MissingInputError
 from .._io import attribute_table, check_writable, read_layer
 from .._validate import check_frame
@@ -62,6 +63,11 @@ DESCRIPTIONS = {
     "equal-area).",
     "corridor_summary": "Shrinkage inside vs outside high-speed corridors and by period of first service; "
     "census years 2010 and 2020 only, descriptive.",
+    "time_band_summary": "Shrinkage and net outflow by door-to-core travel time band (road access to a "
+    "station, rail to the nearest core; see rail_network.py for the model).",
+    "access_change_summary": "Population change by minutes saved between the 2010 network (lines opened "
+    "before 2010 by the catalogue) and today's.",
+    "network_check": "Rail minutes of the network between known station pairs against timetable minutes.",
     "geometry_check": "Straight vs threaded line geometry: distance from points every 100 m along the OSM "
     "tracks of the Guixi extract to our line of the same name (metres), and the change in corridor "
     "membership of the units.",
@@ -238,9 +244,17 @@ def run(
         )
     gpkg_name, csv_name = ctx.level_file("infrastructure.gpkg"), ctx.level_file("corridor_summary.csv")
     check_name = ctx.level_file("geometry_check.csv")
-    for name in (gpkg_name, csv_name, check_name):  # fail before the work, not after
+    net_names = {n: ctx.level_file(f"{n}.csv") for n in ("time_band_summary", "access_change_summary",
+                                                          "network_check")}
+    for name in (gpkg_name, csv_name, check_name, *net_names.values()):  # fail before the work, not after
         check_writable(ctx.output(name), overwrite=ctx.overwrite)
 
+    cores_path = ctx.level_output("distance.gpkg")
+    if s.network and lines_src == "corridors" and not cores_path.is_file():
+        raise MissingInputError(
+            f"{cores_path} not found: the rail network needs the cores of the distance stage; run "
+            "`geo-pipeline distance` first or set [infrastructure] network = false"
+        )
     pop_path = ctx.output("population.gpkg")
     units = read_layer(pop_path, ctx.units_layer, hint="run `geo-pipeline population` first")
     check_frame(
@@ -353,8 +367,9 @@ def run(
 
         # -- geometry: threaded through the stations, or straight -----------------------------------
         versions: dict[str, gpd.GeoDataFrame] = {}
+        stops: set[str] = set()
         if lines_src == "corridors" and raw_corridors is not None:
-            versions = _line_versions(line_frame, raw_corridors, station_frame, train_counts, s)
+            versions, stops = _line_versions(line_frame, raw_corridors, station_frame, train_counts, s)
             line_frame = versions[s.geometry]
         else:
             line_frame = line_frame.assign(geometry_source=str(line_frame["source"].iloc[0])
@@ -388,6 +403,16 @@ def run(
                                     catalogue, reference)
         corridors = inf.dissolve_corridors(buffers, approximate=bool(line_frame["approximate"].any()))
         summary = inf.corridor_summary(units, overlay)
+
+        # -- rail network: door-to-core minutes, 2010 vs now ----------------------------------------
+        access = net_tables = None
+        if s.network and versions:
+            cores = read_layer(cores_path, "cores", hint="run `geo-pipeline distance` first")
+            inputs["cores"] = cores_path
+            access, net_tables = _network(units, line_frame, cores, stops, s)
+        elif s.network:
+            log.warning("rail network skipped: it needs the station sequences of the corridor-file lines "
+                        "(lines = 'corridors'); lines = %r", lines_src)
     elapsed = time.perf_counter() - t0
 
     ids = [c for c in _ID_COLUMNS if c in units.columns]
@@ -396,6 +421,9 @@ def run(
     joined = table_units.merge(pd.DataFrame(overlay.drop(columns=overlay.geometry.name)), on="unit_id")
     cols = ids + [c for c in inf.UNIT_COLUMNS if c != "unit_id"] + extra
     cols += [c for c in ("in_corridor_straight", "in_corridor_threaded") if c in joined.columns]
+    if access is not None:
+        joined = joined.merge(access, on="unit_id", how="left", validate="one_to_one")
+        cols += [c for c in access.columns if c != "unit_id"]
     out_units = gpd.GeoDataFrame(joined[cols], geometry=overlay.geometry.to_numpy(), crs=units.crs)
     layers: dict[str, pd.DataFrame] = {
         "rail_lines": line_frame,
@@ -406,6 +434,8 @@ def run(
     }
     if check is not None:
         layers["geometry_check"] = check
+    if net_tables is not None:
+        layers.update(net_tables)
     gpkg = ctx.write_gpkg(gpkg_name, layers)
     descriptions = dict(DESCRIPTIONS)
     if bool(line_frame["approximate"].any()):
@@ -416,6 +446,8 @@ def run(
     outputs = {"infrastructure": gpkg, "corridor_summary": csv}
     if check is not None:
         outputs["geometry_check"] = ctx.write_csv(check_name, check)
+    for name, table in (net_tables or {}).items():
+        outputs[name] = ctx.write_csv(net_names[name], table)
 
     hs_lines = int((line_frame["class"] == "high-speed").sum())
     hs_stations = int(station_frame["high_speed"].sum())
@@ -439,6 +471,14 @@ def run(
             "thread_max_lateral_km": s.thread_max_lateral_km,
             "thread_max_lateral_km_conventional": s.thread_max_lateral_km_conventional,
             "thread_max_detour": s.thread_max_detour,
+            "network": bool(access is not None),
+            "rail_speed_factor": s.rail_speed_factor,
+            "rail_dwell_min": s.rail_dwell_min,
+            "rail_transfer_min": s.rail_transfer_min,
+            "road_kmh": s.road_kmh,
+            "road_detour": s.road_detour,
+            "access_radius_km": s.access_radius_km,
+            "time_breaks_min": list(s.time_breaks_min),
         },
         summary={
             "units": len(out_units),
@@ -477,10 +517,9 @@ def _line_versions(
     stations: gpd.GeoDataFrame,
     train_counts: pd.DataFrame | None,
     s: Any,
-) -> dict[str, gpd.GeoDataFrame]:
-    """The straight and the threaded version of the corridor lines."""
+) -> tuple[dict[str, gpd.GeoDataFrame], set[str]]:
+    """The straight and the threaded version of the corridor lines, and the stations where trains stop."""
     unmatched = dict(zip(raw_corridors["line"].astype(str), raw_corridors.get("unmatched", ""), strict=True))
-    straight = lines.assign(geometry_source="straight")
     pool_st = stations.loc[stations["source"] != "corridor_key_station"]
     pools = rgeo.threading_pools(pool_st, train_counts=train_counts, min_hsr_trains=s.hsr_min_trains)
     threaded = rgeo.thread_lines(
@@ -491,7 +530,42 @@ def _line_versions(
         max_detour=s.thread_max_detour,
     ).drop(columns=["unmatched"])
     threaded["note"] = rgeo.THREADED_NOTE
-    return {"straight": straight, "threaded": threaded}
+    empty = {k: v.iloc[:0] for k, v in pools.items()}  # no station to thread: the straight lines, with ids
+    straight = rgeo.thread_lines(lines.assign(unmatched=lines["name"].map(unmatched)), empty).drop(
+        columns=["unmatched"]).assign(geometry_source="straight", note=lines["note"])
+    stops = {str(i) for p in pools.values() for i in p.loc[p["hub"], "station_id"]}
+    return {"straight": straight, "threaded": threaded}, stops
+
+
+def _network(
+    units: gpd.GeoDataFrame, lines: gpd.GeoDataFrame, cores: gpd.GeoDataFrame, stops: set[str], s: Any
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Door-to-core minutes now and in 2010, their summaries and the timetable check."""
+    check_frame(cores, name="distance.gpkg layer cores", columns={"name": "any"}, crs="EPSG:4326",
+                geometry=True, geom_types=("Point",)).raise_if_any()
+    opts = {
+        "speed_factor": s.rail_speed_factor,
+        "dwell_min": s.rail_dwell_min,
+        "transfer_min": s.rail_transfer_min,
+        "road_kmh": s.road_kmh,
+        "detour": s.road_detour,
+        "access_radius_km": s.access_radius_km,
+        "breaks_min": list(s.time_breaks_min),
+        "stops": stops,
+    }
+    access = rnet.access_then_and_now(units, lines, cores, year=inf.CENSUS_YEARS[0], **opts)
+    pop_cols = [c for c in ("unit_id", "pop_2010", "pop_2020", "change_pct", "shrinking", "hukou_2010",
+                            "net_outflow") if c in units.columns]
+    joined = pd.DataFrame(units[pop_cols]).assign(unit_id=lambda d: d["unit_id"].astype(str)).merge(
+        access, on="unit_id", validate="one_to_one")
+    graph = rnet.build_network(lines, speed_factor=s.rail_speed_factor, dwell_min=s.rail_dwell_min,
+                               transfer_min=s.rail_transfer_min, stops=stops)
+    tables = {
+        "time_band_summary": rnet.time_band_summary(joined, breaks_min=list(s.time_breaks_min)),
+        "access_change_summary": rnet.access_change_summary(joined),
+        "network_check": rnet.reference_check(graph),
+    }
+    return access, tables
 
 
 def _geometry_check(
