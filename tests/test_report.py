@@ -13,10 +13,15 @@ import pandas as pd
 import pyogrio
 import pytest
 import spreg
+from click.testing import CliRunner
+from conftest import write_config
 from scipy import stats
+from shapely.geometry import box
 
 from geo_pipeline import findings as fd
 from geo_pipeline import report as rp
+from geo_pipeline._io import write_gpkg
+from geo_pipeline.cli import main
 
 
 # -- synthetic data ------------------------------------------------------------------------------
@@ -343,7 +348,7 @@ def test_report_on_real_data(run_stage: Callable[[str], Path]) -> None:
 
 
 def test_line_crossings_on_a_square() -> None:
-    from shapely.geometry import LineString, box
+    from shapely.geometry import LineString
 
     units = gpd.GeoDataFrame(
         {"unit_id": ["a", "b", "c"], "shrinking": [True, False, True]},
@@ -355,3 +360,34 @@ def test_line_crossings_on_a_square() -> None:
     )
     c = rp.line_crossings(lines, units)
     assert sorted(c["unit_id"]) == ["a", "b"] and c["shrinking"].sum() == 1
+
+
+def test_report_cli_on_a_synthetic_lattice(tmp_path: Path) -> None:
+    """The stage on a small export: writes HTML, MD and CSVs, skips missing layers, refuses to overwrite."""
+    u = _hsr(False).iloc[:400].reset_index(drop=True)
+    u["region"] = np.where(np.arange(len(u)) < 100, "Northeast", "East")
+    u["unit_kind"] = "county"
+    u["net_outflow_ratio"] = np.where(u["shrinking"], 0.1, -0.1)
+    u["net_outflow"] = u["net_outflow_ratio"] > 0
+    u["province_code"] = "210000"
+    geoms = [
+        box(100 + (i % 20) * 0.2, 30 + (i // 20) * 0.2, 100.2 + (i % 20) * 0.2, 30.2 + (i // 20) * 0.2)
+        for i in range(len(u))
+    ]
+    gdf = gpd.GeoDataFrame(u, geometry=geoms, crs="EPSG:4326")
+    cfg = write_config(tmp_path, tmp_path / "mirror")
+    write_gpkg(tmp_path / "data_processed" / "shrinkage.gpkg", {"units": gdf})
+    args = ["-c", str(cfg), "-q", "report", "--no-maps", "--bootstrap", "50"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "maps" / "report.html").read_text(encoding="utf-8")
+    _check_self_contained(html)
+    summary = pd.read_csv(tmp_path / "data_processed" / "report_summary.csv").set_index("claim")
+    assert summary.loc["hsr", "verdict"] == "supported"
+    assert summary.loc["intercity", "verdict"] == "not testable with these data"
+    bands = pd.read_csv(tmp_path / "data_processed" / "report_county_bands.csv")
+    assert bands["n_units"].sum() == len(u)
+    reg = pd.read_csv(tmp_path / "data_processed" / "report_county_regression.csv")
+    assert "log_distance_km" in set(reg["variable"])
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 4 and "overwrite" in again.output
