@@ -93,9 +93,10 @@ RULES: dict[str, str] = {
     "northeast": (
         "Three tests: (a) the Northeast's total population fell; (b) its share of Low-Low "
         "(LISA) units of change is above the rest of the country's (95 % Wilson intervals do not "
-        "overlap); (c) most Northeast counties (not urban districts) shrink (lower Wilson bound "
-        "above 50 %). Supported when all three hold; partly supported when one or two hold; not "
-        "supported when none does. Not testable without the region column."
+        "overlap); (c) most Northeast counties (not urban districts; at prefecture level, "
+        "prefectures) shrink (lower Wilson bound above 50 %). Supported when all three hold; partly "
+        "supported when one or two hold (or a test cannot be made); not supported when none does. "
+        "Not testable without the region column."
     ),
     "ageing": (
         "Two tests: (a) the 2020 60+ share of both Liaoning and Jilin, recomputed from the units, is "
@@ -503,7 +504,12 @@ def segmented_regression(
             boot_k[start : start + bsz] = cand[jj]
             boot_c[start : start + bsz] = bb[np.arange(bsz), jj, 2]
     q = [50 * (1 - confidence), 50 * (1 + confidence)]
-    kci = tuple(float(v) for v in np.nanpercentile(boot_k, q)) if bootstrap else (math.nan, math.nan)
+    # the breaks lie on the grid: the interval's ends are grid points (no interpolation between them)
+    kci = (
+        tuple(float(v) for v in np.nanpercentile(boot_k, q, method="inverted_cdf"))
+        if bootstrap
+        else (math.nan, math.nan)
+    )
     cci = tuple(float(v) for v in np.nanpercentile(boot_c, q)) if bootstrap else (math.nan, math.nan)
     return SegmentedFit(
         break_x=float(cand[j]),
@@ -767,37 +773,48 @@ def verdict_distance(
 def verdict_northeast(
     *,
     total_change: float | None,
-    ll_k: int,
+    ll_k: int | None,
     ll_n: int,
-    rest_ll_k: int,
+    rest_ll_k: int | None,
     rest_ll_n: int,
-    county_k: int,
+    county_k: int | None,
     county_n: int,
+    units_label: str = "counties, county-level cities and banners (not urban districts)",
 ) -> Verdict:
-    """Claim 2 (see :data:`RULES` ``"northeast"``). ``total_change`` is 2020 - 2010 residents."""
+    """Claim 2 (see :data:`RULES` ``"northeast"``). ``total_change`` is 2020 - 2010 residents.
+
+    ``ll_k``/``rest_ll_k`` (Low-Low units in and outside the Northeast) and
+    ``county_k`` (shrinking units among the ``county_n`` non-district
+    Northeast units) are None when their column is missing: that test is
+    then not applied and the verdict is at most "partly supported".
+    """
     rule = RULES["northeast"]
-    if ll_n == 0 or county_n == 0 or total_change is None:
+    if ll_n == 0 or total_change is None:
         return not_testable(rule, ["Northeast units"], what="data:")
-    ne_lo, ne_hi = wilson_interval(ll_k, ll_n)
-    r_lo, r_hi = wilson_interval(rest_ll_k, rest_ll_n)
-    c_lo, c_hi = wilson_interval(county_k, county_n)
-    tests = {
-        "loss": bool(total_change < 0),
-        "low_low": bool(ne_lo[0] > r_hi[0]),
-        "counties_shrink": bool(c_lo[0] > 0.5),
-    }
-    reasons = [
-        f"(a) total change of the Northeast {total_change / 1e6:+.2f} million.",
-        f"(b) Low-Low units: {ll_k} of {ll_n} in the Northeast ({100 * ll_k / ll_n:.1f} %, CI "
-        f"{100 * ne_lo[0]:.1f}-"
-        f"{100 * ne_hi[0]:.1f} %) vs {rest_ll_k} of {rest_ll_n} elsewhere "
-        f"({100 * rest_ll_k / max(rest_ll_n, 1):.1f} %, "
-        f"CI {100 * r_lo[0]:.1f}-{100 * r_hi[0]:.1f} %).",
-        f"(c) {county_k} of {county_n} Northeast counties, county-level cities and banners (not "
-        f"urban districts) shrink "
-        f"({100 * county_k / county_n:.1f} %, CI {100 * c_lo[0]:.1f}-{100 * c_hi[0]:.1f} %).",
-    ]
-    return _combine(rule, tests, reasons, all_for_support=tuple(tests))
+    tests: dict[str, bool | None] = {"loss": bool(total_change < 0), "low_low": None, "counties_shrink": None}
+    reasons = [f"(a) total change of the Northeast {total_change / 1e6:+.2f} million."]
+    if ll_k is not None and rest_ll_k is not None:
+        ne_lo, ne_hi = wilson_interval(ll_k, ll_n)
+        r_lo, r_hi = wilson_interval(rest_ll_k, rest_ll_n)
+        tests["low_low"] = bool(ne_lo[0] > r_hi[0])
+        reasons.append(
+            f"(b) Low-Low units: {ll_k} of {ll_n} in the Northeast ({100 * ll_k / ll_n:.1f} %, CI "
+            f"{100 * ne_lo[0]:.1f}-{100 * ne_hi[0]:.1f} %) vs {rest_ll_k} of {rest_ll_n} elsewhere "
+            f"({100 * rest_ll_k / max(rest_ll_n, 1):.1f} %, CI {100 * r_lo[0]:.1f}-{100 * r_hi[0]:.1f} %)."
+        )
+    else:
+        reasons.append("(b) not testable with these data: LISA cluster column missing.")
+    if county_k is not None and county_n > 0:
+        c_lo, c_hi = wilson_interval(county_k, county_n)
+        tests["counties_shrink"] = bool(c_lo[0] > 0.5)
+        reasons.append(
+            f"(c) {county_k} of {county_n} Northeast {units_label} shrink "
+            f"({100 * county_k / county_n:.1f} %, CI {100 * c_lo[0]:.1f}-{100 * c_hi[0]:.1f} %)."
+        )
+    else:
+        reasons.append("(c) not testable with these data: unit_kind missing.")
+    support = all(v is True for v in tests.values())
+    return _combine(rule, tests, reasons, all_for_support=(), support_if=support)
 
 
 def verdict_ageing(

@@ -297,8 +297,9 @@ def section_distance(
 ) -> Section:
     """Claim 1: shrinking shares by band (national, region, unit kind, core set), threshold, spatial model.
 
-    ``w`` is a libpysal ``W`` in the row order of ``units`` (after the
-    non-comparable units are dropped); without it no spatial model is fitted.
+    ``w`` is a :class:`geo_pipeline.weights.UnitWeights` in the row order of
+    ``units`` after the non-comparable units are dropped; without it no
+    spatial model is fitted.
     ``core_sets`` is an optional frame with ``core_set`` and the share-table
     columns (the distance stage's sensitivity table), reported as given.
     """
@@ -462,7 +463,7 @@ def section_distance(
             row = final[final["variable"] == "log_distance_km"].iloc[0]
             coef = (float(row["coef"]), float(row["p"]))
             sec.text.append(
-                f"Spatial regression on {len(u):,} units with {', '.join(used)}: the diagnostics choose the "
+                f"Spatial regression on {r.ols.n:,} units with {', '.join(used)}: the diagnostics choose the "
                 f"{r.choice} model ({r.reason}). Log distance: {row['coef']:+.3f} (SE {row['std_err']:.3f}, "
                 f"p = {row['p']:.3g}) in the {final['model'].iloc[0]}: distance "
                 f"{'still matters' if coef[0] < 0 and coef[1] < 0.05 else 'does not clearly matter'} "
@@ -470,7 +471,7 @@ def section_distance(
                 f"dependence{' and region' if 'region' in ' '.join(used) else ''} are accounted for."
             )
             if left:
-                sec.text.append("Left out of the model: " + "; ".join(left) + ".")
+                sec.text.append("Model notes: " + "; ".join(left) + ".")
     else:
         sec.text.append("Spatial regression not fitted: no spatial weights for these units.")
     sec.verdict = fd.verdict_distance(
@@ -497,8 +498,10 @@ def section_distance(
         sec.comparisons.append(
             f"Published: {desc} ({src}). This run: {int(a['n_shrinking'])} of "
             f"{int(a['n_units'])} prefecture units shrink ({int(a['n_shrinking']) - int(v):+d}). "
-            "Definitions differ (whole prefectures here; the published count also uses "
-            "urban-area populations)."
+            "Definitions and unit sets differ: here a unit is a whole prefecture-level unit of the "
+            "census city table and it shrinks when it had fewer residents in 2020 than in 2010; "
+            "published counts of shrinking cities may use other units (e.g. urban districts only) or "
+            "thresholds."
         )
     sec.limits += [
         "Distance is measured from one representative point per unit to the nearest core of the chosen set; "
@@ -513,19 +516,24 @@ def section_distance(
 
 
 def _regression(u: pd.DataFrame, w: Any) -> tuple[fd.SpatialRegression, list[str], list[str]] | str:
-    """Build the regressors from the columns present and fit :func:`findings.spatial_regression`."""
+    """Build the regressors from the columns present and fit :func:`findings.spatial_regression`.
+
+    ``w`` is a :class:`geo_pipeline.weights.UnitWeights` on the rows of ``u``;
+    units without a value are dropped and the weights re-linked
+    (:meth:`UnitWeights.subset`), then row-standardised.
+    """
     cols: dict[str, np.ndarray] = {}
     left: list[str] = []
     cols["log_distance_km"] = np.log(np.maximum(u["distance_km"].to_numpy(dtype=float), 1.0))
     if "in_corridor" in u.columns:
         cols["in_corridor"] = _bool(u["in_corridor"]).astype(float)
     else:
-        left.append("HSR corridor (in_corridor missing)")
+        left.append("no HSR corridor term (in_corridor missing)")
     for c in ("share_60plus_2010", "net_outflow_ratio"):
         if c in u.columns and u[c].notna().any():
             cols[c] = u[c].to_numpy(dtype=float)
         else:
-            left.append(f"{c} missing")
+            left.append(f"no {c} term ({c} missing)")
     if "region" in u.columns and u["region"].notna().any():
         regions = sorted(u["region"].dropna().unique())
         base = "East" if "East" in regions else regions[0]
@@ -534,17 +542,26 @@ def _regression(u: pd.DataFrame, w: Any) -> tuple[fd.SpatialRegression, list[str
                 cols[f"region_{r}"] = (u["region"] == r).to_numpy(dtype=float)
         left.append(f"region baseline: {base}")
     else:
-        left.append("region dummies (region missing)")
+        left.append("no region dummies (region missing)")
     y = fd.log_change(u["pop_2010"], u["pop_2020"])
     x = np.column_stack(list(cols.values()))
     ok = np.isfinite(y) & np.isfinite(x).all(axis=1)
-    if not ok.all():
+    ids = np.asarray(w.ids, dtype=str)
+    if len(ids) != len(u) or not np.array_equal(ids, u["unit_id"].astype(str).to_numpy()):
         return (
-            f"Spatial regression not fitted: {int((~ok).sum())} units have missing values in "
-            f"{list(cols)}; the weights cover every unit."
+            f"Spatial regression not fitted: the weights' {len(ids)} units are not the data's {len(u)} units."
         )
-    if w.n != len(u):
-        return f"Spatial regression not fitted: weights have {w.n} units, the data {len(u)}."
+    if not ok.all():
+        gaps = {c: int((~np.isfinite(v)).sum()) for c, v in cols.items() if (~np.isfinite(v)).any()}
+        left.append(
+            f"{int((~ok).sum())} unit(s) without a value ("
+            + ", ".join(f"{c}: {n}" for c, n in gaps.items())
+            + "; weights re-linked without them)"
+        )
+        y, x = y[ok], x[ok]
+    ww = w.subset(ok).graph().to_W()
+    ww.transform = "r"
+    w = ww
     r = fd.spatial_regression(y, x, w=w, name_y="log_change", name_x=list(cols))
     return r, list(cols), left
 
@@ -580,10 +597,16 @@ def section_northeast(
     ne = u["region"].to_numpy() == NORTHEAST
     total = float(u.loc[ne, "pop_2020"].sum() - u.loc[ne, "pop_2010"].sum()) if ne.any() else None
     kind_ok = "unit_kind" in u.columns and u["unit_kind"].notna().any()
-    counties = ne & (u["unit_kind"].isin(["county", "city", "other"]).to_numpy() if kind_ok else False)
-    ck, cn = int(_bool(u.loc[counties, "shrinking"]).sum()), int(counties.sum())
-    if not kind_ok:
+    if level == "prefecture":  # prefecture-level units: (c) asks whether most Northeast prefectures shrink
+        counties, label = ne, "prefectures"
+    elif kind_ok:
+        counties = ne & u["unit_kind"].isin(["county", "city", "other"]).to_numpy()
+        label = "counties, county-level cities and banners (not urban districts)"
+    else:
+        counties, label = None, ""
         sec.text.append("Counties vs districts: not testable with these data: unit_kind missing.")
+    ck = int(_bool(u.loc[counties, "shrinking"]).sum()) if counties is not None else None
+    cn = int(counties.sum()) if counties is not None else 0
     if lisa is None:
         sec.text.append("Low-Low shares: not testable with these data: LISA cluster column missing.")
     regions = fd.share_table(u, ["region"], bootstrap=bootstrap, seed=seed)
@@ -598,26 +621,21 @@ def section_northeast(
             f"Published: {desc} ({src}). This run: {total / 1e6:+.2f} million "
             f"(difference {(total - v) / 1e6:+.2f} million, {100 * (total - v) / abs(v):+.1f} %)."
         )
-    sec.verdict = (
-        fd.verdict_northeast(
-            total_change=total,
-            ll_k=int(ll[ne].sum()),
-            ll_n=int(ne.sum()),
-            rest_ll_k=int(ll[~ne].sum()),
-            rest_ll_n=int((~ne).sum()),
-            county_k=ck,
-            county_n=cn,
-        )
-        if (lisa and kind_ok)
-        else fd.not_testable(
-            fd.RULES["northeast"], [c for c, ok in (("LISA cluster", lisa), ("unit_kind", kind_ok)) if not ok]
-        )
+    sec.verdict = fd.verdict_northeast(
+        total_change=total,
+        ll_k=int(ll[ne].sum()) if lisa else None,
+        ll_n=int(ne.sum()),
+        rest_ll_k=int(ll[~ne].sum()) if lisa else None,
+        rest_ll_n=int((~ne).sum()),
+        county_k=ck,
+        county_n=cn,
+        units_label=label,
     )
     sec.limits += [
         "Low-Low marks units whose change and whose neighbours' change are both low with a "
         "permutation p below alpha; it depends on the weights and on multiple testing.",
-        "The census briefing counts whole provinces; units here are harmonised counties whose totals "
-        "equal the census province rows (population stage check).",
+        f"The census briefing counts whole provinces; the {level} units here add up to the census "
+        "province rows (population stage check).",
     ]
     return sec
 
@@ -926,7 +944,7 @@ def build_report(
     *,
     weights: Mapping[str, Any] | None = None,
     core_sets: Mapping[str, pd.DataFrame] | None = None,
-    global_moran: pd.DataFrame | None = None,
+    global_moran: Mapping[str, pd.DataFrame] | None = None,
     rail_lines: pd.DataFrame | None = None,
     crossings: pd.DataFrame | None = None,
     manifest: Mapping[str, Any] | None = None,
@@ -944,14 +962,16 @@ def build_report(
     levels : mapping of str to DataFrame
         Units per level (``"county"``, and ``"prefecture"`` when that level was
         run), with the exported indicator columns.
-    weights : mapping of str to libpysal W, optional
-        Row-standardised weights per level, in the row order of the level's
-        comparable units (see :func:`analysable_units`).
+    weights : mapping of str to UnitWeights, optional
+        Spatial weights per level (:class:`geo_pipeline.weights.UnitWeights`),
+        in the row order of the level's comparable units (see
+        :func:`analysable_units`); subset and row-standardised per model.
     core_sets : mapping of str to DataFrame, optional
         The distance stage's core-set sensitivity table per level.
-    global_moran, rail_lines, crossings : DataFrame, optional
-        The autocorrelation stage's global table, the rail lines with
-        utilisation, and :func:`line_crossings`.
+    global_moran : mapping of str to DataFrame, optional
+        The autocorrelation stage's global table per level.
+    rail_lines, crossings : DataFrame, optional
+        The rail lines with utilisation, and :func:`line_crossings`.
     manifest : mapping, optional
         ``data_processed/manifest.json``.
     maps : mapping of str to (caption, PNG bytes), optional
@@ -984,9 +1004,7 @@ def build_report(
             )
         )
         sections.append(section_northeast(units, level=level, dpi=dpi, bootstrap=bootstrap, seed=seed))
-        sections.append(
-            section_ageing(units, level=level, global_moran=global_moran if level == "county" else None)
-        )
+        sections.append(section_ageing(units, level=level, global_moran=(global_moran or {}).get(level)))
         sections.append(section_net_outflow(units, level=level))
         sections.append(section_hsr(units, level=level, dpi=dpi))
     sections.append(section_intercity(rail_lines, crossings, threshold=underused_threshold))

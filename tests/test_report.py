@@ -209,6 +209,12 @@ def _northeast(flip: bool) -> pd.DataFrame:
 def test_verdict_northeast_flips() -> None:
     assert rp.section_northeast(_northeast(False), bootstrap=0).verdict.label == "supported"
     assert rp.section_northeast(_northeast(True), bootstrap=0).verdict.label == "not supported"
+    # a test that cannot be made caps the verdict at "partly supported" and says why
+    no_lisa = rp.section_northeast(_northeast(False).drop(columns="lisa_change_pct_cluster"), bootstrap=0)
+    assert no_lisa.verdict.label == "partly supported" and no_lisa.verdict.tests["low_low"] is None
+    assert any("LISA cluster column missing" in r for r in no_lisa.verdict.reasons)
+    pref = rp.section_northeast(_northeast(False).drop(columns="unit_kind"), level="prefecture", bootstrap=0)
+    assert pref.verdict.label == "supported" and "prefectures shrink" in pref.verdict.reasons[2]
 
 
 def _ageing(flip: bool) -> pd.DataFrame:

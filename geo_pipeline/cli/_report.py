@@ -36,27 +36,12 @@ OPTIONS = [
 ]
 
 
-def _prefecture_units(ctx: StageContext) -> Any:
-    """Prefecture-level units when the prefecture level was exported, else None."""
-    for fname, layer in (
-        ("shrinkage_prefecture.gpkg", "units"),
-        (INPUT, "units_prefecture"),
-        (INPUT, "prefecture_units"),
-    ):
-        path = ctx.output(fname)
-        if path.is_file() and layer in list_layers(path):
-            return read_layer(path, layer), path
-    return None, None
-
-
 def _weights(ctx: StageContext, units: Any) -> Any:
-    """Row-standardised libpysal W for these units (the autocorrelation stage's weights and cache)."""
+    """Spatial weights of these units (the autocorrelation stage's settings, builder and cache)."""
     from ._autocorrelation import _weights as stage_weights
 
     weights, _, _ = stage_weights(ctx, units.reset_index(drop=True), ctx.settings.autocorrelation)
-    w = weights.graph().to_W()
-    w.transform = "r"
-    return w
+    return weights
 
 
 def _atlas_maps(ctx: StageContext, units: Any, src: Path, present: set[str], dpi: int) -> dict[str, Any]:
@@ -117,25 +102,31 @@ def run(ctx: StageContext, bootstrap: int | None = None, maps: bool | None = Non
     units = read_layer(src, "units", hint="run `geo-pipeline export` first")
     present = set(list_layers(src))
     inputs: dict[str, Path] = {"shrinkage": src}
-    levels = {"county": units}
-    pref, pref_src = _prefecture_units(ctx)
-    if pref is not None:
-        levels["prefecture"] = pref
-        inputs["prefecture"] = pref_src
+    levels = {}
+    for level in ctx.levels:  # [pipeline] levels; each exported as units / <level>_units
+        layer = ctx.level_layer("units", level)
+        if layer in present:
+            levels[level] = units if layer == "units" else read_layer(src, layer)
+        else:
+            log.info(
+                "report: level %s not in %s (no layer %s); reported at the other levels", level, src, layer
+            )
+    if not levels:
+        levels["county"] = units
     t0 = time.perf_counter()
     weights = {}
     for level, frame in levels.items():
         analysable = rp.analysable_units(frame)
         if analysable.geometry.notna().all():
             weights[level] = _weights(ctx, analysable)
-    core_sets = {}
-    for level, name in (
-        ("county", "core_set_sensitivity"),
-        ("prefecture", "core_set_sensitivity_prefecture"),
-    ):
+    core_sets, global_moran = {}, {}
+    for level in levels:
+        name = ctx.level_layer("core_set_sensitivity", level)
         if name in present:
             core_sets[level] = read_table(src, name)
-    global_moran = read_table(src, "global_moran") if "global_moran" in present else None
+        name = ctx.level_layer("global_moran", level)
+        if name in present:
+            global_moran[level] = read_table(src, name)
     rail = read_layer(src, "rail_lines") if "rail_lines" in present else None
     crossings = rp.line_crossings(rail, units) if rail is not None else None
     manifest_path = ctx.output("manifest.json")
