@@ -36,7 +36,8 @@ from scipy import stats
 
 from ._errors import DataQualityWarning, InputError
 from ._validate import check_frame
-from .weights import UnitWeights, build_weights
+from .rates import EB_COLUMNS, change_eb
+from .weights import MAX_LINK_KM, UnitWeights, build_weights
 
 __all__ = [
     "AutocorrelationResult",
@@ -54,6 +55,9 @@ __all__ = [
     "LISA_LABELS",
     "GI_LABELS",
     "NO_DATA",
+    "NOT_COMPARABLE",
+    "significance_rule",
+    "DERIVED",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,10 @@ NOT_SIGNIFICANT = "not significant"
 GI_LABELS = ("hot spot", "cold spot", NOT_SIGNIFICANT)
 #: Label of units left out because the variable is missing there.
 NO_DATA = "no data"
+#: Label of units left out of weights and statistics (``comparable`` is False).
+NOT_COMPARABLE = "not comparable"
+#: Variables derived from the population columns when the units do not carry them.
+DERIVED = {"change_pct_eb": "pop_2010, pop_2020", "change_pct_eb_smooth": "pop_2010, pop_2020"}
 #: Permutation engines of :func:`local_statistics`.
 ENGINES = ("numpy", "esda")
 #: Units per seeding block of :func:`conditional_pvalues` (fixed: changing it
@@ -86,6 +94,10 @@ GLOBAL_COLUMNS = [
     "n_missing",
     "n_links",
     "weights",
+    "n_excluded",
+    "alpha",
+    "fdr",
+    "significance",
 ]
 _CRAND_WARNING = "The alternative hypothesis for conditional randomization"
 
@@ -97,14 +109,20 @@ class AutocorrelationResult:
     Attributes
     ----------
     units : geopandas.GeoDataFrame
-        ``unit_id``, ``w_neighbors``, ``w_component``, ``w_linked`` and per
-        variable ``lisa_<var>_I``, ``_p``, ``_q``, ``_cluster``, ``_std``,
-        ``_lag``, ``gi_<var>_z``, ``_p``, ``_class``; geometry.
+        ``unit_id``, ``w_included`` (False: left out as not comparable),
+        ``w_neighbors``, ``w_component``, ``w_linked``, the EB columns
+        ``change_pct_eb`` and ``change_pct_eb_smooth`` (when the units have
+        ``pop_2010`` and ``pop_2020``), and per variable ``lisa_<var>_I``,
+        ``_p``, ``_q``, ``_cluster``, ``_std``, ``_lag``, ``gi_<var>_z``,
+        ``_p``, ``_class``; geometry.
     global_moran : pandas.DataFrame
         One row per variable (columns :data:`GLOBAL_COLUMNS`).
     links : geopandas.GeoDataFrame
         Links added to join islands and island groups, as lines between
-        centroids (``unit_id``, ``neighbor_id``, ``distance_km``).
+        centroids (``unit_id``, ``neighbor_id``, ``distance_km``,
+        ``status`` "linked"), followed by one row per island or group left
+        isolated (``status`` "not linked", the line to its nearest unit,
+        ``reason``).
     weights : UnitWeights
         The full weights used (before per-variable subsetting).
     """
@@ -208,6 +226,22 @@ def _seeded_global_rng(seed: int) -> Iterator[None]:
 # ---------------------------------------------------------------------------
 # statistics
 # ---------------------------------------------------------------------------
+def significance_rule(*, alpha: float, fdr: bool, permutations: int) -> str:
+    """The rule that labels a local statistic significant, in words (for tables and metadata).
+
+    A unit is significant when its p-value (or, with ``fdr``, its
+    Benjamini-Hochberg q-value) is strictly below ``alpha``: a pseudo
+    p-value of exactly ``alpha`` (e.g. 50/1000 with 999 permutations and
+    alpha 0.05) is not significant.
+    """
+    kind = (
+        f"pseudo p-value, {permutations} conditional permutations" if permutations else "normal approximation"
+    )
+    if fdr:
+        return f"q < {alpha:g} (Benjamini-Hochberg FDR q-value of the {kind})"
+    return f"p < {alpha:g} ({kind}, no multiple-testing correction)"
+
+
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     r"""Benjamini-Hochberg adjusted p-values (q-values); NaN stays NaN.
 
@@ -215,9 +249,10 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     -----
     With the ``m`` p-values sorted, :math:`p_{(1)} \le \dots \le p_{(m)}`,
     :math:`q_{(i)} = \min_{j \ge i} \min(1, m\,p_{(j)}/j)`. A unit is
-    significant at false-discovery rate ``alpha`` when :math:`q \le \alpha`,
-    the same units as the step-up rule "largest ``i`` with
-    :math:`p_{(i)} \le i\alpha/m`" (:func:`scipy.stats.false_discovery_control`).
+    significant at false-discovery rate ``alpha`` when :math:`q < \alpha`
+    (strict, like p-values: :func:`significance_rule`), the units of the
+    step-up rule "largest ``i`` with :math:`p_{(i)} < i\alpha/m`"
+    (:func:`scipy.stats.false_discovery_control`).
     """
     p = np.asarray(p, dtype=float)
     out = np.full(p.shape, np.nan)
@@ -520,15 +555,17 @@ def local_statistics(
     :math:`z = (y - \bar y)/s` (``std``); ``lag`` is
     :math:`\sum_j w_{ij} z_j`. The quadrant of (``std``, ``lag``) gives HH,
     LL, HL (high value, low neighbours) or LH; a unit keeps its label when
-    its pseudo p-value (or q-value with ``fdr``) is at most ``alpha``, else
-    "not significant".
+    its pseudo p-value (or q-value with ``fdr``) is strictly below
+    ``alpha``, else "not significant" (:func:`significance_rule`). Units
+    without neighbours (islands farther than the longest allowed link) get
+    p = NaN and "not significant".
 
     Gi* (Getis & Ord 1992, Ord & Getis 1995) uses binary weights including
     the unit itself. It is computed on :math:`y - \min y`: the statistic
     assumes non-negative values, and a shift leaves the standardised
     :math:`z^*_i = (\sum_j w_{ij} y_j - \bar y W_i) / (s \sqrt{(n W_i - W_i^2)/(n-1)})`
     and the permutation p-values unchanged. Hot spot: :math:`z^* > 0` and
-    p at most ``alpha``; cold spot: :math:`z^* < 0`.
+    p below ``alpha``; cold spot: :math:`z^* < 0`.
 
     Pseudo p-values are esda's one-sided ones in the direction of the
     observed value, :math:`(\min(G, P-G) + 1)/(P+1)`; both engines draw
@@ -576,9 +613,11 @@ def local_statistics(
     # a value exactly at the mean gives I_i = 0 for every permutation too; esda's
     # tie rule would call that p = 1/(P+1): it is no evidence of anything
     p = np.where(np.asarray(lisa.Is) == 0.0, 1.0, p)
+    isolated = np.asarray(weights.cardinalities) == 0  # no neighbour: no local statistic to test
+    p[isolated] = np.nan
     q = benjamini_hochberg(p)
     judge = q if fdr else p
-    sig = judge <= alpha
+    sig = judge < alpha  # strict: p (or q) == alpha is not significant
     quad = np.asarray(lisa.q, dtype=int)
     cluster = np.where(sig, [LISA_LABELS.get(v, NOT_SIGNIFICANT) for v in quad], NOT_SIGNIFICANT)
     std = np.asarray(lisa.z, dtype=float)
@@ -604,8 +643,9 @@ def local_statistics(
         gp = conditional_pvalues(shifted, weights, permutations=permutations, seed=seed, client=client)
     else:
         gp = np.asarray(gi.p_norm, dtype=float)
+    gp = np.where(isolated, np.nan, gp)
     gjudge = benjamini_hochberg(gp) if fdr else gp
-    gsig = gjudge <= alpha
+    gsig = gjudge < alpha
     gclass = np.where(gsig & (gz > 0), "hot spot", np.where(gsig & (gz < 0), "cold spot", NOT_SIGNIFICANT))
     if n and not np.isfinite(lisa.Is).all():  # pragma: no cover - guarded by the caller
         raise InputError("local Moran's I is not finite; is the variable constant?")
@@ -624,8 +664,10 @@ def local_statistics(
     )
 
 
-def _empty_columns(variables: Sequence[str]) -> dict[str, str]:
-    cols = {"w_neighbors": "int64", "w_component": "int64", "w_linked": "bool"}
+def _empty_columns(variables: Sequence[str], *, eb: bool = False) -> dict[str, str]:
+    cols = {"w_included": "bool", "w_neighbors": "int64", "w_component": "int64", "w_linked": "bool"}
+    if eb:
+        cols.update({c: "float64" for c in EB_COLUMNS})
     for v in variables:
         cols.update(
             {
@@ -643,22 +685,60 @@ def _empty_columns(variables: Sequence[str]) -> dict[str, str]:
     return cols
 
 
+def _lines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if not len(a):
+        return np.array([], dtype=object)
+    return shapely.linestrings(np.stack([a, b], axis=1).reshape(-1, 2, 2))
+
+
 def _links_frame(weights: UnitWeights, crs: object) -> gpd.GeoDataFrame:
     links = weights.links
-    lines = (
-        shapely.linestrings(
-            np.stack(
-                [links[["lon", "lat"]].to_numpy(), links[["neighbor_lon", "neighbor_lat"]].to_numpy()], axis=1
-            ).reshape(-1, 2, 2)
-        )
-        if len(links)
-        else np.array([], dtype=object)
+    unlinked = weights.unlinked
+    made = pd.DataFrame(
+        {
+            "unit_id": links["unit_id"].to_numpy(dtype=object),
+            "neighbor_id": links["neighbor_id"].to_numpy(dtype=object),
+            "distance_km": links["distance_km"].to_numpy(dtype=float),
+            "status": "linked",
+            "reason": "nearest unit of an island or island group",
+        }
     )
-    frame = gpd.GeoDataFrame(
-        links[["unit_id", "neighbor_id", "distance_km"]].reset_index(drop=True),
-        geometry=gpd.GeoSeries(lines, crs="EPSG:4326"),
+    left = pd.DataFrame(
+        {
+            "unit_id": unlinked["unit_id"].to_numpy(dtype=object),
+            "neighbor_id": unlinked["neighbor_id"].to_numpy(dtype=object),
+            "distance_km": unlinked["distance_km"].to_numpy(dtype=float),
+            "status": "not linked",
+            "reason": unlinked["reason"].to_numpy(dtype=object),
+        }
     )
+    geoms = np.r_[
+        _lines(links[["lon", "lat"]].to_numpy(), links[["neighbor_lon", "neighbor_lat"]].to_numpy()),
+        _lines(unlinked[["lon", "lat"]].to_numpy(), unlinked[["neighbor_lon", "neighbor_lat"]].to_numpy()),
+    ]
+    table = pd.concat([made, left], ignore_index=True) if len(left) else made
+    table = table.astype(
+        {"unit_id": object, "neighbor_id": object, "distance_km": float, "status": object, "reason": object}
+    )
+    frame = gpd.GeoDataFrame(table, geometry=gpd.GeoSeries(geoms, crs="EPSG:4326"))
     return frame.to_crs(crs) if len(frame) else frame.set_crs(crs, allow_override=True)
+
+
+def _included(units: pd.DataFrame, column: str | None, problems: Any) -> np.ndarray:
+    """Units analysed: ``column`` True (all units when the column is not there)."""
+    if column is None or column not in units.columns:
+        return np.ones(len(units), dtype=bool)
+    flags = units[column]
+    if flags.isna().any():
+        problems.add(
+            f"column {column!r} has {int(flags.isna().sum())} missing value(s); expected True or False "
+            "for every unit (False: population not comparable between the censuses)"
+        )
+        return np.ones(len(units), dtype=bool)
+    if not (pd.api.types.is_bool_dtype(flags) or set(pd.unique(flags)) <= {0, 1}):
+        problems.add(f"column {column!r} should be boolean (True/False), found dtype {flags.dtype}")
+        return np.ones(len(units), dtype=bool)
+    return flags.astype(bool).to_numpy()
 
 
 def spatial_autocorrelation(
@@ -670,12 +750,14 @@ def spatial_autocorrelation(
     k: int = 6,
     distance_km: float = 150.0,
     link_k: int = 1,
+    max_link_km: float | None = MAX_LINK_KM,
     permutations: int = 999,
     seed: int = 20201101,
     alpha: float = 0.05,
     fdr: bool = False,
     engine: str = "numpy",
     client: Any | None = None,
+    comparable_column: str | None = "comparable",
     id_column: str = "unit_id",
 ) -> AutocorrelationResult:
     """Global Moran's I, LISA clusters and Gi* hot/cold spots of unit indicators.
@@ -684,22 +766,28 @@ def spatial_autocorrelation(
     ----------
     units : geopandas.GeoDataFrame
         Analysis units with a unique ``id_column``, polygon geometry and the
-        numeric ``variables``. Not modified.
+        numeric ``variables`` (at any level: counties, prefectures...). Not
+        modified.
     variables : sequence of str, default ("change_pct", "net_outflow_ratio")
         Numeric columns to analyse. Units where a variable is missing are left
         out of that variable's statistics (weights subset and re-linked).
+        ``change_pct_eb`` and ``change_pct_eb_smooth`` (Empirical-Bayes
+        change, :func:`geo_pipeline.rates.change_eb`) are derived from
+        ``pop_2010`` and ``pop_2020`` when the units do not have them.
     weights : UnitWeights, optional
-        Prebuilt weights for exactly these units in this order (e.g. from the
-        CLI's cache); built with ``kind``, ``k``, ``distance_km`` and
-        ``link_k`` when not given.
-    kind, k, distance_km, link_k
+        Prebuilt weights for exactly the analysed units (those with
+        ``comparable_column`` True) in this order (e.g. from the CLI's
+        cache); built with ``kind``, ``k``, ``distance_km``, ``link_k`` and
+        ``max_link_km`` when not given.
+    kind, k, distance_km, link_k, max_link_km
         See :func:`geo_pipeline.weights.build_weights`.
     permutations : int, default 999
         Permutations for pseudo p-values (global and local).
     seed : int, default 20201101
         Seed; the same seed gives the same p-values.
     alpha : float, default 0.05
-        Significance level for LISA clusters and Gi* classes.
+        Significance level for LISA clusters and Gi* classes: significant
+        when p (or q) is strictly below ``alpha``.
     fdr : bool, default False
         Use Benjamini-Hochberg q-values (false-discovery rate ``alpha``).
     engine : {"numpy", "esda"}, default "numpy"
@@ -710,20 +798,27 @@ def spatial_autocorrelation(
         Run the local permutations on Dask
         (:func:`geo_pipeline.parallel.dask_client`); the result is identical
         to the in-process one. Needs ``engine="numpy"``.
+    comparable_column : str or None, default "comparable"
+        Boolean column; units where it is False (population not comparable
+        between the censuses, e.g. Sansha) are left out of the weights, of
+        the EB moments and of every statistic, and keep null statistics and
+        the label "not comparable". Ignored when the column is absent.
     id_column : str, default "unit_id"
 
     Returns
     -------
     AutocorrelationResult
-        ``units`` (id, weight summary and per-variable columns, geometry),
-        ``global_moran`` (one row per variable), ``links`` (added links as
-        lines) and the ``weights``.
+        ``units`` (every input unit: id, weight summary, EB columns and
+        per-variable columns, geometry), ``global_moran`` (one row per
+        variable), ``links`` (added links and islands left unlinked, as
+        lines) and the ``weights`` of the analysed units.
 
     Raises
     ------
     InputError
-        Missing or non-numeric variables, duplicated ids, weights built for
-        other units, ``permutations < 0`` or ``alpha`` outside (0, 1).
+        Missing or non-numeric variables, duplicated ids, a bad
+        ``comparable_column``, weights built for other units,
+        ``permutations < 0`` or ``alpha`` outside (0, 1).
     CRSError, GeometryError
         Missing CRS or bad geometries.
 
@@ -735,7 +830,9 @@ def spatial_autocorrelation(
 
     Notes
     -----
-    See :func:`global_moran` and :func:`local_statistics` for the formulas.
+    See :func:`global_moran` and :func:`local_statistics` for the formulas
+    and :func:`significance_rule` for the labels; the rule is also in the
+    ``significance`` column of ``global_moran``.
     Everything random is seeded: the local permutations take ``seed``
     (per block of units, see :func:`conditional_pvalues`, or esda's
     ``seed``); esda.Moran draws from NumPy's global RNG, seeded with
@@ -744,10 +841,15 @@ def spatial_autocorrelation(
     Moran's I permutations stay in this process.
     """
     variables = list(dict.fromkeys(variables))
+    has_pop = {"pop_2010", "pop_2020"} <= set(units.columns)
+    derived = [v for v in variables if v in DERIVED and v not in units.columns]
+    needed = {v: "numeric" for v in variables if v not in derived}
+    if derived:
+        needed.update({"pop_2010": "numeric", "pop_2020": "numeric"})
     problems = check_frame(
         units,
         name="units",
-        columns={id_column: "string", **{v: "numeric" for v in variables}},
+        columns={id_column: "string", **needed},
         geometry=True,
         unique=[id_column],
         not_null=[id_column],
@@ -764,16 +866,28 @@ def spatial_autocorrelation(
         problems.add(
             f"engine {engine!r} cannot run on Dask; use engine='numpy' with a Dask client, or no client"
         )
+    include = _included(units, comparable_column, problems)
+    analysed = units.loc[include]
     if weights is not None and id_column in units.columns:
-        ids = units[id_column].astype(str).to_numpy(dtype=object)
+        ids = analysed[id_column].astype(str).to_numpy(dtype=object)
         if len(ids) != weights.n or not np.array_equal(ids, weights.ids.astype(object)):
             problems.add(
                 f"weights were built for {weights.n} other units (or another order) than these "
-                f"{len(ids)}; rebuild them with build_weights(units)"
+                f"{len(ids)} analysed (comparable) units; rebuild them with build_weights(units[comparable])"
             )
     problems.raise_if_any()
+    n_excluded = int((~include).sum())
+    if n_excluded:
+        names = units.loc[~include, "name"] if "name" in units.columns else units.loc[~include, id_column]
+        log.info(
+            "%d unit(s) not comparable between the censuses left out of weights and statistics: %s",
+            n_excluded,
+            ", ".join(map(str, names.head(10))),
+        )
+    wopts = {"kind": kind, "k": k, "distance_km": distance_km, "link_k": link_k, "max_link_km": max_link_km}
 
-    schema = _empty_columns(variables)
+    schema = _empty_columns(variables, eb=has_pop)
+    sig_rule = significance_rule(alpha=alpha, fdr=fdr, permutations=permutations)
     if len(units) == 0:
         empty = gpd.GeoDataFrame(
             {
@@ -783,31 +897,48 @@ def spatial_autocorrelation(
             geometry=gpd.GeoSeries([], crs=units.crs),
         )
         gm = pd.DataFrame({c: [] for c in GLOBAL_COLUMNS})
-        w0 = (
-            weights
-            if weights is not None
-            else build_weights(
-                units, kind=kind, k=k, distance_km=distance_km, link_k=link_k, id_column=id_column
-            )
-        )
+        w0 = weights if weights is not None else build_weights(units, id_column=id_column, **wopts)
         return AutocorrelationResult(empty, gm, _links_frame(w0, units.crs), w0)
 
     if weights is None:
-        weights = build_weights(
-            units, kind=kind, k=k, distance_km=distance_km, link_k=link_k, id_column=id_column
-        )
+        weights = build_weights(analysed, id_column=id_column, **wopts)
+    pos = np.flatnonzero(include)  # analysed unit k is row pos[k] of units
     out = pd.DataFrame(index=units.index)
     out[id_column] = units[id_column].astype(str).to_numpy(dtype=object)
-    out["w_neighbors"] = weights.cardinalities.astype("int64")
-    out["w_component"] = weights.component.astype("int64")
-    out["w_linked"] = weights.linked
+    out["w_included"] = include
+    for col, values, fill in (
+        ("w_neighbors", weights.cardinalities, 0),
+        ("w_component", weights.component, -1),
+        ("w_linked", weights.linked, False),
+    ):
+        full = np.full(len(units), fill, dtype=np.asarray(values).dtype if len(values) else type(fill))
+        full[pos] = values
+        out[col] = full
+    source: dict[str, np.ndarray] = {}
+    if has_pop:
+        eb = change_eb(units, include=include)
+        for c in EB_COLUMNS:
+            out[c] = eb[c].to_numpy()
+            source[c] = eb[c].to_numpy()
+        log.info(
+            "EB change: national ratio b = %.4f, prior variance a = %.4g; smallest weight of a unit's own "
+            "rate %.3f",
+            eb.attrs["b"],
+            eb.attrs["a"],
+            eb.attrs["min_shrinkage"],
+        )
     rows = []
     for var in variables:
-        values = units[var].to_numpy(dtype=float, na_value=np.nan)
-        ok = np.isfinite(values)
+        values = source[var] if var in derived else units[var].to_numpy(dtype=float, na_value=np.nan)
+        values = np.where(include, values, np.nan)
+        ok_all = np.isfinite(values)
         cols = {c: t for c, t in schema.items() if c.startswith((f"lisa_{var}_", f"gi_{var}_"))}
         for c, t in cols.items():
-            out[c] = NO_DATA if t == "object" else np.nan
+            if t == "object":
+                out[c] = np.where(include, NO_DATA, NOT_COMPARABLE).astype(object)
+            else:
+                out[c] = np.nan
+        ok = ok_all[include]  # over the analysed units
         n_missing = int((~ok).sum())
         row = {
             "variable": var,
@@ -815,8 +946,13 @@ def spatial_autocorrelation(
             "seed": seed,
             "n": int(ok.sum()),
             "n_missing": n_missing,
+            "n_excluded": n_excluded,
+            "alpha": alpha,
+            "fdr": fdr,
+            "significance": sig_rule,
         }
-        if ok.sum() < 3 or np.nanstd(values[ok]) == 0:
+        vals = values[include]
+        if ok.sum() < 3 or np.nanstd(vals[ok]) == 0:
             warnings.warn(
                 f"{var}: {int(ok.sum())} unit(s) with a value"
                 f"{', all equal' if ok.sum() >= 3 else ''}; spatial autocorrelation is undefined, "
@@ -842,9 +978,9 @@ def spatial_autocorrelation(
             log.info("%s: %d unit(s) without a value left out", var, n_missing)
         w_var = weights.subset(ok)
         t0 = time.perf_counter()
-        g = global_moran(values[ok], w_var, permutations=permutations, seed=seed)
+        g = global_moran(vals[ok], w_var, permutations=permutations, seed=seed)
         loc = local_statistics(
-            values[ok],
+            vals[ok],
             w_var,
             permutations=permutations,
             seed=seed,
@@ -854,7 +990,7 @@ def spatial_autocorrelation(
             client=client,
         )
         log.debug("%s: statistics in %.2f s", var, time.perf_counter() - t0)
-        idx = out.index[ok]
+        idx = out.index[pos[ok]]
         for src, dst in (
             ("I", "I"),
             ("p", "p"),

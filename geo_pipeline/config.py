@@ -160,7 +160,10 @@ class AutocorrelationSettings:
 
     Attributes
     ----------
-    variables : numeric unit columns to analyse.
+    variables : numeric unit columns to analyse. ``change_pct_eb`` is the
+        Empirical-Bayes standardised change (GeoDa's EB Moran, esda's
+        Moran_Rate), derived from ``pop_2010`` and ``pop_2020``. Units with
+        ``comparable = false`` are left out of weights and statistics.
     weights : ``"queen"`` (shared-vertex contiguity), ``"knn"`` or
         ``"distance"`` (geodesic, between equal-area centroids).
     k : neighbours for ``"knn"`` weights.
@@ -169,9 +172,13 @@ class AutocorrelationSettings:
         component) to its nearest unit(s) in another component, by
         great-circle distance between centroids; repeated until the weights
         are connected.
+    max_island_link_km : longest such link (km, geodesic between centroids);
+        an island or group farther from every other unit stays isolated and
+        is reported (layer ``island_links``, status "not linked"). 0: no limit.
     permutations : conditional permutations for pseudo p-values.
     seed : random seed; the same seed gives the same p-values.
-    alpha : significance level for LISA and Gi* classes.
+    alpha : significance level for LISA and Gi* classes: significant when the
+        p-value (q-value with ``fdr``) is strictly below ``alpha``.
     fdr : judge local significance on Benjamini-Hochberg q-values
         (false-discovery rate ``alpha``) instead of p-values.
     engine : who draws the local (LISA, Gi*) permutations: ``"numpy"``
@@ -184,11 +191,12 @@ class AutocorrelationSettings:
         local cluster takes a few seconds).
     """
 
-    variables: list[str] = field(default_factory=lambda: ["change_pct", "net_outflow_ratio"])
+    variables: list[str] = field(default_factory=lambda: ["change_pct", "change_pct_eb", "net_outflow_ratio"])
     weights: str = "queen"
     k: int = 6
     distance_km: float = 150.0
     link_k: int = 1
+    max_island_link_km: float = 300.0
     permutations: int = 999
     seed: int = 20201101
     alpha: float = 0.05
@@ -491,6 +499,11 @@ def _check_choices(s: Settings, source: str) -> None:
         raise ConfigError(f"{source}: [autocorrelation] permutations >= 0 and k >= 1 required")
     if s.autocorrelation.link_k < 1 or not s.autocorrelation.distance_km > 0:
         raise ConfigError(f"{source}: [autocorrelation] link_k >= 1 and distance_km > 0 required")
+    if s.autocorrelation.max_island_link_km < 0:
+        raise ConfigError(
+            f"{source}: [autocorrelation] max_island_link_km must be >= 0 (0: no limit), "
+            f"found {s.autocorrelation.max_island_link_km}"
+        )
     if not s.autocorrelation.variables:
         raise ConfigError(f"{source}: [autocorrelation] variables must name at least one column")
     if s.autocorrelation.dask and s.autocorrelation.engine != "numpy":

@@ -122,13 +122,25 @@ _FIELD_DESCRIPTIONS = {
     "pop_raster_mean": "Mean gridded population density inside the unit",
     "pop_centroid_lon": "Longitude of the population-weighted centroid",
     "pop_centroid_lat": "Latitude of the population-weighted centroid",
+    "change_pct_eb": "Empirical-Bayes standardised population change (Assuncao-Reis z of pop_2020 / pop_2010 "
+                     "against the national ratio; dimensionless; GeoDa EB rate, esda Moran_Rate)",
+    "change_pct_eb_smooth": "Empirical-Bayes smoothed population change in % (Marshall global EB: small "
+                            "units pulled toward the national change)",
+    "w_included": "True when the unit is in the spatial weights and statistics (False: population not "
+                  "comparable between the censuses; statistics left empty)",
+    "w_neighbors": "Number of neighbours in the spatial weights (added island links included)",
+    "w_component": "Connected component of the contiguity weights before island links (0: largest; -1: "
+                   "not in the weights)",
+    "w_linked": "True when an island link was added to this unit",
 }
 
 _PATTERNS = (
-    (r"lisa_(.+)_cluster", "LISA cluster of {0} (HH, LL, LH, HL, ns = not significant)"),
+    (r"lisa_(.+)_cluster", "LISA cluster of {0} (HH, LL, LH, HL, not significant; not comparable: left out)"),
     (r"lisa_(.+)_(p|p_sim|pvalue)", "Pseudo p-value of the local Moran's I of {0}"),
-    (r"lisa_(.+)_(i|is)", "Local Moran's I of {0}"),
-    (r"lisa_(.+)_q", "LISA quadrant of {0} (1 HH, 2 LH, 3 LL, 4 HL)"),
+    (r"lisa_(.+)_(I|i|is)", "Local Moran's I of {0}"),
+    (r"lisa_(.+)_q", "Benjamini-Hochberg q-value (false discovery rate) of the LISA p-value of {0}"),
+    (r"lisa_(.+)_std", "Standardised value of {0} (z-score used by the LISA)"),
+    (r"lisa_(.+)_lag", "Spatial lag (row-standardised mean of the neighbours) of the standardised {0}"),
     (r"gi_(.+)_z", "Getis-Ord Gi* z-score of {0}"),
     (r"gi_(.+)_p", "Pseudo p-value of Getis-Ord Gi* of {0}"),
     (r"gi_(.+)_(class|cluster)", "Getis-Ord Gi* hot/cold spot class of {0}"),
@@ -455,6 +467,7 @@ def assemble_layers(
                              "reproject it with .to_crs('EPSG:4326') in the stage that wrote it",
                              kind=CRSError)
     crs_problems.raise_if_any()
+    rule = _significance(extra.get("global_moran"))
     merged, provenance = merge_unit_columns(units, unit_tables)
     frames: dict[str, pd.DataFrame] = {"units": merged}
     lisa_cols = [c for c in merged.columns if c.startswith(("lisa_", "gi_"))]
@@ -474,11 +487,19 @@ def assemble_layers(
         prov = provenance if lname in ("units", "lisa") else {}
         src = tuple(sorted({f"{s}.gpkg" for s in (set(prov.values()) if prov else ())})) or (
             (sources[lname],) if lname in sources else ())
+        description = own_descriptions.get(lname) or LAYER_DESCRIPTIONS.get(
+            lname, f"{lname} (from {', '.join(src) or 'the pipeline'})")
+        fields = field_descriptions(list(frame.columns), prov)
+        if rule and lname in ("units", "lisa", "global_moran"):
+            if lname != "units":
+                description = f"{description} Significance: {rule}."
+            for col in fields:
+                if re.fullmatch(r"(lisa|bv)_.+_cluster|gi_.+_class", col):
+                    fields[col] = f"{fields[col]}; significant when {rule}"
         out[lname] = ExportLayer(
             name=lname, frame=frame, title=LAYER_TITLES.get(lname, lname),
-            description=own_descriptions.get(lname) or LAYER_DESCRIPTIONS.get(
-                lname, f"{lname} (from {', '.join(src) or 'the pipeline'})"),
-            fields=field_descriptions(list(frame.columns), prov), styles=layer_styles, sources=src,
+            description=description,
+            fields=fields, styles=layer_styles, sources=src,
             view_of="units" if lname == "lisa" else None,
         )
     return out
@@ -540,6 +561,14 @@ def add_level_layers(
         if set(cols) <= set(out[units_name].frame.columns):
             out[same] = replace(out[same], view_of=units_name)
     return out
+
+
+def _significance(global_moran: pd.DataFrame | None) -> str:
+    """The local significance rule of the autocorrelation stage (its global_moran ``significance``)."""
+    if global_moran is None or "significance" not in global_moran.columns:
+        return ""
+    rules = [str(r) for r in pd.unique(global_moran["significance"].dropna())]
+    return "; ".join(rules)
 
 
 # -- writing (the only I/O of this module) ------------------------------------------------

@@ -60,6 +60,7 @@ LISA_COLORS = {
     "LH": "#abd9e9",
     "HL": "#f4a6c8",
     "ns": "#d9d9d9",
+    "nc": "#ffffff",
 }
 LISA_LABELS = {
     "HH": "High-High 高-高",
@@ -67,10 +68,11 @@ LISA_LABELS = {
     "LH": "Low-High 低-高",
     "HL": "High-Low 高-低",
     "ns": "Not significant 不显著",
+    "nc": "Not comparable 不可比 (left out)",
 }
 # esda's Moran_Local.q codes: 1 HH, 2 LH, 3 LL, 4 HL; 0 is used for "not significant".
 _LISA_CODES = {1: "HH", 2: "LH", 3: "LL", 4: "HL", 0: "ns"}
-_LISA_ORDER = ("HH", "LL", "LH", "HL", "ns")
+_LISA_ORDER = ("HH", "LL", "LH", "HL", "ns", "nc")
 
 #: Rail line colours by class: high-speed, fast, conventional/other.
 RAIL_COLORS = {"high_speed": "#c51b7d", "fast": "#f1a340", "conventional": "#636363"}
@@ -284,10 +286,11 @@ class Category:
 
 
 def lisa_key(value: Any) -> str | None:
-    """Normalise a LISA cluster value to ``"HH"``, ``"LL"``, ``"LH"``, ``"HL"`` or ``"ns"``.
+    """Normalise a LISA cluster value to ``"HH"``, ``"LL"``, ``"LH"``, ``"HL"``, ``"ns"`` or ``"nc"``.
 
     Accepts esda's ``q`` codes (1 HH, 2 LH, 3 LL, 4 HL, 0 not significant) and
-    labels such as ``"HH"``, ``"High-High"``, ``"ns"`` or ``"not significant"``.
+    labels such as ``"HH"``, ``"High-High"``, ``"ns"`` or ``"not significant"``;
+    ``"not comparable"`` (units left out of the statistics) gives ``"nc"``.
     Returns None for missing values.
     """
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
@@ -296,7 +299,7 @@ def lisa_key(value: Any) -> str | None:
         return _LISA_CODES.get(int(value), "ns")
     s = re.sub(r"[^a-z]", "", str(value).lower())
     table = {"hh": "HH", "highhigh": "HH", "ll": "LL", "lowlow": "LL", "lh": "LH", "lowhigh": "LH",
-             "hl": "HL", "highlow": "HL"}
+             "hl": "HL", "highlow": "HL", "notcomparable": "nc", "nc": "nc"}
     return table.get(s, "ns")
 
 

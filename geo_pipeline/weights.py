@@ -14,8 +14,10 @@ Three kinds of binary neighbour relations are built on a set of polygon units:
 
 Units that are not connected to the rest (islands such as 长海县 or 南澳县, and
 groups such as Hainan, Zhoushan or Xiamen island) are then joined by
-:func:`link_components`, so every unit has at least one neighbour and the graph
-forms a single connected component. Added links are flagged and listed
+:func:`link_components` to their nearest unit, unless that unit is more than
+``max_link_km`` away (default :data:`MAX_LINK_KM`): such an island or group
+stays isolated (libpysal's "islands") and is listed with the reason in
+:attr:`UnitWeights.unlinked`. Added links are flagged and listed
 (:attr:`UnitWeights.links`) so they can be inspected in QGIS.
 
 Pure functions, no file I/O: the CLI caches a built :class:`UnitWeights` on disk
@@ -56,6 +58,7 @@ __all__ = [
     "link_components",
     "equal_area_centroids",
     "weights_key",
+    "MAX_LINK_KM",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,10 @@ KINDS = ("queen", "knn", "distance")
 EARTH_RADIUS_KM = 6371.0088
 
 #: Bump when the cached array layout or the construction rules change.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+#: Default longest link (km, geodesic between centroids) made to join an island or island group.
+MAX_LINK_KM = 300.0
 
 _GEOD = pyproj.Geod(ellps="WGS84")
 
@@ -242,6 +248,7 @@ def link_components(
     lat: np.ndarray,
     *,
     link_k: int = 1,
+    max_link_km: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Join disconnected components by links to their nearest units.
 
@@ -255,6 +262,10 @@ def link_components(
         Unit points (equal-area centroids) in degrees.
     link_k : int, default 1
         Links added per component and round.
+    max_link_km : float, optional
+        Longest link made, in km (WGS84 geodesic between the points); a
+        component whose nearest outside unit is farther stays unlinked.
+        None: no limit.
 
     Returns
     -------
@@ -270,9 +281,10 @@ def link_components(
     main one. In each round every other component gets the ``link_k``
     shortest pairs (u, v) with u inside and v outside it, by great-circle
     distance between points (unit-sphere KD-tree). Pairs are added in both
-    directions. Rounds repeat until one component is left: two small
-    components may first join each other (e.g. 西沙区 and 南沙区), so each
-    round at least halves the number of components.
+    directions. Rounds repeat until one component is left, or until no
+    candidate link is at most ``max_link_km`` long: two small components may
+    first join each other (e.g. 西沙区 and 南沙区), so each round at least
+    halves the number of components that can still be linked.
     """
     a_all: list[int] = []
     b_all: list[int] = []
@@ -305,8 +317,11 @@ def link_components(
             idx = np.asarray(idx).reshape(len(members), kk)
             mem = np.repeat(members, kk)
             oth = others[idx.reshape(-1)]
-            order = np.lexsort((oth, mem, dist.reshape(-1)))
-            for o in order[:kk]:
+            order = np.lexsort((oth, mem, dist.reshape(-1)))[:kk]
+            if max_link_km is not None:
+                km = _geodesic_km(lon[mem[order]], lat[mem[order]], lon[oth[order]], lat[oth[order]])
+                order = order[km <= max_link_km]
+            for o in order:
                 u, v = int(mem[o]), int(oth[o])
                 new.append((u, v))
         added = 0
@@ -319,7 +334,7 @@ def link_components(
             b_all.append(v)
             r_all.append(rnd)
             added += 1
-        if added == 0:  # pragma: no cover - cannot happen with n >= 2
+        if added == 0:  # every component left is farther than max_link_km from the others
             break
         f = np.r_[f, np.asarray(a_all[-added:]), np.asarray(b_all[-added:])]
         g = np.r_[g, np.asarray(b_all[-added:]), np.asarray(a_all[-added:])]
@@ -367,7 +382,8 @@ class UnitWeights:
     kind : str
         ``"queen"``, ``"knn"`` or ``"distance"``.
     options : dict
-        ``k``, ``distance_km`` and ``link_k`` used to build it.
+        ``k``, ``distance_km``, ``link_k`` and ``max_link_km`` (None: no
+        limit) used to build it.
     """
 
     ids: np.ndarray
@@ -436,10 +452,79 @@ class UnitWeights:
             "distance": f"distance band {o.get('distance_km')} km (geodesic, equal-area centroids)",
         }[self.kind]
         ncomp = int(self.component.max()) + 1 if self.n else 0
+        limit = self.max_link_km
+        left = len(self.unlinked) if limit is not None and ncomp > 1 else 0
         return (
             f"{base}; {self.n} units, {(len(self.focal) - int(self.link.sum()))} directed pairs; "
             f"{ncomp} component(s) joined by {self.n_links} nearest-centroid link(s)"
+            + (f" of at most {limit:g} km" if limit is not None else "")
+            + (f", {left} left isolated (nearest unit farther)" if left else "")
         )
+
+    @property
+    def max_link_km(self) -> float | None:
+        """Longest link allowed when joining components (None: no limit)."""
+        value = self.options.get("max_link_km")
+        return None if value is None else float(value)
+
+    @property
+    def unlinked(self) -> pd.DataFrame:
+        """Islands and island groups left isolated because their nearest unit is too far.
+
+        One row per component of the final weights (added links included)
+        other than the largest, i.e. per island or group that
+        :func:`link_components` did not join because its nearest outside unit
+        is more than :attr:`max_link_km` away. Columns ``unit_id`` (the
+        member nearest to the rest), ``n_units``, ``members`` (ids joined by
+        ``+``), ``neighbor_id`` (the nearest unit outside), ``distance_km``
+        (WGS84 geodesic between centroids), ``lon``, ``lat``,
+        ``neighbor_lon``, ``neighbor_lat`` and ``reason``.
+        """
+        cols = [
+            "unit_id",
+            "n_units",
+            "members",
+            "neighbor_id",
+            "distance_km",
+            "lon",
+            "lat",
+            "neighbor_lon",
+            "neighbor_lat",
+            "reason",
+        ]
+        rows: list[dict[str, Any]] = []
+        if self.n >= 2:
+            labels = _components(self.n, self.focal, self.neighbor)
+            xyz = _unit_vectors(self.lon, self.lat)
+            for c in range(1, int(labels.max()) + 1):
+                members = np.flatnonzero(labels == c)
+                others = np.flatnonzero(labels != c)
+                dist, idx = cKDTree(xyz[others]).query(xyz[members], k=1)
+                best = int(np.lexsort((members, np.asarray(dist)))[0])
+                u, v = int(members[best]), int(others[int(np.asarray(idx)[best])])
+                km = float(_geodesic_km(self.lon[[u]], self.lat[[u]], self.lon[[v]], self.lat[[v]])[0])
+                limit = self.max_link_km
+                reason = (
+                    f"nearest unit {self.ids[v]} is {km:,.0f} km away, "
+                    f"beyond the {limit:g} km limit (max_island_link_km)"
+                    if limit is not None
+                    else "not linked"
+                )
+                rows.append(
+                    {
+                        "unit_id": str(self.ids[u]),
+                        "n_units": len(members),
+                        "members": "+".join(str(i) for i in self.ids[members]),
+                        "neighbor_id": str(self.ids[v]),
+                        "distance_km": km,
+                        "lon": float(self.lon[u]),
+                        "lat": float(self.lat[u]),
+                        "neighbor_lon": float(self.lon[v]),
+                        "neighbor_lat": float(self.lat[v]),
+                        "reason": reason,
+                    }
+                )
+        return pd.DataFrame(rows, columns=cols).astype({"n_units": "int64", "distance_km": "float64"})
 
     def neighbor_sets(self, *, links: bool = True) -> list[set[int]]:
         """Neighbour positions of every unit (optionally without added links)."""
@@ -567,7 +652,16 @@ def _assemble(
     old_link = np.zeros(len(focal), dtype=bool) if link is None else np.asarray(link, dtype=bool)
     # components of the neighbour relation itself (links kept from a larger set do not count)
     component = _components(n, focal[~old_link], neighbor[~old_link]) if n else np.zeros(0, dtype=np.int64)
-    a, b, _ = link_components(n, focal, neighbor, lon, lat, link_k=int(options.get("link_k", 1)))
+    limit = options.get("max_link_km")
+    a, b, _ = link_components(
+        n,
+        focal,
+        neighbor,
+        lon,
+        lat,
+        link_k=int(options.get("link_k", 1)),
+        max_link_km=None if limit is None else float(limit),
+    )
     # keep earlier links (after a subset) together with new ones: a->b half, then b->a half
     old_pairs = [(u, v) for u, v in zip(focal[old_link].tolist(), neighbor[old_link].tolist(), strict=True)]
     seen: set[tuple[int, int]] = set()
@@ -602,6 +696,7 @@ def build_weights(
     k: int = 6,
     distance_km: float = 150.0,
     link_k: int = 1,
+    max_link_km: float | None = MAX_LINK_KM,
     id_column: str = "unit_id",
 ) -> UnitWeights:
     """Build binary spatial weights on polygon units and join their components.
@@ -619,6 +714,10 @@ def build_weights(
     link_k : int, default 1
         Links added per disconnected component and round (see
         :func:`link_components`).
+    max_link_km : float or None, default 300
+        Longest link made to join an island or island group (km, geodesic
+        between centroids); farther ones stay isolated and are listed in
+        :attr:`UnitWeights.unlinked`. None: no limit.
     id_column : str, default "unit_id"
         Column of unique unit ids.
 
@@ -626,7 +725,8 @@ def build_weights(
     -------
     UnitWeights
         Neighbour pairs in the order of ``units``; every unit has at least
-        one neighbour when there are two units or more.
+        one neighbour when there are two units or more, except islands
+        farther than ``max_link_km`` from any other unit.
 
     Raises
     ------
@@ -657,9 +757,16 @@ def build_weights(
         problems.add(f"k and link_k must be >= 1, found k={k}, link_k={link_k}")
     if not distance_km > 0:
         problems.add(f"distance_km must be > 0, found {distance_km}")
+    if max_link_km is not None and not max_link_km > 0:
+        problems.add(f"max_link_km must be > 0 (or None for no limit), found {max_link_km}")
     problems.raise_if_any()
     ids = units[id_column].astype(str).to_numpy(dtype=object)
-    options = {"k": int(k), "distance_km": float(distance_km), "link_k": int(link_k)}
+    options = {
+        "k": int(k),
+        "distance_km": float(distance_km),
+        "link_k": int(link_k),
+        "max_link_km": None if max_link_km is None else float(max_link_km),
+    }
     lon, lat = equal_area_centroids(units.geometry)
     if kind == "queen":
         i, j = queen_pairs(units.geometry.values)
@@ -691,6 +798,7 @@ def weights_key(
     k: int,
     distance_km: float,
     link_k: int,
+    max_link_km: float | None = MAX_LINK_KM,
     id_column: str = "unit_id",
 ) -> str:
     """SHA-256 of unit ids, geometries (WKB), CRS and weight options.
@@ -701,7 +809,13 @@ def weights_key(
     """
     h = hashlib.sha256()
     h.update(f"geo_pipeline.weights v{FORMAT_VERSION}\n".encode())
-    opts = {"kind": kind, "k": int(k), "distance_km": float(distance_km), "link_k": int(link_k)}
+    opts = {
+        "kind": kind,
+        "k": int(k),
+        "distance_km": float(distance_km),
+        "link_k": int(link_k),
+        "max_link_km": None if max_link_km is None else float(max_link_km),
+    }
     h.update(json.dumps(opts, sort_keys=True).encode())
     h.update((units.crs.to_wkt() if units.crs is not None else "").encode())
     for uid in units[id_column].astype(str):

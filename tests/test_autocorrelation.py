@@ -246,7 +246,40 @@ def test_alpha_changes_labels(lattice_result) -> None:  # type: ignore[no-untype
     units, res = lattice_result
     strict = spatial_autocorrelation(units, variables=["v"], permutations=999, seed=7, alpha=0.002)
     p = res.units["lisa_v_p"]
-    assert ((strict.units["lisa_v_cluster"] != "not significant") == (p <= 0.002)).all()
+    assert ((strict.units["lisa_v_cluster"] != "not significant") == (p < 0.002)).all()
+    assert (p == 0.002).any()  # units exactly at alpha exist here, and are not significant
+
+
+def test_p_equal_to_alpha_is_not_significant() -> None:
+    # 19 permutations: a planted-block unit that no permutation beats has p = 1/20 = 0.05 exactly
+    units = planted()
+    at = spatial_autocorrelation(units, variables=["v"], permutations=19, seed=7, alpha=0.05)
+    out = at.units.set_index("unit_id")
+    assert out.loc["r0c0", "lisa_v_p"] == 0.05 and out.loc["r0c0", "gi_v_p"] == 0.05
+    assert out.loc["r0c0", "lisa_v_cluster"] == "not significant"
+    assert out.loc["r0c0", "gi_v_class"] == "not significant"
+    assert (out["lisa_v_cluster"] == "not significant").all()  # 0.05 is the smallest p with 19 draws
+    above = spatial_autocorrelation(units, variables=["v"], permutations=19, seed=7, alpha=0.05000001)
+    assert above.units.set_index("unit_id").loc["r0c0", "lisa_v_cluster"] == "HH"
+    assert above.units.set_index("unit_id").loc["r0c0", "gi_v_class"] == "hot spot"
+    row = at.global_moran.iloc[0]
+    assert (
+        row["significance"]
+        == "p < 0.05 (pseudo p-value, 19 conditional permutations, no multiple-testing correction)"
+    )
+    assert row["alpha"] == 0.05 and not row["fdr"]
+
+
+def test_q_equal_to_alpha_is_not_significant() -> None:
+    # alpha set to the smallest BH q-value of the run: the units at that q (the best ones) are not significant
+    units = planted()
+    res = spatial_autocorrelation(units, variables=["v"], permutations=199, seed=7, fdr=True)
+    q = res.units["lisa_v_q"].to_numpy()
+    smallest = float(np.nanmin(q))
+    at = spatial_autocorrelation(units, variables=["v"], permutations=199, seed=7, fdr=True, alpha=smallest)
+    sig = at.units["lisa_v_cluster"] != "not significant"
+    assert not sig[q == smallest].any() and sig.sum() == 0
+    assert at.global_moran.loc[0, "significance"].startswith(f"q < {smallest:g} (Benjamini-Hochberg FDR")
 
 
 def test_missing_values_left_out_and_relinked() -> None:
@@ -366,7 +399,9 @@ def pygeoda_check(units: gpd.GeoDataFrame, column: str, res: object, weights: Un
     assert np.allclose(np.asarray(lisa.lisa_values()), ours, rtol=0, atol=1e-9)
     lag = np.asarray(gw.spatial_lag(list(y)))  # row-standardised lag by GeoDa
     z = y - y.mean()
-    moran_i = float(z @ (lag - y.mean()) / (z @ z))
+    has = w_var.cardinalities > 0  # an isolate's row of W is empty: lag of z 0, row sum (S0 share) 0
+    lag_z = np.where(has, lag - y.mean(), 0.0)
+    moran_i = float(len(y) / has.sum() * (z @ lag_z) / (z @ z))
     row = res.global_moran.set_index("variable").loc[column]  # type: ignore[attr-defined]
     assert row["I"] == pytest.approx(moran_i, abs=1e-9)
 
@@ -384,10 +419,22 @@ def test_pygeoda_cross_check_with_islands(tmp_path: Path) -> None:
     )
     units = gpd.GeoDataFrame(pd.concat([units, extra], ignore_index=True), crs=4326)
     units.loc[5, "v"] = np.nan
-    weights = build_weights(units)
+    weights = build_weights(units, max_link_km=None)
     assert weights.n_links == 2
     res = spatial_autocorrelation(units, variables=["v"], weights=weights, permutations=99, seed=3)
     pygeoda_check(units, "v", res, weights, tmp_path)
+    # default 300 km: the island joins the pair g1-g2 (~80 km), and the three stay apart from the lattice
+    limited = build_weights(units)
+    assert limited.n_links == 1 and limited.unlinked["n_units"].tolist() == [3]
+    # 50 km: the island has no neighbour at all, the pair keeps its own contiguity: same check
+    isolated = build_weights(units, max_link_km=50)
+    assert isolated.n_links == 0 and len(isolated.unlinked) == 2
+    res = spatial_autocorrelation(units, variables=["v"], weights=isolated, permutations=99, seed=3)
+    out = res.units.set_index("unit_id")
+    assert out.loc["isle", "w_neighbors"] == 0 and np.isnan(out.loc["isle", "lisa_v_p"])
+    assert out.loc["isle", "lisa_v_cluster"] == "not significant" and out.loc["isle", "lisa_v_I"] == 0.0
+    assert (res.links["status"] == "not linked").sum() == 2
+    pygeoda_check(units, "v", res, isolated, tmp_path)
 
 
 # ---------------------------------------------------------------------------
@@ -409,6 +456,8 @@ def _population_gpkg(folder: Path) -> gpd.GeoDataFrame:
     units = planted(seed=2).to_crs(4326)
     units["change_pct"] = units["v"]
     units["net_outflow_ratio"] = -units["v"] / 100.0
+    units["pop_2010"] = 100_000 + 1000 * np.arange(len(units))
+    units["pop_2020"] = np.round(units["pop_2010"] * (1 + units["change_pct"] / 100)).astype(int)
     units.loc[0, "net_outflow_ratio"] = np.nan
     write_gpkg(folder / "processed" / "population.gpkg", {"units": units.drop(columns=["v", "row", "col"])})
     return units
@@ -491,9 +540,10 @@ def test_real_units_northeast_low_low_and_pygeoda(run_stage: Callable[[str], Pat
 
     # islands derived from the data: those known to have no land neighbour (PROVENANCE.md), alone
     # or merged into one unit (e.g. "西沙区+南沙区": Sansha has no 2010 census of its own)
-    comp = out["w_component"].to_numpy()
+    inc = out["w_included"].to_numpy()  # units not comparable (Sansha) are not in the weights
+    comp = out["w_component"].to_numpy()[inc]
     sizes = np.bincount(comp)
-    names = units["name"].to_numpy()
+    names = units["name"].to_numpy()[inc]
     islands = {names[k] for k in range(len(comp)) if comp[k] > 0 and sizes[comp[k]] == 1}
     parts = {p for name in islands for p in name.split("+")}
     assert parts <= {"长海县", "岱山县", "金门县", "南澳县", "西沙区", "南沙区"}
@@ -502,10 +552,127 @@ def test_real_units_northeast_low_low_and_pygeoda(run_stage: Callable[[str], Pat
     assert any("美兰区" in g for g in groups) and any("定海区" in g for g in groups)  # Hainan, Zhoushan
     assert any("思明区" in g for g in groups)  # Xiamen island
     links = read_layer(processed / "autocorrelation.gpkg", "island_links")
-    assert len(links) == len(sizes) - 1  # one link per joined component (link_k = 1)
-    assert out["w_linked"].sum() >= len(links)
+    assert len(links) == len(sizes) - 1  # one link (or a "not linked" row) per component (link_k = 1)
+    made = links[links["status"] == "linked"]
+    assert out["w_linked"].sum() >= len(made) and (made["distance_km"] < 300).all()
+    # Sansha: left out as not comparable, or (before `comparable` exists) left unlinked at 1,044 km
+    assert set(links.loc[links["status"] == "not linked", "unit_name"]) <= {"西沙区+南沙区"}
 
     weights = build_weights(units)
     res = spatial_autocorrelation(units, variables=["change_pct"], weights=weights, permutations=99, seed=1)
     assert res.global_moran.loc[0, "I"] == pytest.approx(gm.loc["change_pct", "I"], abs=1e-12)
     pygeoda_check(units, "change_pct", res, weights, tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# units not comparable between the censuses, EB change
+# ---------------------------------------------------------------------------
+def test_not_comparable_unit_left_out_of_weights_and_statistics() -> None:
+    import esda
+
+    units = planted(seed=5)
+    units["v"] = units["v"].astype(float)
+    units.loc[units["unit_id"] == "r5c5", "v"] = 500.0  # a wild value that would dominate the variance
+    units["pop_2010"] = 10_000 + 100 * np.arange(len(units))
+    units["pop_2020"] = np.round(units["pop_2010"] * (1 + units["v"] / 100)).astype(int)
+    units["comparable"] = units["unit_id"] != "r5c5"
+    res = spatial_autocorrelation(units, variables=["v", "change_pct_eb"], permutations=99, seed=2)
+    assert "r5c5" not in set(res.weights.ids) and res.weights.n == 99
+    out = res.units.set_index("unit_id")
+    assert list(out.index) == list(units["unit_id"])  # every unit stays in the layer
+    assert not out.loc["r5c5", "w_included"] and out.loc["r5c5", "w_neighbors"] == 0
+    assert out.loc["r5c5", "w_component"] == -1
+    for col in (
+        "lisa_v_I",
+        "lisa_v_p",
+        "gi_v_z",
+        "change_pct_eb",
+        "change_pct_eb_smooth",
+        "lisa_change_pct_eb_I",
+    ):
+        assert np.isnan(out.loc["r5c5", col]), col
+    assert out.loc["r5c5", "lisa_v_cluster"] == "not comparable" == out.loc["r5c5", "gi_v_class"]
+    # its 8 neighbours lost one neighbour each (queen): 8 -> 7
+    assert out.loc["r4c4", "w_neighbors"] == 7 and out.loc["r6c6", "w_neighbors"] == 7
+    keep = units["comparable"].to_numpy()
+    ref = esda.Moran(units.loc[keep, "v"].to_numpy(), res.weights.graph(), transformation="r", permutations=0)
+    gm = res.global_moran.set_index("variable")
+    assert gm.loc["v", "I"] == pytest.approx(ref.I, abs=1e-12)
+    assert gm.loc["v", "n"] == 99 and gm.loc["v", "n_excluded"] == 1 and gm.loc["v", "n_missing"] == 0
+    everything = spatial_autocorrelation(units.drop(columns="comparable"), variables=["v"], permutations=0)
+    assert everything.global_moran.loc[0, "I"] != pytest.approx(ref.I, abs=1e-3)  # the unit mattered
+    # EB on the comparable units only = esda's Moran_Rate on them
+    rate = esda.Moran_Rate(
+        units.loc[keep, "pop_2020"], units.loc[keep, "pop_2010"], res.weights.graph(), permutations=0
+    )
+    assert gm.loc["change_pct_eb", "I"] == pytest.approx(rate.I, abs=1e-12)
+    # prebuilt weights must be those of the comparable units
+    with pytest.raises(InputError, match="analysed \\(comparable\\) units"):
+        spatial_autocorrelation(units, variables=["v"], weights=build_weights(units), permutations=0)
+    bad = units.assign(comparable=np.where(keep, True, None))
+    with pytest.raises(InputError, match="'comparable' has 1 missing value"):
+        spatial_autocorrelation(bad, variables=["v"], permutations=0)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
+def test_real_sansha_left_out_and_far_island_links_not_made(run_stage: Callable[[str], Path]) -> None:
+    import esda
+
+    units = read_layer(run_stage("population") / "population.gpkg", "units")
+    names = dict(zip(units["unit_id"], units["name"], strict=True))
+    sansha = units.loc[units["name"].str.contains("西沙区"), "unit_id"].tolist()
+    assert sansha == ["460301"] and units.set_index("unit_id").loc["460301", "pop_2010"] == 444
+    if "comparable" not in units.columns:  # until the population stage writes it (h12b): the same rule
+        units["comparable"] = ~units["unit_id"].isin(sansha)
+    assert units.loc[~units["comparable"].astype(bool), "unit_id"].tolist() == ["460301"]
+
+    # 1. every unit, no link limit (as before): Sansha linked to 陵水 1,044 km away
+    everything = units.drop(columns="comparable")
+    w_all = build_weights(everything, max_link_km=None)
+    far = w_all.links[w_all.links["distance_km"] > 300]
+    assert [(names[a], names[b]) for a, b in zip(far["unit_id"], far["neighbor_id"], strict=True)] == [
+        ("西沙区+南沙区", "陵水黎族自治县")
+    ]
+    assert far["distance_km"].iloc[0] == pytest.approx(1043.8, abs=0.1)
+    # 2. every unit, 300 km limit: exactly that link disappears; Sansha is left isolated and reported
+    w_300 = build_weights(everything)
+    made = {
+        (names[a], names[b]) for a, b in zip(w_300.links["unit_id"], w_300.links["neighbor_id"], strict=True)
+    }
+    before = {
+        (names[a], names[b]) for a, b in zip(w_all.links["unit_id"], w_all.links["neighbor_id"], strict=True)
+    }
+    assert before - made == {("西沙区+南沙区", "陵水黎族自治县")} and made <= before and len(made) == 6
+    assert w_300.unlinked["unit_id"].tolist() == ["460301"]
+    assert w_300.unlinked.loc[0, "neighbor_id"] == "469028" and "1,044 km" in w_300.unlinked.loc[0, "reason"]
+    assert w_300.cardinalities[list(w_300.ids).index("460301")] == 0
+    # 3. the stage's rule: Sansha (comparable = False) is not in the weights at all
+    res = spatial_autocorrelation(units, variables=["change_pct", "change_pct_eb"], permutations=99, seed=1)
+    assert "460301" not in set(res.weights.ids) and res.weights.n == len(units) - 1
+    assert len(res.weights.unlinked) == 0 and res.weights.n_links == 6
+    keep = units["comparable"].astype(bool).to_numpy()
+    y = units.loc[keep, "change_pct"].to_numpy(dtype=float)
+    ref = esda.Moran(y, res.weights.graph(), transformation="r", permutations=0)
+    gm = res.global_moran.set_index("variable")
+    assert gm.loc["change_pct", "I"] == pytest.approx(ref.I, abs=1e-12)
+    assert round(gm.loc["change_pct", "I"], 3) == 0.363  # issue 12: 0.327 with Sansha linked to 陵水
+    with_sansha = spatial_autocorrelation(
+        everything, variables=["change_pct"], max_link_km=None, permutations=99, seed=1
+    )
+    assert round(with_sansha.global_moran.loc[0, "I"], 3) == 0.327
+    out, out_all = res.units.set_index("unit_id"), with_sansha.units.set_index("unit_id")
+    assert out_all.loc["469028", "lisa_change_pct_cluster"] == "HH"  # 陵水, only through Sansha
+    assert out.loc["469028", "lisa_change_pct_cluster"] == "not significant"
+    assert out.loc["460301", "lisa_change_pct_cluster"] == "not comparable"
+    assert np.isnan(out.loc["460301", "lisa_change_pct_I"]) and not out.loc["460301", "w_included"]
+    # EB change: GeoDa's EB Moran / esda's Moran_Rate on the same weights; for counties of 6,883 people
+    # and more the EB standardisation barely moves anything (measured: I 0.36345 vs 0.36345)
+    rate = esda.Moran_Rate(
+        units.loc[keep, "pop_2020"].to_numpy(dtype=float),
+        units.loc[keep, "pop_2010"].to_numpy(dtype=float),
+        res.weights.graph(),
+        permutations=0,
+    )
+    assert gm.loc["change_pct_eb", "I"] == pytest.approx(rate.I, abs=1e-12)
+    assert gm.loc["change_pct_eb", "I"] == pytest.approx(gm.loc["change_pct", "I"], abs=1e-4)

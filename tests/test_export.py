@@ -56,6 +56,9 @@ def synthetic_units() -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(rows, geometry=geoms, crs="EPSG:4326")
 
 
+SIGNIFICANCE = "p < 0.05 (pseudo p-value, 999 conditional permutations, no multiple-testing correction)"
+
+
 def write_stage_outputs(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
     """Write small synthetic outputs of every stage (data contract schema) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,7 +95,8 @@ def write_stage_outputs(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str
         "units": gpd.GeoDataFrame({"unit_id": ids, "lisa_change_pct_cluster": LISA,
                                    "lisa_change_pct_p": np.linspace(0.001, 0.5, 12)},
                                   geometry=units.geometry, crs="EPSG:4326"),
-        "global_moran": pd.DataFrame({"variable": ["change_pct"], "I": [0.41], "p_sim": [0.002]}),
+        "global_moran": pd.DataFrame({"variable": ["change_pct"], "I": [0.41], "p_sim": [0.002],
+                                      "significance": [SIGNIFICANCE]}),
     }
     lines = gpd.GeoDataFrame(
         {"name": ["京广高铁", "焦柳线"], "class": ["高速", "普速"]},
@@ -205,6 +209,10 @@ def test_lisa_categories_accept_codes_and_labels() -> None:
     cats = styles.lisa_categories(["ns", "HH", "LL", "LH", "HL"])
     assert [c.value for c in cats] == ["HH", "LL", "LH", "HL", "ns"]
     assert {c.value: c.color for c in cats}["HH"] == "#d7191c"
+    left_out = styles.lisa_categories(["not comparable", "not significant", "HH"])
+    assert [(c.value, c.color) for c in left_out] == [
+        ("HH", "#d7191c"), ("not significant", "#d9d9d9"), ("not comparable", styles.LISA_COLORS["nc"])]
+    assert left_out[-1].label.startswith("Not comparable")
     coded = styles.lisa_categories([0, 1, 2, 3, 4])
     assert {c.value: c.color for c in coded} == {
         1: "#d7191c", 3: "#2c7bb6", 2: "#abd9e9", 4: "#f4a6c8", 0: "#d9d9d9"}
@@ -365,6 +373,11 @@ def test_export_descriptions(exported: tuple[Path, dict[str, pd.DataFrame]]) -> 
     assert "every indicator" in desc["units"] and "LISA" in desc["lisa"]
     assert cols[("units", "change_pct")].startswith("Population change 2010-2020 in %")
     assert "LISA cluster of change_pct" in cols[("lisa", "lisa_change_pct_cluster")]
+    # the significance rule of the autocorrelation stage is in the layer and field metadata
+    assert desc["lisa"].endswith(f"Significance: {SIGNIFICANCE}.") and SIGNIFICANCE in desc["global_moran"]
+    for table in ("units", "lisa"):
+        assert cols[(table, "lisa_change_pct_cluster")].endswith(f"; significant when {SIGNIFICANCE}")
+    assert SIGNIFICANCE not in cols[("units", "lisa_change_pct_p")]
     assert cols[("units", "dist_hsr_km")] == "dist_hsr_km (from the infrastructure stage)"
     assert ext == {"gpkg_data_columns", "gpkg_data_column_constraints"}
     assert n_md >= 1

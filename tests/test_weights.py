@@ -201,11 +201,44 @@ def test_two_small_components_join_then_reach_main() -> None:
         crs=units.crs,
     )
     both = gpd.GeoDataFrame(pd.concat([units, far], ignore_index=True), crs=units.crs)
-    w = build_weights(both)
-    assert w.graph().n_components == 1
+    w = build_weights(both, max_link_km=None)
+    assert w.graph().n_components == 1 and len(w.unlinked) == 0
     pairs = {frozenset(p) for p in zip(w.links.unit_id, w.links.neighbor_id, strict=True)}
     assert frozenset({"f1", "f2"}) in pairs
     assert {"r0c1", "r1c1"} & {x for p in pairs for x in p}
+    # with the default 300 km limit the pair (30 km apart) is joined, but not to the lattice 490 km away
+    limited = build_weights(both)
+    assert [set(p) for p in zip(limited.links.unit_id, limited.links.neighbor_id, strict=True)] == [
+        {"f1", "f2"}
+    ]
+    assert limited.graph().n_components == 2
+    left = limited.unlinked
+    assert len(left) == 1 and left.loc[0, "unit_id"] == "f1" and left.loc[0, "n_units"] == 2
+    assert left.loc[0, "members"] == "f1+f2" and left.loc[0, "neighbor_id"] in {"r0c1", "r1c1"}
+    assert left.loc[0, "distance_km"] == pytest.approx(490.0, abs=1.0)  # centroid to centroid, UTM scale
+    assert "beyond the 300 km limit (max_island_link_km)" in left.loc[0, "reason"]
+    assert "1 left isolated" in limited.description
+    # a limit above the gap links everything again
+    assert build_weights(both, max_link_km=500).graph().n_components == 1
+
+
+def test_max_link_km_leaves_far_island_isolated_with_no_neighbours() -> None:
+    # the island is 30 km (centroids) east of r0c4, the group's nearest unit r3c4 36 km away
+    units = with_islands()
+    assert len(build_weights(units, max_link_km=37).unlinked) == 0
+    mid = build_weights(units, max_link_km=31)
+    assert list(mid.links["unit_id"]) == ["island"] and list(mid.unlinked["unit_id"]) == ["grpA"]
+    assert mid.unlinked.loc[0, "neighbor_id"] == "r3c4" and mid.unlinked.loc[0, "members"] == "grpA+grpB"
+    assert mid.unlinked.loc[0, "distance_km"] == pytest.approx(36.06, abs=0.05)
+    cut = build_weights(units, max_link_km=29)
+    ids = list(cut.ids)
+    assert cut.cardinalities[ids.index("island")] == 0 and cut.n_links == 0
+    assert list(cut.unlinked["unit_id"]) == ["grpA", "island"]  # components by size
+    assert cut.unlinked.loc[1, "neighbor_id"] == "r0c4"
+    graph = cut.graph()
+    assert graph.n_components == 3 and list(graph.isolates) == ["island"]
+    with pytest.raises(InputError, match="max_link_km must be > 0"):
+        build_weights(units, max_link_km=0)
 
 
 def test_knn_and_distance_kinds() -> None:
@@ -275,9 +308,18 @@ def test_cache_arrays_roundtrip_and_key(tmp_path: Path) -> None:
     assert key != weights_key(moved, kind="queen", k=6, distance_km=150.0, link_k=1)
     renamed = units.assign(unit_id=units["unit_id"].str.upper())
     assert key != weights_key(renamed, kind="queen", k=6, distance_km=150.0, link_k=1)
+    # the island-link limit changes the weights, so it is part of the key (default 300 km)
+    assert key == weights_key(units, kind="queen", k=6, distance_km=150.0, link_k=1, max_link_km=300.0)
+    for limit in (29.0, None):
+        assert key != weights_key(units, kind="queen", k=6, distance_km=150.0, link_k=1, max_link_km=limit)
+    cut = build_weights(units, max_link_km=29.0)
+    np.savez(path, **cut.to_arrays())  # type: ignore[arg-type]
+    with np.load(path, allow_pickle=False) as data:
+        back_cut = UnitWeights.from_arrays({k: data[k] for k in data.files})
+    assert back_cut.max_link_km == 29.0 and back_cut.unlinked.equals(cut.unlinked)
     arrays = w.to_arrays()
     arrays["meta"] = np.array('{"format": 0, "kind": "queen", "options": {}}')
-    with pytest.raises(InputError, match="format 0, expected 1"):
+    with pytest.raises(InputError, match="format 0, expected 2"):
         UnitWeights.from_arrays(arrays)
     with pytest.raises(InputError, match=r"missing arrays \['focal'\]"):
         UnitWeights.from_arrays({k: v for k, v in w.to_arrays().items() if k != "focal"})
@@ -323,7 +365,7 @@ def test_real_counties_queen_equals_libpysal_and_islands(run_stage: Callable[[st
     # identical neighbour sets to libpysal's Queen on the real (GCJ-02 -> WGS84) boundaries
     i, j = queen_pairs(counties.geometry.values)
     assert set(zip(i.tolist(), j.tolist(), strict=True)) == libpysal_queen(counties.geometry)
-    w = build_weights(counties.rename(columns={"adcode": "unit_id"}))
+    w = build_weights(counties.rename(columns={"adcode": "unit_id"}), max_link_km=None)
     names = counties["name"].to_numpy()
     sizes = np.bincount(w.component)
     islands = {names[k] for k in range(w.n) if sizes[w.component[k]] == 1}
@@ -339,3 +381,18 @@ def test_real_counties_queen_equals_libpysal_and_islands(run_stage: Callable[[st
     # every link is short enough to be a nearest neighbour across a strait, except the Sansha islands
     far = w.links[w.links["distance_km"] > 100]
     assert set(names[np.isin(w.ids, far["unit_id"])]) <= {"西沙区", "南沙区"}
+    # with the default 300 km limit exactly the two Sansha links disappear (西沙区 -> 万宁市 405 km,
+    # 南沙区 -> 西沙区 898 km) and both districts are left isolated and reported
+    limited = build_weights(counties.rename(columns={"adcode": "unit_id"}))
+    pos = {uid: k for k, uid in enumerate(w.ids)}
+
+    def named(frame: pd.DataFrame) -> set[tuple[str, str]]:
+        return {
+            (names[pos[a]], names[pos[b]])
+            for a, b in zip(frame["unit_id"], frame["neighbor_id"], strict=True)
+        }
+
+    assert named(w.links) - named(limited.links) == {("西沙区", "万宁市"), ("南沙区", "西沙区")}
+    assert named(limited.links) <= named(w.links) and limited.n_links == w.n_links - 2
+    assert sorted(names[pos[u]] for u in limited.unlinked["unit_id"]) == ["南沙区", "西沙区"]
+    assert sorted(round(d) for d in limited.unlinked["distance_km"]) == [405, 898]

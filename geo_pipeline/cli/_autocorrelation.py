@@ -16,7 +16,7 @@ from .._errors import ConfigError, GeoPipelineError, InputError
 from .._io import atomic_path, attribute_table, check_writable, read_layer
 from .._levels import level_title
 from .._validate import check_frame
-from ..autocorrelation import moran_scatterplot, spatial_autocorrelation, start_warm_up
+from ..autocorrelation import DERIVED, moran_scatterplot, spatial_autocorrelation, start_warm_up
 from ..weights import UnitWeights, build_weights, weights_key
 
 log = logging.getLogger("geo_pipeline.cli.autocorrelation")
@@ -46,6 +46,13 @@ OPTIONS = [
         type=click.FloatRange(min=0, min_open=True),
         default=None,
         help="Threshold for distance weights, km on the ground.",
+    ),
+    click.Option(
+        ["--max-island-link-km"],
+        type=click.FloatRange(min=0),
+        default=None,
+        help="Longest link joining an island to its nearest unit, km; farther islands stay isolated "
+        "(0: no limit; config: max_island_link_km).",
     ),
     click.Option(
         ["--permutations"],
@@ -88,8 +95,14 @@ def _load_cached(path: Path) -> UnitWeights | None:
 
 
 def _weights(ctx: Any, units: Any, cfg: Any) -> tuple[UnitWeights, Path, bool]:
-    """Weights for these units from the cache in data_processed, or built and cached."""
-    opts = {"kind": cfg.weights, "k": cfg.k, "distance_km": cfg.distance_km, "link_k": cfg.link_k}
+    """Weights for these (analysed) units from the cache in data_processed, or built and cached."""
+    opts = {
+        "kind": cfg.weights,
+        "k": cfg.k,
+        "distance_km": cfg.distance_km,
+        "link_k": cfg.link_k,
+        "max_link_km": cfg.max_island_link_km or None,
+    }
     key = weights_key(units, **opts)
     path = ctx.processed / f"weights_{key[:20]}.npz"
     if path.is_file():
@@ -117,11 +130,14 @@ def _describe_components(weights: UnitWeights, names: np.ndarray) -> list[str]:
 def run(ctx: Any, **options: Any) -> None:
     """Spatial autocorrelation: global Moran's I, LISA clusters, Gi* hot and cold spots.
 
-    Reads data_processed/population.gpkg (layer units), builds queen (or knn /
-    distance-band) weights with islands and island groups linked to their
-    nearest units (cached as data_processed/weights_<hash>.npz and reused while
-    the units are unchanged), and writes data_processed/autocorrelation.gpkg
-    (layers units, global_moran, island_links) and maps/moran_<variable>.png.
+    Reads data_processed/population.gpkg (layer units), leaves out units with
+    comparable = False, builds queen (or knn / distance-band) weights with
+    islands and island groups linked to their nearest units unless farther than
+    max_island_link_km (cached as data_processed/weights_<hash>.npz and reused
+    while the units and options are unchanged), and writes
+    data_processed/autocorrelation.gpkg (layers units, global_moran,
+    island_links) and maps/moran_<variable>.png. Local clusters are labelled
+    when p (q with --fdr) is strictly below alpha.
     With --dask ([autocorrelation] dask = true) the local permutations run on
     a Dask cluster ([dask] settings: a local cluster by default) and give the
     same p-values as in one process.
@@ -153,7 +169,11 @@ def run(ctx: Any, **options: Any) -> None:
     check_frame(
         units,
         name=f"{source} layer {ctx.units_layer}",
-        columns={"unit_id": "string", **{v: "numeric" for v in cfg.variables}},
+        columns={
+            "unit_id": "string",
+            # derived ones (change_pct_eb) are made from pop_2010/pop_2020 and checked by the stage
+            **{v: "numeric" for v in cfg.variables if v not in DERIVED or v in units.columns},
+        },
         geometry=True,
         crs="EPSG:4326",
         geom_types=("Polygon", "MultiPolygon"),
@@ -161,11 +181,21 @@ def run(ctx: Any, **options: Any) -> None:
         not_null=["unit_id"],
     ).raise_if_any()
 
+    comparable = units["comparable"].astype(bool) if "comparable" in units.columns else None
+    analysed = units if comparable is None else units.loc[comparable.to_numpy()]
     t0 = time.perf_counter()
-    weights, cache, reused = _weights(ctx, units, cfg)
+    weights, cache, reused = _weights(ctx, analysed, cfg)
     t_weights = time.perf_counter() - t0
-    names = units["name"].astype(str).to_numpy() if "name" in units.columns else weights.ids
+    names = analysed["name"].astype(str).to_numpy() if "name" in units.columns else weights.ids
     joined = _describe_components(weights, names)
+    name_of = dict(zip(weights.ids.astype(str), names, strict=True))
+    for row in weights.unlinked.itertuples(index=False):
+        log.warning(
+            "weights: island %s (%s) left without neighbours: %s",
+            name_of.get(row.unit_id, row.unit_id),
+            row.members,
+            row.reason,
+        )
     log.info(
         "weights: %s (%s in %.1f s); components joined: %s",
         weights.description,
@@ -202,6 +232,7 @@ def run(ctx: Any, **options: Any) -> None:
             units,
             variables=cfg.variables,
             weights=weights,
+            max_link_km=cfg.max_island_link_km or None,
             permutations=cfg.permutations,
             seed=cfg.seed,
             alpha=cfg.alpha,
@@ -216,7 +247,18 @@ def run(ctx: Any, **options: Any) -> None:
         lookup = dict(zip(units["unit_id"].astype(str), units["name"].astype(str), strict=True))
         links = links.assign(
             unit_name=links["unit_id"].map(lookup), neighbor_name=links["neighbor_id"].map(lookup)
-        )[["unit_id", "unit_name", "neighbor_id", "neighbor_name", "distance_km", "geometry"]]
+        )[
+            [
+                "unit_id",
+                "unit_name",
+                "neighbor_id",
+                "neighbor_name",
+                "distance_km",
+                "status",
+                "reason",
+                "geometry",
+            ]
+        ]
     ctx.write_gpkg(
         gpkg_name,
         {"units": attribute_table(result.units), "global_moran": result.global_moran, "island_links": links},
@@ -242,6 +284,13 @@ def run(ctx: Any, **options: Any) -> None:
         "weights_cached": reused,
         "links_added": weights.n_links,
         "components_joined": joined,
+        "islands_not_linked": weights.unlinked[["unit_id", "members", "neighbor_id", "distance_km"]].to_dict(
+            "records"
+        ),
+        "not_comparable": (
+            [] if comparable is None else units.loc[~comparable.to_numpy(), "unit_id"].astype(str).tolist()
+        ),
+        "significance": result.global_moran["significance"].iloc[0] if len(result.global_moran) else "",
         "global_moran": {
             r.variable: {"I": r.I, "p_sim": r.p_sim, "n": r.n} for r in result.global_moran.itertuples()
         },
