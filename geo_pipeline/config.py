@@ -140,8 +140,16 @@ class DistanceSettings:
     Attributes
     ----------
     cores : named set of metropolitan cores (``"central"`` national central
-        cities, ``"capitals"`` provincial capitals, ``"all"`` both).
+        cities, ``"capitals"`` provincial capitals, ``"all"`` both,
+        ``"subprovincial"`` the 15 sub-provincial cities, ``"metro"`` the
+        centres of the nationally approved metropolitan areas).
     cores_file : CSV (lon/lat columns) or GeoPackage of cores; overrides ``cores``.
+    cores_from_census : if > 0, the cores are the seats of the prefectures
+        whose urban districts had at least this many residents in 2020
+        (overrides ``cores``; ``cores_file`` overrides it).
+    sensitivity_census_min_pop : thresholds of the census-derived core sets
+        added to the sensitivity table (shrinkage beyond the last band edge
+        under each core set).
     breaks_km : upper edges of the distance bands in km; the last band is open.
     point : representative point of a unit: ``"representative"`` (inside the
         polygon), ``"centroid"`` (equal-area centroid) or ``"population"``
@@ -150,6 +158,8 @@ class DistanceSettings:
 
     cores: str = "all"
     cores_file: str = ""
+    cores_from_census: int = 0
+    sensitivity_census_min_pop: list[int] = field(default_factory=lambda: [1_000_000, 3_000_000, 5_000_000])
     breaks_km: list[float] = field(default_factory=lambda: [50.0, 100.0, 150.0])
     point: str = "representative"
 
@@ -476,7 +486,7 @@ def settings_from_dict(data: dict[str, Any], *, source: str = "config") -> Setti
 def _check_choices(s: Settings, source: str) -> None:
     choices = {
         ("population", "unknown_codes"): ("error", "warn"),
-        ("distance", "cores"): ("all", "central", "capitals"),
+        ("distance", "cores"): ("all", "central", "capitals", "subprovincial", "metro"),
         ("distance", "point"): ("representative", "centroid", "population"),
         ("autocorrelation", "weights"): ("queen", "knn", "distance"),
         ("autocorrelation", "engine"): ("numpy", "esda"),
@@ -493,6 +503,11 @@ def _check_choices(s: Settings, source: str) -> None:
     breaks = s.distance.breaks_km
     if not breaks or any(b <= 0 for b in breaks) or sorted(set(breaks)) != list(breaks):
         raise ConfigError(f"{source}: [distance] breaks_km must be positive and increasing, found {breaks}")
+    if s.distance.cores_from_census < 0 or any(n <= 0 for n in s.distance.sensitivity_census_min_pop):
+        raise ConfigError(
+            f"{source}: [distance] cores_from_census must be >= 0 (0 = off) and "
+            "sensitivity_census_min_pop positive residents"
+        )
     if not 0 < s.autocorrelation.alpha < 1:
         raise ConfigError(f"{source}: [autocorrelation] alpha must be in (0, 1)")
     if s.autocorrelation.permutations < 0 or s.autocorrelation.k < 1:

@@ -70,11 +70,13 @@ __all__ = [
     "DEFAULT_BREAKS_KM",
     "POINT_METHODS",
     "RESULT_COLUMNS",
+    "SENSITIVITY_COLUMNS",
     "SUMMARY_COLUMNS",
     "assign_bands",
     "band_labels",
     "band_summary",
     "band_summary_by",
+    "core_set_sensitivity",
     "cores_from_frame",
     "default_cores",
     "distance_bands",
@@ -86,8 +88,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Named sets of default cores (``[distance] cores``).
-CORE_SETS = ("all", "central", "capitals")
+#: Named sets of default cores (``[distance] cores``); see :mod:`geo_pipeline.cores` for the last two.
+CORE_SETS = ("all", "central", "capitals", "subprovincial", "metro")
 #: Representative-point methods (``[distance] point``).
 POINT_METHODS = ("representative", "centroid", "population")
 #: Default band edges in km: bands [0, 50), [50, 100), [100, 150), [150, inf).
@@ -97,6 +99,12 @@ SUMMARY_COLUMNS = [
     "band", "band_index", "lower_km", "upper_km", "n_units", "n_shrinking", "shrinking_share",
     "pop_2010", "pop_2020", "pop_weighted_change_pct", "median_change_pct",
     "n_with_hukou", "n_net_outflow", "net_outflow_share",
+]
+#: Columns of :func:`core_set_sensitivity`, in order.
+SENSITIVITY_COLUMNS = [
+    "core_set", "n_cores", "threshold_km", "n_units", "n_beyond", "beyond_share", "n_shrinking_beyond",
+    "shrinking_share_beyond", "pop_2010_beyond", "pop_2020_beyond", "pop_weighted_change_pct_beyond",
+    "shrinking_share_within", "pop_weighted_change_pct_within",
 ]
 #: Columns :func:`distance_bands` adds to the units.
 RESULT_COLUMNS = ["point_lon", "point_lat", "nearest_core", "distance_km", "band", "band_index"]
@@ -119,16 +127,21 @@ def default_cores(which: str = "all") -> gpd.GeoDataFrame:
 
     Parameters
     ----------
-    which : {"all", "central", "capitals"}, default "all"
+    which : {"all", "central", "capitals", "subprovincial", "metro"}, default "all"
         ``"central"``: the 9 national central cities; ``"capitals"``: the 31
         provincial capitals (municipalities count as their own capital);
-        ``"all"``: both (31 cores, the central cities are all capitals).
+        ``"all"``: both (31 cores, the central cities are all capitals);
+        ``"subprovincial"``: the 15 sub-provincial cities; ``"metro"``: the
+        22 centre cities of the 18 nationally approved metropolitan areas
+        (:mod:`geo_pipeline.cores`).
 
     Returns
     -------
     geopandas.GeoDataFrame
         Columns ``name, name_en, adcode, province, set, is_central, is_capital,
-        lon, lat`` and Point geometry in EPSG:4326, index 0..n-1.
+        lon, lat`` (``subprovincial``/``metro``: ``name, adcode,
+        province_code, set, lon, lat``, and ``metro_area``) and Point
+        geometry in EPSG:4326, index 0..n-1.
 
     Raises
     ------
@@ -137,6 +150,10 @@ def default_cores(which: str = "all") -> gpd.GeoDataFrame:
     """
     if which not in CORE_SETS:
         raise InputError(f"cores: expected one of {list(CORE_SETS)}, found {which!r}")
+    if which in ("subprovincial", "metro"):
+        from .cores import metro_cores, subprovincial_cores
+
+        return subprovincial_cores() if which == "subprovincial" else metro_cores()
     with resources.files("geo_pipeline").joinpath("data/cores.csv").open("r", encoding="utf-8") as fh:
         table = pd.read_csv(
             fh, dtype={"adcode": str}, true_values=["true"], false_values=["false"]
@@ -741,6 +758,83 @@ def band_summary_by(
     out = pd.concat(parts, ignore_index=True)
     out[by] = out[by].astype(object)
     return out
+
+
+def core_set_sensitivity(
+    units: gpd.GeoDataFrame,
+    core_sets: dict[str, gpd.GeoDataFrame],
+    *,
+    threshold_km: float = DEFAULT_BREAKS_KM[-1],
+    point: str = "representative",
+) -> pd.DataFrame:
+    r"""Shrinkage beyond ``threshold_km`` from the nearest core, under each set of cores.
+
+    Parameters
+    ----------
+    units : geopandas.GeoDataFrame
+        Units with polygons and ``pop_2010``, ``pop_2020``, ``shrinking``
+        (leave out units that must not count, e.g. ``comparable = False``).
+    core_sets : dict
+        Name of the set -> cores (as :func:`default_cores`).
+    threshold_km : float, default 150
+        A unit is *beyond* when its geodesic distance to the nearest core of
+        the set is at least this (the last band edge).
+    point : {"representative", "centroid", "population"}
+        Point of each unit, see :func:`unit_points` (computed once).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per set, :data:`SENSITIVITY_COLUMNS`: ``n_beyond`` units at
+        :math:`d \ge` ``threshold_km`` (share ``beyond_share`` of all units),
+        ``shrinking_share_beyond`` :math:`= n_{shrinking} / n_{beyond}`,
+        ``pop_weighted_change_pct_beyond``
+        :math:`= 100 (\sum P_{2020} - \sum P_{2010}) / \sum P_{2010}` over
+        those units, and the same two figures for the units within.
+
+    Raises
+    ------
+    InputError
+        Bad units, an empty set, or a non-positive threshold.
+    """
+    if not threshold_km > 0:
+        raise InputError(f"threshold_km: expected a positive distance, found {threshold_km}")
+    check_frame(units, name="units", geometry=True,
+                columns={"pop_2010": "numeric", "pop_2020": "numeric", "shrinking": "any"}).raise_if_any()
+    pts = unit_points(units, method=point)
+    lon, lat = pts["point_lon"].to_numpy(), pts["point_lat"].to_numpy()
+    shrinking = units["shrinking"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    p10 = pd.to_numeric(units["pop_2010"]).to_numpy(dtype=float)
+    p20 = pd.to_numeric(units["pop_2020"]).to_numpy(dtype=float)
+
+    def pwc(m: np.ndarray) -> float:
+        s10 = p10[m].sum()
+        return 100.0 * (p20[m].sum() - s10) / s10 if s10 > 0 else np.nan
+
+    rows = []
+    for name, cores in core_sets.items():
+        if len(cores) == 0:
+            raise InputError(f"core set {name!r}: no cores")
+        clon, clat = _lonlat(cores.geometry.values, cores.crs)
+        if len(lon):
+            _, dist_m = nearest_geodesic(lon, lat, clon, clat)
+        else:
+            dist_m = np.zeros(0)
+        beyond = np.round(dist_m / 1000.0, 6) >= threshold_km
+        within = ~beyond
+        n, nb = len(units), int(beyond.sum())
+        rows.append({
+            "core_set": name, "n_cores": len(cores), "threshold_km": float(threshold_km), "n_units": n,
+            "n_beyond": nb, "beyond_share": nb / n if n else np.nan,
+            "n_shrinking_beyond": int(shrinking[beyond].sum()),
+            "shrinking_share_beyond": shrinking[beyond].mean() if nb else np.nan,
+            "pop_2010_beyond": int(round(p10[beyond].sum())),
+            "pop_2020_beyond": int(round(p20[beyond].sum())),
+            "pop_weighted_change_pct_beyond": pwc(beyond),
+            "shrinking_share_within": shrinking[within].mean() if within.any() else np.nan,
+            "pop_weighted_change_pct_within": pwc(within),
+        })
+    return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
 
 
 # -- rings --------------------------------------------------------------------------------------

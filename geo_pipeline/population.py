@@ -33,6 +33,11 @@ cannot be matched one to one into one analysis unit, and computes per unit:
     dependency ratio (65+ per 100 aged 15-64), with the counts
     ``pop_15_64_<year>``, ``pop_60plus_<year>``, ``pop_65plus_<year>``; a
     merged unit sums its members' bands first (:mod:`geo_pipeline.ageing`).
+``pop_2020_districts``
+    2020 residents of the unit's urban districts (市辖区): all of
+    ``pop_2020`` for a ``district`` unit, the district census rows of a
+    ``mixed`` unit (development zones left out), 0 otherwise; summed per
+    prefecture for the census-derived cores (:mod:`geo_pipeline.cores`).
 ``comparable``
     False when the unit's population is not comparable between the censuses.
     Rule: a unit is not comparable when one of its census unit rows has no
@@ -98,7 +103,8 @@ INDICATOR_COLUMNS = [
 UNIT_COLUMNS = [
     "unit_id", "name", "province", "province_code", "prefecture", "prefecture_code", "level",
     "n_members", *INDICATOR_COLUMNS, "region", "region_zh", "unit_kind", "comparable",
-    *AGEING_COLUMNS, *COUNT_COLUMNS, "members", "rows_2010", "rows_2020", "method", "geometry",
+    *AGEING_COLUMNS, *COUNT_COLUMNS, "pop_2020_districts", "members", "rows_2010", "rows_2020", "method",
+    "geometry",
 ]
 
 #: Columns of the ``prefectures`` layer.
@@ -456,6 +462,16 @@ def _units(
     out["region_zh"] = regions["region_zh"].to_numpy()
     kinds = _collect(attrs["unit_id"], [county_kind(n) for n in attrs["name"]])
     out["unit_kind"] = [unit_kind(map(str, kinds[u])) for u in out.index]
+    # 2020 residents of the unit's urban districts (census-derived cores, geo_pipeline.cores)
+    r20 = cr[cr["year"].eq(2020)]
+    district_row = np.array([county_kind(n) == "district" for n in r20["name"]], dtype=bool)
+    district_row &= ~r20["zone"].to_numpy(dtype=bool)
+    part = r20["pop"].where(district_row).groupby(r20["unit_id"]).sum(min_count=0).reindex(out.index)
+    whole = out["pop_2020"].astype("Int64")
+    out["pop_2020_districts"] = pd.array(
+        np.where(out["unit_kind"].eq("district"), whole.fillna(0),
+                 np.where(out["unit_kind"].eq("mixed"), part.fillna(0), 0)), dtype="Int64")
+    out["pop_2020_districts"] = out["pop_2020_districts"].mask(whole.isna() & out["unit_kind"].eq("district"))
     # comparable: every census row of the unit has a population figure, in both years
     empty = cr.loc[cr["pop"].isna(), "unit_id"]
     out["comparable"] = ~out.index.isin(empty) & out["rows_2010"].gt(0) & out["rows_2020"].gt(0)
@@ -497,7 +513,7 @@ def _empty_units(crs: object) -> gpd.GeoDataFrame:
         frame[c] = frame[c].astype("Int64")
     for c in ("change_pct", "annual_rate", "net_outflow_ratio", *AGEING_COLUMNS):
         frame[c] = frame[c].astype("float64")
-    for c in COUNT_COLUMNS:
+    for c in (*COUNT_COLUMNS, "pop_2020_districts"):
         frame[c] = frame[c].astype("Int64")
     for c in ("shrinking", "net_outflow", "comparable"):
         frame[c] = frame[c].astype(bool)

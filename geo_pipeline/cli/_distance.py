@@ -15,6 +15,7 @@ from .. import distance as dist
 from .._errors import CRSError, InputError, MissingInputError
 from .._io import attribute_table, check_writable, list_layers, read_layer
 from .._validate import check_frame
+from ..cores import cores_from_census as census_cores
 
 if TYPE_CHECKING:
     from . import StageContext
@@ -31,6 +32,8 @@ GROUPED_SUMMARIES = {
     "region": ("band_summary_by_region", ("East", "Central", "West", "Northeast")),
     "unit_kind": ("band_summary_by_kind", ("district", "city", "county", "other", "mixed")),
 }
+#: Layer (and CSV stem) of the core-set sensitivity table.
+SENSITIVITY = "core_sensitivity"
 _ID_COLUMNS = ["unit_id", "name", "province", "prefecture"]
 
 #: Runs once per unit level ([pipeline] levels); outputs named by level (distance_prefecture.gpkg).
@@ -52,7 +55,13 @@ def _parse_breaks(_ctx: click.Context, _param: click.Parameter, value: str | Non
 OPTIONS = [
     click.Option(
         ["--cores"], type=click.Choice(dist.CORE_SETS), default=None,
-        help="Default core set: all, central (9 national central cities) or capitals [config: cores].",
+        help="Default core set: all, central (9 national central cities), capitals, subprovincial (15 "
+             "sub-provincial cities) or metro (centres of the approved metropolitan areas) [config: cores].",
+    ),
+    click.Option(
+        ["--cores-from-census", "cores_from_census"], type=click.IntRange(min=0), default=None, metavar="N",
+        help="Cores = seats of the prefectures whose urban districts had >= N residents in 2020; 0 = off "
+             "[config: cores_from_census].",
     ),
     click.Option(
         ["--cores-file"], type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -128,6 +137,7 @@ def run(
     *,
     cores: str | None = None,
     cores_file: Path | None = None,
+    cores_from_census: int | None = None,
     point: str | None = None,
     breaks_km: list[float] | None = None,
 ) -> None:
@@ -142,7 +152,10 @@ def run(
     cores, rings, band_summary, band_summary_by_region, band_summary_by_kind)
     and the summaries as CSV (band_summary.csv, band_summary_by_region.csv,
     band_summary_by_kind.csv). Units with comparable = False are left out of
-    the summaries. At the prefecture level the files are named
+    the summaries. The layer core_sensitivity (and core_sensitivity.csv)
+    gives the shrinkage beyond the last band edge under every core set
+    (the named sets and census-derived ones, see --cores-from-census).
+    At the prefecture level the files are named
     distance_prefecture.gpkg, band_summary_prefecture.csv, ...
     """
     s = ctx.settings.distance
@@ -151,7 +164,8 @@ def run(
     point = point or s.point
     breaks = list(breaks_km) if breaks_km is not None else list(s.breaks_km)
     dist.band_labels(breaks)  # validates the breaks before any reading
-    stems = ("band_summary", *(n for n, _ in GROUPED_SUMMARIES.values()))
+    census_n = s.cores_from_census if cores_from_census is None else int(cores_from_census)
+    stems = ("band_summary", *(n for n, _ in GROUPED_SUMMARIES.values()), SENSITIVITY)
     csv_names = [ctx.level_file(f"{n}.csv") for n in stems]
     gpkg_name, csv_name = ctx.level_file("distance.gpkg"), csv_names[0]
     for name in (gpkg_name, *csv_names):  # fail before the work, not after
@@ -189,13 +203,28 @@ def run(
         units = units.merge(centres, on="unit_id", how="left")
         inputs["raster"] = raster_path
 
+    county_units = units if ctx.units_layer == "units" else None
+    needs_county = census_n > 0 or bool(s.sensitivity_census_min_pop)
+    if county_units is None and needs_county and "units" in list_layers(pop_path):
+        county_units = read_layer(pop_path, "units", read_geometry=False)  # census cores come from counties
     if cores_path is not None:
         core_frame = read_cores_file(cores_path)
         inputs["cores_file"] = cores_path
         cores_desc = str(cores_path)
+        run_set = f"file {cores_path.name}"
+    elif census_n > 0:
+        if county_units is None or "pop_2020_districts" not in county_units.columns:
+            raise InputError(
+                f"{pop_path}: cores_from_census needs the county units with pop_2020_districts; "
+                "rerun `geo-pipeline population`"
+            )
+        core_frame = census_cores(county_units, min_pop=census_n)
+        cores_desc = f"census-derived: prefectures with >= {census_n} residents in urban districts (2020)"
+        run_set = f"census>={census_n}"
     else:
         core_frame = dist.default_cores(cores_set)
         cores_desc = f"default set {cores_set!r}"
+        run_set = cores_set
 
     t0 = time.perf_counter()
     banded = dist.distance_bands(units, core_frame, breaks_km=breaks, point=point)
@@ -213,6 +242,14 @@ def run(
             extra = ["unknown"] if (values == "unknown").any() else []
             grouped[name] = dist.band_summary_by(summed.assign(**{col: values}), col, breaks_km=breaks,
                                                  groups=[*order, *extra])
+    # sensitivity: shrinkage beyond the last band edge under each core set
+    core_sets = {name: dist.default_cores(name) for name in dist.CORE_SETS}
+    if county_units is not None and "pop_2020_districts" in county_units.columns:
+        for n in sorted({*s.sensitivity_census_min_pop, *([census_n] if census_n > 0 else [])}):
+            core_sets[f"census>={n}"] = census_cores(county_units, min_pop=n)
+    core_sets.setdefault(run_set, core_frame)
+    sensitivity = dist.core_set_sensitivity(summed, core_sets, threshold_km=breaks[-1], point=point)
+    sensitivity["used_in_run"] = sensitivity["core_set"].eq(run_set)
     rings = dist.geodesic_rings(core_frame, radii_km=breaks)
     elapsed = time.perf_counter() - t0
 
@@ -221,10 +258,11 @@ def run(
     gpkg = ctx.write_gpkg(
         gpkg_name,
         {"units": attribute_table(out_units), "cores": core_frame, "rings": rings, "band_summary": summary,
-         **grouped},
+         **grouped, SENSITIVITY: sensitivity},
     )
     csv = ctx.write_csv(csv_name, summary)
-    csvs = {name: ctx.write_csv(ctx.level_file(f"{name}.csv"), table) for name, table in grouped.items()}
+    csvs = {name: ctx.write_csv(ctx.level_file(f"{name}.csv"), table)
+            for name, table in {**grouped, SENSITIVITY: sensitivity}.items()}
     excluded = banded.loc[~comparable, "unit_id"].astype(str).tolist()
     bands = summary[summary["band_index"] >= 0]
     shares = ", ".join(
@@ -234,9 +272,14 @@ def run(
     ctx.manifest(
         inputs=inputs,
         outputs={"distance": gpkg, "band_summary": csv, **csvs},
-        parameters={"cores": cores_desc, "point": point, "breaks_km": breaks},
+        parameters={"cores": cores_desc, "cores_from_census": census_n, "point": point, "breaks_km": breaks,
+                    "sensitivity_census_min_pop": list(s.sensitivity_census_min_pop)},
         summary={"units": len(banded), "cores": len(core_frame), "seconds": round(elapsed, 3),
                  "units_not_comparable_left_out_of_summaries": excluded,
+                 "shrinking_share_beyond_last_break_by_core_set": {
+                     r.core_set: (round(float(r.shrinking_share_beyond), 4)
+                                  if r.shrinking_share_beyond == r.shrinking_share_beyond else None)
+                     for r in sensitivity.itertuples()},
                  "n_units_per_band": dict(zip(bands["band"], bands["n_units"].tolist(), strict=True))},
     )
     log.info(
