@@ -139,10 +139,10 @@ def test_real_seats_inside_their_prefectures_and_census_cores(run_stage: Callabl
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
-def test_real_core_sensitivity_table(run_stage: Callable[[str], Path]) -> None:
+def test_real_core_set_sensitivity_table(run_stage: Callable[[str], Path]) -> None:
     processed = run_stage("distance")
-    sens = read_table(processed / "distance.gpkg", "core_sensitivity").set_index("core_set")
-    csv = pd.read_csv(processed / "core_sensitivity.csv", encoding="utf-8-sig").set_index("core_set")
+    sens = read_table(processed / "distance.gpkg", "core_set_sensitivity").set_index("core_set")
+    csv = pd.read_csv(processed / "core_set_sensitivity.csv", encoding="utf-8-sig").set_index("core_set")
     assert sens.index.tolist() == ["all", "central", "capitals", "subprovincial", "metro", "census>=1000000",
                                    "census>=3000000", "census>=5000000"]
     assert csv.index.tolist() == sens.index.tolist()
@@ -158,3 +158,16 @@ def test_real_core_sensitivity_table(run_stage: Callable[[str], Path]) -> None:
     # more cores put fewer units beyond 150 km
     beyond = sens["n_beyond"]
     assert beyond["census>=1000000"] < beyond["all"] < beyond["central"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
+def test_real_export_carries_the_distance_summaries(run_stage: Callable[[str], Path]) -> None:
+    processed = run_stage("export")
+    for name in ("band_summary_by_region", "band_summary_by_kind", "core_set_sensitivity"):
+        exported = read_table(processed / "shrinkage.gpkg", name)
+        source = read_table(processed / "distance.gpkg", name)
+        assert exported["n_units"].tolist() == source["n_units"].tolist(), name
+    units = read_table(processed / "shrinkage.gpkg", "units")
+    for col in ("region", "unit_kind", "comparable", "share_60plus_2020", "old_age_dependency_2020"):
+        assert col in units.columns and units[col].notna().all(), col

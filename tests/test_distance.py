@@ -458,7 +458,7 @@ def test_cli_writes_layers_and_refuses_overwrite(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     out = tmp_path / "data_processed" / "distance.gpkg"
     # spatial layers first, then the attribute tables (units: geometry stored once, in population.gpkg)
-    assert list_layers(out) == ["cores", "rings", "units", "band_summary", "core_sensitivity"]
+    assert list_layers(out) == ["cores", "rings", "units", "band_summary", "core_set_sensitivity"]
     units = read_layer(out, "units")
     assert not isinstance(units, gpd.GeoDataFrame) and "geometry" not in units.columns
     assert units["unit_id"].tolist() == ["u0", "u1", "u2", "u3"]
@@ -472,7 +472,7 @@ def test_cli_writes_layers_and_refuses_overwrite(tmp_path: Path) -> None:
     assert csv.loc[csv["band"] != "all", "n_units"].sum() == 4
     assert csv.set_index("band").loc["150+ km", "n_shrinking"] == 1
     # the sensitivity table: every named core set (no census-derived ones without county units)
-    sens = read_table(out, "core_sensitivity").set_index("core_set")
+    sens = read_table(out, "core_set_sensitivity").set_index("core_set")
     assert sens.index.tolist() == ["all", "central", "capitals", "subprovincial", "metro"]
     assert sens["used_in_run"].tolist() == [True, False, False, False, False]
     assert sens.loc["all", "n_beyond"] == 1 and sens.loc["all", "shrinking_share_beyond"] == 1.0

@@ -33,7 +33,7 @@ GROUPED_SUMMARIES = {
     "unit_kind": ("band_summary_by_kind", ("district", "city", "county", "other", "mixed")),
 }
 #: Layer (and CSV stem) of the core-set sensitivity table.
-SENSITIVITY = "core_sensitivity"
+SENSITIVITY = "core_set_sensitivity"
 _ID_COLUMNS = ["unit_id", "name", "province", "prefecture"]
 
 #: Runs once per unit level ([pipeline] levels); outputs named by level (distance_prefecture.gpkg).
@@ -152,7 +152,7 @@ def run(
     cores, rings, band_summary, band_summary_by_region, band_summary_by_kind)
     and the summaries as CSV (band_summary.csv, band_summary_by_region.csv,
     band_summary_by_kind.csv). Units with comparable = False are left out of
-    the summaries. The layer core_sensitivity (and core_sensitivity.csv)
+    the summaries. The layer core_set_sensitivity (and core_set_sensitivity.csv)
     gives the shrinkage beyond the last band edge under every core set
     (the named sets and census-derived ones, see --cores-from-census).
     At the prefecture level the files are named

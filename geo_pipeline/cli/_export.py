@@ -42,6 +42,12 @@ _LEVEL_TABLES = (
     ("autocorrelation.gpkg", "global_moran", "global_moran", False),
     ("infrastructure.gpkg", "corridor_summary", "corridor_summary", False),
 )
+#: Distance summaries exported when the distance stage wrote them (no warning when absent), at every level.
+_IF_PRESENT_TABLES = (
+    ("distance.gpkg", "band_summary_by_region", "band_summary_by_region", False),
+    ("distance.gpkg", "band_summary_by_kind", "band_summary_by_kind", False),
+    ("distance.gpkg", "core_set_sensitivity", "core_set_sensitivity", False),
+)
 #: Stages whose ``units`` layer is merged into the export units.
 _UNIT_STAGES = ("raster", "distance", "autocorrelation", "infrastructure")
 
@@ -72,7 +78,7 @@ def _read_units_tables(ctx: StageContext, level: str, layers_of: Callable[[Path]
 
 
 def _read_layers(ctx: StageContext, specs: tuple[tuple[str, str, str, bool], ...], level: str,
-                 layers_of: Callable[[Path], list[str]], inputs: dict[str, Path],
+                 layers_of: Callable[[Path], list[str]], inputs: dict[str, Path], *, quiet: bool = False,
                  ) -> tuple[dict[str, pd.DataFrame], dict[str, str], dict[str, str]]:
     extra: dict[str, pd.DataFrame] = {}
     sources: dict[str, str] = {}
@@ -80,7 +86,8 @@ def _read_layers(ctx: StageContext, specs: tuple[tuple[str, str, str, bool], ...
     for fname, lname, export_name, spatial in specs:
         path = ctx.level_output(fname, level)
         if lname not in layers_of(path):
-            _missing(f"{path.name} layer {lname}", fname.removesuffix(".gpkg"))
+            if not quiet:
+                _missing(f"{path.name} layer {lname}", fname.removesuffix(".gpkg"))
             continue
         extra[export_name] = read_layer(path, lname) if spatial else read_table(path, lname)
         sources[export_name] = f"{path.name}:{lname}"
@@ -121,6 +128,10 @@ def run(ctx: StageContext) -> None:
         unit_tables = {}
     extra, sources, descriptions = _read_layers(
         ctx, _OPTIONAL_LAYERS if BASE_LEVEL in levels else _SHARED_LAYERS, BASE_LEVEL, layers_of, inputs)
+    if BASE_LEVEL in levels:
+        present = _read_layers(ctx, _IF_PRESENT_TABLES, BASE_LEVEL, layers_of, inputs, quiet=True)
+        for target, more in zip((extra, sources, descriptions), present, strict=True):
+            target.update(more)
     layers = assemble_layers(units, unit_tables=unit_tables, layers=extra, sources=sources,
                              descriptions=descriptions)
     for level in levels:
@@ -133,6 +144,10 @@ def run(ctx: StageContext) -> None:
         lunits = read_layer(population, ulayer)
         ltables = _read_units_tables(ctx, level, layers_of, inputs)
         lextra, lsources, ldesc = _read_layers(ctx, _LEVEL_TABLES, level, layers_of, inputs)
+        for target, more in zip((lextra, lsources, ldesc),
+                                _read_layers(ctx, _IF_PRESENT_TABLES, level, layers_of, inputs, quiet=True),
+                                strict=True):
+            target.update(more)
         assembled = assemble_layers(lunits, unit_tables=ltables, layers=lextra, sources=lsources,
                                     descriptions=ldesc)
         layers = add_level_layers(layers, assembled, level=level)
