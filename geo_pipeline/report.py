@@ -95,6 +95,8 @@ PUBLISHED: dict[str, tuple[float, str, str]] = {
 
 #: Region that is the Northeast in the ``region`` column.
 NORTHEAST = "Northeast"
+#: Minutes of door-to-core travel time saved (2010 -> 2020 rail network) that count as a large gain.
+ACCESS_GAIN_MIN = 30
 #: Provinces of claim 3.
 AGEING_PROVINCES = ("辽宁省", "吉林省")
 _LL = ("LL", "Low-Low", "low-low")
@@ -378,15 +380,67 @@ def section_distance(
             )
         else:
             sec.text.append(f"By {title}: not testable with these data: {col} missing.")
-    if core_sets is not None and len(core_sets):
+    if (
+        core_sets is not None
+        and len(core_sets)
+        and {"n_beyond", "n_shrinking_beyond"} <= set(core_sets.columns)
+    ):
+        cs = core_sets.copy()
+        cs["share_ci_low"], cs["share_ci_high"] = fd.wilson_interval(cs["n_shrinking_beyond"], cs["n_beyond"])
         sec.tables.append(
-            ReportTable("core_sets", f"Sensitivity to the core set (beyond {km:g} km)", core_sets)
+            ReportTable(
+                "core_sets",
+                f"Sensitivity to the core set: shrinking share beyond {km:g} km (distance stage; 95 % "
+                "Wilson intervals added here)",
+                cs,
+            )
+        )
+        low = cs[cs["share_ci_low"] <= 0.5]["core_set"].astype(str).tolist()
+        sec.text.append(
+            f"Under each core set, the shrinking share beyond {km:g} km: "
+            + "; ".join(
+                f"{r['core_set']} "
+                f"{_pct(r['n_shrinking_beyond'] / r['n_beyond'] if r['n_beyond'] else np.nan)} "
+                f"of {int(r['n_beyond']):,} (CI {_pct(r['share_ci_low'])}-{_pct(r['share_ci_high'])})"
+                for _, r in cs.iterrows()
+            )
+            + (
+                f". Not clearly above 50 % under: {', '.join(low)}."
+                if low
+                else ". Above 50 % under every set."
+            )
         )
     else:
         sec.text.append(
-            "Under other core sets: not testable with these data: core-set sensitivity table missing "
-            "(the distance stage writes it when core sets are available)."
+            "Under other core sets: not testable with these data: core-set sensitivity table "
+            "(core_sensitivity of the distance stage) missing."
         )
+    if not _missing(u, ["rail_minutes_to_core", "rail_time_band"]):
+        tb_order = u.groupby("rail_time_band")["rail_minutes_to_core"].min().sort_values().index
+        tb = fd.share_table(u, ["rail_time_band"], bootstrap=bootstrap, seed=seed)
+        tb = tb.set_index("rail_time_band").loc[tb_order].reset_index()
+        sec.tables.append(
+            ReportTable(
+                "rail_time_bands",
+                "By door-to-core travel time by road and rail (infrastructure stage), instead of distance",
+                tb,
+            )
+        )
+        sec.figures.append(
+            ReportFigure(
+                f"{level}_rail_time_bands",
+                f"Shrinking share by travel-time band to the nearest core ({level} units), 95 % "
+                f"Wilson intervals.",
+                band_chart(tb, label="rail_time_band", dpi=dpi),
+            )
+        )
+        rho = stats.spearmanr(u["rail_minutes_to_core"], u["change_pct"], nan_policy="omit")
+        sec.text.append(
+            f"Travel time instead of distance: Spearman correlation of rail_minutes_to_core with change_pct "
+            f"{float(rho.statistic):+.3f} (p = {float(rho.pvalue):.3g}); shares by time band in the table."
+        )
+    else:
+        sec.text.append("By rail travel time: not testable with these data: rail_minutes_to_core missing.")
     # threshold
     x = u["distance_km"].to_numpy(dtype=float)
     y = fd.log_change(u["pop_2010"], u["pop_2020"])
@@ -800,6 +854,41 @@ def section_hsr(units: pd.DataFrame, *, level: str = "county", dpi: int = 110) -
         so, si = _bool(o["shrinking"]), _bool(i["shrinking"])
         strata.append([[int(so.sum()), int((~so).sum())], [int(si.sum()), int((~si).sum())]])
         labels.append(str(b))
+    if not _missing(u, ["rail_minutes_saved"]):
+        saved = u["rail_minutes_saved"].to_numpy(dtype=float)
+        big, small = f"{ACCESS_GAIN_MIN}+ min saved", f"< {ACCESS_GAIN_MIN} min saved"
+        u = u.assign(
+            access=np.where(~np.isfinite(saved), "unknown", np.where(saved >= ACCESS_GAIN_MIN, big, small))
+        )
+        acc = fd.share_table(u[u["access"] != "unknown"], ["band", "access"], bootstrap=0)
+        acc["_o"] = acc["band"].map({v: i for i, v in enumerate(order)})
+        acc = acc.sort_values(["_o", "access"]).drop(columns="_o").reset_index(drop=True)
+        sec.tables.append(
+            ReportTable(
+                "access_change_by_band",
+                "By travel time saved between the 2010 and the 2020 rail network, within distance bands",
+                acc,
+            )
+        )
+        acc_strata = []
+        for b in order:
+            d = u[(u["band"] == b) & (u["access"] != "unknown")]
+            lo_, hi_ = d[d["access"] == small], d[d["access"] == big]
+            sl, sh = _bool(lo_["shrinking"]), _bool(hi_["shrinking"])
+            acc_strata.append([[int(sl.sum()), int((~sl).sum())], [int(sh.sum()), int((~sh).sum())]])
+        orr, olo, ohi = fd.mantel_haenszel(acc_strata)
+        sec.text.append(
+            f"Access change: Mantel-Haenszel odds ratio of shrinking, units that gained under "
+            f"{ACCESS_GAIN_MIN} "
+            f"minutes vs units that gained {ACCESS_GAIN_MIN} minutes or more between the 2010 and "
+            f"2020 networks, within "
+            f"distance bands: "
+            f"{orr:.2f} (95 % CI {olo:.2f}-{ohi:.2f}); above 1 means units with faster new access "
+            f"shrank less "
+            "often. Descriptive only (not part of the verdict)."
+        )
+    else:
+        sec.text.append("By access change: not testable with these data: rail_minutes_saved missing.")
     if "hsr_period" in u.columns:
         per = fd.share_table(u, ["hsr_period"], bootstrap=0)
         sec.tables.append(ReportTable("by_period", "By period of first high-speed service", per))

@@ -397,3 +397,27 @@ def test_report_cli_on_a_synthetic_lattice(tmp_path: Path) -> None:
     assert "log_distance_km" in set(reg["variable"])
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 4 and "overwrite" in again.output
+
+
+def test_core_sets_and_rail_times_enter_the_distance_section() -> None:
+    u = _hsr(False)
+    u["rail_minutes_to_core"] = u["distance_km"] * 0.8 + 20
+    u["rail_time_band"] = np.where(u["rail_minutes_to_core"] < 120, "0-2 h", "2 h+")
+    u["rail_minutes_saved"] = np.where(u["in_corridor"], 45.0, 0.0)
+    sens = pd.DataFrame({"core_set": ["all", "metro"], "n_beyond": [300, 0], "n_shrinking_beyond": [240, 0]})
+    sec = rp.section_distance(u, core_sets=sens, bootstrap=0, dpi=30)
+    tables = {t.key: t.frame for t in sec.tables}
+    cs = tables["core_sets"].set_index("core_set")
+    lo, hi = fd.wilson_interval(240, 300)
+    assert cs.loc["all", "share_ci_low"] == pytest.approx(lo[0]) and np.isnan(cs.loc["metro", "share_ci_low"])
+    tb = tables["rail_time_bands"].set_index("rail_time_band")
+    assert tb.loc["0-2 h", "n_units"] == int((u["rail_minutes_to_core"] < 120).sum())
+    assert list(tables["rail_time_bands"]["rail_time_band"]) == ["0-2 h", "2 h+"]
+    hsr = rp.section_hsr(u, dpi=30)
+    acc = {t.key: t.frame for t in hsr.tables}["access_change_by_band"]
+    assert acc["n_units"].sum() == len(u)
+    assert any("Mantel-Haenszel" in t and "minutes" in t for t in hsr.text)
+    # without the columns the section says so
+    plain = rp.section_distance(_units(), bootstrap=0, dpi=30)
+    assert any("rail_minutes_to_core missing" in t for t in plain.text)
+    assert any("core-set sensitivity table" in t and "missing" in t for t in plain.text)

@@ -121,9 +121,14 @@ def run(ctx: StageContext, bootstrap: int | None = None, maps: bool | None = Non
             weights[level] = _weights(ctx, analysable)
     core_sets, global_moran = {}, {}
     for level in levels:
-        name = ctx.level_layer("core_set_sensitivity", level)
-        if name in present:
-            core_sets[level] = read_table(src, name)
+        # the distance stage's core-set sensitivity table (distance.gpkg / distance_prefecture.gpkg)
+        dist = ctx.level_output("distance.gpkg", level)
+        layers = set(list_layers(dist)) if dist.is_file() else set()
+        for name in ("core_sensitivity", "core_set_sensitivity"):
+            if name in layers:
+                core_sets[level] = read_table(dist, name)
+                inputs[f"distance_{level}"] = dist
+                break
         name = ctx.level_layer("global_moran", level)
         if name in present:
             global_moran[level] = read_table(src, name)
