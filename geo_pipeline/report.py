@@ -1176,6 +1176,8 @@ def _fmt(col: str, v: Any) -> str:
             return f"{100 * f:.1f} %"
         if col in ("p", "p_norm", "p_sim") or col.endswith("_p"):
             return f"{f:.3g}"
+        if col.endswith("_pct") or col.startswith("change_ci") or col.endswith("_pct_beyond"):
+            return f"{f:,.2f}"
         if col.startswith("pop_") and not col.endswith("pct"):
             return f"{f:,.0f}"
         if f.is_integer() and abs(f) < 1e6 and not col.endswith(("pct", "km", "coef")):
