@@ -1267,6 +1267,7 @@ figcaption{font-size:12px;color:#444}
 .v-supported{background:#e7f3e7;border-color:#4d9221}.v-partly{background:#fdf3e1;border-color:#e08214}
 .v-not{background:#f9e4e4;border-color:#b2182b}.v-untestable{background:#eeeeee;border-color:#888}
 .small{font-size:12px;color:#555}.wrap{overflow-x:auto}
+.toc ul{columns:2;font-size:13px;padding-left:1.2rem}.toc span{padding:0 .3rem;border-radius:3px}
 @media print{body{max-width:none;margin:0;font-size:10.5pt}h2{break-before:page}
 h1+h2,.summary h2{break-before:auto}table,figure,.verdict,blockquote{break-inside:avoid}
 .wrap{overflow:visible}a{color:inherit;text-decoration:none}@page{size:A4;margin:14mm}}
@@ -1309,6 +1310,14 @@ def render_html(report: Report) -> str:
             report.summary[["level", "claim", "claim_zh", "verdict"]],
             "One verdict per claim and level, from the rules in the method notes",
         ),
+        '<nav class="toc"><ul>'
+        + "".join(
+            f'<li><a href="#{e(s.level)}-{e(s.key)}">{e(s.title)} ({e(s.level)})</a>: '
+            f'<span class="{_verdict_class(s.verdict.label)}">{e(s.verdict.label)}</span></li>'
+            for s in report.sections
+        )
+        + '<li><a href="#methods">Method notes</a></li><li><a href="#inputs">Inputs and versions</a></li>'
+        "</ul></nav>",
         "</section>",
     ]
     for sec in report.sections:
@@ -1349,12 +1358,12 @@ def render_html(report: Report) -> str:
             + "</ul></div></section>"
         )
     parts.append(
-        "<section><h2>Method notes</h2><ul>"
+        '<section id="methods"><h2>Method notes</h2><ul>'
         + "".join(f"<li>{e(m)}</li>" for m in report.methods)
         + "</ul></section>"
     )
     parts.append(
-        "<section><h2>Inputs and versions</h2>"
+        '<section id="inputs"><h2>Inputs and versions</h2>'
         + _html_table(report.inputs, "Inputs of each stage (data_processed/manifest.json; SHA-256 shortened)")
         + _html_table(report.versions, "Versions")
         + "</section></body></html>"
