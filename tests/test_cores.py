@@ -171,3 +171,36 @@ def test_real_export_carries_the_distance_summaries(run_stage: Callable[[str], P
     units = read_table(processed / "shrinkage.gpkg", "units")
     for col in ("region", "unit_kind", "comparable", "share_60plus_2020", "old_age_dependency_2020"):
         assert col in units.columns and units[col].notna().all(), col
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
+def test_real_cli_cores_from_census(run_stage: Callable[[str], Path], tmp_path: Path) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from geo_pipeline.cli import main
+
+    processed = run_stage("population")
+    work = tmp_path / "data_processed"
+    work.mkdir()
+    shutil.copy(processed / "population.gpkg", work / "population.gpkg")
+    cfg = tmp_path / "geo_pipeline.toml"
+    cfg.write_text(f'[paths]\ndata_processed = "{work.as_posix()}"\n[pipeline]\nlevels = ["county"]\n'
+                   "[distance]\nsensitivity_census_min_pop = [2000000]\n", encoding="utf-8")
+    res = CliRunner().invoke(main, ["-c", str(cfg), "-q", "distance", "--cores-from-census", "5000000"])
+    assert res.exit_code == 0, res.output
+    cores = read_layer(work / "distance.gpkg", "cores")
+    units = read_layer(processed / "population.gpkg", "units")
+    coded = units[units["prefecture_code"].str.endswith("00")]
+    pref = coded.groupby("prefecture_code")["pop_2020_districts"].sum()
+    assert set(cores["adcode"]) == set(pref.index[pref >= 5_000_000]) and len(cores) == 28
+    dist_units = read_table(work / "distance.gpkg", "units")
+    assert set(dist_units["nearest_core"]) <= set(cores["name"])
+    sens = read_table(work / "distance.gpkg", "core_set_sensitivity").set_index("core_set")
+    assert sens.index.tolist()[-2:] == ["census>=2000000", "census>=5000000"]
+    assert sens.loc["census>=5000000", "used_in_run"] and sens["used_in_run"].sum() == 1
+    bad = CliRunner().invoke(main, ["-c", str(cfg), "-q", "distance", "--cores-from-census", "99000000",
+                                    "--overwrite"])
+    assert bad.exit_code == 2 and "no prefecture has urban districts with at least 99,000,000" in bad.output
