@@ -87,8 +87,10 @@ RULES: dict[str, str] = {
         "break (bootstrap interval of the slope change excludes 0) whose bootstrap interval contains "
         "{km:g} km; (d) distance matters: the log-distance coefficient of the spatial model is "
         "negative with p < 0.05; (e) generally (普遍): more than half of the units beyond {km:g} km "
-        "shrink in every region (when the region column exists). Supported when (a), (b), (c or d) "
-        "and (e) hold; partly supported when at least one holds; not supported when none does."
+        "shrink in every region (when the region column exists); (f) robust to the choice of cores: the "
+        "lower Wilson bound of the shrinking share beyond {km:g} km is above 50 % under every core set "
+        "of the distance stage's sensitivity table (when it exists). Supported when (a), (b), (c or "
+        "d), (e) and (f) hold; partly supported when at least one holds; not supported when none does."
     ),
     "northeast": (
         "Three tests: (a) the Northeast's total population fell; (b) its share of Low-Low "
@@ -702,6 +704,7 @@ def verdict_distance(
     fit: SegmentedFit | None,
     distance_coef: tuple[float, float] | None,
     region_shares: Mapping[str, float] | None = None,
+    core_set_lows: Mapping[str, float] | None = None,
     km: float = CLAIM_KM,
 ) -> Verdict:
     """Claim 1 (see :data:`RULES` ``"distance"``).
@@ -709,7 +712,9 @@ def verdict_distance(
     ``distance_coef`` is (coefficient, p) of log distance in the spatial model
     (or OLS when the diagnostics keep it); None when no regression was fitted.
     ``region_shares`` maps each region to its shrinking share beyond ``km``
-    (None: no region column, test (e) not applied).
+    (None: no region column, test (e) not applied); ``core_set_lows`` maps
+    each core set to the lower Wilson bound of its shrinking share beyond
+    ``km`` (None: no sensitivity table, test (f) not applied).
     """
     rule = RULES["distance"].format(km=km)
     if beyond_n == 0 or within_n == 0:
@@ -725,6 +730,7 @@ def verdict_distance(
         if distance_coef is not None
         else None,
         "every_region": all(v > 0.5 for v in region_shares.values()) if region_shares else None,
+        "every_core_set": all(v > 0.5 for v in core_set_lows.values()) if core_set_lows else None,
     }
     reasons = [
         f"(a) {beyond_k:,} of {beyond_n:,} units beyond {km:g} km shrink ({100 * share:.1f} %, 95 % CI "
@@ -761,8 +767,17 @@ def verdict_distance(
         )
     else:
         reasons.append("(e) not applied: region column missing.")
+    if core_set_lows:
+        weak = [k for k, v in core_set_lows.items() if not v > 0.5]
+        reasons.append(
+            "(f) core sets: "
+            + (f"not clearly above 50 % under {', '.join(weak)}." if weak else "above 50 % under every set.")
+        )
+    else:
+        reasons.append("(f) not applied: core-set sensitivity table missing.")
     support = bool(
-        tests["majority"]
+        tests["every_core_set"] is not False
+        and tests["majority"]
         and tests["contrast"]
         and (tests["threshold"] or tests["distance_matters"])
         and tests["every_region"] is not False

@@ -351,6 +351,7 @@ def section_distance(
         f"(95 % bootstrap CI {a['change_ci_low']:+.2f} to {a['change_ci_high']:+.2f} %)."
     )
     region_shares = None
+    core_set_lows = None
     for col, title in (("region", "region"), ("unit_kind", "unit kind")):
         if col in u.columns and u[col].notna().any():
             t = fd.share_table(u, [col, "band"], bootstrap=bootstrap, seed=seed)
@@ -395,7 +396,9 @@ def section_distance(
                 cs,
             )
         )
-        low = cs[cs["share_ci_low"] <= 0.5]["core_set"].astype(str).tolist()
+        low = cs[(cs["n_beyond"] > 0) & (cs["share_ci_low"] <= 0.5)]["core_set"].astype(str).tolist()
+        has = cs[cs["n_beyond"] > 0]  # a set with no unit beyond the distance says nothing
+        core_set_lows = dict(zip(has["core_set"].astype(str), has["share_ci_low"], strict=True))
         sec.text.append(
             f"Under each core set, the shrinking share beyond {km:g} km: "
             + "; ".join(
@@ -413,7 +416,7 @@ def section_distance(
     else:
         sec.text.append(
             "Under other core sets: not testable with these data: core-set sensitivity table "
-            "(core_sensitivity of the distance stage) missing."
+            "(core_set_sensitivity of the distance stage) missing."
         )
     if not _missing(u, ["rail_minutes_to_core", "rail_time_band"]):
         tb_order = u.groupby("rail_time_band")["rail_minutes_to_core"].min().sort_values().index
@@ -536,6 +539,7 @@ def section_distance(
         fit=fit,
         distance_coef=coef,
         region_shares=region_shares,
+        core_set_lows=core_set_lows,
         km=km,
     )
     if level == "county":

@@ -410,6 +410,9 @@ def test_core_sets_and_rail_times_enter_the_distance_section() -> None:
     cs = tables["core_sets"].set_index("core_set")
     lo, hi = fd.wilson_interval(240, 300)
     assert cs.loc["all", "share_ci_low"] == pytest.approx(lo[0]) and np.isnan(cs.loc["metro", "share_ci_low"])
+    assert sec.verdict.tests["every_core_set"] is True  # the empty set says nothing
+    weak = rp.section_distance(u, core_sets=sens.assign(n_shrinking_beyond=[120, 0]), bootstrap=0, dpi=30)
+    assert weak.verdict.tests["every_core_set"] is False and weak.verdict.label != "supported"
     tb = tables["rail_time_bands"].set_index("rail_time_band")
     assert tb.loc["0-2 h", "n_units"] == int((u["rail_minutes_to_core"] < 120).sum())
     assert list(tables["rail_time_bands"]["rail_time_band"]) == ["0-2 h", "2 h+"]

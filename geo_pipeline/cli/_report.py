@@ -121,14 +121,14 @@ def run(ctx: StageContext, bootstrap: int | None = None, maps: bool | None = Non
             weights[level] = _weights(ctx, analysable)
     core_sets, global_moran = {}, {}
     for level in levels:
-        # the distance stage's core-set sensitivity table (distance.gpkg / distance_prefecture.gpkg)
+        # the distance stage's core-set sensitivity table, as exported (or from distance.gpkg)
+        name = ctx.level_layer("core_set_sensitivity", level)
         dist = ctx.level_output("distance.gpkg", level)
-        layers = set(list_layers(dist)) if dist.is_file() else set()
-        for name in ("core_sensitivity", "core_set_sensitivity"):
-            if name in layers:
-                core_sets[level] = read_table(dist, name)
-                inputs[f"distance_{level}"] = dist
-                break
+        if name in present:
+            core_sets[level] = read_table(src, name)
+        elif dist.is_file() and "core_set_sensitivity" in list_layers(dist):
+            core_sets[level] = read_table(dist, "core_set_sensitivity")
+            inputs[f"distance_{level}"] = dist
         name = ctx.level_layer("global_moran", level)
         if name in present:
             global_moran[level] = read_table(src, name)
