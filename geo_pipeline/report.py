@@ -973,6 +973,22 @@ def section_intercity(
         )
     )
     n_int = len(inter)
+    if n_int:
+        it = inter[[c for c in keep if c in inter.columns]].copy()
+        if crossings is not None and len(crossings):
+            it = it.merge(g, on="line_id", how="left")
+        it = it.sort_values("utilisation").reset_index(drop=True)
+        sec.tables.append(
+            ReportTable("intercity_lines", "Intercity (城际) lines and what the proxy says", it)
+        )
+        iu = inter["utilisation"].to_numpy(dtype=float)
+        iu = iu[np.isfinite(iu)]
+        if len(iu):
+            sec.text.append(
+                f"Proxy for the {len(iu)} intercity lines with counts: median {np.median(iu):.2f}, "
+                f"{int((iu < threshold).sum())} below {threshold:g}; the proxy is relative to the class's "
+                "busiest lines, so 0.4 on it is not 40 % of design ridership."
+            )
     sec.text.append(
         f"{len(under)} of {len(lines)} lines are flagged underused; {n_int} lines are intercity (城际) "
         f"by name, {int(user.sum())} of them with a ratio from a user capacity table. The proxy "
@@ -1274,7 +1290,7 @@ figcaption{font-size:12px;color:#444}
 .toc ul{columns:2;font-size:13px;padding-left:1.2rem}.toc span{padding:0 .3rem;border-radius:3px}
 @media print{body{max-width:none;margin:0;font-size:10.5pt}h2{break-before:page}
 h1+h2,.summary h2{break-before:auto}table,figure,.verdict,blockquote{break-inside:avoid}
-.wrap{overflow:visible}a{color:inherit;text-decoration:none}@page{size:A4;margin:14mm}}
+.wrap{overflow:visible}table{font-size:7.5pt}a{color:inherit;text-decoration:none}@page{size:A4;margin:14mm}}
 """
 
 
