@@ -45,6 +45,7 @@ from . import styles
 from ._crs import CHINA_ALBERS
 from ._errors import ConfigError, DataQualityWarning, InputError, MissingInputError
 from ._validate import check_frame
+from .underused import UNDERUSED_SUFFIX
 
 __all__ = [
     "ALBERS_CHINA",
@@ -98,6 +99,8 @@ GENERALISE_MM = 0.25
 #: South China Sea inset in axes fractions (x, y, width, height) of the national maps.
 _SCS_INSET = (0.845, 0.0, 0.155, 0.26)
 
+#: Dash pattern of underused rail lines (matplotlib on-off in points).
+_UNDERUSED_DASH = (0, (3.0, 1.8))
 _NO_DATA = "#e3e3e3"
 _CONTEXT = "#efefef"
 _EDGE = "#ffffff"
@@ -495,6 +498,10 @@ def rc_params(family: str) -> dict[str, Any]:
 def atlas_text(data: AtlasData) -> str:
     """Every character the atlas pages may draw (for the font subset)."""
     parts = [_font_text(data)]
+    if data.rail_lines is not None and "map_class" in data.rail_lines.columns:  # underused lines' labels
+        lines = data.rail_lines
+        under = lines["map_class"].astype(str).str.endswith(UNDERUSED_SUFFIX)
+        parts += list(lines.loc[under, "name"].astype(str))
     for frame, cols in ((data.cores, ("name",)), (data.units, ("prefecture",))):
         if frame is not None:
             for c in cols:
@@ -510,7 +517,7 @@ def _font_text(data: AtlasData) -> str:
     are left out.
     """
     parts = [_TEXT, SOURCE_LINE, *(t for pair in THEMES.values() for t in pair),
-             *styles.LISA_LABELS.values(), *styles.RAIL_LABELS.values()]
+             *styles.LISA_LABELS.values(), *styles.RAIL_LABELS.values(), styles.UNDERUSED_LABEL]
     parts += list(data.provinces["name"].astype(str))
     if "province" in data.units.columns:
         parts += list(data.units["province"].dropna().astype(str).unique())
@@ -545,6 +552,30 @@ class PageSpec:
     subtitle: str
     national: bool
     province_code: str = ""
+
+
+def _rail_style(lines: gpd.GeoDataFrame) -> tuple[str | None, list[styles.Category]]:
+    """Column and categories the rail lines are drawn with: ``map_class`` (underused dashed) or the class."""
+    if "map_class" in lines.columns:
+        return "map_class", styles.rail_categories(lines["map_class"])
+    ccol = next((c for c in ("class", "rail_class", "line_class", "type") if c in lines.columns), None)
+    return ccol, styles.rail_categories(lines[ccol]) if ccol else []
+
+
+def _rail_note(lines: gpd.GeoDataFrame) -> str:
+    """Page note of the rail page: geometry source and how utilisation is measured."""
+    has_src = "geometry_source" in lines.columns and len(lines)
+    src = lines["geometry_source"].astype(str).iloc[0] if has_src else ""
+    geom = ("Rail lines threaded through the stations they serve (straight between stations)"
+            if src == "threaded" else "Rail geometry is approximate (straight segments between key stations)")
+    basis = ""
+    if "utilisation_basis" in lines.columns:
+        b = sorted({str(v) for v in lines["utilisation_basis"].dropna() if str(v)})
+        basis = f" Utilisation: {'; '.join(b)}." if b else ""
+    thr = pd.to_numeric(lines.get("underused_threshold", pd.Series(dtype=float)), errors="coerce").dropna()
+    below = f" (utilisation < {thr.iloc[0]:g})" if len(thr) else ""
+    return (f"{geom}. Dashed blue: underused lines{below}; numbers: utilisation of underused high-speed "
+            f"and fast lines.{basis}")
 
 
 def _band_col(frame: pd.DataFrame) -> str | None:
@@ -1059,14 +1090,15 @@ class _Renderer:
                                      label="走廊 Corridor buffer"))
                 extra_draw.append(lambda a: self._plot(a, corridors, styles.RAIL_COLORS["high_speed"], lw=0,
                                                        edge=None, alpha=0.22, zorder=6))
+            note = "Rail geometry is approximate (straight segments between key stations)."
             if self.data.rail_lines is not None:
                 lines = self.data.rail_lines
-                ccol = next((c for c in ("class", "rail_class", "line_class", "type") if c in lines.columns), None)
-                cats = styles.rail_categories(lines[ccol]) if ccol else []
-                handles += [Line2D([], [], color=c.color, linewidth=(c.width or 0.4) * 2.5, label=c.label)
-                            for c in cats]
+                ccol, cats = _rail_style(lines)
+                handles += self._rail_handles(lines, ccol, cats)
                 extra_draw.append(lambda a: self._draw_rail(a, lines, ccol, cats))
-            note = "Rail geometry is approximate (straight segments between key stations)."
+                if ccol == "map_class":
+                    extra_draw.append(lambda a: self._label_underused(a, lines, names=False))
+                    note = _rail_note(lines)
         self._plot(ax, units, colors[self._pos(units)], lw=0.06, key="units")
         provinces = self.national_layer("provinces")
         missing = provinces[~provinces["province_code"].isin(u["province_code"])]
@@ -1084,14 +1116,44 @@ class _Renderer:
         self._legend(fig, handles, title, note)
         return fig
 
-    def _draw_rail(self, ax: Any, lines: gpd.GeoDataFrame, col: str | None, cats: list[styles.Category]) -> None:
+    def _draw_rail(self, ax: Any, lines: gpd.GeoDataFrame, col: str | None, cats: list[styles.Category],
+                   width: float = 2.2) -> None:
         if col is None:
             lines.plot(ax=ax, color=styles.RAIL_COLORS["conventional"], linewidth=0.5 * self.scale, zorder=7)
             return
         for cat in reversed(cats):  # high-speed drawn last, on top
             sel = lines[lines[col] == cat.value]
             if len(sel):
-                sel.plot(ax=ax, color=cat.color, linewidth=(cat.width or 0.4) * 2.2 * self.scale, zorder=7)
+                sel.plot(ax=ax, color=cat.color, linewidth=(cat.width or 0.4) * width * self.scale, zorder=7,
+                         linestyle=_UNDERUSED_DASH if cat.dashed else "solid")
+
+    def _rail_handles(self, lines: gpd.GeoDataFrame, col: str | None, cats: list[styles.Category]
+                      ) -> list[Any]:
+        """Legend lines of the rail classes (dashed for underused), with their number of lines."""
+        out = []
+        for c in cats:
+            n = int((lines[col] == c.value).sum()) if col else 0
+            out.append(Line2D([], [], color=c.color, linewidth=(c.width or 0.4) * 2.5,
+                              linestyle=_UNDERUSED_DASH if c.dashed else "solid", label=f"{c.label} ({n})"))
+        return out
+
+    def _label_underused(self, ax: Any, lines: gpd.GeoDataFrame, *, names: bool,
+                         classes: tuple[str, ...] = ("high-speed", "fast")) -> None:
+        """Label underused lines at their middle with their utilisation (and name on province pages)."""
+        from matplotlib import patheffects
+
+        sel = lines[lines["map_class"].astype(str).str.endswith(UNDERUSED_SUFFIX)]
+        if classes:
+            sel = sel[sel["map_class"].astype(str).str.removesuffix(UNDERUSED_SUFFIX).isin(classes)]
+        if "utilisation" not in sel.columns or sel.empty:
+            return
+        halo = [patheffects.withStroke(linewidth=1.6, foreground="white")]
+        mids = shapely.line_interpolate_point(sel.geometry.to_numpy(), 0.5, normalized=True)
+        for name, u, pt in zip(sel["name"].astype(str), sel["utilisation"].astype(float), mids, strict=True):
+            text = f"{name} {u:.2f}" if names else f"{u:.2f}"
+            ax.text(shapely.get_x(pt), shapely.get_y(pt), text, fontsize=self._fs(5.5 if names else 4.8),
+                    color=styles.UNDERUSED_COLOR, ha="center", va="bottom", zorder=9, clip_on=True,
+                    path_effects=halo)
 
     # -- province pages ---------------------------------------------------------------------------
     def province_geometry(self, code: str) -> _ProvinceGeometry:
@@ -1126,6 +1188,7 @@ class _Renderer:
         self._plot(ax, own, self._class_colors()[inside], lw=0.12, zorder=2)
         self._boundary(ax, prov[prov["province_code"] == spec.province_code], color="black", lw=1.1, zorder=6)
         n_pref = self._prefectures(ax, g.prefectures)
+        rail_handles = self._province_rail(ax, extent)
         self._set_extent(ax, extent)
         self._scale_bar(ax, extent)
         self._north_arrow(fig, extent)
@@ -1134,6 +1197,7 @@ class _Renderer:
                     Line2D([], [], color="black", linewidth=1.2, label="省界 Province boundary")]
         if n_pref:
             handles.append(Line2D([], [], color="#555555", linewidth=0.6, label="地级市 Prefecture"))
+        handles += rail_handles
         sub = u[inside]
         note = f"{int(inside.sum())} units, {int((sub['change_pct'] < 0).sum())} losing population. " \
                "Colours: the national classes (mapclassify)."
@@ -1143,6 +1207,21 @@ class _Renderer:
         self._legend(fig, handles, "人口变化 Change 2010–2020", note)
         self._locator(fig, spec.province_code)
         return fig
+
+    def _province_rail(self, ax: Any, extent: tuple[float, ...]) -> list[Any]:
+        """High-speed and underused lines in view on a province page; their legend lines."""
+        lines = self.data.rail_lines
+        if lines is None or "map_class" not in lines.columns:
+            return []
+        mc = lines["map_class"].astype(str)
+        keep = (mc == "high-speed") | mc.str.endswith(UNDERUSED_SUFFIX)
+        sel = lines[keep.to_numpy() & self._in_box(lines, shapely.box(*extent))]
+        if sel.empty:
+            return []
+        col, cats = _rail_style(sel)
+        self._draw_rail(ax, sel, col, cats, width=1.6)
+        self._label_underused(ax, sel, names=True, classes=())
+        return self._rail_handles(sel, col, cats)
 
     def _prefectures(self, ax: Any, pref: gpd.GeoDataFrame | None) -> int:
         """Outline and label the prefectures of a province page (dissolved from its units)."""

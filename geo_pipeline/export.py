@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 #: Layers of ``shrinkage.gpkg`` in the order they are written (absent ones are skipped).
 LAYER_ORDER = (
     "units", "prefectures", "provinces", "lisa", "distance_rings", "cores",
-    "rail_lines", "rail_stations", "corridors",
-    "band_summary", "global_moran", "corridor_summary",
+    "rail_lines", "rail_stations", "corridors", "underused_lines",
+    "band_summary", "global_moran", "corridor_summary", "time_band_summary", "access_change_summary",
 )
 
 LAYER_DESCRIPTIONS = {
@@ -67,6 +67,10 @@ LAYER_DESCRIPTIONS = {
     "band_summary": "Population change summarised by distance band.",
     "global_moran": "Global Moran's I of each analysed variable.",
     "corridor_summary": "Population change inside and outside the rail corridors.",
+    "underused_lines": "Underused rail lines (utilisation below the threshold) with the units they cross "
+                       "and those units' shrinking share.",
+    "time_band_summary": "Population change by door-to-core travel time band (road + rail).",
+    "access_change_summary": "Population change by minutes saved between the 2010 rail network and today's.",
 }
 
 LAYER_TITLES = {
@@ -82,6 +86,9 @@ LAYER_TITLES = {
     "band_summary": "Summary by distance band",
     "global_moran": "Global Moran's I",
     "corridor_summary": "Summary by rail corridor",
+    "underused_lines": "Underused rail lines",
+    "time_band_summary": "Summary by travel-time band",
+    "access_change_summary": "Summary by minutes saved since 2010",
 }
 
 _FIELD_DESCRIPTIONS = {
@@ -132,6 +139,18 @@ _FIELD_DESCRIPTIONS = {
     "w_component": "Connected component of the contiguity weights before island links (0: largest; -1: "
                    "not in the weights)",
     "w_linked": "True when an island link was added to this unit",
+    "rail_minutes_to_core": "Door-to-core minutes: road to a station and rail to the nearest core, or road "
+                            "alone when faster (rail_network.py)",
+    "rail_time_band": "Travel-time band of rail_minutes_to_core (< 60, 60-120, 120-180, 180+ min)",
+    "rail_minutes_to_core_2010": "rail_minutes_to_core on the 2010 network (lines opened before 2010)",
+    "rail_time_band_2010": "Travel-time band on the 2010 network",
+    "rail_minutes_saved": "rail_minutes_to_core_2010 - rail_minutes_to_core (minutes)",
+    "rail_core": "Core reached by the fastest route",
+    "rail_station": "Station where the fastest rail route starts",
+    "rail_access_minutes": "Road minutes from the unit to that station",
+    "rail_route": "rail (road to a station, then rail) or road (straight to the core)",
+    "in_corridor_straight": "In a high-speed corridor with the straight key-station lines",
+    "in_corridor_threaded": "In a high-speed corridor with the lines threaded through their stations",
 }
 
 _PATTERNS = (
@@ -346,6 +365,12 @@ def rail_class_column(frame: pd.DataFrame) -> str | None:
     return _find_column(frame, ("class", "rail_class", "line_class", "speed_class", "type", "category", "kind"))
 
 
+def _underused_note(frame: pd.DataFrame) -> str:
+    """Legend note of the underused classes (``"utilisation < 0.4"``) from the threshold column."""
+    thr = pd.to_numeric(frame.get("underused_threshold", pd.Series(dtype=float)), errors="coerce").dropna()
+    return f"utilisation < {thr.iloc[0]:g}" if len(thr) else ""
+
+
 def _graduated(frame: gpd.GeoDataFrame, column: str, name: str, *, default: bool,
                outflow: bool = False) -> LayerStyle:
     kw: dict[str, Any] = {"unit": " %"}
@@ -386,6 +411,16 @@ def _styles_for(name: str, frame: gpd.GeoDataFrame) -> tuple[LayerStyle, ...]:
             out.append(LayerStyle("Distance rings", styles.categorized_qml(
                 col, styles.band_categories(frame[col]), kind, width=0.5, fill=False),
                 f"Distance rings by {col} (outlines, rings of several cores overlap)", True))
+    elif name in ("rail_lines", "underused_lines") and "map_class" in frame.columns:
+        cats = styles.rail_categories(frame["map_class"], underused_note=_underused_note(frame))
+        counts = frame["map_class"].astype(str).value_counts()
+        cats = [replace(c, label=f"{c.label}: {int(counts.get(str(c.value), 0))}") for c in cats]
+        out.append(LayerStyle("Rail lines, underused dashed", styles.categorized_qml("map_class", cats, kind),
+                              "Rail lines by class; underused lines dashed blue", True))
+        col = rail_class_column(frame)
+        if col:
+            out.append(LayerStyle("Rail lines by class", styles.categorized_qml(
+                col, styles.rail_categories(frame[col]), kind), f"Rail lines by class ({col})"))
     elif name == "rail_lines":
         col = rail_class_column(frame)
         if col:

@@ -41,6 +41,7 @@ __all__ = [
     "SHRINK_COLORS",
     "GROW_COLORS",
     "RAIL_COLORS",
+    "UNDERUSED_COLOR",
     "NO_DATA_COLOR",
 ]
 
@@ -78,6 +79,9 @@ _LISA_ORDER = ("HH", "LL", "LH", "HL", "ns", "nc")
 RAIL_COLORS = {"high_speed": "#c51b7d", "fast": "#f1a340", "conventional": "#636363"}
 RAIL_LABELS = {"high_speed": "高速 High-speed", "fast": "快速 Fast", "conventional": "普速 Conventional"}
 RAIL_WIDTHS = {"high_speed": 0.7, "fast": 0.45, "conventional": 0.3}
+#: Underused lines (``map_class`` ending in ``"underused"``): dashed, in this colour, at their class width.
+UNDERUSED_COLOR = "#2166ac"
+UNDERUSED_LABEL = "未充分利用 underused"
 
 
 # -- classes -----------------------------------------------------------------
@@ -283,6 +287,7 @@ class Category:
     color: str
     label: str
     width: float | None = None
+    dashed: bool = False
 
 
 def lisa_key(value: Any) -> str | None:
@@ -365,15 +370,31 @@ def rail_class(value: Any) -> str:
     return "conventional"
 
 
-def rail_categories(values: Iterable[Any]) -> list[Category]:
-    """Categories for rail line classes: high-speed magenta and wide, fast orange, others grey."""
+def rail_categories(values: Iterable[Any], *, underused_note: str = "") -> list[Category]:
+    """Categories for rail line classes: high-speed magenta and wide, fast orange, others grey.
+
+    Values ending in ``"underused"`` (the ``map_class`` of
+    :func:`geo_pipeline.underused.map_class`, e.g. ``"high-speed underused"``)
+    get a dashed line in :data:`UNDERUSED_COLOR` at their class width, after
+    their class; ``underused_note`` (e.g. ``"utilisation < 0.4"``) is added
+    to their label.
+    """
     order = {"high_speed": 0, "fast": 1, "conventional": 2}
     vals = [_plain(v) for v in pd.unique(pd.Series(list(values), dtype="object")) if not _is_missing(v)]
-    vals.sort(key=lambda v: (order[rail_class(v)], str(v)))
+
+    def under(v: Any) -> bool:
+        return str(v).strip().lower().endswith("underused")
+
+    vals.sort(key=lambda v: (order[rail_class(v)], under(v), str(v)))
     out = []
     for v in vals:
         key = rail_class(v)
         known = RAIL_LABELS[key]
+        if under(v):
+            note = f" ({underused_note})" if underused_note else ""
+            out.append(Category(v, UNDERUSED_COLOR, f"{known}, {UNDERUSED_LABEL}{note}", RAIL_WIDTHS[key],
+                                dashed=True))
+            continue
         label = known if str(v).lower().replace("_", "-") in known.lower() else f"{v} ({known})"
         out.append(Category(v, RAIL_COLORS[key], label, RAIL_WIDTHS[key]))
     return out
@@ -400,7 +421,7 @@ def _rgba(color: str, alpha: float = 1.0) -> str:
 
 
 def _symbol_layer(kind: SymbolKind, color: str, *, width: float | None, outline: str | None,
-                  fill: bool, size: float, shape: str) -> tuple[str, dict[str, str]]:
+                  fill: bool, size: float, shape: str, dashed: bool = False) -> tuple[str, dict[str, str]]:
     if kind == "fill":
         props = {
             "color": _rgba(color), "style": "solid" if fill else "no",
@@ -412,10 +433,11 @@ def _symbol_layer(kind: SymbolKind, color: str, *, width: float | None, outline:
         return "SimpleFill", props
     if kind == "line":
         props = {
-            "line_color": _rgba(color), "line_style": "solid",
+            "line_color": _rgba(color), "line_style": "dash" if dashed else "solid",
             "line_width": f"{0.4 if width is None else width:g}", "line_width_unit": "MM",
-            "capstyle": "round", "joinstyle": "round", "offset": "0", "offset_unit": "MM",
-            "use_custom_dash": "0", "customdash": "5;2", "customdash_unit": "MM",
+            "capstyle": "flat" if dashed else "round", "joinstyle": "round", "offset": "0", "offset_unit": "MM",
+            "use_custom_dash": "1" if dashed else "0", "customdash": "2.5;1.5" if dashed else "5;2",
+            "customdash_unit": "MM",
         }
         return "SimpleLine", props
     props = {
@@ -439,12 +461,13 @@ def _empty_ddp(parent: ET.Element) -> None:
 def _symbol(
     parent: ET.Element, tag: str, name: str, kind: SymbolKind, color: str, *,
     alpha: float = 1.0, width: float | None = None, outline: str | None = None,
-    fill: bool = True, size: float = 2.0, shape: str = "circle",
+    fill: bool = True, size: float = 2.0, shape: str = "circle", dashed: bool = False,
 ) -> ET.Element:
     sym = ET.SubElement(parent, tag, name=name, type=kind, alpha=f"{alpha:g}",
                         clip_to_extent="1", force_rhr="0")
     _empty_ddp(sym)
-    cls, props = _symbol_layer(kind, color, width=width, outline=outline, fill=fill, size=size, shape=shape)
+    cls, props = _symbol_layer(kind, color, width=width, outline=outline, fill=fill, size=size, shape=shape,
+                               dashed=dashed)
     layer = ET.SubElement(sym, "layer", attrib={"class": cls, "enabled": "1", "locked": "0", "pass": "0"})
     opt = ET.SubElement(layer, "Option", type="Map")
     for k, v in sorted(props.items()):
@@ -561,7 +584,8 @@ def categorized_qml(
         ET.SubElement(cats, "category", symbol=str(i), value=str(cat.value), label=cat.label, render="true")
         w = cat.width if cat.width is not None else width
         edge = (outline if fill else cat.color) if kind != "line" else None
-        _symbol(symbols, "symbol", str(i), kind, cat.color, alpha=alpha, width=w, outline=edge, fill=fill)
+        _symbol(symbols, "symbol", str(i), kind, cat.color, alpha=alpha, width=w, outline=edge, fill=fill,
+                dashed=cat.dashed)
     src = ET.SubElement(r, "source-symbol")
     _symbol(src, "symbol", "0", kind, NO_DATA_COLOR, alpha=alpha, width=width)
     ET.SubElement(r, "rotation")

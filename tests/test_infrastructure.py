@@ -565,7 +565,7 @@ def test_cli_writes_layers_and_refuses_overwrite(tmp_path: Path) -> None:
     gpkg = tmp_path / "data_processed" / "infrastructure.gpkg"
     assert set(list_layers(gpkg)) == {
         "rail_lines", "rail_stations", "corridors", "units", "corridor_summary", "geometry_check",
-        "time_band_summary", "access_change_summary", "network_check"}
+        "time_band_summary", "access_change_summary", "network_check", "underused_lines"}
     units = read_layer(gpkg, "units").set_index("unit_id")
     # door to core: central Beijing and Shanghai within an hour (by road to the core), western Tibet 180+
     assert units.loc["110101", "rail_minutes_to_core"] < 30 and units.loc["110101", "rail_core"] == "北京"

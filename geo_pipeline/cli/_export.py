@@ -47,6 +47,9 @@ _IF_PRESENT_TABLES = (
     ("distance.gpkg", "band_summary_by_region", "band_summary_by_region", False),
     ("distance.gpkg", "band_summary_by_kind", "band_summary_by_kind", False),
     ("distance.gpkg", "core_set_sensitivity", "core_set_sensitivity", False),
+    ("infrastructure.gpkg", "underused_lines", "underused_lines", True),
+    ("infrastructure.gpkg", "time_band_summary", "time_band_summary", False),
+    ("infrastructure.gpkg", "access_change_summary", "access_change_summary", False),
 )
 #: Stages whose ``units`` layer is merged into the export units.
 _UNIT_STAGES = ("raster", "distance", "autocorrelation", "infrastructure")

@@ -25,6 +25,7 @@ from .. import infrastructure as inf
 from .. import rail
 from .. import rail_geometry as rgeo
 from .. import rail_network as rnet
+from .. import underused as und
 from .._errors import ConfigError, DataQualityWarning, InputError, MissingInputError
 from .._io import attribute_table, check_writable, read_layer
 from .._validate import check_frame
@@ -67,6 +68,8 @@ DESCRIPTIONS = {
     "station, rail to the nearest core; see rail_network.py for the model).",
     "access_change_summary": "Population change by minutes saved between the 2010 network (lines opened "
     "before 2010 by the catalogue) and today's.",
+    "underused_lines": "Underused rail lines (utilisation below the threshold; see rail_lines "
+    "utilisation_basis) with the analysis units they cross and those units' shrinking share.",
     "network_check": "Rail minutes of the network between known station pairs against timetable minutes.",
     "geometry_check": "Straight vs threaded line geometry: distance from points every 100 m along the OSM "
     "tracks of the Guixi extract to our line of the same name (metres), and the change in corridor "
@@ -245,7 +248,7 @@ def run(
     gpkg_name, csv_name = ctx.level_file("infrastructure.gpkg"), ctx.level_file("corridor_summary.csv")
     check_name = ctx.level_file("geometry_check.csv")
     net_names = {n: ctx.level_file(f"{n}.csv") for n in ("time_band_summary", "access_change_summary",
-                                                          "network_check")}
+                                                          "network_check", "underused_lines")}
     for name in (gpkg_name, csv_name, check_name, *net_names.values()):  # fail before the work, not after
         check_writable(ctx.output(name), overwrite=ctx.overwrite)
 
@@ -403,6 +406,9 @@ def run(
                                     catalogue, reference)
         corridors = inf.dissolve_corridors(buffers, approximate=bool(line_frame["approximate"].any()))
         summary = inf.corridor_summary(units, overlay)
+        line_frame = line_frame.assign(map_class=und.map_class(line_frame).to_numpy(),
+                                       underused_threshold=threshold)
+        under_lines = und.underused_lines(line_frame, units)
 
         # -- rail network: door-to-core minutes, 2010 vs now ----------------------------------------
         access = net_tables = None
@@ -436,6 +442,7 @@ def run(
         layers["geometry_check"] = check
     if net_tables is not None:
         layers.update(net_tables)
+    layers["underused_lines"] = under_lines
     gpkg = ctx.write_gpkg(gpkg_name, layers)
     descriptions = dict(DESCRIPTIONS)
     if bool(line_frame["approximate"].any()):
@@ -448,6 +455,8 @@ def run(
         outputs["geometry_check"] = ctx.write_csv(check_name, check)
     for name, table in (net_tables or {}).items():
         outputs[name] = ctx.write_csv(net_names[name], table)
+    outputs["underused_lines"] = ctx.write_csv(
+        net_names["underused_lines"], pd.DataFrame(under_lines.drop(columns=under_lines.geometry.name)))
 
     hs_lines = int((line_frame["class"] == "high-speed").sum())
     hs_stations = int(station_frame["high_speed"].sum())
