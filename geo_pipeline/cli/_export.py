@@ -42,7 +42,8 @@ _LEVEL_TABLES = (
     ("autocorrelation.gpkg", "global_moran", "global_moran", False),
     ("infrastructure.gpkg", "corridor_summary", "corridor_summary", False),
 )
-#: Distance summaries exported when the distance stage wrote them (no warning when absent), at every level.
+#: Summaries (distance) and rail layers (infrastructure) exported when their stage wrote them (no warning
+#: when absent), at every level.
 _IF_PRESENT_TABLES = (
     ("distance.gpkg", "band_summary_by_region", "band_summary_by_region", False),
     ("distance.gpkg", "band_summary_by_kind", "band_summary_by_kind", False),
