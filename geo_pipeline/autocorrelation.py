@@ -58,6 +58,9 @@ __all__ = [
     "NOT_COMPARABLE",
     "significance_rule",
     "DERIVED",
+    "global_moran_bv",
+    "local_bivariate",
+    "pair_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,9 @@ PERMUTATION_BLOCK = 256
 
 GLOBAL_COLUMNS = [
     "variable",
+    "statistic",
+    "x",
+    "y",
     "I",
     "EI",
     "z_norm",
@@ -664,10 +670,156 @@ def local_statistics(
     )
 
 
-def _empty_columns(variables: Sequence[str], *, eb: bool = False) -> dict[str, str]:
+def pair_key(x: str, y: str) -> str:
+    """Name of a bivariate pair in columns and tables: ``"<x>_vs_<y>"``."""
+    return f"{x}_vs_{y}"
+
+
+def global_moran_bv(
+    x: np.ndarray, y: np.ndarray, weights: UnitWeights, *, permutations: int, seed: int
+) -> dict[str, float]:
+    r"""Global bivariate Moran's I of ``x`` with the spatial lag of ``y`` (esda ``Moran_BV``).
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        Values in the order of ``weights.ids``, no missing values.
+    weights : UnitWeights
+    permutations : int
+        Random permutations of ``y`` for the pseudo p-value (0: none).
+    seed : int
+        Seed of the permutations (NumPy's global RNG, restored afterwards).
+
+    Returns
+    -------
+    dict
+        ``I``, ``EI`` (mean of the permuted values), ``z_norm`` and ``p_norm``
+        (NaN: esda gives no analytical moments for it), ``z_sim``, ``p_sim``.
+
+    Notes
+    -----
+    :math:`I_B = \sum_i \sum_j w_{ij} z_{x,i} z_{y,j} / \sum_i z_{x,i}^2` with
+    row-standardised :math:`w` and :math:`z` the standardised values: the
+    slope of the lag of :math:`z_y` on :math:`z_x`. Inference permutes ``y``
+    over the units (esda draws from NumPy's global RNG).
+    """
+    import esda
+
+    graph = weights.graph()
+    with _seeded_global_rng(seed), _quiet_esda():
+        bv = esda.Moran_BV(
+            np.asarray(x, dtype=float),
+            np.asarray(y, dtype=float),
+            graph,
+            transformation="r",
+            permutations=permutations,
+        )
+    return {
+        "I": float(bv.I),
+        "EI": float(bv.EI_sim) if permutations else np.nan,
+        "z_norm": np.nan,
+        "p_norm": np.nan,
+        "z_sim": float(bv.z_sim) if permutations else np.nan,
+        "p_sim": float(bv.p_sim) if permutations else np.nan,
+    }
+
+
+def local_bivariate(
+    x: np.ndarray,
+    y: np.ndarray,
+    weights: UnitWeights,
+    *,
+    permutations: int,
+    seed: int,
+    alpha: float,
+    fdr: bool,
+    client: Any | None = None,
+) -> pd.DataFrame:
+    r"""Bivariate LISA: local Moran's I of ``x`` with the neighbours' ``y`` (esda ``Moran_Local_BV``).
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        Values in the order of ``weights.ids``, no missing values: ``x`` at
+        the unit (e.g. ``change_pct``), ``y`` at its neighbours (e.g.
+        ``share_60plus_2010``).
+    weights : UnitWeights
+    permutations : int
+        Conditional permutations per unit (0: no p-values).
+    seed : int
+        Seed of the permutations.
+    alpha : float
+        Significance level: a unit keeps its quadrant when p (q with
+        ``fdr``) is strictly below ``alpha``.
+    fdr : bool
+        Judge significance on Benjamini-Hochberg q-values.
+    client : dask.distributed.Client, optional
+        Run the permutation blocks on Dask (same p-values).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``I``, ``p``, ``q``, ``cluster``, ``std`` (:math:`z_x`) and ``lag``
+        (row-standardised lag of :math:`z_y`), one row per unit.
+
+    Notes
+    -----
+    :math:`I_i = (n-1)\, z_{x,i} \sum_j w_{ij} z_{y,j} / \sum_k z_{x,k}^2`
+    on row-standardised weights, as esda computes it (the statistic comes
+    from esda). The conditional permutation keeps :math:`z_{x,i}` and draws
+    the unit's :math:`k_i` neighbours' :math:`z_y` from the other
+    :math:`n-1` units, so :math:`I_i` is monotone in the neighbour sum of
+    :math:`z_y` with direction :math:`\operatorname{sign} z_{x,i}`: the
+    very kernel of the univariate LISA (:func:`conditional_pvalues`, same
+    seeding per block) with ``values`` = :math:`z_y` and ``direction`` =
+    :math:`z_x`. The quadrant of (:math:`z_{x,i}`, lag) gives HH, LL, HL
+    (high x, low neighbouring y) or LH.
+    """
+    import esda
+
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    graph = weights.graph()
+    with _quiet_esda(), np.errstate(divide="ignore", invalid="ignore"):
+        lisa = esda.Moran_Local_BV(x, y, graph, transformation="r", permutations=0, keep_simulations=False)
+    zx = np.asarray(lisa.zx, dtype=float)
+    zy = np.asarray(lisa.zy, dtype=float)
+    Is = np.asarray(lisa.Is, dtype=float)  # noqa: N806 - esda's name
+    if permutations:
+        p = conditional_pvalues(
+            zy, weights, permutations=permutations, seed=seed, direction=zx, client=client
+        )
+    else:
+        p = np.full(len(x), np.nan)
+    p = np.where(Is == 0.0, 1.0, p)  # x at its mean or no neighbour: no evidence
+    p[np.asarray(weights.cardinalities) == 0] = np.nan
+    q = benjamini_hochberg(p)
+    judge = q if fdr else p
+    sig = judge < alpha
+    quad = np.asarray(lisa.q, dtype=int)
+    cluster = np.where(sig, [LISA_LABELS.get(v, NOT_SIGNIFICANT) for v in quad], NOT_SIGNIFICANT)
+    lag = np.asarray(graph.transform("r").sparse @ zy, dtype=float)
+    return pd.DataFrame({"I": Is, "p": p, "q": q, "cluster": cluster.astype(object), "std": zx, "lag": lag})
+
+
+def _empty_columns(
+    variables: Sequence[str], *, eb: bool = False, pairs: Sequence[tuple[str, str]] = ()
+) -> dict[str, str]:
     cols = {"w_included": "bool", "w_neighbors": "int64", "w_component": "int64", "w_linked": "bool"}
     if eb:
         cols.update({c: "float64" for c in EB_COLUMNS})
+    for x, y in pairs:
+        key = pair_key(x, y)
+        cols.update(
+            {
+                f"bv_{key}_I": "float64",
+                f"bv_{key}_p": "float64",
+                f"bv_{key}_q": "float64",
+                f"bv_{key}_cluster": "object",
+                f"bv_{key}_std": "float64",
+                f"bv_{key}_lag": "float64",
+            }
+        )
     for v in variables:
         cols.update(
             {
@@ -741,6 +893,78 @@ def _included(units: pd.DataFrame, column: str | None, problems: Any) -> np.ndar
     return flags.astype(bool).to_numpy()
 
 
+def _bivariate_pair(
+    x_var: str,
+    y_var: str,
+    units: pd.DataFrame,
+    out: pd.DataFrame,
+    source: dict[str, np.ndarray],
+    *,
+    include: np.ndarray,
+    pos: np.ndarray,
+    weights: UnitWeights,
+    permutations: int,
+    seed: int,
+    alpha: float,
+    fdr: bool,
+    client: Any | None,
+    common: dict[str, Any],
+) -> dict[str, Any]:
+    """Fill the ``bv_<x>_vs_<y>_*`` columns of ``out`` and return the pair's global row."""
+    key = pair_key(x_var, y_var)
+
+    def column(name: str) -> np.ndarray:
+        values = source[name] if name in source else units[name].to_numpy(dtype=float, na_value=np.nan)
+        return np.where(include, values, np.nan)
+
+    xv, yv = column(x_var), column(y_var)
+    for c in ("I", "p", "q", "std", "lag"):
+        out[f"bv_{key}_{c}"] = np.nan
+    out[f"bv_{key}_cluster"] = np.where(include, NO_DATA, NOT_COMPARABLE).astype(object)
+    ok = (np.isfinite(xv) & np.isfinite(yv))[include]
+    row: dict[str, Any] = {
+        "variable": key,
+        "statistic": "moran_bv",
+        "x": x_var,
+        "y": y_var,
+        "permutations": permutations,
+        "seed": seed,
+        "n": int(ok.sum()),
+        "n_missing": int((~ok).sum()),
+        **common,
+    }
+    xa, ya = xv[include][ok], yv[include][ok]
+    if ok.sum() < 3 or np.std(xa) == 0 or np.std(ya) == 0:
+        warnings.warn(
+            f"{key}: {int(ok.sum())} unit(s) with both values or a constant one; the bivariate Moran's I "
+            "is undefined, its columns are left empty",
+            DataQualityWarning,
+            stacklevel=3,
+        )
+        nan = dict.fromkeys(("I", "EI", "z_norm", "p_norm", "z_sim", "p_sim"), np.nan)
+        return {**row, **nan, "n_links": weights.n_links, "weights": weights.description}
+    w_pair = weights.subset(ok)
+    g = global_moran_bv(xa, ya, w_pair, permutations=permutations, seed=seed)
+    loc = local_bivariate(
+        xa, ya, w_pair, permutations=permutations, seed=seed, alpha=alpha, fdr=fdr, client=client
+    )
+    idx = out.index[pos[ok]]
+    for c in ("I", "p", "q", "cluster", "std", "lag"):
+        out.loc[idx, f"bv_{key}_{c}"] = loc[c].to_numpy()
+    counts = loc["cluster"].value_counts()
+    log.info(
+        "%s: bivariate Moran's I = %.3f (p_sim = %.3g); local HH %d, LL %d, HL %d, LH %d",
+        key,
+        g["I"],
+        g["p_sim"],
+        counts.get("HH", 0),
+        counts.get("LL", 0),
+        counts.get("HL", 0),
+        counts.get("LH", 0),
+    )
+    return {**row, **g, "n_links": w_pair.n_links, "weights": w_pair.description}
+
+
 def spatial_autocorrelation(
     units: gpd.GeoDataFrame,
     *,
@@ -758,6 +982,7 @@ def spatial_autocorrelation(
     engine: str = "numpy",
     client: Any | None = None,
     comparable_column: str | None = "comparable",
+    bivariate: Sequence[tuple[str, str]] = (),
     id_column: str = "unit_id",
 ) -> AutocorrelationResult:
     """Global Moran's I, LISA clusters and Gi* hot/cold spots of unit indicators.
@@ -803,6 +1028,13 @@ def spatial_autocorrelation(
         between the censuses, e.g. Sansha) are left out of the weights, of
         the EB moments and of every statistic, and keep null statistics and
         the label "not comparable". Ignored when the column is absent.
+    bivariate : sequence of (str, str), optional
+        Pairs ``(x, y)`` for the bivariate Moran's I of ``x`` with the
+        neighbours' ``y`` (:func:`global_moran_bv`, :func:`local_bivariate`),
+        e.g. ``("change_pct", "share_60plus_2010")``: a global row named
+        ``<x>_vs_<y>`` and the unit columns ``bv_<x>_vs_<y>_I``, ``_p``,
+        ``_q``, ``_cluster``, ``_std``, ``_lag``. Units missing ``x`` or ``y``
+        are left out of that pair.
     id_column : str, default "unit_id"
 
     Returns
@@ -841,9 +1073,11 @@ def spatial_autocorrelation(
     Moran's I permutations stay in this process.
     """
     variables = list(dict.fromkeys(variables))
+    pairs = list(dict.fromkeys((str(a), str(b)) for a, b in bivariate))
     has_pop = {"pop_2010", "pop_2020"} <= set(units.columns)
-    derived = [v for v in variables if v in DERIVED and v not in units.columns]
-    needed = {v: "numeric" for v in variables if v not in derived}
+    wanted = list(dict.fromkeys([*variables, *(c for pair in pairs for c in pair)]))
+    derived = [v for v in wanted if v in DERIVED and v not in units.columns]
+    needed = {v: "numeric" for v in wanted if v not in derived}
     if derived:
         needed.update({"pop_2010": "numeric", "pop_2020": "numeric"})
     problems = check_frame(
@@ -854,8 +1088,11 @@ def spatial_autocorrelation(
         unique=[id_column],
         not_null=[id_column],
     )
-    if not variables:
+    if not variables and not pairs:
         problems.add("no variables given; expected at least one numeric column such as 'change_pct'")
+    for a, b in pairs:
+        if a == b:
+            problems.add(f"bivariate pair ({a!r}, {b!r}): expected two different columns")
     if permutations < 0:
         problems.add(f"permutations must be >= 0, found {permutations}")
     if not 0 < alpha < 1:
@@ -886,7 +1123,7 @@ def spatial_autocorrelation(
         )
     wopts = {"kind": kind, "k": k, "distance_km": distance_km, "link_k": link_k, "max_link_km": max_link_km}
 
-    schema = _empty_columns(variables, eb=has_pop)
+    schema = _empty_columns(variables, eb=has_pop, pairs=pairs)
     sig_rule = significance_rule(alpha=alpha, fdr=fdr, permutations=permutations)
     if len(units) == 0:
         empty = gpd.GeoDataFrame(
@@ -942,6 +1179,9 @@ def spatial_autocorrelation(
         n_missing = int((~ok).sum())
         row = {
             "variable": var,
+            "statistic": "moran",
+            "x": var,
+            "y": var,
             "permutations": permutations,
             "seed": seed,
             "n": int(ok.sum()),
@@ -1014,6 +1254,25 @@ def spatial_autocorrelation(
             counts.get("HL", 0),
             counts.get("LH", 0),
         )
+    for x_var, y_var in pairs:
+        rows.append(
+            _bivariate_pair(
+                x_var,
+                y_var,
+                units,
+                out,
+                source,
+                include=include,
+                pos=pos,
+                weights=weights,
+                permutations=permutations,
+                seed=seed,
+                alpha=alpha,
+                fdr=fdr,
+                client=client,
+                common={"n_excluded": n_excluded, "alpha": alpha, "fdr": fdr, "significance": sig_rule},
+            )
+        )
     for c, t in schema.items():
         out[c] = out[c].astype(t)
     result_units = gpd.GeoDataFrame(out, geometry=units.geometry.copy(), crs=units.crs)
@@ -1034,8 +1293,9 @@ def moran_scatterplot(
     moran_i: float,
     p_sim: float | None = None,
     title: str | None = None,
+    y_variable: str | None = None,
 ) -> Figure:
-    """Moran scatterplot of one analysed variable, coloured by LISA cluster.
+    """Moran scatterplot of one analysed variable (or pair), coloured by LISA cluster.
 
     Parameters
     ----------
@@ -1048,6 +1308,10 @@ def moran_scatterplot(
     p_sim : float, optional
         Pseudo p-value for the title.
     title : str, optional
+    y_variable : str, optional
+        For a bivariate pair: ``variable`` is ``x``, this is ``y`` (columns
+        ``bv_<x>_vs_<y>_std``, ``_lag``, ``_cluster``; ``moran_i`` is the
+        bivariate I).
 
     Returns
     -------
@@ -1057,9 +1321,12 @@ def moran_scatterplot(
     Notes
     -----
     With row-standardised weights the least-squares slope of the spatial lag
-    of the standardised values on the standardised values is Moran's I.
+    of the standardised values on the standardised values is Moran's I (for
+    a pair: of the lag of standardised ``y`` on standardised ``x``, the
+    bivariate I).
     """
-    cols = [f"lisa_{variable}_std", f"lisa_{variable}_lag", f"lisa_{variable}_cluster"]
+    prefix = f"bv_{pair_key(variable, y_variable)}" if y_variable else f"lisa_{variable}"
+    cols = [f"{prefix}_std", f"{prefix}_lag", f"{prefix}_cluster"]
     check_frame(units, name="autocorrelation units", columns=cols).raise_if_any()
     data = units[cols].dropna()
     x, lag, cl = data[cols[0]].to_numpy(), data[cols[1]].to_numpy(), data[cols[2]].to_numpy()
@@ -1083,10 +1350,9 @@ def moran_scatterplot(
         xs = np.array([x.min(), x.max()])
         ax.plot(xs, moran_i * xs, color="black", lw=1.2, label=f"slope = I = {moran_i:.3f}")
     ax.set_xlabel(f"{variable} (standardised)")
-    ax.set_ylabel(f"spatial lag of {variable} (standardised)")
+    ax.set_ylabel(f"spatial lag of {y_variable or variable} (standardised)")
     ptxt = f", p = {p_sim:.3g}" if p_sim is not None and np.isfinite(p_sim) else ""
-    ax.set_title(
-        title or f"Moran scatterplot: {variable} (I = {moran_i:.3f}{ptxt}, n = {len(x)})", fontsize=10
-    )
+    what = f"{variable} with neighbours' {y_variable}" if y_variable else variable
+    ax.set_title(title or f"Moran scatterplot: {what} (I = {moran_i:.3f}{ptxt}, n = {len(x)})", fontsize=10)
     ax.legend(fontsize=8, loc="best", frameon=False)
     return fig

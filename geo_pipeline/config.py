@@ -182,6 +182,9 @@ class AutocorrelationSettings:
         component) to its nearest unit(s) in another component, by
         great-circle distance between centroids; repeated until the weights
         are connected.
+    bivariate : pairs ``"x:y"`` for the bivariate Moran's I (global and local)
+        of ``x`` at a unit with ``y`` at its neighbours (esda Moran_BV,
+        Moran_Local_BV), e.g. shrinkage with ageing; empty: none.
     max_island_link_km : longest such link (km, geodesic between centroids);
         an island or group farther from every other unit stays isolated and
         is reported (layer ``island_links``, status "not linked"). 0: no limit.
@@ -202,6 +205,13 @@ class AutocorrelationSettings:
     """
 
     variables: list[str] = field(default_factory=lambda: ["change_pct", "change_pct_eb", "net_outflow_ratio"])
+    bivariate: list[str] = field(
+        default_factory=lambda: [
+            "change_pct:share_60plus_2010",
+            "change_pct:share_60plus_2020",
+            "change_pct:share_60plus_change_pts",
+        ]
+    )
     weights: str = "queen"
     k: int = 6
     distance_km: float = 150.0
@@ -514,6 +524,13 @@ def _check_choices(s: Settings, source: str) -> None:
         raise ConfigError(f"{source}: [autocorrelation] permutations >= 0 and k >= 1 required")
     if s.autocorrelation.link_k < 1 or not s.autocorrelation.distance_km > 0:
         raise ConfigError(f"{source}: [autocorrelation] link_k >= 1 and distance_km > 0 required")
+    for pair in s.autocorrelation.bivariate:
+        parts = [p.strip() for p in str(pair).split(":")]
+        if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+            raise ConfigError(
+                f"{source}: [autocorrelation] bivariate = {pair!r}; expected 'x:y' with two different "
+                "column names, e.g. 'change_pct:share_60plus_2010'"
+            )
     if s.autocorrelation.max_island_link_km < 0:
         raise ConfigError(
             f"{source}: [autocorrelation] max_island_link_km must be >= 0 (0: no limit), "

@@ -154,6 +154,14 @@ _FIELD_DESCRIPTIONS = {
 }
 
 _PATTERNS = (
+    (r"bv_(.+)_vs_(.+)_cluster", "Bivariate LISA cluster of {0} with the neighbours' {1} (HH: high {0}, high "
+     "{1} around; LL, HL, LH; not significant; not comparable: left out)"),
+    (r"bv_(.+)_vs_(.+)_p", "Pseudo p-value of the bivariate local Moran's I of {0} with the neighbours' {1}"),
+    (r"bv_(.+)_vs_(.+)_q", "Benjamini-Hochberg q-value of the bivariate local Moran's I of {0} with {1}"),
+    (r"bv_(.+)_vs_(.+)_I", "Bivariate local Moran's I of {0} with the neighbours' {1} (esda Moran_Local_BV)"),
+    (r"bv_(.+)_vs_(.+)_std", "Standardised {0} (x of the bivariate LISA with {1})"),
+    (r"bv_(.+)_vs_(.+)_lag", "Spatial lag of the standardised {1} (neighbours' mean; bivariate LISA "
+     "with {0})"),
     (r"lisa_(.+)_cluster", "LISA cluster of {0} (HH, LL, LH, HL, not significant; not comparable: left out)"),
     (r"lisa_(.+)_(p|p_sim|pvalue)", "Pseudo p-value of the local Moran's I of {0}"),
     (r"lisa_(.+)_(I|i|is)", "Local Moran's I of {0}"),
@@ -235,7 +243,7 @@ def field_descriptions(columns: Sequence[str], provenance: Mapping[str, str] | N
         for pattern, template in _PATTERNS:
             m = re.fullmatch(pattern, col)
             if m:
-                out[col] = template.format(m.group(1))
+                out[col] = template.format(*m.groups())
                 break
         else:
             stage = prov.get(col)
@@ -382,6 +390,38 @@ def _graduated(frame: gpd.GeoDataFrame, column: str, name: str, *, default: bool
     return LayerStyle(name, qml, f"Graduated colours of {column}: {classes.method}", default)
 
 
+def bivariate_columns(frame: pd.DataFrame) -> list[str]:
+    """The bivariate LISA cluster columns (``bv_<x>_vs_<y>_cluster``) in column order."""
+    return [c for c in frame.columns if re.fullmatch(r"bv_.+_vs_.+_cluster", c)]
+
+
+def _ageing_styles(frame: gpd.GeoDataFrame, kind: styles.SymbolKind) -> list[LayerStyle]:
+    """Alternative unit styles: 60+ shares, their change, EB change and bivariate LISA clusters."""
+    out: list[LayerStyle] = []
+    for col, name in (("share_60plus_2020", "Aged 60+ 2020 (%)"), ("share_60plus_2010", "Aged 60+ 2010 (%)")):
+        if col in frame.columns and frame[col].notna().any():
+            classes = styles.sequential_classes(frame[col], column=col, unit=" %")
+            out.append(LayerStyle(name, styles.graduated_qml(classes, kind),
+                                  f"Graduated colours of {col}: mapclassify {classes.method}"))
+    col = "share_60plus_change_pts"
+    if col in frame.columns and frame[col].notna().any():
+        classes = styles.diverging_classes(frame[col], column=col, unit=" pts",
+                                           below_colors=tuple(reversed(styles.GROW_COLORS)),
+                                           above_colors=styles.AGEING_COLORS[1:])
+        out.append(LayerStyle("Aged 60+ change (pts)", styles.graduated_qml(classes, kind),
+                              f"Graduated colours of {col}: {classes.method}"))
+    if "change_pct_eb" in frame.columns and frame["change_pct_eb"].notna().any():
+        classes = styles.diverging_classes(frame["change_pct_eb"], column="change_pct_eb", decimals=2)
+        out.append(LayerStyle("EB change (z)", styles.graduated_qml(classes, kind),
+                              f"Graduated colours of change_pct_eb: {classes.method}"))
+    for col in bivariate_columns(frame):
+        x, y = re.fullmatch(r"bv_(.+)_vs_(.+)_cluster", col).groups()  # type: ignore[union-attr]
+        out.append(LayerStyle(f"Bivariate LISA {y}", styles.categorized_qml(
+            col, styles.lisa_categories(frame[col]), kind),
+            f"Bivariate LISA clusters of {x} with the neighbours' {y} ({col})"))
+    return out
+
+
 def _styles_for(name: str, frame: gpd.GeoDataFrame) -> tuple[LayerStyle, ...]:
     kind = _kind(frame)
     out: list[LayerStyle] = []
@@ -396,6 +436,7 @@ def _styles_for(name: str, frame: gpd.GeoDataFrame) -> tuple[LayerStyle, ...]:
         if lisa:
             out.append(LayerStyle("LISA clusters", styles.categorized_qml(
                 lisa, styles.lisa_categories(frame[lisa]), kind), f"LISA clusters ({lisa})"))
+        out.extend(_ageing_styles(frame, kind))
         band = band_column(frame)
         if band:
             out.append(LayerStyle("Distance bands", styles.categorized_qml(

@@ -29,6 +29,8 @@ __all__ = [
     "Classes",
     "Category",
     "diverging_classes",
+    "sequential_classes",
+    "AGEING_COLORS",
     "lisa_categories",
     "band_categories",
     "rail_categories",
@@ -51,6 +53,8 @@ SymbolKind = Literal["fill", "line", "marker"]
 SHRINK_COLORS = ("#67001f", "#b2182b", "#d6604d", "#f4a582", "#fddbc7")
 #: ColorBrewer RdBu, blue half, smallest positive first (growing).
 GROW_COLORS = ("#d1e5f0", "#92c5de", "#4393c3", "#2166ac", "#053061")
+#: ColorBrewer YlOrBr, lightest first: shares of older residents.
+AGEING_COLORS = ("#ffffd4", "#fed98e", "#fe9929", "#d95f0e", "#993404")
 #: Fill of units without a value.
 NO_DATA_COLOR = "#ffffff"
 
@@ -275,6 +279,60 @@ def diverging_classes(
     return Classes(
         column, tuple(float(e) for e in edges), tuple(colors), labels,
         tuple(int(c) for c in counts[: len(bins)]), f"{method} on each side of {centre:g}",
+    )
+
+
+def sequential_classes(
+    values: pd.Series,
+    *,
+    column: str,
+    k: int = 5,
+    colors: Sequence[str] = AGEING_COLORS,
+    decimals: int = 1,
+    unit: str = "",
+) -> Classes:
+    """Sequential quantile classes (mapclassify ``Quantiles``), lightest colour for the lowest values.
+
+    Parameters
+    ----------
+    values : pandas.Series
+        Numeric values; missing values are ignored.
+    column : str
+        Name of the classified column (kept on the result).
+    k : int, default 5
+        Number of classes (at most ``len(colors)``; fewer with ties).
+    colors : sequence of str
+        Colour ramp, lowest class first (default ColorBrewer YlOrBr).
+    decimals : int, default 1
+        Decimals in the labels.
+    unit : str, optional
+        Appended to each label.
+
+    Returns
+    -------
+    Classes
+        With ``k`` empty (no classes) when there are no finite values.
+    """
+    if not 1 <= k <= len(colors):
+        raise ValueError(f"k must be between 1 and {len(colors)}, found {k}")
+    v = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return Classes(column, (), (), (), (), "Quantiles")
+    bins = _side_bins(v, k, "Quantiles")
+    lower = float(v.min())
+    bins = [b for i, b in enumerate(bins) if b >= lower and (i == 0 or b > bins[i - 1])]
+    edges = (lower, *bins)
+    counts = np.bincount(_mapclassify().UserDefined(v, bins=bins).yb, minlength=len(bins))
+    ramp = list(colors)
+    picks = [ramp[round(i * (len(ramp) - 1) / max(len(bins) - 1, 1))] for i in range(len(bins))]
+    labels = tuple(
+        f"{_fmt(hi, decimals)}{unit}" if lo == hi else f"{_fmt(lo, decimals)} to {_fmt(hi, decimals)}{unit}"
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+    )
+    return Classes(
+        column, tuple(float(e) for e in edges), tuple(picks), labels,
+        tuple(int(c) for c in counts[: len(bins)]), "Quantiles",
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from geo_pipeline.autocorrelation import (
     NO_DATA,
     benjamini_hochberg,
     conditional_pvalues,
+    local_bivariate,
     local_statistics,
     moran_scatterplot,
     spatial_autocorrelation,
@@ -458,6 +460,10 @@ def _population_gpkg(folder: Path) -> gpd.GeoDataFrame:
     units["net_outflow_ratio"] = -units["v"] / 100.0
     units["pop_2010"] = 100_000 + 1000 * np.arange(len(units))
     units["pop_2020"] = np.round(units["pop_2010"] * (1 + units["change_pct"] / 100)).astype(int)
+    units["share_60plus_2010"] = 15.0 - 0.2 * units["v"] + 0.01 * np.arange(len(units)) % 3
+    units["share_60plus_2020"] = units["share_60plus_2010"] + 4.0 - 0.1 * units["v"]
+    units["share_60plus_change_pts"] = units["share_60plus_2020"] - units["share_60plus_2010"]
+    units["comparable"] = units["unit_id"] != "r9c9"
     units.loc[0, "net_outflow_ratio"] = np.nan
     write_gpkg(folder / "processed" / "population.gpkg", {"units": units.drop(columns=["v", "row", "col"])})
     return units
@@ -478,10 +484,36 @@ def test_cli_writes_layers_pngs_and_reuses_weights(tmp_path: Path) -> None:
     )
     gm = read_table(gpkg, "global_moran").set_index("variable")
     assert gm.loc["change_pct", "seed"] == 5 and gm.loc["change_pct", "permutations"] == 99
-    assert gm.loc["net_outflow_ratio", "n"] == 99
+    assert gm.loc["net_outflow_ratio", "n"] == 98 and gm.loc["net_outflow_ratio", "n_excluded"] == 1
     assert gm.loc["net_outflow_ratio", "I"] > 0.5  # the planted pattern, sign-flipped, still clusters
-    for var in ("change_pct", "net_outflow_ratio"):
+    # default bivariate pairs: change_pct with the neighbours' 60+ shares (2010, 2020, change in points)
+    bv = gm[gm["statistic"] == "moran_bv"]
+    assert list(bv.index) == [
+        "change_pct_vs_share_60plus_2010",
+        "change_pct_vs_share_60plus_2020",
+        "change_pct_vs_share_60plus_change_pts",
+    ]
+    assert (bv["x"] == "change_pct").all() and bv.loc["change_pct_vs_share_60plus_2010", "I"] < -0.5
+    assert (
+        gm["significance"] == "p < 0.05 (pseudo p-value, 99 conditional permutations, no multiple-testing "
+        "correction)"
+    ).all()
+    assert (
+        out.set_index("unit_id").loc["r9c9", "bv_change_pct_vs_share_60plus_2010_cluster"] == "not comparable"
+    )
+    for var in ("change_pct", "change_pct_eb", "net_outflow_ratio", *bv.index):
         assert (tmp_path / "maps" / f"moran_{var}.png").read_bytes()[:4] == b"\x89PNG"
+    links = read_layer(gpkg, "island_links")
+    assert list(links.columns) == [
+        "unit_id",
+        "unit_name",
+        "neighbor_id",
+        "neighbor_name",
+        "distance_km",
+        "status",
+        "reason",
+        "geometry",
+    ]
     caches = list((tmp_path / "processed").glob("weights_*.npz"))
     assert len(caches) == 1
     manifest = json.loads((tmp_path / "processed" / "manifest.json").read_text(encoding="utf-8"))
@@ -560,7 +592,9 @@ def test_real_units_northeast_low_low_and_pygeoda(run_stage: Callable[[str], Pat
 
     analysed = units[units["comparable"].astype(bool)].reset_index(drop=True)  # Sansha left out
     weights = build_weights(analysed)
-    res = spatial_autocorrelation(analysed, variables=["change_pct"], weights=weights, permutations=99, seed=1)
+    res = spatial_autocorrelation(
+        analysed, variables=["change_pct"], weights=weights, permutations=99, seed=1
+    )
     assert res.global_moran.loc[0, "I"] == pytest.approx(gm.loc["change_pct", "I"], abs=1e-12)
     pygeoda_check(analysed, "change_pct", res, weights, tmp_path)
 
@@ -677,3 +711,99 @@ def test_real_sansha_left_out_and_far_island_links_not_made(run_stage: Callable[
     )
     assert gm.loc["change_pct_eb", "I"] == pytest.approx(rate.I, abs=1e-12)
     assert gm.loc["change_pct_eb", "I"] == pytest.approx(gm.loc["change_pct", "I"], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# bivariate Moran's I (shrinkage with ageing)
+# ---------------------------------------------------------------------------
+def bivariate_lattice() -> gpd.GeoDataFrame:
+    """Make the gradient lattice with a second variable ``w`` correlated with ``v`` (seeded)."""
+    units = gradient_lattice()
+    rng = np.random.default_rng(2)
+    units["w"] = 0.5 * units["v"] + rng.normal(size=len(units))
+    return units
+
+
+def test_local_bivariate_equals_esda_moran_local_bv() -> None:
+    import esda
+
+    units = bivariate_lattice()
+    x, y = units["v"].to_numpy(), units["w"].to_numpy()
+    w = build_weights(units)
+    ours = local_bivariate(x, y, w, permutations=999, seed=1, alpha=0.05, fdr=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # esda's note about a future default
+        ref = esda.Moran_Local_BV(
+            x, y, w.graph(), transformation="r", permutations=999, seed=2, keep_simulations=False
+        )
+    assert np.array_equal(ours["I"].to_numpy(), np.asarray(ref.Is))  # the statistic is esda's, bit for bit
+    # textbook: (n - 1) z_x,i * sum_j w_ij z_y,j / sum z_x^2, row-standardised
+    zx, zy = (x - x.mean()) / x.std(), (y - y.mean()) / y.std()
+    wr = queen_matrix(units)
+    wr = wr / wr.sum(axis=1, keepdims=True)
+    assert np.allclose(ours["I"], (len(x) - 1) * zx * (wr @ zy) / (zx @ zx), atol=1e-12)
+    assert np.allclose(ours["lag"], wr @ zy) and np.allclose(ours["std"], zx)
+    # p-values: same null distribution, other draws (esda's numba RNG): Monte Carlo error only
+    ref_p = np.round(np.asarray(ref.p_sim, dtype=float) * 1000) / 1000
+    diff = np.abs(ours["p"].to_numpy() - ref_p)
+    assert diff.max() < 0.1 and diff.mean() < 0.02, (diff.max(), diff.mean())
+    assert np.corrcoef(ours["p"], ref_p)[0, 1] > 0.97
+    assert ours["p"].min() < 0.01 and ours["p"].max() > 0.3
+    quad = {1: "HH", 2: "LH", 3: "LL", 4: "HL"}
+    sig = ours["cluster"] != "not significant"
+    assert (ours.loc[sig, "cluster"] == [quad[q] for q in np.asarray(ref.q)[sig.to_numpy()]]).all()
+    assert ((ours["p"] < 0.05) == sig).all()
+    # seeded: same seed, same p-values; another seed, others
+    again = local_bivariate(x, y, w, permutations=999, seed=1, alpha=0.05, fdr=False)
+    other = local_bivariate(x, y, w, permutations=999, seed=3, alpha=0.05, fdr=False)
+    assert np.array_equal(again["p"], ours["p"]) and not np.array_equal(other["p"], ours["p"])
+
+
+@pytest.mark.parametrize("unit", [3, 0])
+def test_local_bivariate_pvalue_matches_exact_enumeration(unit: int) -> None:
+    # 1 x 7 strip: x at the unit, y drawn for its neighbours from the other six units (esda's rule)
+    from itertools import combinations
+
+    x = np.array([5.0, 1.0, 3.5, 0.0, 2.0, 6.0, 4.2])
+    y = np.array([0.3, 2.0, 1.1, 5.0, 4.0, 0.2, 3.3])
+    _, w = _strip(list(x))
+    zx, zy = (x - x.mean()) / x.std(), (y - y.mean()) / y.std()
+    nb = sorted(w.neighbor_sets()[unit])
+    observed = zy[nb].sum()
+    others = [zy[j] for j in range(7) if j != unit]
+    sums = [sum(c) for c in combinations(others, len(nb))]
+    up = np.mean([s >= observed - 1e-12 for s in sums])
+    at_least = up if zx[unit] > 0 else np.mean([s <= observed + 1e-12 for s in sums])
+    exact = min(at_least, 1 - at_least)
+    p = local_bivariate(x, y, w, permutations=20_000, seed=4, alpha=0.05, fdr=False)["p"].to_numpy()
+    assert p[unit] == pytest.approx(exact, abs=0.012)
+
+
+def test_bivariate_pairs_in_the_stage() -> None:
+    import esda
+
+    units = bivariate_lattice()
+    units.loc[7, "w"] = np.nan  # left out of the pair only
+    units["comparable"] = units["unit_id"] != "r5c5"
+    res = spatial_autocorrelation(units, variables=["v"], bivariate=[("v", "w")], permutations=99, seed=5)
+    gm = res.global_moran.set_index("variable")
+    assert list(res.global_moran.columns) == GLOBAL_COLUMNS
+    row = gm.loc["v_vs_w"]
+    assert (row["statistic"], row["x"], row["y"]) == ("moran_bv", "v", "w")
+    assert (gm.loc["v", "statistic"], gm.loc["v", "x"], gm.loc["v", "y"]) == ("moran", "v", "v")
+    assert row["n"] == 98 and row["n_missing"] == 1 and row["n_excluded"] == 1 and row["p_sim"] <= 0.05
+    keep = units["comparable"].to_numpy() & units["w"].notna().to_numpy()
+    w_pair = build_weights(units[units["comparable"]]).subset(units.loc[units["comparable"], "w"].notna())
+    ref = esda.Moran_BV(units.loc[keep, "v"], units.loc[keep, "w"], w_pair.graph(), permutations=0)
+    assert row["I"] == pytest.approx(ref.I, abs=1e-12)
+    zx = (units.loc[keep, "v"] - units.loc[keep, "v"].mean()) / units.loc[keep, "v"].std(ddof=0)
+    out = res.units.set_index("unit_id")
+    assert np.allclose(out["bv_v_vs_w_std"].to_numpy()[keep], zx)
+    assert out.loc["r0c7", "bv_v_vs_w_cluster"] == "no data" and np.isnan(out.loc["r0c7", "bv_v_vs_w_I"])
+    assert out.loc["r5c5", "bv_v_vs_w_cluster"] == "not comparable"
+    sig = out["bv_v_vs_w_cluster"].isin(["HH", "LL", "HL", "LH"])
+    assert sig.any() and (out.loc[sig, "bv_v_vs_w_p"] < 0.05).all()
+    with pytest.raises(InputError, match="expected two different columns"):
+        spatial_autocorrelation(units, variables=["v"], bivariate=[("v", "v")])
+    with pytest.raises(InputError, match=r"missing column\(s\) \['share_60plus_2010'\]"):
+        spatial_autocorrelation(units, variables=["v"], bivariate=[("v", "share_60plus_2010")])

@@ -50,7 +50,7 @@ def synthetic_units() -> gpd.GeoDataFrame:
             "change": pop_2020 - pop_2010, "change_pct": 100 * (pop_2020 - pop_2010) / pop_2010,
             "annual_rate": 100 * ((pop_2020 / pop_2010) ** 0.1 - 1), "shrinking": pop_2020 < pop_2010,
             "hukou_2010": hukou, "net_outflow_ratio": (hukou - pop_2010) / hukou,
-            "net_outflow": hukou > pop_2010,
+            "net_outflow": hukou > pop_2010, "share_60plus_2020": 15.0 + i,
         })
         geoms.append(box(110 + 0.5 * c, 30 + 0.5 * r, 110.5 + 0.5 * c, 30.5 + 0.5 * r))
     return gpd.GeoDataFrame(rows, geometry=geoms, crs="EPSG:4326")
@@ -93,7 +93,8 @@ def write_stage_outputs(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str
     }
     files["autocorrelation"] = {
         "units": gpd.GeoDataFrame({"unit_id": ids, "lisa_change_pct_cluster": LISA,
-                                   "lisa_change_pct_p": np.linspace(0.001, 0.5, 12)},
+                                   "lisa_change_pct_p": np.linspace(0.001, 0.5, 12),
+                                   "bv_change_pct_vs_share_60plus_2010_cluster": LISA[::-1]},
                                   geometry=units.geometry, crs="EPSG:4326"),
         "global_moran": pd.DataFrame({"variable": ["change_pct"], "I": [0.41], "p_sim": [0.002],
                                       "significance": [SIGNIFICANCE]}),
@@ -216,6 +217,16 @@ def test_lisa_categories_accept_codes_and_labels() -> None:
     coded = styles.lisa_categories([0, 1, 2, 3, 4])
     assert {c.value: c.color for c in coded} == {
         1: "#d7191c", 3: "#2c7bb6", 2: "#abd9e9", 4: "#f4a6c8", 0: "#d9d9d9"}
+
+
+def test_sequential_classes_quantiles_light_to_dark() -> None:
+    values = pd.Series([10.0, 12.0, 14.0, 16.0, 18.0, 20.0, 22.0, 24.0, 26.0, 28.0, np.nan])
+    cl = styles.sequential_classes(values, column="share_60plus_2020", unit=" %")
+    assert cl.k == 5 and cl.colors == styles.AGEING_COLORS and sum(cl.counts) == 10
+    assert cl.edges[0] == 10.0 and cl.edges[-1] == 28.0 and list(cl.counts) == [2, 2, 2, 2, 2]
+    assert cl.labels[0] == "10.0 to 13.6 %" and (cl.assign([10.0, 28.0, np.nan]) == [0, 4, -1]).all()
+    two = styles.sequential_classes(pd.Series([1.0, 1.0, 2.0]), column="x")
+    assert two.k == 2 and two.colors == (styles.AGEING_COLORS[0], styles.AGEING_COLORS[-1])
 
 
 def test_band_categories_are_ordered_by_distance() -> None:
@@ -353,7 +364,12 @@ def test_export_styles_one_default_per_spatial_layer(exported: tuple[Path, dict[
     }
     # units also carry the alternative styles a user can switch to in QGIS
     assert set(st.loc[st["f_table_name"] == "units", "styleName"]) == {
-        "Population change 2010-2020 (%)", "Net outflow ratio", "LISA clusters", "Distance bands"}
+        "Population change 2010-2020 (%)", "Net outflow ratio", "LISA clusters", "Distance bands",
+        "Aged 60+ 2020 (%)", "Bivariate LISA share_60plus_2010"}
+    bv = st[(st["f_table_name"] == "units") & (st["styleName"] == "Bivariate LISA share_60plus_2010")].iloc[0]
+    assert 'attr="bv_change_pct_vs_share_60plus_2010_cluster"' in bv["styleQML"]
+    ageing = st[(st["f_table_name"] == "units") & (st["styleName"] == "Aged 60+ 2020 (%)")].iloc[0]
+    assert all(c.lstrip("#") for c in styles.AGEING_COLORS) and 'attr="share_60plus_2020"' in ageing["styleQML"]
     # prefecture units are styled like units (no net outflow in the synthetic prefectures)
     assert set(st.loc[st["f_table_name"] == "prefecture_units", "styleName"]) == {
         "Population change 2010-2020 (%)", "LISA clusters", "Distance bands"}
@@ -377,6 +393,9 @@ def test_export_descriptions(exported: tuple[Path, dict[str, pd.DataFrame]]) -> 
     assert desc["lisa"].endswith(f"Significance: {SIGNIFICANCE}.") and SIGNIFICANCE in desc["global_moran"]
     for table in ("units", "lisa"):
         assert cols[(table, "lisa_change_pct_cluster")].endswith(f"; significant when {SIGNIFICANCE}")
+    bv = cols[("units", "bv_change_pct_vs_share_60plus_2010_cluster")]
+    assert bv.startswith("Bivariate LISA cluster of change_pct with the neighbours' share_60plus_2010")
+    assert bv.endswith(f"; significant when {SIGNIFICANCE}")
     assert SIGNIFICANCE not in cols[("units", "lisa_change_pct_p")]
     assert cols[("units", "dist_hsr_km")] == "dist_hsr_km (from the infrastructure stage)"
     assert ext == {"gpkg_data_columns", "gpkg_data_column_constraints"}

@@ -16,7 +16,7 @@ from .._errors import ConfigError, GeoPipelineError, InputError
 from .._io import atomic_path, attribute_table, check_writable, read_layer
 from .._levels import level_title
 from .._validate import check_frame
-from ..autocorrelation import DERIVED, moran_scatterplot, spatial_autocorrelation, start_warm_up
+from ..autocorrelation import DERIVED, moran_scatterplot, pair_key, spatial_autocorrelation, start_warm_up
 from ..weights import UnitWeights, build_weights, weights_key
 
 log = logging.getLogger("geo_pipeline.cli.autocorrelation")
@@ -33,6 +33,13 @@ OPTIONS = [
         default=None,
         metavar="COL[,COL...]",
         help="Comma-separated numeric unit columns (config: variables).",
+    ),
+    click.Option(
+        ["--bivariate"],
+        default=None,
+        metavar="X:Y[,X:Y...]",
+        help="Comma-separated pairs for the bivariate Moran's I of X with the neighbours' Y; '' for none "
+        "(config: bivariate).",
     ),
     click.Option(
         ["--weights"],
@@ -148,7 +155,15 @@ def run(ctx: Any, **options: Any) -> None:
         options["variables"] = [v.strip() for v in str(options["variables"]).split(",") if v.strip()]
         if not options["variables"]:
             raise InputError("--variables: expected comma-separated column names, found none")
+    if "bivariate" in options:
+        options["bivariate"] = [v.strip() for v in str(options["bivariate"]).split(",") if v.strip()]
     cfg = dataclasses.replace(cfg, **options)
+    pairs = []
+    for pair in cfg.bivariate:
+        parts = [part.strip() for part in str(pair).split(":")]
+        if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+            raise ConfigError(f"--bivariate: {pair!r}; expected X:Y with two different column names")
+        pairs.append((parts[0], parts[1]))
     if cfg.dask and cfg.engine != "numpy":
         raise ConfigError(
             f"--dask needs the numpy engine (esda's kernels do not run on Dask), found engine "
@@ -158,6 +173,7 @@ def run(ctx: Any, **options: Any) -> None:
     gpkg_name = ctx.level_file("autocorrelation.gpkg")
     gpkg = ctx.output(gpkg_name)
     pngs = {v: ctx.maps / ctx.level_file(f"moran_{v}.png") for v in cfg.variables}
+    pngs.update({pair_key(x, y): ctx.maps / ctx.level_file(f"moran_{pair_key(x, y)}.png") for x, y in pairs})
     for path in (gpkg, *pngs.values()):
         check_writable(path, overwrite=ctx.overwrite)
 
@@ -172,7 +188,11 @@ def run(ctx: Any, **options: Any) -> None:
         columns={
             "unit_id": "string",
             # derived ones (change_pct_eb) are made from pop_2010/pop_2020 and checked by the stage
-            **{v: "numeric" for v in cfg.variables if v not in DERIVED or v in units.columns},
+            **{
+                v: "numeric"
+                for v in [*cfg.variables, *(c for pair in pairs for c in pair)]
+                if v not in DERIVED or v in units.columns
+            },
         },
         geometry=True,
         crs="EPSG:4326",
@@ -233,6 +253,7 @@ def run(ctx: Any, **options: Any) -> None:
             variables=cfg.variables,
             weights=weights,
             max_link_km=cfg.max_island_link_km or None,
+            bivariate=pairs,
             permutations=cfg.permutations,
             seed=cfg.seed,
             alpha=cfg.alpha,
@@ -269,10 +290,17 @@ def run(ctx: Any, **options: Any) -> None:
             log.warning("%s: no Moran scatterplot (statistics undefined)", row.variable)
             continue
         ptxt = f", p = {row.p_sim:.3g}" if np.isfinite(row.p_sim) else ""
+        bivariate = row.statistic == "moran_bv"
+        std = f"bv_{row.variable}_std" if bivariate else f"lisa_{row.variable}_std"
+        what = f"{row.x} with neighbours' {row.y}" if bivariate else row.variable
         fig = moran_scatterplot(
-            result.units, row.variable, moran_i=row.I, p_sim=row.p_sim,
-            title=f"Moran scatterplot, {level_title(ctx.level)}: {row.variable} (I = {row.I:.3f}{ptxt}, "
-            f"n = {int(result.units[f'lisa_{row.variable}_std'].notna().sum())})",
+            result.units,
+            row.x,
+            moran_i=row.I,
+            p_sim=row.p_sim,
+            y_variable=row.y if bivariate else None,
+            title=f"Moran scatterplot, {level_title(ctx.level)}: {what} (I = {row.I:.3f}{ptxt}, "
+            f"n = {int(result.units[std].notna().sum())})",
         )
         with atomic_path(pngs[row.variable], overwrite=ctx.overwrite) as tmp:
             fig.savefig(tmp, dpi=PNG_DPI, format="png")
@@ -312,7 +340,7 @@ def run(ctx: Any, **options: Any) -> None:
     )
     parts = []
     for r in result.global_moran.itertuples():
-        col = result.units.get(f"lisa_{r.variable}_cluster")
+        col = result.units.get(f"{'bv' if r.statistic == 'moran_bv' else 'lisa'}_{r.variable}_cluster")
         counts = col.value_counts() if col is not None else {}
         parts.append(
             f"{r.variable} I={r.I:.3f} p={r.p_sim:.3g} (HH {counts.get('HH', 0)}, LL {counts.get('LL', 0)})"
