@@ -97,6 +97,8 @@ PUBLISHED: dict[str, tuple[float, str, str]] = {
 NORTHEAST = "Northeast"
 #: Minutes of door-to-core travel time saved (2010 -> 2020 rail network) that count as a large gain.
 ACCESS_GAIN_MIN = 30
+#: The bivariate pair of claim 3 as the autocorrelation stage names it (``<x>_vs_<y>``).
+BV_PAIR = "change_pct_vs_share_60plus_2020"
 #: Provinces of claim 3.
 AGEING_PROVINCES = ("辽宁省", "吉林省")
 _LL = ("LL", "Low-Low", "low-low")
@@ -736,15 +738,32 @@ def section_ageing(
     )
     bv = None
     if global_moran is not None and "variable" in global_moran.columns:
-        rows = global_moran[
-            global_moran["variable"].astype(str).str.contains("60plus")
-            & global_moran["variable"].astype(str).str.contains("change_pct")
-        ]
+        var = global_moran["variable"].astype(str)
+        rows = global_moran[var.str.contains("60plus") & var.str.contains("change_pct")]
+        if "statistic" in rows.columns:  # the autocorrelation stage's Moran_BV rows
+            rows = rows[rows["statistic"].astype(str).str.lower().isin(["moran_bv", "bv"])]
         if len(rows):
-            r = rows.iloc[0]
-            p = float(r["p_sim"]) if "p_sim" in rows.columns else float(r["p_norm"])
+            # the pair of the claim: change at a unit with the 2020 60+ share of its neighbours
+            key = rows["variable"].astype(str)
+            pick = rows[key == BV_PAIR] if (key == BV_PAIR).any() else rows
+            r = pick.iloc[0]
+            p = (
+                float(r["p_sim"])
+                if "p_sim" in rows.columns and np.isfinite(r["p_sim"])
+                else float(r["p_norm"])
+            )
             bv = (float(r["I"]), p)
             sec.tables.append(ReportTable("moran_bv", "Bivariate Moran's I (autocorrelation stage)", rows))
+            sec.text.append(
+                f"Bivariate Moran's I of {r['variable']}: {bv[0]:+.3f} (pseudo p = {bv[1]:.3g}); "
+                f"negative means "
+                "units that shrink more have neighbours with older populations."
+            )
+    col = f"bv_{BV_PAIR}_cluster"
+    if col in u.columns:
+        counts = u[col].astype(str).value_counts().rename_axis("cluster").reset_index(name="n_units")
+        counts["share"] = counts["n_units"] / counts["n_units"].sum()
+        sec.tables.append(ReportTable("bv_clusters", f"Local bivariate clusters ({col})", counts))
     if bv is None:
         sec.text.append(
             "Bivariate Moran's I: not testable with these data: no Moran_BV row of change_pct with the "

@@ -424,3 +424,21 @@ def test_core_sets_and_rail_times_enter_the_distance_section() -> None:
     plain = rp.section_distance(_units(), bootstrap=0, dpi=30)
     assert any("rail_minutes_to_core missing" in t for t in plain.text)
     assert any("core-set sensitivity table" in t and "missing" in t for t in plain.text)
+
+
+def test_ageing_uses_the_bivariate_moran_row_of_the_2020_share() -> None:
+    gm = pd.DataFrame(
+        {
+            "variable": ["change_pct", "change_pct_vs_share_60plus_2010", "change_pct_vs_share_60plus_2020"],
+            "statistic": ["moran", "moran_bv", "moran_bv"],
+            "I": [0.3, -0.2, -0.25],
+            "p_norm": [0.0, np.nan, np.nan],
+            "p_sim": [0.001, 0.001, 0.001],
+        }
+    )
+    sec = rp.section_ageing(_ageing(False), global_moran=gm)
+    assert sec.verdict.label == "supported" and "-0.250" in sec.verdict.reasons[1]
+    assert len({t.key: t for t in sec.tables}["moran_bv"].frame) == 2
+    # the bivariate test flips the verdict when the spatial association goes the other way
+    flipped = rp.section_ageing(_ageing(False), global_moran=gm.assign(I=[0.3, 0.2, 0.25]))
+    assert flipped.verdict.label == "partly supported" and flipped.verdict.tests["association"] is False
