@@ -519,7 +519,9 @@ def test_atlas_real_data(run_stage: Callable[[str], Path]) -> None:
     assert any("GeoPipelineCJK" in r["name"] and r["emb"] and r["sub"] for r in fonts)
     assert len({r["name"] for r in fonts}) == len(fonts) <= 3  # each subset embedded once (2 processes)
     pixels = render(pdf, 1)
-    assert (pixels.min(axis=2) < 250).mean() > 0.2
+    # not blank: the counties of China fill about a fifth of the page (0.199 of the pixels at 60 dpi
+    # in PDFium, which anti-aliases the white county edges), text and legend alone a few per cent
+    assert (pixels.min(axis=2) < 250).mean() > 0.15
     cl = styles.diverging_classes(units["change_pct"], column="change_pct")
     assert sum(has_color(pixels, c) for c in cl.colors) >= cl.k - 1
     assert set(THEME_PNGS) <= {p.name for p in pdf.parent.glob("*.png")}  # other stages add PNGs too
