@@ -271,6 +271,10 @@ class InfrastructureSettings:
     access_radius_km : a unit (and a core) tries every station within
         max(nearest station, this radius).
     time_breaks_min : upper edges of the travel-time bands in minutes.
+    expressways : your own GeoPackage/GeoJSON of expressway lines (EPSG:4326)
+        overlaid like the rail corridors; empty: none (no open national road
+        network is available to the pipeline).
+    expressway_buffer_km : half-width of an expressway corridor.
     """
 
     lines: str = "corridors"
@@ -295,6 +299,8 @@ class InfrastructureSettings:
     road_detour: float = 1.3
     access_radius_km: float = 50.0
     time_breaks_min: list[float] = field(default_factory=lambda: [60.0, 120.0, 180.0])
+    expressways: str = ""
+    expressway_buffer_km: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -594,6 +600,13 @@ def _check_choices(s: Settings, source: str) -> None:
             f"{source}: [infrastructure] time_breaks_min must be positive and increasing, found {tb}"
         )
     layer_suffixes = (".gpkg", ".geojson", ".json", ".shp", ".zip")
+    if inf.expressways and not inf.expressways.lower().endswith(layer_suffixes):
+        raise ConfigError(
+            f"{source}: [infrastructure] expressways = {inf.expressways!r}; expected a path ending in one of "
+            f"{list(layer_suffixes)}"
+        )
+    if not inf.expressway_buffer_km > 0:
+        raise ConfigError(f"{source}: [infrastructure] expressway_buffer_km must be > 0")
     if inf.lines not in ("corridors", "osm") and not inf.lines.lower().endswith(layer_suffixes):
         raise ConfigError(
             f"{source}: [infrastructure] lines = {inf.lines!r}; expected 'corridors', 'osm' or a path ending "

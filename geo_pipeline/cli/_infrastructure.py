@@ -25,6 +25,7 @@ from .. import infrastructure as inf
 from .. import rail
 from .. import rail_geometry as rgeo
 from .. import rail_network as rnet
+from .. import roads
 from .. import underused as und
 from .._errors import ConfigError, DataQualityWarning, InputError, MissingInputError
 from .._io import attribute_table, check_writable, read_layer
@@ -70,6 +71,9 @@ DESCRIPTIONS = {
     "before 2010 by the catalogue) and today's.",
     "underused_lines": "Underused rail lines (utilisation below the threshold; see rail_lines "
     "utilisation_basis) with the analysis units they cross and those units' shrinking share.",
+    "expressways": "Your expressway lines (the --expressways layer), overlaid on the units like the rail "
+    "corridors.",
+    "expressway_summary": "Shrinkage inside vs outside expressway corridors (expressway_buffer_km).",
     "network_check": "Rail minutes of the network between known station pairs against timetable minutes.",
     "geometry_check": "Straight vs threaded line geometry: distance from points every 100 m along the OSM "
     "tracks of the Guixi extract to our line of the same name (metres), and the change in corridor "
@@ -102,6 +106,13 @@ OPTIONS = [
         default=None,
         help="CSV: line, design_capacity, ridership or trains_per_day (or station, trains_per_day) "
         "[config: utilisation_file].",
+    ),
+    click.Option(
+        ["--expressways"],
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Your GeoPackage/GeoJSON of expressway lines (EPSG:4326), overlaid like the rail corridors "
+        "[config: expressways].",
     ),
     click.Option(
         ["--buffer-km"],
@@ -214,6 +225,7 @@ def run(
     utilisation_file: Path | None = None,
     buffer_km: float | None = None,
     underused_threshold: float | None = None,
+    expressways: Path | None = None,
 ) -> None:
     """High-speed rail lines, stations and corridors overlaid on the units.
 
@@ -248,7 +260,8 @@ def run(
     gpkg_name, csv_name = ctx.level_file("infrastructure.gpkg"), ctx.level_file("corridor_summary.csv")
     check_name = ctx.level_file("geometry_check.csv")
     net_names = {n: ctx.level_file(f"{n}.csv") for n in ("time_band_summary", "access_change_summary",
-                                                          "network_check", "underused_lines")}
+                                                          "network_check", "underused_lines",
+                                                          "expressway_summary")}
     for name in (gpkg_name, csv_name, check_name, *net_names.values()):  # fail before the work, not after
         check_writable(ctx.output(name), overwrite=ctx.overwrite)
 
@@ -406,6 +419,14 @@ def run(
                                     catalogue, reference)
         corridors = inf.dissolve_corridors(buffers, approximate=bool(line_frame["approximate"].any()))
         summary = inf.corridor_summary(units, overlay)
+        road_path = expressways if expressways is not None else Path(s.expressways) if s.expressways else None
+        road_frame = road_overlay = road_summary = None
+        if road_path is not None:
+            road_frame = roads.prepare_expressways(read_vector(road_path, what="expressways layer"))
+            inputs["expressways"] = road_path
+            road_overlay = roads.expressway_overlay(units, road_frame, buffer_km=s.expressway_buffer_km,
+                                                    min_share=s.corridor_min_share)
+            road_summary = roads.expressway_summary(units, road_overlay)
         line_frame = line_frame.assign(map_class=und.map_class(line_frame).to_numpy(),
                                        underused_threshold=threshold)
         under_lines = und.underused_lines(line_frame, units)
@@ -430,6 +451,10 @@ def run(
     if access is not None:
         joined = joined.merge(access, on="unit_id", how="left", validate="one_to_one")
         cols += [c for c in access.columns if c != "unit_id"]
+    if road_overlay is not None:
+        joined = joined.merge(pd.DataFrame(road_overlay.drop(columns=road_overlay.geometry.name)),
+                              on="unit_id", how="left", validate="one_to_one")
+        cols += [c for c in roads.EXPRESSWAY_COLUMNS if c != "unit_id"]
     out_units = gpd.GeoDataFrame(joined[cols], geometry=overlay.geometry.to_numpy(), crs=units.crs)
     layers: dict[str, pd.DataFrame] = {
         "rail_lines": line_frame,
@@ -443,6 +468,9 @@ def run(
     if net_tables is not None:
         layers.update(net_tables)
     layers["underused_lines"] = under_lines
+    if road_frame is not None and road_summary is not None:
+        layers["expressways"] = road_frame
+        layers["expressway_summary"] = road_summary
     gpkg = ctx.write_gpkg(gpkg_name, layers)
     descriptions = dict(DESCRIPTIONS)
     if bool(line_frame["approximate"].any()):
@@ -455,6 +483,8 @@ def run(
         outputs["geometry_check"] = ctx.write_csv(check_name, check)
     for name, table in (net_tables or {}).items():
         outputs[name] = ctx.write_csv(net_names[name], table)
+    if road_summary is not None:
+        outputs["expressway_summary"] = ctx.write_csv(net_names["expressway_summary"], road_summary)
     outputs["underused_lines"] = ctx.write_csv(
         net_names["underused_lines"], pd.DataFrame(under_lines.drop(columns=under_lines.geometry.name)))
 
@@ -488,6 +518,8 @@ def run(
             "road_detour": s.road_detour,
             "access_radius_km": s.access_radius_km,
             "time_breaks_min": list(s.time_breaks_min),
+            "expressways": str(road_path or ""),
+            "expressway_buffer_km": s.expressway_buffer_km,
         },
         summary={
             "units": len(out_units),
