@@ -9,20 +9,23 @@ Each command runs ``--repeat`` times in a fresh process (wall clock, best of the
 geopandas, matplotlib, esda, osmnx, rasterio) load only when a stage runs or its own ``--help``
 is asked for; ``geo-pipeline fetch --help`` is timed as an example of the latter.
 
-Measured on the project machine (2 cores shared with other jobs), best of 5, one run:
+Measured on the project machine (2 cores shared with other jobs), best of 5, two runs: the first
+at a light load, the second at a load average of about 9 (everything slower, ratios alike):
 
-==============================  ========  =====================
-command                         seconds   ratio to python -c pass
-==============================  ========  =====================
-python -c pass                  0.015     1.0
-geo-pipeline --help             0.061     4.0
-geo-pipeline config             0.057     3.7
-python -m geo_pipeline.cli -h   0.060     3.9
-geo-pipeline fetch --help       0.081     5.3
-==============================  ========  =====================
+==============================  ===============  ==========================
+command                         seconds          ratio to python -c pass
+==============================  ===============  ==========================
+python -c pass                  0.016 / 0.092    1.0 / 1.0
+geo-pipeline --help             0.065 / 0.364    4.0 / 4.0
+geo-pipeline config             0.057 / 0.289    3.5 / 3.1
+python -m geo_pipeline.cli -h   0.067 / 0.340    4.1 / 3.7
+geo-pipeline fetch --help       0.434 / 1.828    26 / 20 (imports the fetch stage)
+==============================  ===============  ==========================
 
 Before the stage commands were loaded lazily, ``geo-pipeline --help`` imported every stage
-(geopandas, matplotlib, mapclassify, esda, osmnx ...): 5.3 s wall, 2.8 s CPU.
+(geopandas, matplotlib, mapclassify, esda, osmnx ...): 5.3 s wall and 2.8 s CPU at a light load;
+14.6-17.6 s wall and 3.7 s CPU at a load average of about 9, against 0.37-0.40 s wall and
+0.06-0.07 s CPU for the lazy group in the same minute (``/usr/bin/time``, 3 runs each).
 """
 
 from __future__ import annotations
