@@ -396,6 +396,22 @@ class ReportSettings:
 
 
 @dataclass(frozen=True)
+class QgisProjectSettings:
+    """QGIS project stage (maps/shrinkage.qgz, built with PyQGIS).
+
+    Attributes
+    ----------
+    python : the Python that has Debian's python3-qgis (run as a subprocess);
+        empty: /usr/bin/python3.
+    paper : ``"A4"`` or ``"A3"`` (landscape) for the print layouts; empty: the
+        atlas paper.
+    """
+
+    python: str = ""
+    paper: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of a pipeline run; see each section's class."""
 
@@ -411,6 +427,7 @@ class Settings:
     dask: DaskSettings = field(default_factory=DaskSettings)
     atlas: AtlasSettings = field(default_factory=AtlasSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
+    qgis_project: QgisProjectSettings = field(default_factory=QgisProjectSettings)
 
     # -- derived paths -----------------------------------------------------
     def path(self, which: str) -> Path:
@@ -508,6 +525,7 @@ def _check_choices(s: Settings, source: str) -> None:
         ("autocorrelation", "engine"): ("numpy", "esda"),
         ("raster", "method"): ("auto", "centre", "exact"),
         ("atlas", "paper"): ("A4", "A3"),
+        ("qgis_project", "paper"): ("", "A4", "A3"),
     }
     for (sec, key), allowed in choices.items():
         value = getattr(getattr(s, sec), key)

@@ -66,6 +66,7 @@ STAGE_ORDER = [
     "export",
     "report",
     "atlas",
+    "qgis_project",
 ]
 
 DEFAULT_CONFIG = "geo_pipeline.toml"
