@@ -24,8 +24,8 @@ import zipfile
 from typing import Any
 
 #: Layout item ids the tests and users can rely on.
-ITEM_IDS = ("map", "title", "subtitle", "legend", "scalebar", "north_arrow", "locator", "source", "page_number",
-            "scs_inset")
+ITEM_IDS = ("map", "title", "subtitle", "legend", "scalebar", "north_arrow", "locator", "source",
+            "page_number", "scs_inset")
 
 #: The main map on an A4 page (x, y, width, height in mm; scaled for A3).
 MAP_BOX = (10.0, 28.0, 200.0, 165.0)
@@ -149,7 +149,7 @@ class Builder:
         return label
 
     def _map(self, layout: Any, box: tuple[float, float, float, float], item_id: str, extent: list[float],
-             theme: str | None, layers: list[str] | None = None) -> Any:
+             theme: str) -> Any:
         """A map item placed at ``box`` (mm on A4), showing ``extent`` (zoomed to keep the item's shape)."""
         qc = self.qc
         item = qc.QgsLayoutItemMap(layout)
@@ -164,12 +164,8 @@ class Builder:
         item.setFrameEnabled(True)
         item.setFrameStrokeWidth(qc.QgsLayoutMeasurement(0.3, self.mm))
         item.setBackgroundColor(_color("#ffffff"))
-        if theme:
-            item.setFollowVisibilityPreset(True)
-            item.setFollowVisibilityPresetName(theme)
-        if layers is not None:
-            item.setLayers([self.layers[n] for n in layers])
-            item.setKeepLayerSet(True)
+        item.setFollowVisibilityPreset(True)  # a theme, not a fixed layer set (saved with absolute paths)
+        item.setFollowVisibilityPresetName(theme)
         return item
 
     def _page(self, layout: Any) -> None:
@@ -179,8 +175,8 @@ class Builder:
     def _locator(self, layout: Any, main: Any) -> None:
         """Locator map: the whole country (provinces), with the main map's extent as a red frame."""
         qc, plan = self.qc, self.plan
-        locator = self._map(layout, (215, 28, 72, 52), "locator", plan["extents"]["national"], None,
-                            layers=plan["locator_layers"])
+        locator = self._map(layout, (215, 28, 72, 52), "locator", plan["extents"]["national"],
+                            plan["locator_theme"])
         overview = qc.QgsLayoutItemMapOverview("extent", locator)
         overview.setLinkedMap(main)
         overview.frameSymbol().setColor(_color("#d7191c"))
@@ -242,7 +238,8 @@ class Builder:
         source = self._label(layout, plan["text"]["source"], 6)
         source.setHAlign(0x0001)  # Qt.AlignLeft; wraps inside the box
         self._place(source, 10, 195, 240, 11, "source")
-        self._place(self._label(layout, spec["page_number"], 8, align="right"), 252, 197, 35, 6, "page_number")
+        number = self._label(layout, spec["page_number"], 8, align="right")
+        self._place(number, 252, 197, 35, 6, "page_number")
 
     def _mask(self, layout: Any, points: list[list[float]]) -> None:
         """A white polygon without outline at ``points`` (mm on A4), above the main map."""
@@ -269,8 +266,8 @@ class Builder:
         if self.plan["extents"].get("scs"):
             x, y, w, h = self.plan["scs_box_mm"]
             self._map(layout, (x, y, w, h), "scs_inset", self.plan["extents"]["scs"], spec["theme"])
-            self._place(self._label(layout, self.plan["text"]["scs"], 5.5, align="center"), x, y + h - 5, w, 4.5,
-                        "scs_label")
+            label = self._label(layout, self.plan["text"]["scs"], 5.5, align="center")
+            self._place(label, x, y + h - 5, w, 4.5, "scs_label")
         self._furniture(layout, main, spec)
         self.project.layoutManager().addLayout(layout)
 
@@ -336,9 +333,17 @@ class Builder:
         out = self.plan["output"]
         if not project.write(out):
             raise RuntimeError(f"QGIS could not write {out}: {project.error()}")
-        inner = self.plan.get("inner_name")
-        if inner:
-            _rename_members(out, inner)
+        gpkg = self.plan["gpkg"]
+        relative = os.path.relpath(gpkg, os.path.dirname(out))
+        _rewrite_archive(out, self.plan.get("inner_name") or "", {gpkg: relative})
+
+
+def register_font(path: str) -> list[str]:
+    """Make the fonts of ``path`` known to Qt for this process; return their family names."""
+    from qgis.PyQt.QtGui import QFontDatabase
+
+    font_id = QFontDatabase.addApplicationFont(path)
+    return list(QFontDatabase.applicationFontFamilies(font_id)) if font_id >= 0 else []
 
 
 def _svg(name: str) -> str:
@@ -350,16 +355,27 @@ def _svg(name: str) -> str:
     return name
 
 
-def _rename_members(path: str, stem: str) -> None:
-    """Rename ``<tmp>.qgs``/``<tmp>.qgd`` inside the archive to ``<stem>.qgs``/``<stem>.qgd``."""
+def _rewrite_archive(path: str, stem: str, replace: dict[str, str]) -> None:
+    """Name the ``.qgs``/``.qgd`` inside the archive ``<stem>.qgs``/``.qgd``; replace paths in the .qgs.
+
+    QGIS saves layer paths relative to the project, but a few layer references (the atlas coverage
+    layer) keep the absolute path next to the layer id; they are made relative too, so nothing in the
+    project names the folder it was built in.
+    """
+    from xml.sax.saxutils import escape
+
     with zipfile.ZipFile(path) as zin:
         members = [(info, zin.read(info)) for info in zin.infolist()]
-    tmp = path + ".rename"
+    tmp = path + ".rewrite"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zout:
         for info, data in members:
             ext = next((e for e in (".qgs", ".qgd") if info.filename.endswith(e)), "")
-            name = stem + ext if ext else info.filename
-            zout.writestr(name, data)
+            if ext == ".qgs":
+                for old, new in replace.items():
+                    for a, b in {(old, new), (escape(old, {'"': "&quot;"}), escape(new, {'"': "&quot;"}))}:
+                        data = data.replace(f'"{a}|'.encode(), f'"{b}|'.encode())
+                        data = data.replace(f'"{a}"'.encode(), f'"{b}"'.encode())
+            zout.writestr(stem + ext if ext and stem else info.filename, data)
     os.replace(tmp, path)
 
 
@@ -421,6 +437,8 @@ def main(argv: list[str]) -> int:
     qc = _qgis()
     app = qc.QgsApplication([], False)
     app.initQgis()
+    if plan.get("font_file"):
+        register_font(plan["font_file"])
     try:
         builder = Builder(plan)
         builder.add_layers()

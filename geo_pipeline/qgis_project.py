@@ -89,6 +89,9 @@ _THEME_KEYS = ((r"population change|change_pct", "population_change"), (r"outflo
                (r"distance|band", "distance_bands"), (r"lisa|cluster", "lisa_clusters"),
                (r"rail|corridor", "rail_corridors"))
 RAIL_THEME = "Rail corridors"
+#: The map theme of the atlas's locator map (a theme rather than a fixed layer set, which QGIS would
+#: save with absolute paths).
+LOCATOR_THEME = "Locator (provinces)"
 _GEOMETRY_RANK = {"point": 0, "line": 1, "polygon": 2}
 
 
@@ -183,7 +186,8 @@ def read_layer_infos(path: str | os.PathLike[str]) -> list[LayerInfo]:
     for table, name, qml, default in rows:
         styles.setdefault(table, []).append(StyleInfo(str(name), str(qml), bool(default)))
     return [
-        LayerInfo(str(name), str(title or name), str(geom or ""), str(desc or ""), tuple(styles.get(name, ())))
+        LayerInfo(str(name), str(title or name), str(geom or ""), str(desc or ""),
+                  tuple(styles.get(name, ())))
         for name, title, desc, geom in contents if name != "layer_styles"
     ]
 
@@ -254,7 +258,8 @@ def _south_mask(extent: Sequence[float]) -> list[list[float]] | None:
     """
     to_albers = pyproj.Transformer.from_crs(WGS84, CHINA_ALBERS, always_xy=True)
     lon = np.linspace(60.0, 150.0, 91)
-    xs, ys = to_albers.transform(np.r_[lon, 150.0, 60.0], np.r_[np.full_like(lon, MAINLAND_MIN_LAT), -30.0, -30.0])
+    lat = np.full_like(lon, MAINLAND_MIN_LAT)
+    xs, ys = to_albers.transform(np.r_[lon, 150.0, 60.0], np.r_[lat, -30.0, -30.0])
     south = shapely.Polygon(np.c_[xs, ys])
     ex0, ey0, ex1, ey1 = extent
     mx, my, mw, mh = MAP_FRAME_MM
@@ -264,7 +269,7 @@ def _south_mask(extent: Sequence[float]) -> list[list[float]] | None:
         return None
     px, py = np.asarray(area.exterior.coords).T
     return [[float(mx + (x - ex0) / (ex1 - ex0) * mw), float(my + (ey1 - y) / (ey1 - ey0) * mh)]
-            for x, y in zip(px, py)]
+            for x, y in zip(px, py, strict=True)]
 
 
 def _theme_key(name: str) -> str | None:
@@ -285,6 +290,7 @@ def plan_project(
     titles: Mapping[str, tuple[str, str]] | None = None,
     source_text: str = "",
     font: str = "Noto Sans CJK SC",
+    font_file: str = "",
     atlas_margin: float = 0.06,
 ) -> dict[str, Any]:
     """Plan the QGIS project: groups, styles, map themes, national and atlas layouts.
@@ -314,6 +320,9 @@ def plan_project(
         Data sources printed on every page.
     font : str
         Font family of the layout text (a CJK font for the Chinese names).
+    font_file : str
+        A font file with ``font`` that QGIS registers while building (e.g. the
+        pip-installed Noto Sans CJK), so the layouts find it without system fonts.
     atlas_margin : float
         Margin around each province on its atlas page, as a share of its extent.
 
@@ -331,7 +340,8 @@ def plan_project(
         raise InputError(f"paper: expected one of {list(PAGE_MM)}, found {paper!r}")
     by_name = {layer.name: layer for layer in layers}
     if "units" not in by_name or not by_name["units"].spatial:
-        raise InputError(f"{gpkg}: no spatial layer 'units' (found {sorted(by_name)}); run `geo-pipeline export`")
+        raise InputError(f"{gpkg}: no spatial layer 'units' (found {sorted(by_name)}); "
+                         "run `geo-pipeline export`")
     titles = dict(titles or {})
     units = by_name["units"]
     group_of = {layer.name: layer_group(layer) for layer in layers}
@@ -352,7 +362,8 @@ def plan_project(
                 shown.update({n: default_name(by_name[n]) for n, g in group_of.items() if g == group
                               and n not in ("rail_stations",) and by_name[n].spatial})
         shown.update({n: default_name(by_name[n]) for n in outline})
-        themes.append({"name": name, "layers": shown, "legend": [n for n in shown if n not in outline] + outline})
+        legend = [n for n in shown if n not in outline] + outline
+        themes.append({"name": name, "layers": shown, "legend": legend})
 
     for style in units.styles or (StyleInfo("Default", ""),):
         add_theme(style.name, units, style.name)
@@ -385,7 +396,8 @@ def plan_project(
 
     # -- extents and layouts --------------------------------------------------------------------
     frame = provinces
-    code_field = next((c for c in ("province_code", "adcode") if frame is not None and c in frame.columns), None)
+    columns = frame.columns if frame is not None else ()
+    code_field = next((c for c in ("province_code", "adcode") if c in columns), None)
     if frame is None or code_field is None:
         raise InputError("plan_project: provinces (or units) with a province_code column are needed for the "
                          "map extents")
@@ -401,7 +413,8 @@ def plan_project(
     layouts: list[dict[str, Any]] = []
     if "provinces" in by_name and provinces is not None:
         zh, en = titles.get("population_change", ("", default_theme["name"]))
-        codes = sorted({str(c) for c in (province_codes if province_codes is not None else frame[code_field])})
+        wanted = province_codes if province_codes is not None else frame[code_field]
+        codes = sorted({str(c) for c in wanted})
         field = "province_code" if "province_code" in provinces.columns else code_field
         layouts.append({
             "kind": "atlas", "name": "Atlas – provinces", "coverage": "provinces", "name_field": "name",
@@ -409,7 +422,8 @@ def plan_project(
             "theme": default_theme["name"], "legend_layers": default_theme["legend"],
             "title": '[% "name" %]', "subtitle": f"{zh} {en}".strip(), "margin": atlas_margin,
             "page_number": "页 Page [% @atlas_featurenumber %] / [% @atlas_totalfeatures %]",
-            "extent_overrides": {c: b for c, b in extents["provinces"].items() if c in codes}, "locator": True,
+            "extent_overrides": {c: b for c, b in extents["provinces"].items() if c in codes},
+            "locator": True,
             "pages": len(codes),
         })
     for i, theme in enumerate(themes, 1):
@@ -429,18 +443,20 @@ def plan_project(
         "crs_wkt": CHINA_ALBERS.to_wkt(),
         "page": {"paper": paper, "width_mm": width, "height_mm": height},
         "font": font,
+        "font_file": font_file,
         "groups": groups,
-        "themes": [{"name": t["name"], "layers": t["layers"]} for t in themes],
+        "themes": [{"name": t["name"], "layers": t["layers"]} for t in themes]
+        + [{"name": LOCATOR_THEME, "layers": {n: default_name(by_name[n]) for n in (outline or ["units"])}}],
         "layouts": layouts,
         "extents": {"national": extents["national"], "scs": extents["scs"]},
         "south_mask_mm": extents["south_mask_mm"],
         "bookmarks": {"China (mainland)": extents["national"],
                       **({"South China Sea islands": extents["scs"]} if extents["scs"] else {})},
-        "locator_layers": outline or ["units"],
+        "locator_theme": LOCATOR_THEME,
         "scs_box_mm": list(SCS_BOX_MM),
         "north_arrow_svg": "arrows/NorthArrow_02.svg",
-        "text": {"legend": "图例 Legend", "locator": "位置 Location", "scs": "南海诸岛 South China Sea islands",
-                 "source": source_text},
+        "text": {"legend": "图例 Legend", "locator": "位置 Location",
+                 "scs": "南海诸岛 South China Sea islands", "source": source_text},
     }
 
 
@@ -448,8 +464,8 @@ def plan_project(
 def qgis_problem(python: str = QGIS_PYTHON) -> str:
     """Why ``python`` cannot run PyQGIS, or ``""`` when it can (checked once per process)."""
     try:
-        probe = subprocess.run([python, "-c", "import qgis.core"], capture_output=True, text=True, timeout=120,
-                               env=_env())
+        probe = subprocess.run([python, "-c", "import qgis.core"], capture_output=True, text=True,
+                               timeout=120, env=_env())
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{python} cannot be run ({exc})"
     if probe.returncode != 0:
@@ -464,7 +480,9 @@ def _env(home: str | None = None) -> dict[str, str]:
     return env
 
 
-def build_project(plan: Mapping[str, Any], *, python: str = QGIS_PYTHON, timeout: float = 600.0) -> dict[str, Any]:
+def build_project(
+    plan: Mapping[str, Any], *, python: str = QGIS_PYTHON, timeout: float = 600.0
+) -> dict[str, Any]:
     """Run the PyQGIS script on ``plan``; return its report of the written project.
 
     Raises

@@ -3,7 +3,7 @@
 Run with the system Python that has Debian's ``python3-qgis`` (not the venv)::
 
     /usr/bin/python3 tests/qgis_project_check.py maps/shrinkage.qgz [--atlas-pdf OUT.pdf] [--pages N]
-        [--national-pdf OUT.pdf] [--png DIR]
+        [--national-pdf OUT.pdf] [--png DIR] [--font-file FONT.ttc]
 
 Prints one JSON object on the last line of stdout: the QGIS version, each layer
 (valid, renderer, styles, whether its default style matches the GeoPackage's
@@ -52,7 +52,9 @@ def _default_styles(gpkg: str) -> dict[str, str]:
     import xml.etree.ElementTree as ET
 
     with sqlite3.connect(gpkg) as con:
-        rows = con.execute("SELECT f_table_name, styleQML FROM layer_styles WHERE useAsDefault = 1").fetchall()
+        rows = con.execute(
+            "SELECT f_table_name, styleQML FROM layer_styles WHERE useAsDefault = 1"
+        ).fetchall()
     out = {}
     for name, qml in rows:
         node = ET.fromstring(qml.split("\n", 1)[1]).find("renderer-v2")
@@ -64,7 +66,8 @@ def describe(qc, project) -> dict:  # noqa: ANN001
     """Layers, tree, themes and layouts of the open project."""
     out: dict = {"qgis_version": qc.Qgis.QGIS_VERSION, "crs_proj": project.crs().toProj(),
                  "crs_valid": project.crs().isValid(), "title": project.title(), "layers": {}, "tree": [],
-                 "themes": {}, "layouts": {}, "bookmarks": [b.name() for b in project.bookmarkManager().bookmarks()]}
+                 "themes": {}, "layouts": {},
+                 "bookmarks": [b.name() for b in project.bookmarkManager().bookmarks()]}
     gpkg = None
     for group in project.layerTreeRoot().children():
         names = []
@@ -91,7 +94,8 @@ def describe(qc, project) -> dict:  # noqa: ANN001
         records = collection.mapThemeState(name).layerRecords()
         out["themes"][name] = {r.layer().source().split("layername=")[-1]: r.currentStyle for r in records}
     for layout in project.layoutManager().printLayouts():
-        items = {i.id(): type(i).__name__ for i in layout.items() if isinstance(i, qc.QgsLayoutItem) and i.id()}
+        items = {i.id(): type(i).__name__ for i in layout.items()
+                 if isinstance(i, qc.QgsLayoutItem) and i.id()}
         page = layout.pageCollection().page(0).pageSize()
         info: dict = {"items": items, "page_mm": [round(page.width(), 1), round(page.height(), 1)]}
         atlas = layout.atlas()
@@ -184,6 +188,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--national-pdf")
     parser.add_argument("--png")
     parser.add_argument("--png-page", type=int, default=0)
+    parser.add_argument("--font-file", help="a font file to make known to Qt (the CJK font of the layouts)")
     args = parser.parse_args(argv[1:])
     if not os.path.isfile(args.project):
         sys.stderr.write(f"no project at {args.project}\n")
@@ -193,6 +198,12 @@ def main(argv: list[str]) -> int:
 
     app = qc.QgsApplication([], False)
     app.initQgis()
+    if args.font_file:
+        from qgis.PyQt.QtGui import QFontDatabase
+
+        if QFontDatabase.addApplicationFont(args.font_file) < 0:
+            sys.stderr.write(f"Qt cannot load the font {args.font_file}\n")
+            return 1
     project = qc.QgsProject.instance()
     if not project.read(os.path.abspath(args.project)):
         sys.stderr.write(f"QGIS cannot read {args.project}: {project.error()}\n")

@@ -48,14 +48,17 @@ def run(ctx: StageContext, paper: str | None = None) -> None:
     codes = read_table(src, "units")["province_code"].dropna().astype(str).unique()
     if provinces is None:  # extents from the units themselves
         provinces = read_layer(src, "units")
-    from ..atlas import SOURCE_LINE, THEMES
+    from ..atlas import SOURCE_LINE, THEMES, packaged_font
+
+    font = packaged_font()  # the pip-installed Noto Sans CJK, registered with Qt while building
 
     with atomic_path(out, overwrite=ctx.overwrite) as tmp:
-        plan = plan_project(layers, gpkg=src, output=tmp, provinces=provinces, province_codes=codes, paper=paper,
-                            titles=THEMES, source_text=SOURCE_LINE)
+        plan = plan_project(layers, gpkg=src, output=tmp, provinces=provinces, province_codes=codes,
+                            paper=paper, titles=THEMES, source_text=SOURCE_LINE,
+                            font_file=font[0] if font else "")
         report = build_project(plan, python=python)
     bad = [n for n, info in report["layers"].items() if not info["valid"]]
-    atlas = {n: info.get("atlas_features") for n, info in report["layouts"].items() if "atlas_features" in info}
+    atlas = {n: info["atlas_features"] for n, info in report["layouts"].items() if "atlas_features" in info}
     ctx.manifest(
         inputs={"shrinkage": src}, outputs={"qgis_project": out},
         parameters={"paper": paper, "python": python},
@@ -64,6 +67,7 @@ def run(ctx: StageContext, paper: str | None = None) -> None:
                  "layouts": sorted(report["layouts"]), "atlas_pages": atlas, "invalid_layers": bad},
     )
     log.info("qgis_project: wrote %s (QGIS %s): %d layers in %d groups, %d map themes, %d layouts (%s), "
-             "data paths relative to %s", out, report["qgis_version"], len(report["layers"]), len(report["tree"]),
-             len(report["themes"]), len(report["layouts"]),
-             ", ".join(f"{n}: {k} pages" for n, k in atlas.items()) or "no atlas", os.path.relpath(src, out.parent))
+             "data paths relative to %s", out, report["qgis_version"], len(report["layers"]),
+             len(report["tree"]), len(report["themes"]), len(report["layouts"]),
+             ", ".join(f"{n}: {k} pages" for n, k in atlas.items()) or "no atlas",
+             os.path.relpath(src, out.parent))
