@@ -80,13 +80,15 @@ class Builder:
                 if not layer.isValid():
                     raise RuntimeError(f"QGIS cannot open layer {spec['name']!r} of {gpkg}")
                 self._styles(layer, spec)
+                key = spec.get("key") or spec["name"]
+                layer.setCustomProperty("geo_pipeline/key", key)
                 if spec.get("description"):
                     layer.setAbstract(spec["description"])
                 self.project.addMapLayer(layer, False)
                 child = node.addLayer(layer)
                 child.setItemVisibilityChecked(bool(spec.get("visible")))
                 child.setExpanded(bool(spec.get("expanded", False)))
-                self.layers[spec["name"]] = layer
+                self.layers[key] = layer
             node.setItemVisibilityChecked(any(s.get("visible") for s in group["layers"]) or
                                           group["name"] != "Tables")
 
@@ -379,49 +381,36 @@ def _rewrite_archive(path: str, stem: str, replace: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
+def _key(layer: Any) -> str:
+    """The key the builder gave the layer (``units``, ``units_ageing``...), else its table name."""
+    return str(layer.customProperty("geo_pipeline/key") or layer.source().split("layername=")[-1])
+
+
 def report(path: str) -> dict[str, Any]:
-    """Open the project at ``path`` in a clean QgsProject and describe it."""
+    """Open the project at ``path`` in a clean QgsProject and describe it (the stage logs this)."""
     qc = _qgis()
     project = qc.QgsProject.instance()
     project.clear()
     if not project.read(path):
         raise RuntimeError(f"QGIS cannot read {path}: {project.error()}")
-    out: dict[str, Any] = {"qgis_version": qc.Qgis.QGIS_VERSION, "crs": project.crs().toProj(),
-                           "title": project.title(), "layers": {}, "tree": [], "themes": {}, "layouts": {}}
+    out: dict[str, Any] = {"qgis_version": qc.Qgis.QGIS_VERSION, "layers": {}, "tree": [], "themes": {},
+                           "layouts": {}}
     for group in project.layerTreeRoot().children():
-        out["tree"].append({"group": group.name(), "visible": group.isVisible(),
-                            "layers": [child.layer().name() and child.layer().source().split("layername=")[-1]
-                                       for child in group.children()]})
+        out["tree"].append({"group": group.name(), "layers": [_key(c.layer()) for c in group.children()]})
         for child in group.children():
             layer = child.layer()
-            renderer = layer.renderer() if hasattr(layer, "renderer") else None
-            out["layers"][layer.source().split("layername=")[-1]] = {
-                "title": layer.name(), "valid": layer.isValid(), "visible": child.isVisible(),
-                "spatial": layer.isSpatial(), "features": layer.featureCount(),
-                "renderer": renderer.type() if renderer else None,
-                "attribute": getattr(renderer, "classAttribute", lambda: None)() if renderer else None,
-                "styles": layer.styleManager().styles(), "current_style": layer.styleManager().currentStyle(),
-                "source": layer.source(),
-            }
+            renderer = layer.renderer() if layer.isSpatial() else None
+            out["layers"][_key(layer)] = {"valid": layer.isValid(), "visible": child.isVisible(),
+                                          "renderer": renderer.type() if renderer else None}
     collection = project.mapThemeCollection()
     for name in collection.mapThemes():
-        rec = collection.mapThemeState(name)
-        out["themes"][name] = {r.layer().source().split("layername=")[-1]: r.currentStyle
-                               for r in rec.layerRecords() if r.layer() is not None}
+        records = collection.mapThemeState(name).layerRecords()
+        out["themes"][name] = {_key(r.layer()): r.currentStyle for r in records if r.layer() is not None}
     for layout in project.layoutManager().printLayouts():
-        items = {}
-        for item in layout.items():
-            if isinstance(item, qc.QgsLayoutItem) and item.id():
-                items[item.id()] = type(item).__name__
-        info: dict[str, Any] = {"items": items, "page": [layout.pageCollection().page(0).pageSize().width(),
-                                                         layout.pageCollection().page(0).pageSize().height()]}
-        atlas = layout.atlas()
-        if atlas.enabled():
-            info["atlas_features"] = atlas.updateFeatures()
-            info["atlas_coverage"] = atlas.coverageLayer().source().split("layername=")[-1]
-        maps = [i for i in layout.items() if isinstance(i, qc.QgsLayoutItemMap) and i.id() == "map"]
-        if maps:
-            info["theme"] = maps[0].followVisibilityPresetName() if maps[0].followVisibilityPreset() else None
+        info: dict[str, Any] = {"items": sorted(i.id() for i in layout.items()
+                                                if isinstance(i, qc.QgsLayoutItem) and i.id())}
+        if layout.atlas().enabled():
+            info["atlas_features"] = layout.atlas().updateFeatures()
         out["layouts"][layout.name()] = info
     return out
 

@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,26 +107,44 @@ class StyleInfo:
     qml: str
     default: bool = False
 
-    @property
-    def renderer(self) -> str:
-        """Renderer type of the QML (``graduatedSymbol``, ``categorizedSymbol``, ``singleSymbol``...)."""
+    def _renderer_attrib(self, key: str) -> str:
         try:
             body = self.qml.split("\n", 1)[1] if self.qml.startswith("<!DOCTYPE") else self.qml
             node = ET.fromstring(body).find("renderer-v2")
         except (ET.ParseError, IndexError):
             return ""
-        return "" if node is None else str(node.get("type", ""))
+        return "" if node is None else str(node.get(key, ""))
+
+    @property
+    def renderer(self) -> str:
+        """Renderer type of the QML (``graduatedSymbol``, ``categorizedSymbol``, ``singleSymbol``...)."""
+        return self._renderer_attrib("type")
+
+    @property
+    def attribute(self) -> str:
+        """The field the renderer classifies (``""`` for a single symbol)."""
+        return self._renderer_attrib("attr")
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A table of the GeoPackage: name, title, geometry type (empty for attribute tables), styles."""
+    """A table of the GeoPackage: name, title, geometry type (empty for attribute tables), styles.
+
+    ``key`` tells apart two project layers of one table (``units`` and ``units_ageing``); it
+    defaults to the table name.
+    """
 
     name: str
     title: str = ""
     geometry_type: str = ""
     description: str = ""
     styles: tuple[StyleInfo, ...] = ()
+    key: str = ""
+
+    @property
+    def id(self) -> str:
+        """The layer's key in the project (``key``, else the table name)."""
+        return self.key or self.name
 
     @property
     def spatial(self) -> bool:
@@ -204,7 +222,17 @@ def layer_group(layer: LayerInfo) -> str:
 
 def _order_key(layer: LayerInfo) -> tuple[int, int, str]:
     known = _ORDER.index(layer.name) if layer.name in _ORDER else len(_ORDER)
-    return (_GEOMETRY_RANK.get(layer.kind, 3), known, layer.name)
+    return (_GEOMETRY_RANK.get(layer.kind, 3), known, layer.id)
+
+
+def _ageing_layer(units: LayerInfo) -> LayerInfo | None:
+    """The units again, with only their ageing styles (60+/65+ shares, dependency, bivariate), or None."""
+    pattern = re.compile(GROUPS[[g for g, _ in GROUPS].index("Ageing")][1] + r"|^bv_")
+    found = [s for s in units.styles if pattern.search(s.attribute.lower())]
+    if not found:
+        return None
+    styles = tuple(replace(s, default=i == 0) for i, s in enumerate(found))
+    return replace(units, key=f"{units.name}_ageing", title=f"{units.title}: ageing", styles=styles)
 
 
 def _fit(bounds: Sequence[float], aspect: float, margin: float) -> list[float]:
@@ -338,13 +366,19 @@ def plan_project(
     """
     if paper not in PAGE_MM:
         raise InputError(f"paper: expected one of {list(PAGE_MM)}, found {paper!r}")
-    by_name = {layer.name: layer for layer in layers}
+    by_name = {layer.id: layer for layer in layers}
     if "units" not in by_name or not by_name["units"].spatial:
         raise InputError(f"{gpkg}: no spatial layer 'units' (found {sorted(by_name)}); "
                          "run `geo-pipeline export`")
     titles = dict(titles or {})
     units = by_name["units"]
-    group_of = {layer.name: layer_group(layer) for layer in layers}
+    group_of = {layer.id: layer_group(layer) for layer in layers}
+    ageing = _ageing_layer(units)
+    if ageing is not None:  # the ageing styles of the units, as a layer of the Ageing group
+        layers = [*layers, ageing]
+        by_name[ageing.id] = ageing
+        group_of[ageing.id] = "Ageing"
+    ageing_styles = {s.name for s in ageing.styles} if ageing else set()
     boundaries = [n for n, g in group_of.items() if g == "Boundaries" and by_name[n].kind == "polygon"]
     outline = ["provinces"] if "provinces" in by_name else boundaries[:1]
 
@@ -356,7 +390,7 @@ def plan_project(
     themes: list[dict[str, Any]] = []
 
     def add_theme(name: str, layer: LayerInfo, style: str) -> None:
-        shown = {layer.name: style}
+        shown = {layer.id: style}
         for pattern, group in _THEME_EXTRAS:
             if re.search(pattern, name.lower()):
                 shown.update({n: default_name(by_name[n]) for n, g in group_of.items() if g == group
@@ -366,11 +400,14 @@ def plan_project(
         themes.append({"name": name, "layers": shown, "legend": legend})
 
     for style in units.styles or (StyleInfo("Default", ""),):
-        add_theme(style.name, units, style.name)
+        if style.name not in ageing_styles:
+            add_theme(style.name, units, style.name)
+    for style in ageing.styles if ageing else ():
+        add_theme(style.name, ageing, style.name)
     for layer in layers:
         style = layer.default_style
         if (layer.name != "units" and layer.kind == "polygon" and style is not None
-                and group_of[layer.name] in ("Population", "Ageing")
+                and group_of[layer.id] in ("Population", "Ageing")
                 and style.renderer in ("graduatedSymbol", "categorizedSymbol")):
             add_theme(f"{layer.title}: {style.name}", layer, style.name)
     rail = [n for n, g in group_of.items() if g == "Rail" and by_name[n].spatial]
@@ -382,14 +419,14 @@ def plan_project(
     # -- groups -------------------------------------------------------------------------------
     groups = []
     for group in [g for g, _ in GROUPS] + [_TABLES]:
-        members = sorted((layer for layer in layers if group_of[layer.name] == group), key=_order_key)
+        members = sorted((layer for layer in layers if group_of[layer.id] == group), key=_order_key)
         if not members:
             continue
         groups.append({
             "name": group, "expanded": group != _TABLES,
             "layers": [{
-                "name": layer.name, "title": layer.title, "description": layer.description,
-                "visible": layer.name in default_theme["layers"],
+                "name": layer.name, "key": layer.id, "title": layer.title, "description": layer.description,
+                "visible": layer.id in default_theme["layers"],
                 "styles": [{"name": s.name, "qml": s.qml, "default": s.default} for s in layer.styles],
             } for layer in members],
         })
@@ -406,7 +443,8 @@ def plan_project(
 
     def theme_titles(name: str) -> tuple[str, str]:
         key = _theme_key(name)
-        if key and key in titles and (name in (s.name for s in units.styles) or name == RAIL_THEME):
+        if key and key in titles and (name in {s.name for s in units.styles} - ageing_styles
+                                      or name == RAIL_THEME):
             return titles[key]
         return name, ""
 

@@ -62,6 +62,11 @@ def _default_styles(gpkg: str) -> dict[str, str]:
     return out
 
 
+def _key(layer) -> str:  # noqa: ANN001
+    """The layer's key given by the builder (``units``, ``units_ageing``...), else its table."""
+    return layer.customProperty("geo_pipeline/key") or layer.source().split("layername=")[-1]
+
+
 def describe(qc, project) -> dict:  # noqa: ANN001
     """Layers, tree, themes and layouts of the open project."""
     out: dict = {"qgis_version": qc.Qgis.QGIS_VERSION, "crs_proj": project.crs().toProj(),
@@ -73,7 +78,7 @@ def describe(qc, project) -> dict:  # noqa: ANN001
         names = []
         for child in group.children():
             layer = child.layer()
-            name = layer.source().split("layername=")[-1]
+            name = layer.customProperty("geo_pipeline/key") or layer.source().split("layername=")[-1]
             gpkg = gpkg or layer.source().split("|")[0]
             names.append(name)
             renderer = layer.renderer() if layer.isSpatial() else None
@@ -83,7 +88,7 @@ def describe(qc, project) -> dict:  # noqa: ANN001
                 "renderer": renderer.type() if renderer else None,
                 "attribute": renderer.classAttribute() if hasattr(renderer, "classAttribute") else None,
                 "styles": layer.styleManager().styles(), "current_style": layer.styleManager().currentStyle(),
-                "source": layer.source(),
+                "source": layer.source(), "table": layer.source().split("layername=")[-1],
             }
         out["tree"].append({"group": group.name(), "layers": names})
     defaults = _default_styles(gpkg) if gpkg and os.path.isfile(gpkg) else {}
@@ -92,7 +97,7 @@ def describe(qc, project) -> dict:  # noqa: ANN001
     collection = project.mapThemeCollection()
     for name in collection.mapThemes():
         records = collection.mapThemeState(name).layerRecords()
-        out["themes"][name] = {r.layer().source().split("layername=")[-1]: r.currentStyle for r in records}
+        out["themes"][name] = {_key(r.layer()): r.currentStyle for r in records}
     for layout in project.layoutManager().printLayouts():
         items = {i.id(): type(i).__name__ for i in layout.items()
                  if isinstance(i, qc.QgsLayoutItem) and i.id()}
@@ -111,8 +116,7 @@ def describe(qc, project) -> dict:  # noqa: ANN001
                 info.setdefault("linked", {})[item_id] = bool(item.linkedMap())
         legend = layout.itemById("legend")
         if legend is not None:
-            info["legend_layers"] = [n.layer().source().split("layername=")[-1]
-                                     for n in legend.model().rootGroup().findLayers()]
+            info["legend_layers"] = [_key(n.layer()) for n in legend.model().rootGroup().findLayers()]
         out["layouts"][layout.name()] = info
     return out
 

@@ -105,42 +105,69 @@ def test_layer_group(name: str, geom: str, group: str) -> None:
     assert layer_group(LayerInfo(name, geometry_type=geom)) == group
 
 
+def gpkg_styles(gpkg: Path) -> dict[str, list[str]]:
+    """Table name -> its style names in ``layer_styles``, default first."""
+    with sqlite3.connect(gpkg) as con:
+        rows = con.execute("SELECT f_table_name, styleName FROM layer_styles ORDER BY useAsDefault DESC, id")
+        out: dict[str, list[str]] = {}
+        for table, name in rows:
+            out.setdefault(table, []).append(name)
+    return out
+
+
+def ageing_styles(gpkg: Path) -> list[str]:
+    """The units' ageing styles, as the export names them (60+ shares and bivariate LISA with them)."""
+    return [n for n in gpkg_styles(gpkg)["units"] if re.match(r"Aged 60\+|Bivariate LISA share_60plus", n)]
+
+
 def test_plan_of_synthetic_export(exported: Path) -> None:
     gpkg = exported / "data_processed" / "shrinkage.gpkg"
     layers = read_layer_infos(gpkg)
-    assert [layer.name for layer in layers if not layer.spatial] == ["band_summary", "global_moran",
-                                                                     "corridor_summary"]
+    tables = [str(n) for n, g in pyogrio.list_layers(gpkg) if not g and n != "layer_styles"]
+    assert sorted(layer.name for layer in layers if not layer.spatial) == sorted(tables)
+    assert {"band_summary", "global_moran", "corridor_summary"} <= set(tables)
+    unit_styles = gpkg_styles(gpkg)["units"]
+    ageing = ageing_styles(gpkg)
+    assert set(UNIT_STYLES) <= set(unit_styles) and ageing  # the export has ageing styles (h12c)
     units = next(layer for layer in layers if layer.name == "units")
-    assert [s.name for s in units.styles] == UNIT_STYLES and units.default_style.name == UNIT_STYLES[0]
-    assert units.default_style.renderer == "graduatedSymbol"
+    assert [s.name for s in units.styles] == unit_styles and units.default_style.name == UNIT_STYLES[0]
+    assert units.default_style.renderer == "graduatedSymbol" and units.default_style.attribute == "change_pct"
     provinces = gpd.read_file(gpkg, layer="provinces")
     plan = plan_project(layers, gpkg=gpkg, output=exported / "maps" / "shrinkage.qgz", provinces=provinces,
                         province_codes=["430000", "420000"],
                         titles={"net_outflow": ("人口净流出", "Net outflow")})
-    # groups top to bottom, and inside a group points over lines over polygons
-    assert [(g["name"], [x["name"] for x in g["layers"]]) for g in plan["groups"]] == [
-        ("Distance", ["cores", "distance_rings"]),
-        ("Rail", ["rail_stations", "rail_lines", "corridors"]),
-        ("Boundaries", ["provinces"]),
-        ("Clusters", ["lisa"]),
-        ("Population", ["units", "prefectures"]),
-        ("Tables", ["band_summary", "corridor_summary", "global_moran"]),
-    ]
-    visible = {x["name"] for g in plan["groups"] for x in g["layers"] if x["visible"]}
+    # groups top to bottom; inside a group points over lines over polygons, known layers first
+    groups = {g["name"]: [x["key"] for x in g["layers"]] for g in plan["groups"]}
+    assert list(groups) == ["Distance", "Rail", "Boundaries", "Clusters", "Ageing", "Population", "Tables"]
+    assert groups["Distance"] == ["cores", "distance_rings"]
+    assert groups["Rail"] == ["rail_stations", "rail_lines", "corridors"]
+    assert groups["Boundaries"] == ["provinces"]
+    assert groups["Clusters"][0] == "lisa" and groups["Ageing"] == ["units_ageing"]
+    assert groups["Population"][:2] == ["units", "prefectures"]
+    assert groups["Tables"] == sorted(tables)
+    assert sorted(k for g in groups.values() for k in g) == sorted([*(layer.name for layer in layers),
+                                                                    "units_ageing"])
+    visible = {x["key"] for g in plan["groups"] for x in g["layers"] if x["visible"]}
     assert visible == {"units", "provinces"}
-    # every style of the GeoPackage goes to the project, with its QML
-    styles = {x["name"]: x["styles"] for g in plan["groups"] for x in g["layers"]}
-    assert [s["name"] for s in styles["units"]] == UNIT_STYLES
+    # every style of the GeoPackage goes to the project, with its QML; the ageing ones also on their layer
+    styles = {x["key"]: x["styles"] for g in plan["groups"] for x in g["layers"]}
+    assert [s["name"] for s in styles["units"]] == unit_styles
+    assert [s["name"] for s in styles["units_ageing"]] == ageing
+    assert [s["default"] for s in styles["units_ageing"]] == [True] + [False] * (len(ageing) - 1)
     with sqlite3.connect(gpkg) as con:
         qml = con.execute("SELECT styleQML FROM layer_styles WHERE f_table_name = 'units' AND "
                           "styleName = 'Net outflow ratio'").fetchone()[0]
-    assert styles["units"][1]["qml"] == qml and not styles["units"][1]["default"]
-    # a map theme per units style, the prefectures' default, and rail
+    assert styles["units"][unit_styles.index("Net outflow ratio")]["qml"] == qml
+    # a map theme per units style (ageing ones on the ageing layer), other choropleths' default, rail
     themes = {t["name"]: t["layers"] for t in plan["themes"]}
-    prefectures = "Prefecture-level cities: Population change 2010-2020 (%)"
-    assert list(themes) == [*UNIT_STYLES, prefectures, RAIL_THEME, LOCATOR_THEME]
+    others = [f"{layer.title}: {layer.default_style.name}" for layer in layers
+              if layer.name in ("prefectures", "prefecture_units")]
+    assert list(themes) == [*(n for n in unit_styles if n not in ageing), *ageing,
+                            *sorted(others, key=list(themes).index), RAIL_THEME, LOCATOR_THEME]
+    assert len(others) == len([layer for layer in layers if layer.name in ("prefectures", "prefecture_units")])
     assert themes[LOCATOR_THEME] == {"provinces": "Outline"}
     assert themes["Net outflow ratio"] == {"units": "Net outflow ratio", "provinces": "Outline"}
+    assert themes[ageing[0]] == {"units_ageing": ageing[0], "provinces": "Outline"}
     assert themes["Distance bands"] == {"units": "Distance bands", "distance_rings": "Distance rings",
                                         "cores": "Cores", "provinces": "Outline"}
     assert themes[RAIL_THEME] == {"units": UNIT_STYLES[0], "rail_lines": "Rail lines by class",
@@ -151,7 +178,8 @@ def test_plan_of_synthetic_export(exported: Path) -> None:
     assert atlas["filter"] == "\"province_code\" IN ('420000', '430000')"
     assert atlas["title"] == '[% "name" %]' and atlas["sort_field"] == "province_code"
     assert [n["theme"] for n in national] == list(themes)[:-1]
-    assert national[1]["title"] == "人口净流出 全国 China" and national[1]["subtitle"] == "Net outflow"
+    outflow = next(n for n in national if n["theme"] == "Net outflow ratio")
+    assert outflow["title"] == "人口净流出 全国 China" and outflow["subtitle"] == "Net outflow"
     assert national[0]["title"] == UNIT_STYLES[0]  # no titles given for it: the theme name
     assert [n["page_number"] for n in national][-1] == f"页 Page {len(national)} / {len(national)}"
     # extents in the Albers CRS; no South China Sea here
@@ -213,18 +241,18 @@ def test_read_layer_infos_rejects_a_non_geopackage(tmp_path: Path) -> None:
 
 
 # -- the stage without QGIS -------------------------------------------------------------------
-def test_stage_is_skipped_without_qgis_and_run_goes_on(tmp_path: Path) -> None:
-    write_stage_outputs(tmp_path / "data_processed")
+def test_stage_is_skipped_without_qgis_and_run_goes_on(exported: Path, tmp_path: Path) -> None:
+    shutil.copytree(exported / "data_processed", tmp_path / "data_processed")
     extra = '[qgis_project]\npython = "/nonexistent/python3"\n[atlas]\nper_province = false\n'
     cfg = write_config(tmp_path, extra)
-    result = run_cli(cfg, "run", "--from", "export")
+    result = run_cli(cfg, "run", "--from", "atlas")
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.output.splitlines() if "WARNING" in line and "qgis_project" in line]
     assert len(warnings) == 1, result.output
     assert "python3-qgis" in warnings[0] and "apt-get install python3-qgis" in warnings[0]
     assert "/nonexistent/python3" in warnings[0]
-    assert (tmp_path / "maps" / "atlas.pdf").is_file()  # the stages before it ran
-    assert (tmp_path / "data_processed" / "shrinkage.gpkg").is_file()
+    assert (tmp_path / "maps" / "atlas.pdf").is_file()  # the stage before it ran
+    assert "pipeline finished" in result.output.splitlines()[-1]
     assert not (tmp_path / "maps" / "shrinkage.qgz").exists()
 
 
@@ -272,15 +300,21 @@ def project(exported: Path) -> Path:
 def check_report(report: dict, gpkg: Path) -> None:
     """Every layer of ``gpkg`` is in the project, valid, with its default style and all its styles."""
     names = [str(n) for n in pyogrio.list_layers(gpkg)[:, 0] if n != "layer_styles"]
-    assert sorted(report["layers"]) == sorted(names)
-    with sqlite3.connect(gpkg) as con:
-        styles = con.execute("SELECT f_table_name, styleName FROM layer_styles").fetchall()
+    ageing = ageing_styles(gpkg)
+    assert sorted(report["layers"]) == sorted([*names, *(["units_ageing"] if ageing else [])])
+    styles = gpkg_styles(gpkg)
     for name, info in report["layers"].items():
         assert info["valid"], name
-        assert info["features"] == pyogrio.read_info(gpkg, layer=name)["features"], name
-        if info["spatial"]:
+        assert info["features"] == pyogrio.read_info(gpkg, layer=info["table"])["features"], name
+        if name == "units_ageing":  # the units again, with their ageing styles
+            assert info["table"] == "units" and info["styles"] == sorted(ageing), info["styles"]
+            assert info["current_style"] == ageing[0] and "60plus" in info["attribute"]
+        elif info["spatial"]:
+            assert info["table"] == name
             assert info["renderer"] == info["default_renderer_in_gpkg"] is not None, name
-            assert sorted(info["styles"]) == sorted(s for t, s in styles if t == name), name
+            assert sorted(info["styles"]) == sorted(styles[name]), name
+            assert info["current_style"] == styles[name][0], name
+        if info["spatial"]:
             assert info["crs"] == "EPSG:4326"
     assert report["crs_valid"] and "+proj=aea" in report["crs_proj"] and "+lat_1=25" in report["crs_proj"]
 
@@ -292,7 +326,7 @@ def test_project_opens_with_every_layer_styled(project: Path) -> None:
     check_report(report, gpkg)
     units = report["layers"]["units"]
     assert units["current_style"] == UNIT_STYLES[0] and units["attribute"] == "change_pct"
-    groups = ["Distance", "Rail", "Boundaries", "Clusters", "Population", "Tables"]
+    groups = ["Distance", "Rail", "Boundaries", "Clusters", "Ageing", "Population", "Tables"]
     assert [g["group"] for g in report["tree"]] == groups
     assert {n for n, info in report["layers"].items() if info["visible"]} == {"units", "provinces"}
     assert report["themes"]["Net outflow ratio"] == {"units": "Net outflow ratio", "provinces": "Outline"}
