@@ -164,7 +164,7 @@ def test_plan_of_synthetic_export(exported: Path) -> None:
               if layer.name in ("prefectures", "prefecture_units")]
     assert list(themes) == [*(n for n in unit_styles if n not in ageing), *ageing,
                             *sorted(others, key=list(themes).index), RAIL_THEME, LOCATOR_THEME]
-    assert len(others) == len([layer for layer in layers if layer.name in ("prefectures", "prefecture_units")])
+    assert len(others) == sum(layer.name in ("prefectures", "prefecture_units") for layer in layers)
     assert themes[LOCATOR_THEME] == {"provinces": "Outline"}
     assert themes["Net outflow ratio"] == {"units": "Net outflow ratio", "provinces": "Outline"}
     assert themes[ageing[0]] == {"units_ageing": ageing[0], "provinces": "Outline"}
