@@ -1308,7 +1308,8 @@ figcaption{font-size:12px;color:#444}
 .small{font-size:12px;color:#555}.wrap{overflow-x:auto}
 .toc ul{columns:2;font-size:13px;padding-left:1.2rem}.toc span{padding:0 .3rem;border-radius:3px}
 @media print{body{max-width:none;margin:0;font-size:10.5pt}h2{break-before:page}
-h1+h2,.summary h2{break-before:auto}table,figure,.verdict,blockquote{break-inside:avoid}
+h1+h2,.summary h2{break-before:auto}figure,.verdict,blockquote,tr{break-inside:avoid}
+thead{display:table-header-group}figure img{max-height:24cm}
 .wrap{overflow:visible}table{font-size:7.5pt}a{color:inherit;text-decoration:none}@page{size:A4;margin:14mm}}
 """
 
