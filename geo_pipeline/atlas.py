@@ -44,7 +44,9 @@ from matplotlib.patches import Patch, Rectangle
 from . import styles
 from ._crs import CHINA_ALBERS
 from ._errors import ConfigError, DataQualityWarning, InputError, MissingInputError
+from ._levels import BASE_LEVEL, level_file
 from ._validate import check_frame
+from .prefectures import PUBLISHED_SHRINKING_CITIES
 from .underused import UNDERUSED_SUFFIX
 
 __all__ = [
@@ -86,12 +88,16 @@ SOURCE_LINE = (
 )
 
 _TEXT = (
+    "No data at this level "
     "南海诸岛 South China Sea islands 北 N km 页 Page 图例 Legend 无数据 No data 省界 Province boundary "
     "地级市 Prefecture 收缩 Shrinking units 增长 Growing 走廊 Corridor buffer 高速 快速 普速 铁路 Rail lines "
     "中心城市 Metropolitan core 距离环 Distance ring 单元数 units n = scale at map centre 比例尺 "
     "位置 Location 真北 true north at map centre 其他省份 Other provinces 不显著 高-高 低-低 低-高 高-低 "
-    "0123456789 −–—·×≥≤°%()（）：，、/.,:;+-_'\"<>=?!&[]"
+    "地级单元 prefecture-level units 0123456789 −–—·×≥≤°%()（）：，、/.,:;+-_'\"<>=?!&[]"
 )
+
+#: Title suffixes of the national pages of a further unit level (Chinese, English).
+_LEVEL_TITLES = {"prefecture": ("地级单元", "prefecture-level units")}
 
 #: Default page-scale generalisation: detail finer than this many millimetres on paper is dropped.
 GENERALISE_MM = 0.25
@@ -545,13 +551,23 @@ class Page:
 
 @dataclass(frozen=True)
 class PageSpec:
-    """A planned page: key, title, subtitle, national or not, and the province it shows."""
+    """A planned page: key, title, subtitle, national or not, the province it shows and its unit level.
+
+    ``key`` is also the PNG name of a national page: the theme (``population_change``) at the
+    county level, ``<theme>_<level>`` (``population_change_prefecture``) at another level.
+    """
 
     key: str
     title: str
     subtitle: str
     national: bool
     province_code: str = ""
+    level: str = BASE_LEVEL
+
+    @property
+    def theme(self) -> str:
+        """The national theme of the page (a key of :data:`THEMES`), or the key of a province page."""
+        return self.key if self.level == BASE_LEVEL else self.key.removesuffix(f"_{self.level}")
 
 
 def _rail_style(lines: gpd.GeoDataFrame) -> tuple[str | None, list[styles.Category]]:
@@ -592,8 +608,12 @@ def _lisa_col(frame: pd.DataFrame) -> str | None:
     return found[0] if found else None
 
 
-def plan_pages(data: AtlasData, *, per_province: bool = True) -> list[PageSpec]:
+def plan_pages(data: AtlasData, *, per_province: bool = True, level: str = BASE_LEVEL) -> list[PageSpec]:
     """The pages in print order: national themes whose data exist, then provinces by code.
+
+    With ``level`` other than counties (``data`` then holds, e.g., the
+    prefecture units), the national pages get keys ``<theme>_<level>`` and
+    titles naming the level (see :func:`geo_pipeline._levels.level_file`).
 
     Warns
     -----
@@ -612,7 +632,11 @@ def plan_pages(data: AtlasData, *, per_province: bool = True) -> list[PageSpec]:
              "lisa_clusters": "autocorrelation", "rail_corridors": "infrastructure"}
     specs = []
     for key, (zh, en) in THEMES.items():
-        if available[key]:
+        if available[key] and level != BASE_LEVEL:
+            zh_level, en_level = _LEVEL_TITLES[level]
+            specs.append(PageSpec(level_file(key, level), f"{zh}（{zh_level}）", f"{en}, {en_level}", True,
+                                  level=level))
+        elif available[key]:
             specs.append(PageSpec(key, zh, en, True))
         else:
             warnings.warn(f"atlas: no data for the {en!r} page; it is left out (run `geo-pipeline "
@@ -1031,12 +1055,19 @@ class _Renderer:
         units = self.national_layer("units")
         u = self.data.units
         extra_draw: list[Any] = []
-        if spec.key == "population_change":
+        theme = spec.theme
+        if theme == "population_change":
             colors = self._class_colors()
             handles = self._class_handles(self.class_idx)
             title = "人口变化 Change 2010–2020"
             note = f"Classes: mapclassify {self.classes.method}; shrinking red, growing blue."
-        elif spec.key == "net_outflow":
+            if spec.level == "prefecture":
+                shrinking = int(u["shrinking"].fillna(False).astype(bool).sum()) if "shrinking" in u.columns \
+                    else int((u["change_pct"] < 0).sum())
+                note += (f" Shrinking: {shrinking} of {len(u)} prefecture-level units; published for 2010-2020: "
+                         f"{PUBLISHED_SHRINKING_CITIES} shrinking cities (administrative cities, another "
+                         "definition; see README).")
+        elif theme == "net_outflow":
             cl = styles.diverging_classes(
                 u["net_outflow_ratio"], column="net_outflow_ratio", decimals=2,
                 below_colors=tuple(reversed(styles.GROW_COLORS)),
@@ -1049,7 +1080,7 @@ class _Renderer:
             title = "净流出比 Net outflow ratio"
             note = (f"Classes: mapclassify {cl.method}. Positive (warm): more registered (hukou) than "
                     "resident people, i.e. net outflow.")
-        elif spec.key == "distance_bands":
+        elif theme == "distance_bands":
             col = _band_col(u)
             cats = styles.band_categories(u[col])
             lut = {c.value: c.color for c in cats}
@@ -1068,7 +1099,7 @@ class _Renderer:
                 extra_draw.append(lambda a: cores.plot(ax=a, marker="*", color="black", edgecolor="white",
                                                        linewidth=0.3, markersize=55 * self.scale, zorder=8))
             note = "Geodesic distance from each unit's representative point to the nearest core."
-        elif spec.key == "lisa_clusters":
+        elif theme == "lisa_clusters":
             col = _lisa_col(u)
             cats = styles.lisa_categories(u[col])
             keys = [styles.lisa_key(v) for v in u[col]]
@@ -1099,8 +1130,10 @@ class _Renderer:
                 if ccol == "map_class":
                     extra_draw.append(lambda a: self._label_underused(a, lines, names=False))
                     note = _rail_note(lines)
-        self._plot(ax, units, colors[self._pos(units)], lw=0.06, key="units")
         provinces = self.national_layer("provinces")
+        if spec.level != BASE_LEVEL:  # areas between the units (no figures at this level) show as no data
+            self._plot(ax, provinces, _NO_DATA, lw=0, edge="none", key="provinces_fill")
+        self._plot(ax, units, colors[self._pos(units)], lw=0.06, key="units")
         missing = provinces[~provinces["province_code"].isin(u["province_code"])]
         self._plot(ax, missing, _NO_DATA, lw=0, edge="none")
         self._boundary(ax, provinces, color=_PROVINCE_EDGE, lw=0.45, key="provinces")
@@ -1113,6 +1146,8 @@ class _Renderer:
         handles.append(Line2D([], [], color=_PROVINCE_EDGE, linewidth=0.8, label="省界 Province boundary"))
         if len(missing):
             handles.append(Patch(facecolor=_NO_DATA, edgecolor="none", label="无人口普查数据 No census data"))
+        if spec.level != BASE_LEVEL:
+            handles.append(Patch(facecolor=_NO_DATA, edgecolor="none", label="无数据 No data at this level"))
         self._legend(fig, handles, title, note)
         return fig
 

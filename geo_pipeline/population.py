@@ -73,6 +73,7 @@ from ._validate import Kind, check_frame
 from .ageing import AGEING_COLUMNS, COUNT_COLUMNS, ageing_indicators, prefecture_ageing, unit_age_counts
 from .census import AGGREGATE_KINDS, CENSUS_ROW_COLUMNS, CITY_AGE_COLUMNS, check_totals, correction_action
 from .crosswalk import harmonise, match_census_rows
+from .prefectures import county_unit_prefectures, match_prefectures, prefecture_members, union_geometry
 from .regions import county_kind, region_of, unit_kind
 
 __all__ = [
@@ -110,7 +111,7 @@ UNIT_COLUMNS = [
 #: Columns of the ``prefectures`` layer.
 PREFECTURE_COLUMNS = [
     "unit_id", "name", "province", "province_code", "prefecture", "prefecture_code", "level",
-    "n_members", *INDICATOR_COLUMNS, "city_code", "join", "pop_2010_units", "pop_2020_units",
+    "n_members", *INDICATOR_COLUMNS, "city_code", "join", "members", "pop_2010_units", "pop_2020_units",
     "region", "region_zh", "comparable", *AGEING_COLUMNS, "geometry",
 ]
 
@@ -732,6 +733,7 @@ def prefecture_indicators(
     *,
     shrink_threshold_pct: float = 0.0,
     county_rows: Sequence[pd.DataFrame] = (),
+    counties: pd.DataFrame | None = None,
 ) -> tuple[gpd.GeoDataFrame, pd.DataFrame]:
     """Prefecture indicators from ``census_city_2010-2020_v1.csv`` on boundary polygons (pure).
 
@@ -752,19 +754,27 @@ def prefecture_indicators(
         Classified county-table rows with age bands; they fill the ageing
         columns where the CSV has no age figures (通化市 2020), see
         :func:`~geo_pipeline.ageing.prefecture_ageing`.
+    counties : pandas.DataFrame, optional
+        County polygons (``adcode``, ``prefecture_code``): which prefectures
+        each county unit spans, for merging polygons without figures into
+        their host prefecture and for the county cross-checks (without it,
+        the units' ``prefecture_code`` is used).
 
     Returns
     -------
     prefectures : geopandas.GeoDataFrame
-        :data:`PREFECTURE_COLUMNS`; ``unit_id`` is the boundary prefecture adcode.
+        :data:`PREFECTURE_COLUMNS`; ``unit_id`` is the adcode of the
+        prefecture polygon of the table row, ``members`` the adcodes of its
+        polygons (more than one where a polygon without figures was merged
+        in, see :func:`~geo_pipeline.prefectures.match_prefectures`).
         ``region``/``region_zh`` by province, ``comparable`` True (CSV rows
         without both populations are not prefecture units), and the ageing
         columns from the CSV's age percentages.
     report : pandas.DataFrame
-        One row per CSV row in the format of :data:`REPORT_COLUMNS` (``item``
-        ``census_city``, ``pop`` = ``popu_2020``): ``matched`` with the join
-        used, or ``unmatched`` with the reason (no census prefecture with that
-        code, or no population in the CSV).
+        One row per CSV row (``item`` ``census_city``, ``pop`` =
+        ``popu_2020``) and per boundary prefecture polygon (``item``
+        ``prefecture_polygon``) in the format of :data:`REPORT_COLUMNS`:
+        ``matched`` with the join used, or why not.
 
     Notes
     -----
@@ -774,8 +784,8 @@ def prefecture_indicators(
     in ``join``. The geometry is the boundary polygon, not the CSV's WKT
     (which is in WGS84 and simplified).
 
-    ``n_members`` counts the county polygons of the units lying entirely in
-    the prefecture. Prefectures with ``in_census = False`` (Hong Kong, Macau
+    ``n_members`` counts the county polygons of the county units lying
+    entirely in the prefecture unit. Prefectures with ``in_census = False`` (Hong Kong, Macau
     when kept by the boundaries stage) are left out: the CSV's figures for
     them are not census counts.
 
@@ -787,77 +797,46 @@ def prefecture_indicators(
     resident population ``pop_2010_units`` (same territory, same source):
     :math:`(H_0 - P_0^{units}) / H_0`.
     """
-    check_frame(city_table, name="prefecture table", columns=["city_code", "city", "popu_2010",
-                                                             "popu_2020"]).raise_if_any()
     check_frame(
         prefectures, name="prefectures layer", columns=["adcode", "name", "province", "province_code"],
         geometry=True, crs="EPSG:4326", unique=("adcode",),
     ).raise_if_any()
+    match = match_prefectures(city_table, prefectures, units, counties=counties)
     pref = prefectures.reset_index(drop=True)
-    if "in_census" in pref.columns:  # Hong Kong, Macau, Taiwan: the CSV's figures are not census ones
-        pref = pref[pref["in_census"].astype(bool)].reset_index(drop=True)
-    codes = set(pref["adcode"])
-    by_prov = pref.groupby("province_code")["adcode"].agg(list)
-    join_code: list[str | None] = []
-    join_how: list[str] = []
-    for code in city_table["city_code"]:
-        if code in codes:
-            join_code.append(code)
-            join_how.append("code")
-        elif code is not None and code.endswith("0100") and len(by_prov.get(code[:2] + "0000", [])) == 1:
-            join_code.append(by_prov[code[:2] + "0000"][0])
-            join_how.append(f"municipality {code} -> only prefecture polygon of the province")
-        else:
-            join_code.append(None)
-            join_how.append("")
-    ct = city_table.assign(adcode=join_code, join=join_how)
-    missing_pop = ct["popu_2010"].isna() | ct["popu_2020"].isna()
-    no_polygon = "no boundary prefecture of the mainland census with this code"
-    if "in_census" in prefectures.columns:
-        outside = set(prefectures.loc[~prefectures["in_census"].astype(bool), "adcode"])
-        no_polygon += " (Hong Kong/Macau/Taiwan: not covered by the census)" if outside else ""
-    report = pd.DataFrame({
-        "item": "census_city", "census_id": [f"city:{i + 2}" for i in range(len(ct))],
-        "year": pd.array([pd.NA] * len(ct), dtype="Int64"),
-        "excel_row": pd.array(np.arange(2, len(ct) + 2), dtype="Int64"),
-        "code": ct["city_code"].to_numpy(dtype=object), "name": ct["city"].to_numpy(dtype=object),
-        "kind": "prefecture", "pop": ct["popu_2020"].astype("Int64").to_numpy(),
-        "status": np.where(ct["adcode"].notna() & ~missing_pop, "matched", "unmatched"),
-        "method": ct["join"].replace("", None).to_numpy(dtype=object),
-        "unit_id": ct["adcode"].to_numpy(dtype=object),
-        "adcodes": ct["adcode"].to_numpy(dtype=object),
-        "reason": np.where(
-            ct["adcode"].isna(), no_polygon,
-            np.where(missing_pop, "population missing in the CSV (XPCC cities: counted in their host "
-                     "prefectures; 三沙: no 2010 figure)", "prefecture figures of the CSV"),
-        ),
-    })[REPORT_COLUMNS]
-    for col in ("item", "census_id", "kind", "status", "reason"):
-        report[col] = report[col].astype(object)
-    ok = ct[ct["adcode"].notna() & ~missing_pop]
-    merged = pref.merge(ok.drop(columns=["province", "province_code"]), on="adcode", how="inner")
+    members = prefecture_members(match)
+    ct = city_table.assign(unit_id=match.rows["unit_id"].to_numpy())
+    ok = ct[ct["unit_id"].notna()].drop(columns=["province", "province_code"], errors="ignore")
+    attrs = pd.DataFrame(pref[["adcode", "name", "province", "province_code"]]).rename(
+        columns={"adcode": "unit_id"})
+    merged = members.merge(attrs, on="unit_id").merge(ok, on="unit_id", how="inner")
     out = pd.DataFrame({
-        "unit_id": merged["adcode"], "name": merged["name"], "province": merged["province"],
+        "unit_id": merged["unit_id"], "name": merged["name"], "province": merged["province"],
         "province_code": merged["province_code"], "prefecture": merged["name"],
-        "prefecture_code": merged["adcode"], "level": "prefecture",
+        "prefecture_code": merged["unit_id"], "level": "prefecture",
     })
-    # county units lying entirely in one prefecture (a merged unit spanning
-    # prefectures lists them joined with "+")
-    u = units[["prefecture", "prefecture_code", "n_members", "pop_2010", "pop_2020", "hukou_2010"]].copy()
-    u["whole"] = ~u["prefecture"].astype(str).str.contains("+", regex=False)
-    g = u[u["whole"]].groupby("prefecture_code")
-    straddle = set(u.loc[~u["whole"], "prefecture_code"])
-    n_polygons = g["n_members"].sum()
-    out["n_members"] = merged["adcode"].map(n_polygons).fillna(0).astype("int64")
+    # county units lying entirely in one prefecture unit (all their polygons' prefectures among its members)
+    unit_of = {a: uid for uid, m in zip(members["unit_id"], members["members"], strict=True)
+               for a in m.split(";")}
+    u = units[["n_members", "pop_2010", "pop_2020", "hukou_2010"]].copy()
+    within: list[str | None] = []
+    touched: set[str] = set()
+    for ps in county_unit_prefectures(units, counties):
+        owners = {unit_of.get(p) for p in ps}
+        within.append(next(iter(owners)) if len(owners) == 1 else None)
+        if len(owners) > 1:
+            touched.update(o for o in owners if o is not None)
+    u["within"] = within
+    g = u[u["within"].notna()].groupby("within")
+    out["n_members"] = merged["unit_id"].map(g["n_members"].sum()).fillna(0).astype("int64").to_numpy()
     out["pop_2010"] = merged["popu_2010"].astype("Int64").to_numpy()
     out["pop_2020"] = merged["popu_2020"].astype("Int64").to_numpy()
     hk = g["hukou_2010"].sum(min_count=1)
-    hk_na = u[u["whole"]]["hukou_2010"].isna().groupby(u.loc[u["whole"], "prefecture_code"]).any()
-    hukou = merged["adcode"].map(hk).astype("Int64")
-    bad = merged["adcode"].isin(straddle) | merged["adcode"].map(hk_na).fillna(True).astype(bool)
+    hk_na = g["hukou_2010"].agg(lambda v: bool(v.isna().any()))
+    hukou = merged["unit_id"].map(hk).astype("Int64")
+    bad = merged["unit_id"].isin(touched) | merged["unit_id"].map(hk_na).fillna(True).astype(bool)
     out["hukou_2010"] = hukou.mask(bad.to_numpy()).astype("Int64").to_numpy()
-    out["pop_2010_units"] = merged["adcode"].map(g["pop_2010"].sum()).astype("Int64").to_numpy()
-    out["pop_2020_units"] = merged["adcode"].map(g["pop_2020"].sum()).astype("Int64").to_numpy()
+    out["pop_2010_units"] = merged["unit_id"].map(g["pop_2010"].sum()).astype("Int64").to_numpy()
+    out["pop_2020_units"] = merged["unit_id"].map(g["pop_2020"].sum()).astype("Int64").to_numpy()
     out = add_indicators(out, shrink_threshold_pct=shrink_threshold_pct)
     p0u = out["pop_2010_units"].astype("float64")
     h0 = out["hukou_2010"].astype("float64")
@@ -866,6 +845,7 @@ def prefecture_indicators(
     out["net_outflow"] = (out["net_outflow_ratio"] > 0).fillna(False).astype(bool)
     out["city_code"] = merged["city_code"].to_numpy()
     out["join"] = merged["join"].to_numpy()
+    out["members"] = merged["members"].to_numpy()
     regions = region_of(out["province_code"], source="prefectures layer", strict=False)
     out["region"] = regions["region"].to_numpy()
     out["region_zh"] = regions["region_zh"].to_numpy()
@@ -877,9 +857,8 @@ def prefecture_indicators(
     else:
         for c in AGEING_COLUMNS:
             out[c] = np.nan
-    gdf = gpd.GeoDataFrame(out, geometry=merged.geometry.values, crs=prefectures.crs)
-    gdf["geometry"] = [_as_multipolygon(gm) for gm in gdf.geometry]
-    return gdf[PREFECTURE_COLUMNS], report
+    gdf = gpd.GeoDataFrame(out, geometry=union_geometry(pref, merged), crs=prefectures.crs)
+    return gdf[PREFECTURE_COLUMNS], match.report
 
 
 def wkt_offset_km(city_table: pd.DataFrame, prefectures: gpd.GeoDataFrame) -> float:

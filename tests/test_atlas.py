@@ -25,7 +25,7 @@ from geo_pipeline import DataQualityWarning, MissingInputError, OutputExistsErro
 from geo_pipeline._io import list_layers
 from geo_pipeline.boundaries import read_cnmaps
 
-THEME_PNGS = sorted(f"{k}.png" for k in atlas.THEMES)
+THEME_PNGS = sorted([*(f"{k}.png" for k in atlas.THEMES), *(f"{k}_prefecture.png" for k in atlas.THEMES)])
 
 
 def pdf_fonts(pdf: Path) -> list[dict]:
@@ -371,13 +371,20 @@ def test_pdf_compression_level_is_lossless(tmp_path: Path) -> None:
 def test_atlas_pages_and_pngs(atlas_run: Path) -> None:
     pdf = atlas_run / "maps" / "atlas.pdf"
     reader = PdfReader(pdf)
-    assert len(reader.pages) == 5 + 2  # five national themes + the two provinces of the synthetic data
+    # five national themes at each level (county, prefecture) + the two provinces of the synthetic data
+    assert len(reader.pages) == 5 + 5 + 2
     width, height = (float(v) for v in reader.pages[0].mediabox[2:])
     assert (round(width / 72, 2), round(height / 72, 2)) == atlas.PAPER_SIZES["A4"]
     text = [p.extract_text() for p in reader.pages]
-    assert "人口变化" in text[0] and "1 / 7" in text[0]
-    assert text[5].startswith("湖北省") or "湖北省" in text[5]
-    assert "湖南省" in text[6] and "7 / 7" in text[6]
+    assert "人口变化" in text[0] and "1 / 12" in text[0] and "地级单元" not in text[0]
+    assert "人口变化" in text[5] and "地级单元" in text[5] and "prefecture-level units" in text[5]
+    # the computed count of shrinking prefecture units next to the published figure
+    pref = synthetic_units().groupby("prefecture_code")[["pop_2010", "pop_2020"]].sum()
+    n = int((pref["pop_2020"] < pref["pop_2010"]).sum())
+    assert n == 2 and f"Shrinking: {n} of 6 prefecture-level units" in " ".join(text[5].split())
+    assert f"{atlas.PUBLISHED_SHRINKING_CITIES} shrinking cities" in " ".join(text[5].split())
+    assert text[10].startswith("湖北省") or "湖北省" in text[10]
+    assert "湖南省" in text[11] and "12 / 12" in text[11]
     assert all("Data" in t and "km" in t for t in text)  # source line and scale bar on every page
     assert sorted(p.name for p in (atlas_run / "maps").glob("*.png")) == THEME_PNGS
     with Image.open(atlas_run / "maps" / "population_change.png") as im:
@@ -411,11 +418,13 @@ def test_atlas_missing_theme_and_input(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "[atlas]\ndpi = 30\nper_province = false\n")
     with pytest.warns(DataQualityWarning):
         assert run_cli(cfg, "export").exit_code == 0
-    with pytest.warns(DataQualityWarning, match="LISA"):
+    with pytest.warns(DataQualityWarning, match="LISA") as rec:
         result = run_cli(cfg, "atlas")
     assert result.exit_code == 0, result.output
-    assert len(PdfReader(tmp_path / "maps" / "atlas.pdf").pages) == 4
+    assert sum("LISA" in str(w.message) for w in rec) == 2  # one per level
+    assert len(PdfReader(tmp_path / "maps" / "atlas.pdf").pages) == 4 + 4
     assert not (tmp_path / "maps" / "lisa_clusters.png").exists()
+    assert not (tmp_path / "maps" / "lisa_clusters_prefecture.png").exists()
     again = run_cli(cfg, "atlas")
     assert again.exit_code == OutputExistsError.exit_code and "--overwrite" in again.output
     (tmp_path / "data_processed" / "shrinkage.gpkg").unlink()
@@ -430,7 +439,7 @@ def test_atlas_a3(tmp_path: Path) -> None:
     result = run_cli(cfg, "atlas", "--paper", "A3", "--no-per-province")
     assert result.exit_code == 0, result.output
     reader = PdfReader(tmp_path / "maps" / "atlas.pdf")
-    assert len(reader.pages) == 5
+    assert len(reader.pages) == 5 + 5
     width, height = (float(v) for v in reader.pages[0].mediabox[2:])
     assert (round(width / 72, 2), round(height / 72, 2)) == atlas.PAPER_SIZES["A3"]
 
@@ -474,16 +483,16 @@ def test_split_pages_balanced_and_in_order() -> None:
 def test_parallel_atlas_equals_serial(serial_and_parallel: tuple[Path, Path]) -> None:
     serial, parallel = serial_and_parallel
     a, b = PdfReader(serial / "atlas.pdf"), PdfReader(parallel / "atlas.pdf")
-    assert len(a.pages) == len(b.pages) == 7
-    # same text on every page in the same order (titles, legends, "n / 7" page numbers)
+    assert len(a.pages) == len(b.pages) == 12
+    # same text on every page in the same order (titles, legends, "n / 12" page numbers)
     assert [p.extract_text() for p in a.pages] == [p.extract_text() for p in b.pages]
-    assert "7 / 7" in b.pages[6].extract_text() and "湖南省" in b.pages[6].extract_text()
+    assert "12 / 12" in b.pages[11].extract_text() and "湖南省" in b.pages[11].extract_text()
     assert b.metadata["/Title"] == a.metadata["/Title"] and b.metadata["/Creator"] == a.metadata["/Creator"]
     # each font subset embedded once, as many as in the one-process file
     fonts = [r["name"] for r in pdf_fonts(parallel / "atlas.pdf")]
     assert len(fonts) == len(set(fonts)) == len(pdf_fonts(serial / "atlas.pdf"))
     # the pages look the same (glyph positions may differ by rounding: a few edge pixels of text)
-    for page in range(1, 8):
+    for page in range(1, 13):
         x, y = render(serial / "atlas.pdf", page), render(parallel / "atlas.pdf", page)
         assert x.shape == y.shape
         assert (np.abs(x.astype(int) - y.astype(int)).max(axis=2) > 0).mean() < 0.005, page
@@ -500,7 +509,7 @@ def test_parallel_atlas_keeps_fonts_that_differ(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(cli_atlas._Job, "warm_up", lambda self, pdf: pdf.savefig(Figure()))
     maps = _atlas_with(tmp_path, 2, monkeypatch)
     reader = PdfReader(maps / "atlas.pdf")
-    assert len(reader.pages) == 7 and "7 / 7" in reader.pages[6].extract_text()
+    assert len(reader.pages) == 12 and "12 / 12" in reader.pages[11].extract_text()
     fonts = [r["name"] for r in pdf_fonts(maps / "atlas.pdf")]
     assert len(fonts) == len(set(fonts)) > 2
 
@@ -513,7 +522,7 @@ def test_atlas_real_data(run_stage: Callable[[str], Path]) -> None:
     units = pyogrio.read_dataframe(processed / "shrinkage.gpkg", layer="units", read_geometry=False)
     n_provinces = units["province_code"].astype(str).nunique()
     assert n_provinces == 31  # mainland provinces (Hong Kong, Macau, Taiwan have no census rows)
-    assert len(PdfReader(pdf).pages) == 5 + n_provinces
+    assert len(PdfReader(pdf).pages) == 5 + 5 + n_provinces  # national pages at both levels
     assert pdf.stat().st_size < 15e6
     fonts = pdf_fonts(pdf)
     assert any("GeoPipelineCJK" in r["name"] and r["emb"] and r["sub"] for r in fonts)

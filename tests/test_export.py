@@ -69,11 +69,13 @@ def write_stage_outputs(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str
     provinces = provinces.rename(columns={"province": "name"}).assign(
         adcode=lambda d: d["province_code"], level="province", in_census=True)
     prefectures = units.dissolve("prefecture_code", as_index=False, aggfunc={
-        "pop_2010": "sum", "pop_2020": "sum", "province": "first", "province_code": "first", "prefecture": "first"})
+        "pop_2010": "sum", "pop_2020": "sum", "hukou_2010": "sum", "province": "first", "province_code": "first",
+        "prefecture": "first"})
     prefectures["change_pct"] = 100 * (prefectures["pop_2020"] / prefectures["pop_2010"] - 1)
     prefectures["unit_id"] = prefectures["prefecture_code"]
     prefectures["name"] = prefectures["prefecture"]
     prefectures["shrinking"] = prefectures["change_pct"] < 0
+    prefectures["net_outflow_ratio"] = 1 - prefectures["pop_2010"] / prefectures["hukou_2010"]
     pids = prefectures["unit_id"]
     files: dict[str, dict[str, pd.DataFrame]] = {
         "boundaries": {"provinces": provinces},
@@ -370,9 +372,9 @@ def test_export_styles_one_default_per_spatial_layer(exported: tuple[Path, dict[
     assert 'attr="bv_change_pct_vs_share_60plus_2010_cluster"' in bv["styleQML"]
     ageing = st[(st["f_table_name"] == "units") & (st["styleName"] == "Aged 60+ 2020 (%)")].iloc[0]
     assert all(c.lstrip("#") for c in styles.AGEING_COLORS) and 'attr="share_60plus_2020"' in ageing["styleQML"]
-    # prefecture units are styled like units (no net outflow in the synthetic prefectures)
+    # prefecture units are styled like units
     assert set(st.loc[st["f_table_name"] == "prefecture_units", "styleName"]) == {
-        "Population change 2010-2020 (%)", "LISA clusters", "Distance bands"}
+        "Population change 2010-2020 (%)", "Net outflow ratio", "LISA clusters", "Distance bands"}
     with sqlite3.connect(path) as con:
         kind = con.execute("SELECT data_type FROM gpkg_contents WHERE table_name = 'layer_styles'").fetchone()
     assert kind == ("attributes",)

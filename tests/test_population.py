@@ -452,12 +452,13 @@ def test_cli_population_synthetic(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     out = tmp_path / "data_processed"
     assert set(list_layers(out / "population.gpkg")) == {
-        "units", "prefectures", "match_report", "crosswalk", "province_totals", "province_ageing"}
+        "units", "prefectures", "match_report", "crosswalk", "province_totals", "province_ageing",
+        "prefecture_totals", "shrinking_reference"}
     units = read_layer(out / "population.gpkg", "units")
     assert sorted(units["unit_id"]) == ["100102", "100104", "100181"]
     assert units.crs.to_epsg() == 4326
     report = pd.read_csv(out / "match_report.csv", encoding="utf-8-sig")
-    assert len(report) == len(RAW_2010) + len(RAW_2020) + 4 + 1  # + the prefecture CSV row
+    assert len(report) == len(RAW_2010) + len(RAW_2020) + 4 + 1 + 1  # + prefecture CSV row and polygon
     pref = read_layer(out / "population.gpkg", "prefectures")
     assert pref["pop_2020"].tolist() == [1331] and pref["hukou_2010"].tolist() == [800]
     assert pref["n_members"].tolist() == [4] and pref["pop_2010_units"].tolist() == [1000]
@@ -761,10 +762,16 @@ def test_real_prefecture_ageing_and_regions(
 def test_real_prefectures(real_result: object, mirror: Path) -> None:
     res, layers = real_result
     city = read_city_table(mirror / CENSUS / "census_city_2010-2020_v1.csv")
-    pref, report = prefecture_indicators(city, layers["prefectures"], res.units)
-    # 369 CSV rows: 三沙 and the ten XPCC cities have no figures, HK/Macau no boundary polygon here
-    assert len(report) == 369 and (report["status"] == "unmatched").sum() == 13 and len(pref) == 356
-    assert set(report.loc[report["status"] == "matched", "unit_id"]) == set(pref["unit_id"])
+    pref, report = prefecture_indicators(city, layers["prefectures"], res.units,
+                                         counties=layers["counties"][["adcode", "prefecture_code"]])
+    # 369 CSV rows: 三沙 and the ten XPCC cities have no figures, HK/Macau no boundary polygon here;
+    # 367 polygons: six XPCC cities merged into their host prefectures, four and 三沙 without figures
+    rows = report[report["item"] == "census_city"]
+    polys = report[report["item"] == "prefecture_polygon"]
+    assert len(rows) == 369 and (rows["status"] == "unmatched").sum() == 13 and len(pref) == 356
+    assert len(polys) == 367 and (polys["status"] == "unmatched").sum() == 5
+    assert (polys["method"] == "merged").sum() == 6
+    assert set(rows.loc[rows["status"] == "matched", "unit_id"]) == set(pref["unit_id"])
     p = pref.set_index("unit_id")
     assert p.loc["500000", "pop_2020"] == 32054159 and p.loc["500000", "join"].startswith("municipality")
     assert p.loc["230100", "pop_2010"] == city.set_index("city_code").loc["230100", "popu_2010"]
@@ -783,9 +790,10 @@ def test_real_stage_via_cli(run_stage: Callable[[str], Path]) -> None:
     assert (totals["difference"] == 0).all() and len(totals) == 64
     report = pd.read_csv(out / "match_report.csv", encoding="utf-8-sig", dtype={"code": str})
     # + Taiwan, Hong Kong and Macau: provinces without census, counties dropped by the boundaries stage
-    assert len(report) == 3279 + 3358 + 2848 + 3 + 369
+    assert len(report) == 3279 + 3358 + 2848 + 3 + 369 + 367
     assert report.groupby("item").size().to_dict() == {
-        "census_2010": 3279, "census_2020": 3358, "polygon": 2848 + 3, "census_city": 369}
+        "census_2010": 3279, "census_2020": 3358, "polygon": 2848 + 3, "census_city": 369,
+        "prefecture_polygon": 367}
     provs = report[(report["item"] == "polygon") & (report["kind"] == "province")]
     assert set(provs["code"]) == {"710000", "810000", "820000"}
     assert set(read_layer(gpkg, "prefectures")["level"]) == {"prefecture"}

@@ -10,9 +10,10 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from matplotlib.figure import Figure
 
 from .. import __version__
 from .._io import atomic_path, check_writable, list_layers, read_layer
+from .._levels import BASE_LEVEL, level_layer, level_title
 from ..atlas import (
     THEMES,
     AtlasData,
@@ -64,9 +66,11 @@ def run(ctx: StageContext, paper: str | None = None, dpi: int | None = None,
     """Draw maps/atlas.pdf (A4/A3 landscape) and PNGs of the national pages.
 
     National pages: population change, net outflow, distance bands, LISA
-    clusters, rail corridors (each when its data are in shrinkage.gpkg);
-    then one page per province. Every page has a title, legend, scale bar,
-    north arrow, inset, data sources and page number. Reads
+    clusters, rail corridors (each when its data are in shrinkage.gpkg),
+    the same at the prefecture level (layer prefecture_units, when the
+    prefecture level is in [pipeline] levels); then one page per province.
+    Every page has a title, legend, scale bar, north arrow, inset, data
+    sources and page number. Reads
     data_processed/shrinkage.gpkg (run `geo-pipeline export` first).
     """
     s = ctx.settings.atlas
@@ -83,13 +87,29 @@ def run(ctx: StageContext, paper: str | None = None, dpi: int | None = None,
         return read_layer(src, name) if name in present else None
 
     t0 = time.perf_counter()
+    provinces = optional("provinces")
     data = prepare_atlas(
-        units, provinces=optional("provinces"), cores=optional("cores"), rings=optional("distance_rings"),
+        units, provinces=provinces, cores=optional("cores"), rings=optional("distance_rings"),
         rail_lines=optional("rail_lines"), corridors=optional("corridors"), simplify_m=s.simplify_m,
     )
     log.info("atlas: projected to Albers (China) and simplified at %g m in %.1f s: %s vertices",
              s.simplify_m, time.perf_counter() - t0, f"{sum(data.vertices.values()):,}")
     specs = plan_pages(data, per_province=per_province)
+    datas = {BASE_LEVEL: data}
+    level_specs: list[PageSpec] = []
+    for level in ctx.levels:  # national pages of the further levels, after the county ones
+        layer = level_layer("units", level)
+        if level == BASE_LEVEL:
+            continue
+        if layer not in present:
+            log.warning("atlas: %s has no layer %s; no %s pages (run `geo-pipeline export`)", src, layer,
+                        level_title(level))
+            continue
+        ldata = prepare_atlas(read_layer(src, layer), provinces=provinces, simplify_m=s.simplify_m)
+        datas[level] = replace(ldata, cores=data.cores, rings=data.rings, rail_lines=data.rail_lines,
+                               corridors=data.corridors)
+        level_specs += plan_pages(datas[level], per_province=False, level=level)
+    specs = [sp for sp in specs if sp.national] + level_specs + [sp for sp in specs if not sp.national]
     pngs = {spec.key: ctx.maps / f"{spec.key}.png" for spec in specs if spec.national}
     for path in pngs.values():
         check_writable(path, overwrite=ctx.overwrite)
@@ -98,7 +118,7 @@ def run(ctx: StageContext, paper: str | None = None, dpi: int | None = None,
     metadata = {"Title": "Shrinking cities in China, 2010–2020: atlas", "Author": "geo_pipeline",
                 "Subject": "Population change, net outflow, distance bands, LISA clusters, rail corridors",
                 "Creator": f"geo_pipeline {__version__} (geo-pipeline atlas)"}
-    job = _Job(data=data, specs=specs, paper=paper, dpi=dpi, generalise_mm=s.generalise_mm, pngs=pngs,
+    job = _Job(datas=datas, specs=specs, paper=paper, dpi=dpi, generalise_mm=s.generalise_mm, pngs=pngs,
                overwrite=ctx.overwrite, family=family)
     groups = _split(specs, _WORKERS if _can_fork() else 1)
     with matplotlib.rc_context(rc_params(family)):
@@ -124,16 +144,29 @@ def run(ctx: StageContext, paper: str | None = None, dpi: int | None = None,
 class _Job:
     """Everything needed to draw a set of pages (in this process or a forked one)."""
 
-    def __init__(self, *, data: AtlasData, specs: list[PageSpec], paper: str, dpi: int, generalise_mm: float,
-                 pngs: dict[str, Path], overwrite: bool, family: str) -> None:
-        self.data, self.specs, self.paper, self.dpi = data, specs, paper, dpi
+    def __init__(self, *, datas: dict[str, AtlasData], specs: list[PageSpec], paper: str, dpi: int,
+                 generalise_mm: float, pngs: dict[str, Path], overwrite: bool, family: str) -> None:
+        self.datas, self.specs, self.paper, self.dpi = datas, specs, paper, dpi
+        self.data = datas[BASE_LEVEL]
         self.generalise_mm, self.pngs, self.overwrite, self.family = generalise_mm, pngs, overwrite, family
+
+    def _pages(self, numbers: Sequence[int]) -> Iterator[Any]:
+        """The pages ``numbers`` in order, each drawn from the data of its unit level."""
+        runs: list[tuple[str, list[int]]] = []
+        for n in numbers:
+            level = self.specs[n - 1].level
+            if runs and runs[-1][0] == level:
+                runs[-1][1].append(n)
+            else:
+                runs.append((level, [n]))
+        for level, run in runs:
+            yield from atlas_pages(self.datas[level], paper=self.paper,  # type: ignore[arg-type]
+                                   generalise_mm=self.generalise_mm, specs=self.specs, numbers=set(run))
 
     def draw(self, pdf: PdfPages, numbers: Sequence[int]) -> list[Path]:
         """Draw pages ``numbers`` (1-based) into ``pdf`` and their PNGs; return the PNGs written."""
         written = []
-        pages = atlas_pages(self.data, paper=self.paper, generalise_mm=self.generalise_mm,  # type: ignore[arg-type]
-                            specs=self.specs, numbers=set(numbers))
+        pages = self._pages(numbers)
         for number, page in zip(numbers, pages, strict=True):
             pdf.savefig(page.figure)
             if page.national:

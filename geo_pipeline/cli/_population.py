@@ -25,6 +25,7 @@ from ..census import (
 )
 from ..crosswalk import check_crosswalk_table, load_known_changes, read_crosswalk_table
 from ..population import build_population, no_census_report, prefecture_indicators, wkt_offset_km
+from ..prefectures import match_prefectures, prefecture_totals, shrinking_comparison
 from . import StageContext
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,13 @@ def run(ctx: StageContext, **options: Any) -> None:
     with timed("harmonising census units", log):
         result = build_population(rows[2010], rows[2020], counties, known_changes=table,
                                   shrink_threshold_pct=threshold, unknown_codes=settings.unknown_codes)
+    county_codes = pd.DataFrame(counties[["adcode", "prefecture_code"]])
     pref, pref_report = prefecture_indicators(city, prefectures, result.units,
                                                  shrink_threshold_pct=threshold,
-                                                 county_rows=(rows[2010], rows[2020]))
+                                                 county_rows=(rows[2010], rows[2020]), counties=county_codes)
+    pref_match = match_prefectures(city, prefectures, result.units, counties=county_codes)
+    pref_totals = prefecture_totals(city, pref_match, pref, result.units)
+    shrinking_ref = shrinking_comparison(pref, result.units)
     ageing = province_ageing(rows[2010], rows[2020], result.units)
     offset = wkt_offset_km(city, prefectures)
     if offset == offset and offset > 0.3:
@@ -148,6 +153,8 @@ def run(ctx: StageContext, **options: Any) -> None:
         "crosswalk": result.crosswalk,
         "province_totals": result.totals,
         "province_ageing": ageing,
+        "prefecture_totals": pref_totals,
+        "shrinking_reference": shrinking_ref,
     }
     path = ctx.write_gpkg(OUTPUT, layers)
     csv = ctx.write_csv(REPORT_CSV, report)
@@ -167,7 +174,12 @@ def run(ctx: StageContext, **options: Any) -> None:
         "merged_units": merged,
         "polygons_in_units": int(result.units["n_members"].sum()),
         "prefectures": len(pref),
-        "prefecture_rows_unmatched": int((pref_report["status"] == "unmatched").sum()),
+        "prefecture_rows_unmatched": int(((pref_report["item"] == "census_city")
+                                          & (pref_report["status"] == "unmatched")).sum()),
+        "prefecture_polygons_merged": int((pref_report["method"] == "merged").sum()),
+        "prefecture_totals_difference": int(pref_totals["difference"].abs().sum()),
+        "shrinking_prefectures": int(shrinking_ref["computed"].iloc[0]),
+        "published_shrinking_cities": int(shrinking_ref["published"].iloc[0]),
         "pop_2010": int(result.units["pop_2010"].sum()),
         "pop_2020": int(result.units["pop_2020"].sum()),
         "national_difference_2010": int(nation.loc[2010, "difference"]),
@@ -197,4 +209,15 @@ def run(ctx: StageContext, **options: Any) -> None:
         len(result.units), merged, int(result.units.loc[result.units["n_members"] > 1, "n_members"].sum()),
         len(pref), method_txt, summary["pop_2010"], int(nation.loc[2010, "census_total"]),
         summary["pop_2020"], int(nation.loc[2020, "census_total"]), summary["shrinking_units"], path,
+    )
+    pt = pref_totals[pref_totals["level"].eq("nation")].set_index("year")
+    log.info(
+        "population: %d prefecture units (%d polygon(s) merged into their host); table totals 2010 %d = "
+        "units %d + left out %d (%s), 2020 %d = units %d + left out %d (%s); %d of %d prefecture units "
+        "shrinking (published: %d shrinking cities, a different definition, see README)",
+        len(pref), summary["prefecture_polygons_merged"], int(pt.loc[2010, "table_total"]),
+        int(pt.loc[2010, "units_total"]), int(pt.loc[2010, "left_out"]), pt.loc[2010, "left_out_rows"],
+        int(pt.loc[2020, "table_total"]), int(pt.loc[2020, "units_total"]), int(pt.loc[2020, "left_out"]),
+        pt.loc[2020, "left_out_rows"], summary["shrinking_prefectures"], int(shrinking_ref["units"].iloc[0]),
+        summary["published_shrinking_cities"],
     )
