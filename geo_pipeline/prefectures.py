@@ -233,8 +233,8 @@ def match_prefectures(
                 why += f"; the county tables count {c10} (2010) and {c20} (2020) residents there"
             rec["reason"] = why
         precs.append(rec)
-    polygons = _none(pd.DataFrame.from_records(precs, columns=["adcode", "name", "unit_id", "method", "status",
-                                                              "reason"]))
+    columns = ["adcode", "name", "unit_id", "method", "status", "reason"]
+    polygons = _none(pd.DataFrame.from_records(precs, columns=columns))
     rows = _none(rows)
     host = dict(zip(polygons["adcode"], polygons["unit_id"], strict=True))
     for i in rows.index[rows["status"].eq("no_figures")]:

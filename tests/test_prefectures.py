@@ -1,4 +1,4 @@
-"""Tests of the prefecture level: the city table joined to the boundary prefectures, totals, shrinking count."""
+"""Tests of the prefecture level: city table joined to the boundary prefectures, totals, shrinking count."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 from shapely.geometry import box
 
 from geo_pipeline._io import read_layer, read_table
-from geo_pipeline.census import read_city_table
 from geo_pipeline.population import prefecture_indicators
 from geo_pipeline.prefectures import (
     PUBLISHED_SHRINKING_CITIES,
@@ -57,7 +56,8 @@ def _county_units() -> tuple[pd.DataFrame, pd.DataFrame]:
     units = pd.DataFrame({
         "unit_id": ["110101", "120101", "120102", "129002"],
         "members": ["110101", "120101", "120102;129001", "129002"],
-        "prefecture": ["京市", "甲市", "甲市+新市", "岛市"], "prefecture_code": ["110000", "120100", "120100", "129002"],
+        "prefecture": ["京市", "甲市", "甲市+新市", "岛市"],
+        "prefecture_code": ["110000", "120100", "120100", "129002"],
         "province_code": ["110000", "120000", "120000", "120000"],
         "n_members": [1, 1, 2, 1], "pop_2010": [1000, 300, 200, 4], "pop_2020": [1100, 250, 200, 9],
         "hukou_2010": [900, 320, 260, 4], "shrinking": [False, True, False, False],
@@ -71,7 +71,8 @@ def test_match_accounts_for_every_row_and_polygon() -> None:
     rows = m.rows.set_index("city_code")
     assert rows["status"].to_dict() == {"110100": "matched", "120100": "matched", "129001": "no_figures",
                                         "129002": "no_figures", "810000": "no_polygon"}
-    assert rows.loc["110100", "unit_id"] == "110000" and rows.loc["110100", "method"].startswith("municipality")
+    assert rows.loc["110100", "unit_id"] == "110000"
+    assert rows.loc["110100", "method"].startswith("municipality")
     assert "merged into the unit 120100" in rows.loc["129001", "reason"]
     assert "for 2010" in rows.loc["129002", "reason"] and "Hong Kong" in rows.loc["810000", "reason"]
     polys = m.polygons.set_index("adcode")
@@ -177,7 +178,8 @@ def test_real_prefecture_level_through_the_stages(run_stage: Callable[[str], Pat
     out = run_stage("export")
     pref = read_layer(out / "population.gpkg", "prefectures")
     ids = set(pref["unit_id"])
-    for name in ("distance_prefecture.gpkg", "autocorrelation_prefecture.gpkg", "infrastructure_prefecture.gpkg"):
+    for stage in ("distance", "autocorrelation", "infrastructure"):
+        name = f"{stage}_prefecture.gpkg"
         units = read_table(out / name, "units")
         assert len(units) == 356 and set(units["unit_id"]) == ids, name
     banded = read_table(out / "distance_prefecture.gpkg", "units")
