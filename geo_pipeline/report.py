@@ -152,6 +152,7 @@ class Report:
     inputs: pd.DataFrame
     versions: pd.DataFrame
     figures: list[ReportFigure] = field(default_factory=list)
+    intro: list[str] = field(default_factory=list)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Every table by its CSV name (without ``.csv``), the verdict summary included."""
@@ -1183,7 +1184,9 @@ def build_report(
         versions = pd.concat(
             [versions, pd.DataFrame(sorted(extra_versions.items()), columns=["package", "version"])]
         ).drop_duplicates("package")
+    intro = _intro(levels, manifest or {})
     return Report(
+        intro=intro,
         title="Shrinking cities in China, 2010-2020: testing the seeds' claims",
         sections=sections,
         summary=summary,
@@ -1191,6 +1194,42 @@ def build_report(
         inputs=inputs,
         versions=versions.reset_index(drop=True),
     )
+
+
+def _intro(levels: Mapping[str, pd.DataFrame], manifest: Mapping[str, Any]) -> list[str]:
+    """What the data are and what "shrinking" means in this run (from the units and the manifest)."""
+    pop = (manifest.get("stages") or {}).get("population") or {}
+    threshold = (pop.get("parameters") or {}).get("shrink_threshold_pct")
+    out = [
+        "Data: resident population (常住人口) of the 6th (2010) and 7th (2020) national censuses, county and "
+        "prefecture tables, joined to today's boundaries; the 2010 registered (hukou, 户籍) "
+        "population gives the "
+        "net-outflow ratio. "
+        + (
+            f"A unit is shrinking when change_pct = 100 (pop_2020 - pop_2010) / pop_2010 is below "
+            f"{float(threshold):g} (the population stage's shrink_threshold_pct; 0: any loss)."
+            if threshold is not None
+            else "A unit is shrinking as flagged by the population stage (column shrinking)."
+        )
+    ]
+    for level, u in levels.items():
+        a, note = _analysable(u)
+        shr = int(_bool(a["shrinking"]).sum()) if "shrinking" in a.columns else 0
+        out.append(
+            f"{level.capitalize()} level: {len(u):,} units, {len(a):,} used in the statistics, "
+            f"{shr:,} shrinking; "
+            f"residents {a['pop_2010'].sum() / 1e6:,.2f} million (2010) -> "
+            f"{a['pop_2020'].sum() / 1e6:,.2f} million "
+            "(2020)." + (f" {note}" if note else "")
+        )
+    out.append(
+        "What the census can show: where resident population grew or fell between two dates, its "
+        "age structure and "
+        "(2010 only) the gap to registered population. What it cannot show: who moved where and "
+        "when, births and "
+        "deaths separately, or causes; every association below is across units, not a causal effect."
+    )
+    return out
 
 
 def analysable_units(units: pd.DataFrame) -> pd.DataFrame:
@@ -1247,6 +1286,7 @@ def render_markdown(report: Report, *, figure_path: Callable[[ReportFigure], str
     out = [
         f"# {report.title}",
         "",
+        *(f"{t}\n" for t in report.intro),
         "## Verdicts",
         "",
         _md_table(report.summary[["level", "claim", "claim_zh", "verdict"]]),
@@ -1345,6 +1385,7 @@ def render_html(report: Report) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{e(report.title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{e(report.title)}</h1>",
+        *(f"<p>{e(t)}</p>" for t in report.intro),
         '<section class="summary"><h2>Verdicts</h2>',
         _html_table(
             report.summary[["level", "claim", "claim_zh", "verdict"]],

@@ -341,6 +341,28 @@ def test_report_on_real_data(run_stage: Callable[[str], Path]) -> None:
     for _, r in bands.iterrows():
         assert r["n_units"] == summary.loc[r["band"], "n_units"]
         assert r["shrinking_share"] == pytest.approx(summary.loc[r["band"], "shrinking_share"], rel=1e-12)
+    # regions (claim 2) and the net-outflow cross-tab (claim 4), recounted
+    regions = pd.read_csv(processed / "report_county_regions.csv").set_index("region")
+    for region, g in units.groupby("region"):
+        assert regions.loc[region, "n_units"] == len(g)
+        assert regions.loc[region, "pop_2020"] - regions.loc[region, "pop_2010"] == int(
+            g["pop_2020"].sum() - g["pop_2010"].sum()
+        )
+    ne = units[units["region"] == "Northeast"]
+    assert f"{(ne['pop_2020'].sum() - ne['pop_2010'].sum()) / 1e6:+.2f} million" in html
+    ct = pd.read_csv(processed / "report_county_crosstab.csv").set_index("net_outflow_2010")
+    has = units[units["net_outflow_ratio"].notna()]
+    assert ct.loc["yes", "shrinking"] == int((has["net_outflow"] & has["shrinking"]).sum())
+    assert ct.loc["no", "growing"] == int((~has["net_outflow"] & ~has["shrinking"]).sum())
+    # the same claims at prefecture level when it was exported
+    if (processed / "report_prefecture_bands.csv").is_file():
+        pref = pyogrio.read_dataframe(
+            processed / "shrinkage.gpkg", layer="prefecture_units", read_geometry=False
+        )
+        if "comparable" in pref.columns:
+            pref = pref[pref["comparable"].astype(bool)]
+        pb = pd.read_csv(processed / "report_prefecture_bands.csv")
+        assert pb["n_units"].sum() == len(pref) and pb["n_shrinking"].sum() == int(pref["shrinking"].sum())
     total = int(units["shrinking"].sum())
     assert f"{total:,} of {len(units):,} county units shrank" in html
     verdicts = pd.read_csv(processed / "report_summary.csv")
