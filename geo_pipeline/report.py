@@ -1155,8 +1155,11 @@ def build_report(
                 "level": s.level,
                 "claim": s.key,
                 "claim_zh": s.claim_zh,
+                "claim_en": s.claim_en,
                 "verdict": s.verdict.label,
-                **{f"test_{k}": v for k, v in s.verdict.tests.items()},
+                "tests": "; ".join(
+                    f"{k}={'n/a' if v is None else bool(v)}" for k, v in s.verdict.tests.items()
+                ),
             }
             for s in sections
         ]
