@@ -145,6 +145,30 @@ def test_real_threaded_lines_pass_through_their_stations(real_versions: dict[str
     assert hs.loc["京沪高铁", "stations"].startswith("北京南-天津西-天津南-德州东-济南西-曲阜东-徐州东")
 
 
+def test_tm_pipeline_is_bit_identical_to_from_crs(real_versions: dict[str, gpd.GeoDataFrame],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transverse Mercator built from pipeline text (fast) is exactly from_crs's, on every real line."""
+    assert rg._tm_pipeline_is_exact()
+    straight = real_versions["straight"]
+    xy = np.concatenate([shapely.get_coordinates(p.geometry.values) for p in real_versions["pools"].values()])
+    for geom in straight.geometry.values[:40]:
+        k = shapely.get_coordinates(geom)
+        lon0 = round(float((k[:, 0].min() + k[:, 0].max()) / 2), 6)
+        fast, ref = rg._tm(lon0), rg._tm_from_crs(lon0)
+        assert fast.definition == ref.definition
+        for a, b in zip(fast.transform(xy[:, 0], xy[:, 1]), ref.transform(xy[:, 0], xy[:, 1]), strict=True):
+            assert np.array_equal(a, b)
+    # the whole threading, with from_crs for every line, gives the same frame
+    monkeypatch.setattr(rg, "_tm", rg._tm_from_crs)
+    raw = gpd.read_file(RAIL / "approx_corridors_keystations.geojson")
+    unmatched = dict(zip(raw["line"], raw["unmatched"], strict=True))
+    slow = rg.thread_lines(straight.assign(unmatched=straight["name"].map(unmatched)), real_versions["pools"])
+    threaded = real_versions["threaded"]
+    pd.testing.assert_frame_equal(pd.DataFrame(slow.drop(columns="geometry")),
+                                  pd.DataFrame(threaded.drop(columns="geometry")), check_exact=True)
+    assert list(shapely.to_wkb(slow.geometry.values)) == list(shapely.to_wkb(threaded.geometry.values))
+
+
 def test_real_guixi_offset_threaded_below_straight(real_versions: dict[str, gpd.GeoDataFrame]) -> None:
     raw = gpd.read_file(RAIL / "approx_corridors_keystations.geojson")
     cat = rail.prepare_catalogue(pd.read_csv(RAIL / "railways_lines.csv"))
