@@ -309,6 +309,12 @@ class Builder:
                                  for code, bounds in sorted(overrides.items()))
                 props.setProperty(key, qc.QgsProperty.fromExpression(f"CASE {cases} ELSE NULL END"))
             main.setDataDefinedProperties(props)
+        if spec.get("clip_layers"):  # the units of the page's province only; other layers as context
+            clipping = main.atlasClippingSettings()
+            clipping.setEnabled(True)
+            clipping.setFeatureClippingType(qc.QgsMapClippingRegion.FeatureClippingType.ClipPainterOnly)
+            clipping.setRestrictToLayers(True)
+            clipping.setLayersToClip([self.layers[k] for k in spec["clip_layers"]])
         self._furniture(layout, main, spec)
         self.project.layoutManager().addLayout(layout)
         atlas.updateFeatures()

@@ -72,7 +72,7 @@ SCS_LONLAT = (106.5, 3.0, 123.5, 24.5)
 #: Attribute tables go to "Tables"; a spatial layer matching no pattern goes to "Population".
 GROUPS: tuple[tuple[str, str], ...] = (
     ("Distance", r"core|ring|distance"),
-    ("Rail", r"rail|station|corridor|hsr"),
+    ("Rail", r"rail|station|corridor|hsr|underused|(^|_)lines?(_|$)"),
     ("Boundaries", r"province|boundar|outline"),
     ("Clusters", r"lisa|cluster|hotspot|getis|(^|_)gi(_|$)"),
     ("Ageing", r"ageing|aging|elder|dependency|bivariate|60plus|65plus|(^|_)age(_|$)"),
@@ -461,7 +461,7 @@ def plan_project(
             "title": '[% "name" %]', "subtitle": f"{zh} {en}".strip(), "margin": atlas_margin,
             "page_number": "页 Page [% @atlas_featurenumber %] / [% @atlas_totalfeatures %]",
             "extent_overrides": {c: b for c, b in extents["provinces"].items() if c in codes},
-            "locator": True,
+            "locator": True, "clip_layers": [k for k in ("units",) if k in by_name],
             "pages": len(codes),
         })
     for i, theme in enumerate(themes, 1):

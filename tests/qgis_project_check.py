@@ -110,6 +110,9 @@ def describe(qc, project) -> dict:  # noqa: ANN001
         if main is not None:
             info["theme"] = main.followVisibilityPresetName() if main.followVisibilityPreset() else None
             info["atlas_driven"] = main.atlasDriven()
+            clipping = main.atlasClippingSettings()
+            info["atlas_clip_layers"] = ([_key(layer) for layer in clipping.layersToClip()]
+                                         if clipping.enabled() else [])
         for item_id in ("north_arrow", "legend", "scalebar", "locator"):
             item = layout.itemById(item_id)
             if item is not None and hasattr(item, "linkedMap"):

@@ -95,6 +95,8 @@ def _info(name: str, geom: str = "MULTIPOLYGON", styles: tuple[str, ...] = ("Out
     ("distance_rings", "POLYGON", "Distance"),
     ("rail_lines", "LINESTRING", "Rail"),
     ("rail_stations", "POINT", "Rail"),
+    ("underused_lines", "LINESTRING", "Rail"),
+    ("prefecture_underused_lines", "LINESTRING", "Rail"),
     ("corridors", "MULTIPOLYGON", "Rail"),
     ("ageing", "MULTIPOLYGON", "Ageing"),
     ("share_65plus_bivariate", "MULTIPOLYGON", "Ageing"),
@@ -175,6 +177,7 @@ def test_plan_of_synthetic_export(exported: Path) -> None:
     # one atlas over the provinces with units, then one national layout per theme
     atlas, *national = plan["layouts"]
     assert atlas["kind"] == "atlas" and atlas["pages"] == 2 and atlas["locator"]
+    assert atlas["clip_layers"] == ["units"]
     assert atlas["filter"] == "\"province_code\" IN ('420000', '430000')"
     assert atlas["title"] == '[% "name" %]' and atlas["sort_field"] == "province_code"
     assert [n["theme"] for n in national] == list(themes)[:-1]
@@ -342,6 +345,7 @@ def test_project_opens_with_every_layer_styled(project: Path) -> None:
         assert info["theme"] in report["themes"] or info["theme"] is None
     atlas = layouts["Atlas – provinces"]
     assert atlas["atlas_features"] == 2 and atlas["atlas_driven"] and "locator" in atlas["items"]
+    assert atlas["atlas_clip_layers"] == ["units"]  # the page's province only; the rest as context
     assert layouts["National – Net outflow ratio"]["theme"] == "Net outflow ratio"
     assert layouts["National – Distance bands"]["legend_layers"] == ["units", "distance_rings", "cores",
                                                                       "provinces"]
