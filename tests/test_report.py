@@ -464,3 +464,39 @@ def test_ageing_uses_the_bivariate_moran_row_of_the_2020_share() -> None:
     # the bivariate test flips the verdict when the spatial association goes the other way
     flipped = rp.section_ageing(_ageing(False), global_moran=gm.assign(I=[0.3, 0.2, 0.25]))
     assert flipped.verdict.label == "partly supported" and flipped.verdict.tests["association"] is False
+
+
+@pytest.mark.slow
+def test_real_regression_equals_direct_spreg(run_stage: Callable[[str], Path], real_workdir: Path) -> None:
+    """The report's county regression equals spreg called here on arrays built from the export."""
+    from geo_pipeline.cli import StageContext
+    from geo_pipeline.cli._report import _weights
+    from geo_pipeline.config import load_settings
+
+    processed = run_stage("report")
+    gdf = pyogrio.read_dataframe(processed / "shrinkage.gpkg", layer="units")
+    gdf = gdf[gdf["comparable"].astype(bool)].reset_index(drop=True)
+    ctx = StageContext(settings=load_settings(real_workdir / "geo_pipeline.toml"), stage="report")
+    w = _weights(ctx, gdf).graph().to_W()
+    w.transform = "r"
+    y = 100 * np.log(gdf["pop_2020"].to_numpy(float) / gdf["pop_2010"].to_numpy(float))
+    x = np.column_stack(
+        [
+            np.log(np.maximum(gdf["distance_km"].to_numpy(float), 1.0)),
+            gdf["in_corridor"].astype(float),
+            gdf["share_60plus_2010"],
+            gdf["net_outflow_ratio"],
+            *[(gdf["region"] == r).astype(float) for r in ("Central", "Northeast", "West")],
+        ]
+    )
+    reg = pd.read_csv(processed / "report_county_regression.csv")
+    with fd._quiet_spreg():
+        ols = spreg.OLS(y.reshape(-1, 1), x, w=w, spat_diag=True)
+        np.testing.assert_allclose(reg[reg["model"] == "OLS"]["coef"], ols.betas.ravel(), rtol=1e-9)
+        spatial = reg[reg["model"] != "OLS"]
+        if spatial["model"].str.contains("error").any():
+            direct = spreg.GM_Error_Het(y.reshape(-1, 1), x, w=w)
+        else:
+            direct = spreg.GM_Lag(y.reshape(-1, 1), x, w=w)
+    np.testing.assert_allclose(spatial["coef"], direct.betas.ravel(), rtol=1e-8)
+    np.testing.assert_allclose(spatial["std_err"], direct.std_err, rtol=1e-8)
