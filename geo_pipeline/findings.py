@@ -294,12 +294,12 @@ def share_table(
     ``shrinking_share`` :math:`= k/n` with the Wilson score interval.
     ``pop_weighted_change_pct`` :math:`= 100 (\sum P_{2020} - \sum P_{2010}) / \sum P_{2010}`;
     its interval is the percentile interval over resamples of the group's units
-    (units drawn with replacement, ``bootstrap`` times).
+    (units drawn with replacement, ``bootstrap`` times, from a generator seeded
+    with ``(seed, n)``, so a group has the same interval in every table).
     """
     missing = [c for c in ("pop_2010", "pop_2020", "shrinking", *by) if c not in units.columns]
     if missing:
         raise InputError(f"share table: columns {missing} missing; found {list(units.columns)}")
-    rng = np.random.default_rng(seed)
     rows = []
     frame = units.dropna(subset=list(by))
     for key, g in frame.groupby(list(by), sort=True, observed=True):
@@ -312,7 +312,8 @@ def share_table(
         s10, s20 = p10.sum(), p20.sum()
         clo = chi = math.nan
         if bootstrap and n > 1:
-            counts = _resample_counts(rng, n, bootstrap)
+            # seeded by (seed, n): the same units (in the same order) get the same interval in every table
+            counts = _resample_counts(np.random.default_rng([seed, n]), n, bootstrap)
             b10, b20 = counts @ p10, counts @ p20
             with np.errstate(divide="ignore", invalid="ignore"):
                 boot = 100.0 * (b20 - b10) / b10

@@ -73,6 +73,13 @@ def test_share_table_counts_and_bootstrap() -> None:
         assert r["pop_weighted_change_pct"] == pytest.approx(100 * (g.pop_2020.sum() / g.pop_2010.sum() - 1))
         assert r["change_ci_low"] < r["pop_weighted_change_pct"] < r["change_ci_high"]
         assert r["share_ci_low"] < r["shrinking_share"] < r["share_ci_high"]
+    # the same units get the same bootstrap interval in another table
+    side = fd.share_table(
+        u.assign(side=np.where(u["band"] == "150+ km", "far", "near")), ["side"], bootstrap=199, seed=3
+    ).set_index("side")
+    far = t.set_index("band").loc["150+ km"]
+    assert side.loc["far", "change_ci_low"] == far["change_ci_low"]
+    assert side.loc["far", "change_ci_high"] == far["change_ci_high"]
 
 
 def test_segmented_regression_recovers_known_break() -> None:
