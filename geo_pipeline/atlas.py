@@ -1159,8 +1159,16 @@ class _Renderer:
         for cat in reversed(cats):  # high-speed drawn last, on top
             sel = lines[lines[col] == cat.value]
             if len(sel):
-                sel.plot(ax=ax, color=cat.color, linewidth=(cat.width or 0.4) * width * self.scale, zorder=7,
-                         linestyle=_UNDERUSED_DASH if cat.dashed else "solid")
+                lw = (cat.width or 0.4) * width * self.scale
+                halo = {}
+                if cat.dashed:  # a white casing keeps the dashes visible on dark fills
+                    from matplotlib import patheffects
+
+                    halo = {"path_effects": [patheffects.Stroke(linewidth=lw + 1.4 * self.scale,
+                                                                foreground="white", alpha=0.8),
+                                             patheffects.Normal()]}
+                sel.plot(ax=ax, color=cat.color, linewidth=lw, zorder=7,
+                         linestyle=_UNDERUSED_DASH if cat.dashed else "solid", **halo)
 
     def _rail_handles(self, lines: gpd.GeoDataFrame, col: str | None, cats: list[styles.Category]
                       ) -> list[Any]:
@@ -1223,7 +1231,7 @@ class _Renderer:
         self._plot(ax, own, self._class_colors()[inside], lw=0.12, zorder=2)
         self._boundary(ax, prov[prov["province_code"] == spec.province_code], color="black", lw=1.1, zorder=6)
         n_pref = self._prefectures(ax, g.prefectures)
-        rail_handles = self._province_rail(ax, extent)
+        rail_handles = self._province_rail(ax, extent, own)
         self._set_extent(ax, extent)
         self._scale_bar(ax, extent)
         self._north_arrow(fig, extent)
@@ -1243,8 +1251,12 @@ class _Renderer:
         self._locator(fig, spec.province_code)
         return fig
 
-    def _province_rail(self, ax: Any, extent: tuple[float, ...]) -> list[Any]:
-        """High-speed and underused lines in view on a province page; their legend lines."""
+    def _province_rail(self, ax: Any, extent: tuple[float, ...], own: gpd.GeoDataFrame) -> list[Any]:
+        """High-speed and underused lines in view on a province page; their legend lines.
+
+        Underused lines crossing the province are labelled with name and
+        utilisation at the middle of their part inside the province.
+        """
         lines = self.data.rail_lines
         if lines is None or "map_class" not in lines.columns:
             return []
@@ -1255,7 +1267,11 @@ class _Renderer:
             return []
         col, cats = _rail_style(sel)
         self._draw_rail(ax, sel, col, cats, width=1.6)
-        self._label_underused(ax, sel, names=True, classes=())
+        province = shapely.union_all(own.geometry.to_numpy())
+        inside = sel.assign(geometry=shapely.intersection(sel.geometry.to_numpy(), province))
+        inside = inside[inside.geometry.geom_type.isin(["LineString", "MultiLineString"]).to_numpy()
+                        & ~shapely.is_empty(inside.geometry.to_numpy())]
+        self._label_underused(ax, inside, names=True, classes=())
         return self._rail_handles(sel, col, cats)
 
     def _prefectures(self, ax: Any, pref: gpd.GeoDataFrame | None) -> int:
