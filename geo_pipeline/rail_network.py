@@ -466,8 +466,8 @@ def core_access(
     out["rail_access_minutes"] = access_of
     out["rail_route"] = route.astype(str)
     log.info(
-        "rail access: %d units, median %.0f min door to core (%d by rail, %d by road alone)",
-        n, float(np.median(best)), int((route == "rail").sum()), int((route == "road").sum()),
+        "rail access (%d lines): %d units, median %.0f min door to core (%d by rail, %d by road alone)",
+        len(lines), n, float(np.median(best)), int((route == "rail").sum()), int((route == "road").sum()),
     )
     return out.astype(UNIT_COLUMNS)
 

@@ -588,6 +588,8 @@ def test_cli_writes_layers_and_refuses_overwrite(tmp_path: Path) -> None:
     assert len(csv) == len(summary)
     lines = read_layer(gpkg, "rail_lines")
     assert lines["approximate"].all() and (lines["geometry_source"] == "threaded").all()
+    for layer in ("corridors", "underused_lines"):
+        assert (read_layer(gpkg, layer)["geometry_source"] == "threaded").all()
     import sqlite3
 
     with sqlite3.connect(gpkg) as con:

@@ -22,10 +22,9 @@ import pandas as pd
 import pyogrio
 
 from .. import infrastructure as inf
-from .. import rail
+from .. import rail, roads
 from .. import rail_geometry as rgeo
 from .. import rail_network as rnet
-from .. import roads
 from .. import underused as und
 from .._errors import ConfigError, DataQualityWarning, InputError, MissingInputError
 from .._io import attribute_table, check_writable, read_layer
@@ -430,6 +429,10 @@ def run(
         line_frame = line_frame.assign(map_class=und.map_class(line_frame).to_numpy(),
                                        underused_threshold=threshold)
         under_lines = und.underused_lines(line_frame, units)
+        # the layers made from the lines say which geometry they hold, like rail_lines
+        source = str(line_frame["geometry_source"].iloc[0]) if len(line_frame) else ""
+        corridors = corridors.assign(geometry_source=source)
+        under_lines = under_lines.assign(geometry_source=source)
 
         # -- rail network: door-to-core minutes, 2010 vs now ----------------------------------------
         access = net_tables = None
