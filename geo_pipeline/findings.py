@@ -89,8 +89,11 @@ RULES: dict[str, str] = {
         "negative with p < 0.05; (e) generally (普遍): more than half of the units beyond {km:g} km "
         "shrink in every region (when the region column exists); (f) robust to the choice of cores: the "
         "lower Wilson bound of the shrinking share beyond {km:g} km is above 50 % under every core set "
-        "of the distance stage's sensitivity table (when it exists). Supported when (a), (b), (c or "
-        "d), (e) and (f) hold; partly supported when at least one holds; not supported when none does."
+        "of the distance stage's sensitivity table (when it exists); (g) the claim's 县域: the lower Wilson "
+        "bound of the shrinking share of county-type units (counties, county-level cities, banners; not "
+        "urban districts) beyond {km:g} km is above 50 % (when unit_kind exists). Supported when (a), "
+        "(b), (c or d), (e), (f) and (g) hold; partly supported when at least one holds; not supported "
+        "when none does."
     ),
     "northeast": (
         "Three tests: (a) the Northeast's total population fell; (b) its share of Low-Low "
@@ -706,6 +709,7 @@ def verdict_distance(
     distance_coef: tuple[float, float] | None,
     region_shares: Mapping[str, float] | None = None,
     core_set_lows: Mapping[str, float] | None = None,
+    county_counts: tuple[int, int] | None = None,
     km: float = CLAIM_KM,
 ) -> Verdict:
     """Claim 1 (see :data:`RULES` ``"distance"``).
@@ -715,7 +719,10 @@ def verdict_distance(
     ``region_shares`` maps each region to its shrinking share beyond ``km``
     (None: no region column, test (e) not applied); ``core_set_lows`` maps
     each core set to the lower Wilson bound of its shrinking share beyond
-    ``km`` (None: no sensitivity table, test (f) not applied).
+    ``km`` (None: no sensitivity table, test (f) not applied);
+    ``county_counts`` is (shrinking, all) of the county-type units (县域:
+    counties, county-level cities, banners; not urban districts) beyond
+    ``km`` (None: no unit_kind column, test (g) not applied).
     """
     rule = RULES["distance"].format(km=km)
     if beyond_n == 0 or within_n == 0:
@@ -732,6 +739,9 @@ def verdict_distance(
         else None,
         "every_region": all(v > 0.5 for v in region_shares.values()) if region_shares else None,
         "every_core_set": all(v > 0.5 for v in core_set_lows.values()) if core_set_lows else None,
+        "counties_majority": bool(wilson_interval(*county_counts)[0][0] > 0.5)
+        if county_counts and county_counts[1]
+        else None,
     }
     reasons = [
         f"(a) {beyond_k:,} of {beyond_n:,} units beyond {km:g} km shrink ({100 * share:.1f} %, 95 % CI "
@@ -776,8 +786,19 @@ def verdict_distance(
         )
     else:
         reasons.append("(f) not applied: core-set sensitivity table missing.")
+    if county_counts and county_counts[1]:
+        ck, cn = county_counts
+        clo, chi = wilson_interval(ck, cn)
+        reasons.append(
+            f"(g) 县域 (counties, county-level cities, banners; not urban districts) beyond {km:g} "
+            f"km: {ck:,} of "
+            f"{cn:,} shrink ({100 * ck / cn:.1f} %, CI {100 * clo[0]:.1f}-{100 * chi[0]:.1f} %)."
+        )
+    else:
+        reasons.append("(g) not applied: unit_kind missing (or no county-type unit beyond the distance).")
     support = bool(
-        tests["every_core_set"] is not False
+        tests["counties_majority"] is not False
+        and tests["every_core_set"] is not False
         and tests["majority"]
         and tests["contrast"]
         and (tests["threshold"] or tests["distance_matters"])

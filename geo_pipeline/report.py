@@ -447,6 +447,10 @@ def section_distance(
         )
     else:
         sec.text.append("By rail travel time: not testable with these data: rail_minutes_to_core missing.")
+    county_counts = None
+    if "unit_kind" in u.columns and u["unit_kind"].notna().any():
+        far = u[(u["side"] == f"{km:g}+ km") & u["unit_kind"].isin(["county", "city", "other"]).to_numpy()]
+        county_counts = (int(_bool(far["shrinking"]).sum()), len(far))
     # threshold
     x = u["distance_km"].to_numpy(dtype=float)
     y = fd.log_change(u["pop_2010"], u["pop_2020"])
@@ -543,6 +547,7 @@ def section_distance(
         distance_coef=coef,
         region_shares=region_shares,
         core_set_lows=core_set_lows,
+        county_counts=county_counts,
         km=km,
     )
     if level == "county":

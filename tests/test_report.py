@@ -191,6 +191,31 @@ def test_verdict_distance_flips() -> None:
     )
 
 
+def test_verdict_distance_counties_flip() -> None:
+    """Test (g), the claim's 县域: county-type units beyond 150 km, districts left out."""
+    u = _units(beyond_shrinks=True)
+    u["unit_kind"] = "county"
+    sec = rp.section_distance(u, bootstrap=0, dpi=30)
+    assert sec.verdict.tests["counties_majority"] is True
+    # the same units labelled urban districts: no county-type unit beyond 150 km, (g) not applied
+    assert (
+        rp.section_distance(u.assign(unit_kind="district"), bootstrap=0, dpi=30).verdict.tests[
+            "counties_majority"
+        ]
+        is None
+    )
+    v = fd.verdict_distance(
+        beyond_k=800,
+        beyond_n=1000,
+        within_k=300,
+        within_n=1000,
+        fit=None,
+        distance_coef=(-1.0, 0.001),
+        county_counts=(100, 400),
+    )
+    assert v.tests["counties_majority"] is False and v.label == "partly supported"
+
+
 def test_missing_columns_are_not_testable() -> None:
     u = _units().drop(columns=["distance_km"])
     sec = rp.section_distance(u, bootstrap=0)
