@@ -81,7 +81,7 @@ VERDICTS = ("supported", "partly supported", "not supported", "not testable with
 #: The verdict rules, as printed in the report's method notes (the code below implements them).
 RULES: dict[str, str] = {
     "distance": (
-        "Four tests: (a) majority: the lower 95 % Wilson bound of the shrinking share beyond "
+        "Seven tests: (a) majority: the lower 95 % Wilson bound of the shrinking share beyond "
         "{km:g} km is above 50 %; (b) contrast: units beyond {km:g} km shrink more often than units "
         "within it (odds-ratio 95 % interval above 1); (c) threshold: the segmented regression has a "
         "break (bootstrap interval of the slope change excludes 0) whose bootstrap interval contains "
