@@ -1131,8 +1131,9 @@ class _Renderer:
                     extra_draw.append(lambda a: self._label_underused(a, lines, names=False))
                     note = _rail_note(lines)
         provinces = self.national_layer("provinces")
-        if spec.level != BASE_LEVEL:  # areas between the units (no figures at this level) show as no data
-            self._plot(ax, provinces, _NO_DATA, lw=0, edge="none", key="provinces_fill")
+        gaps = self._gaps() if spec.level != BASE_LEVEL else np.zeros(len(provinces), dtype=bool)
+        if gaps.any():  # provinces with areas between the units (no figures at this level): no-data fill
+            self._plot(ax, provinces, _NO_DATA, lw=0, edge="none", key="provinces_fill", mask=gaps)
         self._plot(ax, units, colors[self._pos(units)], lw=0.06, key="units")
         missing = provinces[~provinces["province_code"].isin(u["province_code"])]
         self._plot(ax, missing, _NO_DATA, lw=0, edge="none")
@@ -1146,10 +1147,26 @@ class _Renderer:
         handles.append(Line2D([], [], color=_PROVINCE_EDGE, linewidth=0.8, label="省界 Province boundary"))
         if len(missing):
             handles.append(Patch(facecolor=_NO_DATA, edgecolor="none", label="无人口普查数据 No census data"))
-        if spec.level != BASE_LEVEL:
+        if gaps.any():
             handles.append(Patch(facecolor=_NO_DATA, edgecolor="none", label="无数据 No data at this level"))
         self._legend(fig, handles, title, note)
         return fig
+
+    def _gaps(self) -> np.ndarray:
+        """Provinces (rows of the national province layer) whose units cover less than 99.9 % of them.
+
+        At the prefecture level the units leave out areas without figures (the
+        four XPCC cities, 三沙); only those provinces get a no-data fill, which
+        keeps the pages small.
+        """
+        if "gaps" not in self._national:
+            u, p = self.data.units, self.data.provinces
+            covered = u.geometry.area.groupby(u["province_code"].astype(str)).sum()
+            ratio = covered.reindex(p["province_code"].astype(str)).to_numpy() / p.geometry.area.to_numpy()
+            gap_codes = set(p.loc[ratio < 0.999, "province_code"].astype(str))
+            prov = self.national_layer("provinces")
+            self._national["gaps"] = prov.assign(gap=prov["province_code"].astype(str).isin(gap_codes))
+        return self._national["gaps"]["gap"].to_numpy(dtype=bool)
 
     def _draw_rail(self, ax: Any, lines: gpd.GeoDataFrame, col: str | None, cats: list[styles.Category],
                    width: float = 2.2) -> None:
