@@ -46,6 +46,11 @@ _LAZY = {
     "zonal_population": "raster",
     "assemble_layers": "export",
     "atlas_pages": "atlas",
+    "build_report": "report",
+    "render_html": "report",
+    "render_markdown": "report",
+    "segmented_regression": "findings",
+    "spatial_regression": "findings",
 }
 
 

@@ -33,16 +33,28 @@ from ._errors import InputError
 from ._validate import check_frame
 
 __all__ = [
+    "ACCESS_GAIN_MIN",
+    "BV_PAIR",
     "CLAIMS",
     "PUBLISHED",
     "Report",
     "ReportFigure",
     "ReportTable",
     "Section",
+    "analysable_units",
     "band_chart",
     "build_report",
+    "external_references",
+    "line_crossings",
+    "manifest_tables",
     "render_html",
     "render_markdown",
+    "section_ageing",
+    "section_distance",
+    "section_hsr",
+    "section_intercity",
+    "section_net_outflow",
+    "section_northeast",
     "segmented_chart",
 ]
 
