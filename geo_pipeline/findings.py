@@ -50,6 +50,7 @@ __all__ = [
     "SEED_AGEING_SHARE",
     "VERDICTS",
     "SegmentedFit",
+    "StepFit",
     "SpatialRegression",
     "Verdict",
     "log_change",
@@ -58,6 +59,7 @@ __all__ = [
     "segmented_regression",
     "share_table",
     "spatial_regression",
+    "step_change",
     "verdict_ageing",
     "verdict_distance",
     "verdict_hsr",
@@ -85,7 +87,9 @@ RULES: dict[str, str] = {
         "{km:g} km is above 50 %; (b) contrast: units beyond {km:g} km shrink more often than units "
         "within it (odds-ratio 95 % interval above 1); (c) threshold: the segmented regression has a "
         "break (bootstrap interval of the slope change excludes 0) whose bootstrap interval contains "
-        "{km:g} km; (d) distance matters: the log-distance coefficient of the spatial model is "
+        "{km:g} km, or the shrinking share jumps up at a change-point (bootstrap interval of the jump "
+        "above 0) whose interval contains {km:g} km; (d) distance matters: the log-distance "
+        "coefficient of the spatial model is "
         "negative with p < 0.05; (e) generally (普遍): more than half of the units beyond {km:g} km "
         "shrink in every region (when the region column exists); (f) robust to the choice of cores: the "
         "lower Wilson bound of the shrinking share beyond {km:g} km is above 50 % under every core set "
@@ -535,6 +539,98 @@ def segmented_regression(
     )
 
 
+@dataclass(frozen=True)
+class StepFit:
+    """A change-point in the mean of ``y`` (e.g. the shrinking share): ``below`` it, ``above`` from it on.
+
+    ``break_ci`` is the bootstrap percentile interval of the change-point,
+    ``diff_ci`` that of ``above - below``.
+    """
+
+    break_x: float
+    below: float
+    above: float
+    break_ci: tuple[float, float]
+    diff_ci: tuple[float, float]
+    n: int
+    bootstrap: int
+
+    @property
+    def has_step(self) -> bool:
+        """True when the interval of ``above - below`` excludes 0."""
+        return bool(self.diff_ci[0] > 0 or self.diff_ci[1] < 0)
+
+    def contains(self, x: float) -> bool:
+        """True when ``x`` lies in the change-point's interval."""
+        return bool(self.break_ci[0] <= x <= self.break_ci[1])
+
+
+def step_change(
+    x: Any,
+    y: Any,
+    *,
+    step: float = 5.0,
+    trim: float = 0.05,
+    bootstrap: int = 999,
+    seed: int = 20201101,
+    confidence: float = CONFIDENCE,
+) -> StepFit:
+    r"""One change-point in the mean of ``y`` along ``x`` (least squares), with bootstrap intervals.
+
+    For a 0/1 ``y`` (shrinking or not) this is the distance at which the
+    shrinking share jumps: the model is :math:`E[y] = \mu_1` for :math:`x < k`
+    and :math:`\mu_2` for :math:`x \ge k`; :math:`\hat k` minimises the residual
+    sum of squares (for 0/1 data the same :math:`k` maximises the two-binomial
+    likelihood up to ties) over the candidate grid of :func:`segmented_regression`.
+    Intervals: bootstrap percentiles, each resample re-estimating :math:`k`.
+    """
+    xa = np.asarray(x, dtype=float)
+    ya = np.asarray(y, dtype=float)
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[keep], ya[keep]
+    n = len(xa)
+    if n < 10:
+        raise InputError(f"step change needs at least 10 complete (x, y) pairs, found {n}")
+    lo, hi = np.quantile(xa, [trim, 1 - trim])
+    cand = np.arange(math.ceil(lo / step) * step, hi + 1e-9, step)
+    if len(cand) == 0:
+        raise InputError(f"step change: no candidate between the {trim:g} and {1 - trim:g} quantiles of x")
+    upper = (xa[:, None] >= cand[None, :]).astype(float)  # (n, m)
+
+    def fit(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        w_all, s_all = w.sum(axis=1), w @ ya
+        w_hi, s_hi = w @ upper, w @ (upper * ya[:, None])
+        w_lo, s_lo = w_all[:, None] - w_hi, s_all[:, None] - s_hi
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gain = np.where((w_lo > 0) & (w_hi > 0), s_lo**2 / w_lo + s_hi**2 / w_hi, -np.inf)
+            j = np.argmax(gain, axis=1)
+            r = np.arange(len(w))
+            return j, s_lo[r, j] / w_lo[r, j], s_hi[r, j] / w_hi[r, j]
+
+    j, m1, m2 = fit(np.ones((1, n)))
+    kci = dci = (math.nan, math.nan)
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        ks, ds = [], []
+        chunk = max(1, int(1e8 // max(1, n * len(cand))))
+        for start in range(0, bootstrap, chunk):
+            bj, b1, b2 = fit(_resample_counts(rng, n, min(chunk, bootstrap - start)))
+            ks.append(cand[bj])
+            ds.append(b2 - b1)
+        q = [50 * (1 - confidence), 50 * (1 + confidence)]
+        kci = tuple(float(v) for v in np.percentile(np.concatenate(ks), q, method="inverted_cdf"))
+        dci = tuple(float(v) for v in np.nanpercentile(np.concatenate(ds), q))
+    return StepFit(
+        break_x=float(cand[j[0]]),
+        below=float(m1[0]),
+        above=float(m2[0]),
+        break_ci=kci,  # type: ignore[arg-type]
+        diff_ci=dci,
+        n=n,
+        bootstrap=bootstrap,
+    )  # type: ignore[arg-type]
+
+
 # -- spatial regression --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SpatialRegression:
@@ -710,6 +806,7 @@ def verdict_distance(
     region_shares: Mapping[str, float] | None = None,
     core_set_lows: Mapping[str, float] | None = None,
     county_counts: tuple[int, int] | None = None,
+    step: StepFit | None = None,
     km: float = CLAIM_KM,
 ) -> Verdict:
     """Claim 1 (see :data:`RULES` ``"distance"``).
@@ -733,7 +830,12 @@ def verdict_distance(
     tests: dict[str, bool | None] = {
         "majority": bool(lo[0] > 0.5),
         "contrast": bool(olo > 1) if np.isfinite(olo) else False,
-        "threshold": (fit.has_break and fit.contains(km)) if fit is not None else None,
+        "threshold": (
+            bool(fit is not None and fit.has_break and fit.contains(km))
+            or bool(step is not None and step.has_step and step.above > step.below and step.contains(km))
+        )
+        if fit is not None or step is not None
+        else None,
         "distance_matters": (distance_coef[0] < 0 and distance_coef[1] < 0.05)
         if distance_coef is not None
         else None,
@@ -762,6 +864,15 @@ def verdict_distance(
         )
     else:
         reasons.append("(c) segmented regression not fitted.")
+    if step is not None:
+        where = "contains" if step.contains(km) else "does not contain"
+        reasons.append(
+            f"(c) step change of the shrinking share: from {100 * step.below:.1f} % to "
+            f"{100 * step.above:.1f} % "
+            f"at {step.break_x:g} km (95 % bootstrap CI {step.break_ci[0]:g}-{step.break_ci[1]:g} km, which "
+            f"{where} {km:g} km; CI of the jump {100 * step.diff_ci[0]:+.1f} to {100 * step.diff_ci[1]:+.1f} "
+            "points)."
+        )
     if distance_coef is not None:
         reasons.append(
             f"(d) log-distance coefficient {distance_coef[0]:+.3f} (p = {distance_coef[1]:.3g}): "

@@ -516,6 +516,39 @@ def section_distance(
                 segmented_chart(x, y, fit, km=km, dpi=dpi),
             )
         )
+    step = None
+    try:
+        step = fd.step_change(x, _bool(u["shrinking"]).astype(float), bootstrap=bootstrap, seed=seed)
+    except InputError as exc:
+        sec.text.append(f"Change-point of the shrinking share not estimated: {exc}.")
+    if step is not None:
+        sec.tables.append(
+            ReportTable(
+                "change_point",
+                "Change-point of the shrinking share along distance (step model, least squares)",
+                pd.DataFrame(
+                    [
+                        {
+                            "n": step.n,
+                            "break_km": step.break_x,
+                            "break_ci_low": step.break_ci[0],
+                            "break_ci_high": step.break_ci[1],
+                            "below_share": step.below,
+                            "above_share": step.above,
+                            "jump_ci_low": step.diff_ci[0],
+                            "jump_ci_high": step.diff_ci[1],
+                            "bootstrap": step.bootstrap,
+                            "ci_contains_claim_km": step.contains(km),
+                        }
+                    ]
+                ),
+            )
+        )
+        sec.text.append(
+            f"Change-point of the shrinking share: {_pct(step.below)} of units shrink nearer than "
+            f"{step.break_x:g} km, {_pct(step.above)} from there on (95 % bootstrap CI of the change-point "
+            f"{step.break_ci[0]:g}-{step.break_ci[1]:g} km)."
+        )
     # spatial regression
     coef = None
     if w is not None:
@@ -556,6 +589,7 @@ def section_distance(
         within_k=within_k,
         within_n=within_n,
         fit=fit,
+        step=step,
         distance_coef=coef,
         region_shares=region_shares,
         core_set_lows=core_set_lows,

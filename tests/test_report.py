@@ -532,3 +532,28 @@ def test_real_regression_equals_direct_spreg(run_stage: Callable[[str], Path], r
             direct = spreg.GM_Lag(y.reshape(-1, 1), x, w=w)
     np.testing.assert_allclose(spatial["coef"], direct.betas.ravel(), rtol=1e-8)
     np.testing.assert_allclose(spatial["std_err"], direct.std_err, rtol=1e-8)
+
+
+def test_step_change_recovers_known_change_point() -> None:
+    rng = np.random.default_rng(9)
+    x = rng.uniform(0, 600, 2000)
+    y = (rng.random(len(x)) < np.where(x >= 120, 0.7, 0.3)).astype(float)  # the share jumps at 120 km
+    fit = fd.step_change(x, y, bootstrap=499, seed=4)
+    assert fit.contains(120) and not fit.contains(300) and fit.has_step
+    assert fit.below == pytest.approx(y[x < fit.break_x].mean()) and fit.above == pytest.approx(
+        y[x >= fit.break_x].mean()
+    )
+    flat = fd.step_change(x, (rng.random(len(x)) < 0.5).astype(float), bootstrap=499, seed=4)
+    assert not (flat.has_step and flat.contains(120))
+    # the verdict's threshold test follows the step when no segmented fit is given
+    v = fd.verdict_distance(
+        beyond_k=800,
+        beyond_n=1000,
+        within_k=300,
+        within_n=1000,
+        fit=None,
+        distance_coef=None,
+        step=fd.step_change(x, y, bootstrap=199, seed=4),
+        km=120,
+    )
+    assert v.tests["threshold"] is True
