@@ -78,6 +78,10 @@ THEMES: dict[str, tuple[str, str]] = {
     "net_outflow": ("人口净流出", "Net outflow ratio 2010: (hukou − resident) / hukou"),
     "distance_bands": ("距中心城市距离带", "Distance bands to metropolitan cores"),
     "lisa_clusters": ("人口变化的局部空间自相关 (LISA)", "LISA clusters of population change"),
+    "ageing": ("60岁及以上人口占比 2020", "Share of residents aged 60+ in 2020 (%)"),
+    "ageing_change": ("60岁及以上人口占比变化 2010–2020", "Change of the 60+ share 2010–2020 (points)"),
+    "bivariate_lisa": ("人口变化与周边老龄化 (双变量 LISA)",
+                       "Bivariate LISA: population change with the neighbours' 60+ share 2010"),
     "rail_corridors": ("高铁走廊与收缩单元", "High-speed rail corridors and shrinking units"),
 }
 
@@ -98,6 +102,19 @@ _TEXT = (
 
 #: Title suffixes of the national pages of a further unit level (Chinese, English).
 _LEVEL_TITLES = {"prefecture": ("地级单元", "prefecture-level units")}
+
+#: Legend labels of the bivariate LISA page (x = change_pct at the unit, y = 60+ share around it).
+BIVARIATE_LABELS = {
+    "HH": "高-高 High change, older neighbours",
+    "LL": "低-低 Low change, younger neighbours",
+    "LH": "低-高 Low change, older neighbours",
+    "HL": "高-低 High change, younger neighbours",
+    "ns": "不显著 Not significant",
+    "nc": "不可比 Not comparable (left out)",
+}
+#: Hatch of units left out of the statistics (``comparable`` False), drawn over every national map.
+LEFT_OUT_HATCH = "////"
+_LEFT_OUT_TEXT = "不可比 Not comparable, left out (hatched) 60岁及以上 Aged 60+ pts"
 
 #: Default page-scale generalisation: detail finer than this many millimetres on paper is dropped.
 GENERALISE_MM = 0.25
@@ -523,7 +540,8 @@ def _font_text(data: AtlasData) -> str:
     are left out.
     """
     parts = [_TEXT, SOURCE_LINE, *(t for pair in THEMES.values() for t in pair),
-             *styles.LISA_LABELS.values(), *styles.RAIL_LABELS.values(), styles.UNDERUSED_LABEL]
+             *styles.LISA_LABELS.values(), *styles.RAIL_LABELS.values(), styles.UNDERUSED_LABEL,
+             *BIVARIATE_LABELS.values(), _LEFT_OUT_TEXT]
     parts += list(data.provinces["name"].astype(str))
     if "province" in data.units.columns:
         parts += list(data.units["province"].dropna().astype(str).unique())
@@ -601,11 +619,40 @@ def _band_col(frame: pd.DataFrame) -> str | None:
     return None
 
 
+def _weighted(frame: pd.DataFrame, col: str) -> float:
+    """Population-weighted mean of a share column over the units (weights pop_2020)."""
+    if "pop_2020" not in frame.columns:
+        return float(frame[col].mean())
+    ok = frame[col].notna() & frame["pop_2020"].notna()
+    return float((frame.loc[ok, col] * frame.loc[ok, "pop_2020"]).sum() / frame.loc[ok, "pop_2020"].sum())
+
+
 def _lisa_col(frame: pd.DataFrame) -> str | None:
     if "lisa_change_pct_cluster" in frame.columns:
         return "lisa_change_pct_cluster"
     found = [c for c in frame.columns if re.fullmatch(r"lisa_.+_cluster", c)]
     return found[0] if found else None
+
+
+def _bv_col(frame: pd.DataFrame) -> str | None:
+    """The bivariate LISA column to map: change_pct with the 2010 60+ share, else the first ``bv_*``."""
+    if "bv_change_pct_vs_share_60plus_2010_cluster" in frame.columns:
+        return "bv_change_pct_vs_share_60plus_2010_cluster"
+    found = [c for c in frame.columns if re.fullmatch(r"bv_.+_vs_.+_cluster", c)]
+    return found[0] if found else None
+
+
+def _has(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame.columns and bool(frame[column].notna().any())
+
+
+def _left_out(frame: pd.DataFrame) -> np.ndarray:
+    """Units left out of the statistics: ``comparable`` False (else ``w_included`` False)."""
+    for col in ("comparable", "w_included"):
+        if col in frame.columns:
+            flags = frame[col]
+            return (flags.notna() & ~flags.fillna(True).astype(bool)).to_numpy()
+    return np.zeros(len(frame), dtype=bool)
 
 
 def plan_pages(data: AtlasData, *, per_province: bool = True, level: str = BASE_LEVEL) -> list[PageSpec]:
@@ -626,10 +673,15 @@ def plan_pages(data: AtlasData, *, per_province: bool = True, level: str = BASE_
         "net_outflow": "net_outflow_ratio" in u.columns and u["net_outflow_ratio"].notna().any(),
         "distance_bands": _band_col(u) is not None,
         "lisa_clusters": _lisa_col(u) is not None,
+        "ageing": _has(u, "share_60plus_2020"),
+        "ageing_change": _has(u, "share_60plus_change_pts"),
+        "bivariate_lisa": _bv_col(u) is not None,
         "rail_corridors": data.rail_lines is not None or data.corridors is not None,
     }
     stage = {"net_outflow": "population (hukou_2010)", "distance_bands": "distance",
-             "lisa_clusters": "autocorrelation", "rail_corridors": "infrastructure"}
+             "lisa_clusters": "autocorrelation", "rail_corridors": "infrastructure",
+             "ageing": "population (age bands)", "ageing_change": "population (age bands)",
+             "bivariate_lisa": "autocorrelation"}
     specs = []
     for key, (zh, en) in THEMES.items():
         if available[key] and level != BASE_LEVEL:
@@ -967,7 +1019,7 @@ class _Renderer:
 
     def _plot(self, ax: Any, frame: gpd.GeoDataFrame, colors: Any, *, lw: float, edge: str | None = _EDGE,
               zorder: int = 1, alpha: float | None = None, key: str | None = None,
-              mask: np.ndarray | None = None) -> None:
+              mask: np.ndarray | None = None, hatch: str | None = None) -> None:
         """Fill polygons as one collection, like ``frame[mask].plot(color=colors, edgecolor=edge, ...)``.
 
         ``colors`` is one colour or one per row of ``frame``; ``key`` caches the
@@ -986,7 +1038,26 @@ class _Renderer:
             kw["edgecolor"] = edge
         if alpha is not None:
             kw["alpha"] = alpha
+        if hatch is not None:
+            kw["hatch"] = hatch
         ax.add_collection(PathCollection(drawn.paths, **kw), autolim=False)
+
+    def _hatch_left_out(self, ax: Any, units: gpd.GeoDataFrame, key: str | None,
+                        mask: np.ndarray | None = None) -> None:
+        """Hatch the units left out of the statistics (``comparable`` False) on a map."""
+        left = _left_out(self.data.units)[self._pos(units)]
+        if mask is not None:
+            left = left & mask
+        if left.any():
+            self._plot(ax, units, "none", lw=0.3, edge="#4d4d4d", zorder=4, key=key, mask=left,
+                       hatch=LEFT_OUT_HATCH)
+
+    def _left_out_handle(self) -> list[Any]:
+        n = int(_left_out(self.data.units).sum())
+        if not n:
+            return []
+        return [Patch(facecolor="white", edgecolor="#4d4d4d", hatch=LEFT_OUT_HATCH, linewidth=0.4,
+                      label=f"不可比 Not comparable, left out (hatched)   (n = {n})")]
 
     def _boundary(self, ax: Any, frame: gpd.GeoDataFrame, *, color: str, lw: float, zorder: int = 5,
                   key: str | None = None, mask: np.ndarray | None = None) -> None:
@@ -1023,6 +1094,7 @@ class _Renderer:
         units = self._national["units_inset"]
         self._plot(iax, units, colors[self._pos(units)], lw=0.05, key="units_inset",
                    mask=self._in_box(units, box))
+        self._hatch_left_out(iax, units, "units_inset", mask=self._in_box(units, box))
         prov = self._national["provinces_inset"]
         self._boundary(iax, prov, color=_PROVINCE_EDGE, lw=0.3, key="provinces_inset",
                        mask=self._in_box(prov, box))
@@ -1108,6 +1180,39 @@ class _Renderer:
                        for c in cats]
             title = f"LISA ({col.removeprefix('lisa_').removesuffix('_cluster')})"
             note = "Local Moran's I with permutation inference; p-values are in the export GeoPackage."
+        elif spec.key in ("ageing", "ageing_change"):
+            col = "share_60plus_2020" if spec.key == "ageing" else "share_60plus_change_pts"
+            if spec.key == "ageing":
+                cl = styles.sequential_classes(u[col], column=col, unit=" %")
+                title = "60岁及以上 Aged 60+ 2020 (%)"
+                note = (f"Residents aged 60 and over in % of residents, 2020 census; classes: mapclassify "
+                        f"{cl.method}. Share of the 60+ over the units: {_weighted(u, col):.1f} %.")
+            else:
+                cl = styles.diverging_classes(u[col], column=col, unit=" pts",
+                                              below_colors=tuple(reversed(styles.GROW_COLORS)),
+                                              above_colors=styles.AGEING_COLORS[1:])
+                title = "60岁及以上 Aged 60+: change (pts)"
+                note = (f"Change of the 60+ share 2010–2020 in percentage points; classes: mapclassify "
+                        f"{cl.method}; the share rose in {int((u[col] > 0).sum())} of "
+                        f"{int(u[col].notna().sum())} units.")
+            idx = cl.assign(u[col])
+            colors = np.array(list(cl.colors) + [_NO_DATA], dtype=object)[idx]
+            handles = [self._patch(c, lab, n)
+                       for c, lab, n in zip(cl.colors, cl.labels, cl.counts, strict=True)]
+            if (idx < 0).any():
+                handles.append(self._patch(_NO_DATA, "无数据 No data", int((idx < 0).sum())))
+        elif spec.key == "bivariate_lisa":
+            col = _bv_col(u)
+            x, y = re.fullmatch(r"bv_(.+)_vs_(.+)_cluster", col).groups()  # type: ignore[arg-type, union-attr]
+            cats = styles.lisa_categories(u[col])
+            keys = [styles.lisa_key(v) for v in u[col]]
+            colors = np.array([styles.LISA_COLORS[k] if k else _NO_DATA for k in keys], dtype=object)
+            handles = [self._patch(c.color, BIVARIATE_LABELS[styles.lisa_key(c.value) or "ns"],
+                                   sum(k == styles.lisa_key(c.value) for k in keys)) for c in cats]
+            title = "双变量 LISA Bivariate LISA"
+            note = (f"Local Moran's I of {x} at each unit with the neighbours' {y} (esda Moran_Local_BV, "
+                    "conditional permutations); high/low: above/below the mean of the units. "
+                    "Significance rule and p-values are in the export GeoPackage.")
         else:  # rail_corridors
             shrinking = (u["shrinking"].fillna(False).astype(bool).to_numpy() if "shrinking" in u.columns
                          else (u["change_pct"] < 0).to_numpy())
@@ -1135,6 +1240,7 @@ class _Renderer:
         if gaps.any():  # provinces with areas between the units (no figures at this level): no-data fill
             self._plot(ax, provinces, _NO_DATA, lw=0, edge="none", key="provinces_fill", mask=gaps)
         self._plot(ax, units, colors[self._pos(units)], lw=0.06, key="units")
+        self._hatch_left_out(ax, units, "units")
         missing = provinces[~provinces["province_code"].isin(u["province_code"])]
         self._plot(ax, missing, _NO_DATA, lw=0, edge="none")
         self._boundary(ax, provinces, color=_PROVINCE_EDGE, lw=0.45, key="provinces")
@@ -1149,6 +1255,11 @@ class _Renderer:
             handles.append(Patch(facecolor=_NO_DATA, edgecolor="none", label="无人口普查数据 No census data"))
         if gaps.any():
             handles.append(Patch(facecolor=_NO_DATA, edgecolor="none", label="无数据 No data at this level"))
+        left_out = self._left_out_handle()
+        if left_out:  # the hatch explains them; no second, white "not comparable" class
+            handles = [h for h in handles if not str(h.get_label()).startswith(styles.LISA_LABELS["nc"])
+                       and not str(h.get_label()).startswith(BIVARIATE_LABELS["nc"])]
+        handles += left_out
         self._legend(fig, handles, title, note)
         return fig
 

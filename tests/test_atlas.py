@@ -150,10 +150,12 @@ def test_plan_pages_counts_and_warns() -> None:
     data = atlas.prepare_atlas(units)
     with pytest.warns(DataQualityWarning) as rec:
         specs = atlas.plan_pages(data)
-    assert [s.key for s in specs] == ["population_change", "net_outflow", "province_420000", "province_430000"]
-    assert len(rec) == 3 and any("geo-pipeline distance" in str(w.message) for w in rec)
+    assert [s.key for s in specs] == ["population_change", "net_outflow", "ageing", "ageing_change",
+                                      "province_420000", "province_430000"]
+    assert len(rec) == 4 and any("geo-pipeline distance" in str(w.message) for w in rec)
+    assert any("Bivariate LISA" in str(w.message) for w in rec)
     with pytest.warns(DataQualityWarning):
-        assert len(atlas.plan_pages(data, per_province=False)) == 2
+        assert len(atlas.plan_pages(data, per_province=False)) == 4
 
 
 def test_cjk_font_missing_names_the_package() -> None:
@@ -363,7 +365,7 @@ def test_pdf_compression_level_is_lossless(tmp_path: Path) -> None:
         sizes[level] = out.stat().st_size
         contents[level] = [p.get_contents().get_data() for p in PdfReader(out).pages]
     assert set(sizes) == {9, 6}
-    assert contents[6] == contents[9] and len(contents[6]) == 4
+    assert contents[6] == contents[9] and len(contents[6]) == 6  # 4 national pages (2 ageing) + 2 provinces
     assert sizes[9] <= sizes[6] < 1.05 * sizes[9]
 
 
@@ -371,20 +373,26 @@ def test_pdf_compression_level_is_lossless(tmp_path: Path) -> None:
 def test_atlas_pages_and_pngs(atlas_run: Path) -> None:
     pdf = atlas_run / "maps" / "atlas.pdf"
     reader = PdfReader(pdf)
-    # five national themes at each level (county, prefecture) + the two provinces of the synthetic data
-    assert len(reader.pages) == 5 + 5 + 2
+    # every national theme at each level (county, prefecture) + the two provinces of the synthetic data
+    k = len(atlas.THEMES)
+    n = 2 * k + 2
+    assert len(reader.pages) == n == 18
     width, height = (float(v) for v in reader.pages[0].mediabox[2:])
     assert (round(width / 72, 2), round(height / 72, 2)) == atlas.PAPER_SIZES["A4"]
     text = [p.extract_text() for p in reader.pages]
-    assert "人口变化" in text[0] and "1 / 12" in text[0] and "地级单元" not in text[0]
-    assert "人口变化" in text[5] and "地级单元" in text[5] and "prefecture-level units" in text[5]
+    assert "人口变化" in text[0] and f"1 / {n}" in text[0] and "地级单元" not in text[0]
+    assert "人口变化" in text[k] and "地级单元" in text[k] and "prefecture-level units" in text[k]
+    keys = list(atlas.THEMES)
+    assert "60+" in text[keys.index("ageing")] and "Bivariate LISA" in text[keys.index("bivariate_lisa")]
+    assert "Bivariate LISA" in text[k + keys.index("bivariate_lisa")]
+    assert "Not comparable, left out (hatched)" in text[0]  # the hatched unit (comparable False) explained
     # the computed count of shrinking prefecture units next to the published figure
     pref = synthetic_units().groupby("prefecture_code")[["pop_2010", "pop_2020"]].sum()
-    n = int((pref["pop_2020"] < pref["pop_2010"]).sum())
-    assert n == 2 and f"Shrinking: {n} of 6 prefecture-level units" in " ".join(text[5].split())
-    assert f"{atlas.PUBLISHED_SHRINKING_CITIES} shrinking cities" in " ".join(text[5].split())
-    assert text[10].startswith("湖北省") or "湖北省" in text[10]
-    assert "湖南省" in text[11] and "12 / 12" in text[11]
+    shrinking = int((pref["pop_2020"] < pref["pop_2010"]).sum())
+    assert shrinking == 2 and f"Shrinking: {shrinking} of 6 prefecture-level units" in " ".join(text[k].split())
+    assert f"{atlas.PUBLISHED_SHRINKING_CITIES} shrinking cities" in " ".join(text[k].split())
+    assert text[n - 2].startswith("湖北省") or "湖北省" in text[n - 2]
+    assert "湖南省" in text[n - 1] and f"{n} / {n}" in text[n - 1]
     assert all("Data" in t and "km" in t for t in text)  # source line and scale bar on every page
     assert sorted(p.name for p in (atlas_run / "maps").glob("*.png")) == THEME_PNGS
     with Image.open(atlas_run / "maps" / "population_change.png") as im:
@@ -421,8 +429,8 @@ def test_atlas_missing_theme_and_input(tmp_path: Path) -> None:
     with pytest.warns(DataQualityWarning, match="LISA") as rec:
         result = run_cli(cfg, "atlas")
     assert result.exit_code == 0, result.output
-    assert sum("LISA" in str(w.message) for w in rec) == 2  # one per level
-    assert len(PdfReader(tmp_path / "maps" / "atlas.pdf").pages) == 4 + 4
+    assert sum("LISA" in str(w.message) for w in rec) == 4  # LISA and bivariate LISA, one per level
+    assert len(PdfReader(tmp_path / "maps" / "atlas.pdf").pages) == 6 + 6  # no LISA, no bivariate LISA
     assert not (tmp_path / "maps" / "lisa_clusters.png").exists()
     assert not (tmp_path / "maps" / "lisa_clusters_prefecture.png").exists()
     again = run_cli(cfg, "atlas")
@@ -439,7 +447,7 @@ def test_atlas_a3(tmp_path: Path) -> None:
     result = run_cli(cfg, "atlas", "--paper", "A3", "--no-per-province")
     assert result.exit_code == 0, result.output
     reader = PdfReader(tmp_path / "maps" / "atlas.pdf")
-    assert len(reader.pages) == 5 + 5
+    assert len(reader.pages) == 2 * len(atlas.THEMES)
     width, height = (float(v) for v in reader.pages[0].mediabox[2:])
     assert (round(width / 72, 2), round(height / 72, 2)) == atlas.PAPER_SIZES["A3"]
 
@@ -474,25 +482,27 @@ def test_split_pages_balanced_and_in_order() -> None:
     specs = [atlas.PageSpec(k, k, k, True) for k in atlas.THEMES]
     specs += [atlas.PageSpec(f"province_{i}", "p", "p", False, str(i)) for i in range(31)]
     first, second = _split(specs, 2)
-    assert first + second == list(range(1, 37)) and first[:5] == [1, 2, 3, 4, 5]
+    total = len(specs)  # the national themes + 31 provinces
+    assert first + second == list(range(1, total + 1)) and first[:5] == [1, 2, 3, 4, 5]
     cost = [sum(_COST[specs[n - 1].national] for n in g) for g in (first, second)]
     assert abs(cost[0] - cost[1]) <= _COST[False]
-    assert _split(specs, 1) == [list(range(1, 37))] and _split(specs[:3], 2) == [[1, 2, 3]]
+    assert _split(specs, 1) == [list(range(1, total + 1))] and _split(specs[:3], 2) == [[1, 2, 3]]
 
 
 def test_parallel_atlas_equals_serial(serial_and_parallel: tuple[Path, Path]) -> None:
     serial, parallel = serial_and_parallel
     a, b = PdfReader(serial / "atlas.pdf"), PdfReader(parallel / "atlas.pdf")
-    assert len(a.pages) == len(b.pages) == 12
-    # same text on every page in the same order (titles, legends, "n / 12" page numbers)
+    n = 2 * len(atlas.THEMES) + 2
+    assert len(a.pages) == len(b.pages) == n
+    # same text on every page in the same order (titles, legends, "i / n" page numbers)
     assert [p.extract_text() for p in a.pages] == [p.extract_text() for p in b.pages]
-    assert "12 / 12" in b.pages[11].extract_text() and "湖南省" in b.pages[11].extract_text()
+    assert f"{n} / {n}" in b.pages[n - 1].extract_text() and "湖南省" in b.pages[n - 1].extract_text()
     assert b.metadata["/Title"] == a.metadata["/Title"] and b.metadata["/Creator"] == a.metadata["/Creator"]
     # each font subset embedded once, as many as in the one-process file
     fonts = [r["name"] for r in pdf_fonts(parallel / "atlas.pdf")]
     assert len(fonts) == len(set(fonts)) == len(pdf_fonts(serial / "atlas.pdf"))
     # the pages look the same (glyph positions may differ by rounding: a few edge pixels of text)
-    for page in range(1, 13):
+    for page in range(1, n + 1):
         x, y = render(serial / "atlas.pdf", page), render(parallel / "atlas.pdf", page)
         assert x.shape == y.shape
         assert (np.abs(x.astype(int) - y.astype(int)).max(axis=2) > 0).mean() < 0.005, page
@@ -509,7 +519,8 @@ def test_parallel_atlas_keeps_fonts_that_differ(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(cli_atlas._Job, "warm_up", lambda self, pdf: pdf.savefig(Figure()))
     maps = _atlas_with(tmp_path, 2, monkeypatch)
     reader = PdfReader(maps / "atlas.pdf")
-    assert len(reader.pages) == 12 and "12 / 12" in reader.pages[11].extract_text()
+    n = 2 * len(atlas.THEMES) + 2
+    assert len(reader.pages) == n and f"{n} / {n}" in reader.pages[n - 1].extract_text()
     fonts = [r["name"] for r in pdf_fonts(maps / "atlas.pdf")]
     assert len(fonts) == len(set(fonts)) > 2
 
@@ -522,7 +533,7 @@ def test_atlas_real_data(run_stage: Callable[[str], Path]) -> None:
     units = pyogrio.read_dataframe(processed / "shrinkage.gpkg", layer="units", read_geometry=False)
     n_provinces = units["province_code"].astype(str).nunique()
     assert n_provinces == 31  # mainland provinces (Hong Kong, Macau, Taiwan have no census rows)
-    assert len(PdfReader(pdf).pages) == 5 + 5 + n_provinces  # national pages at both levels
+    assert len(PdfReader(pdf).pages) == 2 * len(atlas.THEMES) + n_provinces  # national pages at both levels
     assert pdf.stat().st_size < 15e6
     fonts = pdf_fonts(pdf)
     assert any("GeoPipelineCJK" in r["name"] and r["emb"] and r["sub"] for r in fonts)
@@ -536,3 +547,30 @@ def test_atlas_real_data(run_stage: Callable[[str], Path]) -> None:
     assert set(THEME_PNGS) <= {p.name for p in pdf.parent.glob("*.png")}  # other stages add PNGs too
     assert "layer_styles" in list_layers(processed / "shrinkage.gpkg")
 
+def test_ageing_and_bivariate_pages_colours_and_hatch() -> None:
+    import matplotlib
+
+    units = synthetic_units()
+    units["bv_change_pct_vs_share_60plus_2010_cluster"] = ["HH", "LH", "not significant"] * 3 + [
+        "LL", "HL", "not comparable"]
+    data = atlas.prepare_atlas(units)
+    specs = [atlas.PageSpec(k, k, k, True) for k in ("ageing", "ageing_change", "bivariate_lisa")]
+    with matplotlib.rc_context(atlas.rc_params(atlas.cjk_font(atlas.atlas_text(data)))):
+        pages = {p.key: p.figure for p in atlas.atlas_pages(data, specs=specs)}
+    for key, fig in pages.items():
+        ax = fig.axes[0]
+        hatched = [c for c in ax.collections if c.get_hatch() == atlas.LEFT_OUT_HATCH]
+        assert len(hatched) == 1 and len(hatched[0].get_paths()) >= 1, key  # unit 11: comparable False
+        legend = [t.get_text() for a in fig.axes if a.get_legend() for t in a.get_legend().get_texts()]
+        expected = ["不可比 Not comparable, left out (hatched)   (n = 1)"]
+        assert [t for t in legend if "comparable" in t] == expected, key
+    share = styles.sequential_classes(units["share_60plus_2020"], column="share_60plus_2020", unit=" %")
+    faces = {matplotlib.colors.to_hex(c) for c in pages["ageing"].axes[0].collections[0].get_facecolor()}
+    assert set(share.colors) <= faces
+    legend = [t.get_text() for a in pages["bivariate_lisa"].axes if a.get_legend()
+              for t in a.get_legend().get_texts()]
+    assert "低-高 Low change, older neighbours   (n = 3)" in legend
+    assert "高-高 High change, older neighbours   (n = 3)" in legend
+    bv_map = pages["bivariate_lisa"].axes[0].collections[0]
+    bv_faces = {matplotlib.colors.to_hex(c) for c in bv_map.get_facecolor()}
+    assert {styles.LISA_COLORS[k] for k in ("HH", "LH", "LL", "HL", "ns")} <= bv_faces

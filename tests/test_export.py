@@ -51,6 +51,7 @@ def synthetic_units() -> gpd.GeoDataFrame:
             "annual_rate": 100 * ((pop_2020 / pop_2010) ** 0.1 - 1), "shrinking": pop_2020 < pop_2010,
             "hukou_2010": hukou, "net_outflow_ratio": (hukou - pop_2010) / hukou,
             "net_outflow": hukou > pop_2010, "share_60plus_2020": 15.0 + i,
+            "share_60plus_change_pts": 0.5 * i - 1.0, "comparable": i != 11,
         })
         geoms.append(box(110 + 0.5 * c, 30 + 0.5 * r, 110.5 + 0.5 * c, 30.5 + 0.5 * r))
     return gpd.GeoDataFrame(rows, geometry=geoms, crs="EPSG:4326")
@@ -76,6 +77,8 @@ def write_stage_outputs(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str
     prefectures["name"] = prefectures["prefecture"]
     prefectures["shrinking"] = prefectures["change_pct"] < 0
     prefectures["net_outflow_ratio"] = 1 - prefectures["pop_2010"] / prefectures["hukou_2010"]
+    prefectures["share_60plus_2020"] = 16.0 + np.arange(len(prefectures))
+    prefectures["share_60plus_change_pts"] = 1.5 * np.arange(len(prefectures)) - 2.0
     pids = prefectures["unit_id"]
     files: dict[str, dict[str, pd.DataFrame]] = {
         "boundaries": {"provinces": provinces},
@@ -124,7 +127,8 @@ def write_stage_outputs(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str
         "band_summary": pd.DataFrame({"band": ["0-50 km", "150+ km"], "n_units": [2, 4]}),
     }
     files["autocorrelation_prefecture"] = {
-        "units": pd.DataFrame({"unit_id": pids, "lisa_change_pct_cluster": PREF_LISA}),
+        "units": pd.DataFrame({"unit_id": pids, "lisa_change_pct_cluster": PREF_LISA,
+                               "bv_change_pct_vs_share_60plus_2010_cluster": PREF_LISA[::-1]}),
         "global_moran": pd.DataFrame({"variable": ["change_pct"], "I": [0.2], "p_sim": [0.04]}),
     }
     files["infrastructure_prefecture"] = {
