@@ -389,7 +389,8 @@ def test_atlas_pages_and_pngs(atlas_run: Path) -> None:
     # the computed count of shrinking prefecture units next to the published figure
     pref = synthetic_units().groupby("prefecture_code")[["pop_2010", "pop_2020"]].sum()
     shrinking = int((pref["pop_2020"] < pref["pop_2010"]).sum())
-    assert shrinking == 2 and f"Shrinking: {shrinking} of 6 prefecture-level units" in " ".join(text[k].split())
+    page = " ".join(text[k].split())
+    assert shrinking == 2 and f"Shrinking: {shrinking} of 6 prefecture-level units" in page
     assert f"{atlas.PUBLISHED_SHRINKING_CITIES} shrinking cities" in " ".join(text[k].split())
     assert text[n - 2].startswith("湖北省") or "湖北省" in text[n - 2]
     assert "湖南省" in text[n - 1] and f"{n} / {n}" in text[n - 1]
@@ -546,6 +547,7 @@ def test_atlas_real_data(run_stage: Callable[[str], Path]) -> None:
     assert sum(has_color(pixels, c) for c in cl.colors) >= cl.k - 1
     assert set(THEME_PNGS) <= {p.name for p in pdf.parent.glob("*.png")}  # other stages add PNGs too
     assert "layer_styles" in list_layers(processed / "shrinkage.gpkg")
+
 
 def test_ageing_and_bivariate_pages_colours_and_hatch() -> None:
     import matplotlib

@@ -369,16 +369,16 @@ def test_export_styles_one_default_per_spatial_layer(exported: tuple[Path, dict[
         "prefecture_units": "graduatedSymbol", "prefecture_lisa": "categorizedSymbol",
     }
     # units also carry the alternative styles a user can switch to in QGIS
+    ageing_styles = {"Aged 60+ 2020 (%)", "Aged 60+ change (pts)", "Bivariate LISA share_60plus_2010"}
     assert set(st.loc[st["f_table_name"] == "units", "styleName"]) == {
-        "Population change 2010-2020 (%)", "Net outflow ratio", "LISA clusters", "Distance bands",
-        "Aged 60+ 2020 (%)", "Bivariate LISA share_60plus_2010"}
+        "Population change 2010-2020 (%)", "Net outflow ratio", "LISA clusters", "Distance bands", *ageing_styles}
     bv = st[(st["f_table_name"] == "units") & (st["styleName"] == "Bivariate LISA share_60plus_2010")].iloc[0]
     assert 'attr="bv_change_pct_vs_share_60plus_2010_cluster"' in bv["styleQML"]
     ageing = st[(st["f_table_name"] == "units") & (st["styleName"] == "Aged 60+ 2020 (%)")].iloc[0]
     assert all(c.lstrip("#") for c in styles.AGEING_COLORS) and 'attr="share_60plus_2020"' in ageing["styleQML"]
     # prefecture units are styled like units
     assert set(st.loc[st["f_table_name"] == "prefecture_units", "styleName"]) == {
-        "Population change 2010-2020 (%)", "Net outflow ratio", "LISA clusters", "Distance bands"}
+        "Population change 2010-2020 (%)", "Net outflow ratio", "LISA clusters", "Distance bands", *ageing_styles}
     with sqlite3.connect(path) as con:
         kind = con.execute("SELECT data_type FROM gpkg_contents WHERE table_name = 'layer_styles'").fetchone()
     assert kind == ("attributes",)
