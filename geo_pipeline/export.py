@@ -65,7 +65,8 @@ LAYER_DESCRIPTIONS = {
     "rail_stations": "Rail stations (OpenStreetMap) with derived train counts where known.",
     "corridors": "Buffers around high-speed rail corridors.",
     "band_summary": "Population change summarised by distance band.",
-    "global_moran": "Global Moran's I of each analysed variable.",
+    "global_moran": "Global Moran's I of each analysed variable (statistic moran) and bivariate Moran's I "
+                    "of each pair (moran_bv: x at the unit with y at its neighbours).",
     "corridor_summary": "Population change inside and outside the rail corridors.",
     "underused_lines": "Underused rail lines (utilisation below the threshold) with the units they cross "
                        "and those units' shrinking share.",

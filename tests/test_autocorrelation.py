@@ -712,6 +712,24 @@ def test_real_sansha_left_out_and_far_island_links_not_made(run_stage: Callable[
     assert gm.loc["change_pct_eb", "I"] == pytest.approx(rate.I, abs=1e-12)
     assert gm.loc["change_pct_eb", "I"] == pytest.approx(gm.loc["change_pct", "I"], abs=1e-4)
 
+    # 4. shrinkage with ageing on the real counties: the stage's bivariate statistics are esda's
+    pairs = [("change_pct", "share_60plus_2010"), ("change_pct", "share_60plus_2020")]
+    bv = spatial_autocorrelation(
+        units, variables=["change_pct"], bivariate=pairs, weights=res.weights, permutations=99, seed=1
+    )
+    bgm, bout = bv.global_moran.set_index("variable"), bv.units.set_index("unit_id")
+    for x, y in pairs:
+        key = f"{x}_vs_{y}"
+        xv, yv = units.loc[keep, x].to_numpy(dtype=float), units.loc[keep, y].to_numpy(dtype=float)
+        ref_g = esda.Moran_BV(xv, yv, res.weights.graph(), permutations=0)
+        assert bgm.loc[key, "I"] == pytest.approx(ref_g.I, abs=1e-12) and bgm.loc[key, "n"] == len(units) - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ref_l = esda.Moran_Local_BV(xv, yv, res.weights.graph(), permutations=0)
+        assert np.array_equal(bout.loc[units.loc[keep, "unit_id"], f"bv_{key}_I"].to_numpy(), ref_l.Is)
+        assert bgm.loc[key, "I"] < -0.1 and bgm.loc[key, "p_sim"] == 0.01  # shrinking next to older units
+    assert bout.loc["460301", "bv_change_pct_vs_share_60plus_2010_cluster"] == "not comparable"
+
 
 # ---------------------------------------------------------------------------
 # bivariate Moran's I (shrinkage with ageing)
