@@ -8,6 +8,7 @@ atomic writing and logging.
 from __future__ import annotations
 
 from ._errors import (
+    BusyError,
     ChecksumError,
     ConfigError,
     CRSError,
@@ -17,6 +18,8 @@ from ._errors import (
     InputError,
     MissingInputError,
     OutputExistsError,
+    StaleInputError,
+    StorageError,
     UnknownCodeError,
 )
 from .config import Settings, load_settings
@@ -71,6 +74,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "__version__",
+    "BusyError",
     "ChecksumError",
     "ConfigError",
     "CRSError",
@@ -80,6 +84,8 @@ __all__ = [
     "InputError",
     "MissingInputError",
     "OutputExistsError",
+    "StaleInputError",
+    "StorageError",
     "UnknownCodeError",
     "Settings",
     "load_settings",

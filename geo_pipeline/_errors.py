@@ -17,6 +17,9 @@ __all__ = [
     "ChecksumError",
     "MissingInputError",
     "OutputExistsError",
+    "StaleInputError",
+    "BusyError",
+    "StorageError",
     "DataQualityWarning",
 ]
 
@@ -70,6 +73,22 @@ class OutputExistsError(GeoPipelineError, FileExistsError):
     """An output exists and ``--overwrite`` was not given."""
 
     exit_code = 4
+
+
+class StaleInputError(ChecksumError):
+    """An earlier stage's output is not what the manifest recorded (changed, or made from older inputs)."""
+
+
+class BusyError(GeoPipelineError):
+    """Another geo-pipeline run holds the lock of the output folder."""
+
+    exit_code = 5
+
+
+class StorageError(GeoPipelineError, OSError):
+    """An output cannot be written: disk full, read-only folder, permissions, other I/O failure."""
+
+    exit_code = 6
 
 
 class DataQualityWarning(UserWarning):

@@ -25,7 +25,8 @@ import geopandas as gpd
 import pandas as pd
 import pyogrio
 
-from ._errors import InputError, MissingInputError, OutputExistsError
+from ._errors import InputError, MissingInputError, OutputExistsError, StaleInputError
+from ._outputs import active_batch, pending_source, storage_error
 
 __all__ = [
     "atomic_path",
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 #: Digests already computed in this process, by file identity and state (see :func:`sha256`).
-_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+_DIGESTS: dict[tuple[int, int, int, int], str] = {}
 
 
 def sha256(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
@@ -56,7 +57,8 @@ def sha256(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     stage outputs that earlier stages already hashed (real run: 0.68 s of hashing -> 0.38 s).
     """
     st = os.stat(path)
-    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    # no path in the key: a temporary output moved into place (same inode) keeps its digest
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
         h = hashlib.sha256()
         with open(path, "rb") as fh:
@@ -90,16 +92,26 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     """
     dest = Path(path)
     check_writable(dest, overwrite=overwrite)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=dest.suffix, dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=dest.suffix, dir=dest.parent)
+    except OSError as exc:
+        raise storage_error(exc, what=str(dest)) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # writers (GDAL) want to create the file themselves
+    batch = active_batch()
+    deferred = False
     try:
         yield tmp
-        os.replace(tmp, dest)
+        if batch is not None:  # a stage is running: moved into place with its other outputs
+            batch.add(tmp, dest, overwrite=overwrite)
+            deferred = True
+        else:
+            os.replace(tmp, dest)
     finally:
-        for leftover in (tmp, Path(str(tmp) + "-journal"), Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
+        side = [Path(str(tmp) + "-journal"), Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")]
+        for leftover in side if deferred else [tmp, *side]:
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
 
@@ -200,13 +212,80 @@ def read_layer(
         If the layer is not in the file or the file cannot be read.
     """
     p = _existing(path, hint)
+    trusted = check_provenance(p)
     names = list_layers(p)
     if layer not in names:
         raise InputError(f"{p}: no layer {layer!r}; layers found: {names}")
     try:
-        return pyogrio.read_dataframe(p, layer=layer, use_arrow=True, **kwargs)
+        frame = pyogrio.read_dataframe(p, layer=layer, use_arrow=True, **kwargs)
     except Exception as exc:  # pyogrio raises several error types for corrupt files
         raise InputError(f"{p}: cannot read layer {layer!r}: {exc}") from exc
+    if trusted:
+        frame.attrs[TRUSTED_ATTR] = trusted
+    return frame
+
+
+#: ``DataFrame.attrs`` key set on frames read from a stage output whose SHA-256 matches the
+#: manifest (value: the stage that wrote it). Their geometry was validated where it entered
+#: the pipeline, so :func:`geo_pipeline._validate.check_frame` does not check validity again.
+TRUSTED_ATTR = "geo_pipeline_written_by"
+
+
+def _stage_outputs(manifest: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
+    """Absolute output path -> (stage, SHA-256, finished) from a manifest."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for stage, entry in manifest.get("stages", {}).items():
+        hashes = entry.get("output_sha256") or {}
+        for key, value in (entry.get("outputs") or {}).items():
+            if key in hashes:
+                out[os.path.abspath(value)] = (stage, hashes[key], str(entry.get("finished", "")))
+    return out
+
+
+def check_provenance(path: str | os.PathLike[str]) -> str:
+    """Check an earlier stage's output against the manifest before it is read.
+
+    When ``path`` is an output recorded in ``manifest.json`` next to it, its
+    SHA-256 must be the recorded one, and the inputs its stage read that are
+    themselves stage outputs must still have the SHA-256 that stage saw
+    (otherwise the file is stale: an earlier stage was rerun since).
+
+    Returns
+    -------
+    str
+        The stage that wrote ``path`` when it checks out (the file can be
+        trusted), or ``""`` when the manifest does not list it.
+
+    Raises
+    ------
+    StaleInputError
+        Naming the file, the stage to rerun and why.
+    """
+    p = Path(path)
+    manifest = read_manifest(p.parent / "manifest.json")
+    outputs = _stage_outputs(manifest)
+    rec = outputs.get(os.path.abspath(p))
+    if rec is None:
+        return ""
+    stage, digest, finished = rec
+    if sha256(p) != digest:
+        raise StaleInputError(
+            f"{p} is not the file the {stage} stage wrote ({finished}; SHA-256 in manifest.json): it was "
+            f"changed or replaced since. Rerun `geo-pipeline {stage} --overwrite` (or "
+            f"`geo-pipeline run --from {stage} --overwrite`)"
+        )
+    entry = manifest["stages"][stage]
+    for key, inp in (entry.get("inputs") or {}).items():
+        ip = os.path.abspath(str(inp.get("path", "")))
+        if ip not in outputs or not os.path.isfile(ip):
+            continue
+        if sha256(ip) != inp.get("sha256"):
+            producer, _, when = outputs[ip]
+            raise StaleInputError(
+                f"{p} is stale: the {stage} stage made it from {ip} ({key}), which the {producer} stage "
+                f"has rewritten since ({when}). Rerun `geo-pipeline run --from {stage} --overwrite`"
+            )
+    return stage
 
 
 def read_table(path: str | os.PathLike[str], layer: str, *, hint: str = "") -> pd.DataFrame:
@@ -260,16 +339,16 @@ def write_manifest(
     parameters and the library versions, so a result can be traced to its data.
     """
     dest = Path(path)
-    data: dict[str, Any] = {}
-    if dest.is_file():
-        try:
-            data = json.loads(dest.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            data = {}
+    data = read_manifest(pending_source(dest))
     data.setdefault("stages", {})[stage] = {
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "inputs": {k: {"path": str(v), "sha256": sha256(v)} for k, v in inputs.items() if Path(v).is_file()},
         "outputs": {k: str(v) for k, v in outputs.items()},
+        # what later stages check their inputs against (stale or edited outputs); the pending
+        # temporary file while the stage's outputs are not yet moved into place
+        "output_sha256": {
+            k: sha256(pending_source(v)) for k, v in outputs.items() if pending_source(v).is_file()
+        },
         "parameters": dict(parameters),
         "summary": dict(summary or {}),
     }

@@ -30,6 +30,10 @@ from ._levels import check_levels
 
 __all__ = ["Settings", "load_settings", "MIRROR_ENV"]
 
+#: Upper bound of ``[autocorrelation] permutations`` (pseudo p-values resolve to 1e-5; the
+#: permutation draws take time and memory in proportion).
+MAX_PERMUTATIONS = 99_999
+
 #: Environment variable naming a local mirror folder of the raw inputs.
 MIRROR_ENV = "GEO_PIPELINE_MIRROR"
 
@@ -46,12 +50,16 @@ class PathsSettings:
     mirror : local mirror of the raw inputs used instead of downloading
         (also settable with the ``GEO_PIPELINE_MIRROR`` environment variable,
         which wins). Empty: download.
+    lock_timeout_s : a run locks ``data_processed`` while it writes; a second
+        run in the same folder waits this many seconds for it, then stops
+        (exit 5). 0: stop at once.
     """
 
     data_raw: str = "data_raw"
     data_processed: str = "data_processed"
     maps: str = "maps"
     mirror: str = ""
+    lock_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -188,7 +196,7 @@ class AutocorrelationSettings:
     max_island_link_km : longest such link (km, geodesic between centroids);
         an island or group farther from every other unit stays isolated and
         is reported (layer ``island_links``, status "not linked"). 0: no limit.
-    permutations : conditional permutations for pseudo p-values.
+    permutations : conditional permutations for pseudo p-values (at most 99,999).
     seed : random seed; the same seed gives the same p-values.
     alpha : significance level for LISA and Gi* classes: significant when the
         p-value (q-value with ``fdr``) is strictly below ``alpha``.
@@ -532,8 +540,14 @@ def _check_choices(s: Settings, source: str) -> None:
         if value not in allowed:
             raise ConfigError(f"{source}: [{sec}] {key} = {value!r}; expected one of {list(allowed)}")
     check_levels(s.pipeline.levels, source=f"{source}: [pipeline] levels")
-    if s.fetch.timeout_s <= 0 or not s.fetch.base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{source}: [fetch] timeout_s must be > 0 and base_url an http(s) URL")
+    if s.fetch.timeout_s <= 0 or not s.fetch.base_url.startswith("https://"):
+        raise ConfigError(
+            f"{source}: [fetch] timeout_s must be > 0 and base_url an https:// URL (plain http is refused: "
+            f"downloads must not be readable or alterable in transit); found {s.fetch.base_url!r}, "
+            f"{s.fetch.timeout_s}"
+        )
+    if s.paths.lock_timeout_s < 0:
+        raise ConfigError(f"{source}: [paths] lock_timeout_s must be >= 0, found {s.paths.lock_timeout_s}")
     breaks = s.distance.breaks_km
     if not breaks or any(b <= 0 for b in breaks) or sorted(set(breaks)) != list(breaks):
         raise ConfigError(f"{source}: [distance] breaks_km must be positive and increasing, found {breaks}")
@@ -544,8 +558,11 @@ def _check_choices(s: Settings, source: str) -> None:
         )
     if not 0 < s.autocorrelation.alpha < 1:
         raise ConfigError(f"{source}: [autocorrelation] alpha must be in (0, 1)")
-    if s.autocorrelation.permutations < 0 or s.autocorrelation.k < 1:
-        raise ConfigError(f"{source}: [autocorrelation] permutations >= 0 and k >= 1 required")
+    if not 0 <= s.autocorrelation.permutations <= MAX_PERMUTATIONS or s.autocorrelation.k < 1:
+        raise ConfigError(
+            f"{source}: [autocorrelation] permutations must be in [0, {MAX_PERMUTATIONS}] and k >= 1; found "
+            f"{s.autocorrelation.permutations}, {s.autocorrelation.k}"
+        )
     if s.autocorrelation.link_k < 1 or not s.autocorrelation.distance_km > 0:
         raise ConfigError(f"{source}: [autocorrelation] link_k >= 1 and distance_km > 0 required")
     for pair in s.autocorrelation.bivariate:
@@ -663,4 +680,10 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the config file as UTF-8"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file: {exc.strerror or exc}") from exc
     return settings_from_dict(data, source=str(p))

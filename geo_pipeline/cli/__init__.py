@@ -87,6 +87,7 @@ class StageContext:
     overwrite: bool = False
     stage: str = ""
     level: str = BASE_LEVEL
+    _record: dict[str, Any] | None = None
 
     @property
     def levels(self) -> list[str]:
@@ -175,19 +176,27 @@ class StageContext:
         parameters: Mapping[str, Any] | None = None,
         summary: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record this stage in ``data_processed/manifest.json`` (key ``stage`` or ``stage[level]``)."""
-        from .._io import write_manifest
+        """Record this stage in ``data_processed/manifest.json`` (key ``stage`` or ``stage[level]``).
 
+        Written by :meth:`finish` after the stage's last write.
+        """
         section = getattr(self.settings, self.stage, None)
         params = dict(parameters or {})
         if section is not None and not params:
             params = dataclasses.asdict(section)
         if self.level != BASE_LEVEL:
             params.setdefault("level", self.level)
-        write_manifest(
-            self.output("manifest.json"), stage=self.label, inputs=inputs, outputs=outputs,
-            parameters=params, summary=summary,
-        )
+        self._record = {"inputs": dict(inputs), "outputs": dict(outputs), "parameters": params,
+                        "summary": summary}
+
+    def finish(self) -> None:
+        """Write the manifest entry after the stage's last write (output SHA-256 of the final files)."""
+        if self._record is None:
+            return
+        from .._io import write_manifest
+
+        write_manifest(self.output("manifest.json"), stage=self.label, **self._record)
+        self._record = None
 
 
 def _stage_module(name: str) -> ModuleType | None:
@@ -281,11 +290,42 @@ def _configure_logging(verbosity: int) -> None:
 
 
 def _run_guarded(fn: Callable[[], None]) -> None:
+    """Run ``fn``; print one message and exit with the documented code on the errors users meet.
+
+    The one place where builtin I/O errors become messages: a full disk or a
+    read-only folder (exit 6), a file removed under a running stage (exit 3),
+    a damaged zip file (exit 2). Anything else is a bug and keeps its traceback.
+    """
+    import zipfile
+
     try:
         fn()
     except GeoPipelineError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except zipfile.BadZipFile as exc:
+        click.echo(f"error: a zip file (or .xlsx workbook) is damaged: {exc}; fetch it again", err=True)
+        sys.exit(2)
+    except FileNotFoundError as exc:
+        click.echo(f"error: {exc.filename or ''}: not found ({exc.strerror or exc}); run the stage that "
+                   "makes it (or fetch) first", err=True)
+        sys.exit(3)
+    except OSError as exc:
+        from .._outputs import storage_error
+
+        err = storage_error(exc)
+        click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+
+
+def _locked(settings: Settings, fn: Callable[[], None]) -> None:
+    """Run ``fn`` holding the lock of data_processed, after removing leftovers of killed runs."""
+    from .._outputs import clean_leftovers, output_lock
+
+    processed = settings.path("data_processed")
+    with output_lock(processed, timeout_s=settings.paths.lock_timeout_s):
+        clean_leftovers(processed, settings.path("maps"))
+        fn()
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -344,6 +384,8 @@ def _run_stage(
     without the census city table) is skipped with a log message; a chosen one
     fails in the stage with the missing layer named.
     """
+    from .._outputs import output_batch
+
     for level in levels if _per_level(module) else [BASE_LEVEL]:
         lctx = ctx.for_level(level)
         if _per_level(module) and not chosen and not _has_units(lctx):
@@ -356,7 +398,9 @@ def _run_stage(
         t0 = time.perf_counter()
         if _per_level(module):
             log.info("%s: %s", lctx.label, level_title(level))
-        module.run(lctx, **options)
+        with output_batch():  # the stage's outputs (and manifest entry) replace the old ones together
+            module.run(lctx, **options)
+            lctx.finish()
         log.info("%s: finished in %.1f s", lctx.label, time.perf_counter() - t0)
 
 
@@ -371,14 +415,13 @@ def _make_stage_command(name: str, module: ModuleType) -> click.Command:
 
     @click.pass_obj
     def callback(settings: Settings, overwrite: bool, **options: Any) -> None:
-        ctx = StageContext(settings=settings, overwrite=overwrite, stage=name)
         opts = {k: v for k, v in options.items() if v is not None}
         level = opts.pop("level", None) if _per_level(module) else None
 
         def go() -> None:
             _run_stage(module, ctx, [level] if level else ctx.levels, chosen=level is not None, **opts)
 
-        _run_guarded(go)
+        _run_guarded(lambda: _locked(settings, go))
 
     cmd = click.Command(name, callback=callback, help=doc, params=params)
     return _overwrite_option(cmd)
@@ -397,6 +440,7 @@ def run_all(settings: Settings, overwrite: bool, start: str | None, stop: str | 
 
     def go() -> None:
         t_all = time.perf_counter()
+        stages = []
         for name in names:
             module = _stage_module(name)
             if module is None:
@@ -407,7 +451,7 @@ def run_all(settings: Settings, overwrite: bool, start: str | None, stop: str | 
             _run_stage(module, ctx, ctx.levels)
         log.info("pipeline finished in %.1f s", time.perf_counter() - t_all)
 
-    _run_guarded(go)
+    _run_guarded(lambda: _locked(settings, go))
 
 
 def _toml_value(value: Any) -> str:

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from .. import __version__
 from .._io import atomic_path, check_writable, list_layers, read_layer
 from .._levels import BASE_LEVEL, level_layer, level_title
+from .._outputs import pending_source
 from ..atlas import (
     THEMES,
     AtlasData,
@@ -128,7 +129,7 @@ def run(ctx: StageContext, paper: str | None = None, dpi: int | None = None,
                     written = job.draw(pdf, groups[0])
             else:
                 written = _draw_in_processes(job, groups, tmp, metadata)
-    size_mb = pdf_path.stat().st_size / 1e6
+    size_mb = pending_source(pdf_path).stat().st_size / 1e6  # moved into place when the stage ends
     ctx.manifest(
         inputs={"shrinkage": src},
         outputs={"atlas": pdf_path, **{p.stem: p for p in written}},

@@ -11,7 +11,7 @@ import pandas as pd
 import pyogrio
 
 from .._errors import DataQualityWarning
-from .._io import list_layers, read_layer, read_table
+from .._io import check_writable, list_layers, read_layer, read_table
 from .._levels import BASE_LEVEL, UNITS_LAYER, level_layer, level_title
 from ..export import add_level_layers, assemble_layers, write_styled_gpkg
 from . import StageContext
@@ -115,6 +115,7 @@ def run(ctx: StageContext) -> None:
     metadata (gpkg_contents, gpkg_data_columns).
     """
     processed = ctx.processed
+    check_writable(ctx.output(OUTPUT), overwrite=ctx.overwrite)  # before the work, not after
     population = processed / "population.gpkg"
     units = read_layer(population, "units", hint="run `geo-pipeline population` first")
     inputs: dict[str, Path] = {"population": population}

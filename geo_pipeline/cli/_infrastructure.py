@@ -28,6 +28,7 @@ from .. import rail_network as rnet
 from .. import underused as und
 from .._errors import ConfigError, DataQualityWarning, InputError, MissingInputError
 from .._io import attribute_table, check_writable, read_layer
+from .._outputs import pending_source
 from .._validate import check_frame
 
 if TYPE_CHECKING:
@@ -144,8 +145,11 @@ def read_vector(path: str | Path, *, what: str, hint: str = "") -> gpd.GeoDataFr
         raise MissingInputError(f"{what} {p} not found{extra}")
     source = str(p)
     if p.suffix.lower() == ".zip":
-        with zipfile.ZipFile(p) as zf:
-            shps = [n for n in zf.namelist() if n.lower().endswith(".shp")]
+        try:
+            with zipfile.ZipFile(p) as zf:
+                shps = [n for n in zf.namelist() if n.lower().endswith(".shp")]
+        except zipfile.BadZipFile as exc:
+            raise InputError(f"{what} {p}: not a readable zip file ({exc}); fetch it again") from exc
         if not shps:
             raise InputError(f"{what} {p}: no .shp inside the zip; expected a zipped shapefile")
         source = f"/vsizip/{p.resolve().as_posix()}/{shps[0]}"
@@ -479,7 +483,7 @@ def run(
     if bool(line_frame["approximate"].any()):
         for layer in ("rail_lines", "corridors"):
             descriptions[layer] += " " + rail.APPROXIMATE_NOTE
-    _describe_layers(gpkg, descriptions)
+    _describe_layers(pending_source(gpkg), descriptions)  # the new file, moved into place at the end
     csv = ctx.write_csv(csv_name, summary)
     outputs = {"infrastructure": gpkg, "corridor_summary": csv}
     if check is not None:
