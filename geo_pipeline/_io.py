@@ -9,6 +9,7 @@ output is kept unless ``overwrite`` is true.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ import geopandas as gpd
 import pandas as pd
 import pyogrio
 
-from ._errors import InputError, MissingInputError, OutputExistsError, StaleInputError
+from ._errors import InputError, MissingInputError, OutputExistsError, StaleInputError, StorageError
 from ._outputs import active_batch, pending_source, storage_error
 
 __all__ = [
@@ -149,10 +150,32 @@ def write_gpkg(
 
 def _write_layer(path: Path, name: str, frame: pd.DataFrame) -> None:
     kwargs: dict[str, Any] = {"layer": name, "driver": "GPKG", "append": path.exists()}
-    if isinstance(frame, gpd.GeoDataFrame):
-        pyogrio.write_dataframe(frame, path, promote_to_multi=None, **kwargs)
+    try:
+        if isinstance(frame, gpd.GeoDataFrame):
+            pyogrio.write_dataframe(frame, path, promote_to_multi=None, **kwargs)
+        else:
+            pyogrio.write_dataframe(pd.DataFrame(frame), path, **kwargs)
+    except pyogrio.errors.DataSourceError as exc:
+        raise gdal_write_error(exc, path, name) from exc
+    except pyogrio.errors.DataLayerError as exc:
+        raise gdal_write_error(exc, path, name) from exc
+
+
+def gdal_write_error(exc: Exception, path: Path, layer: str) -> Exception:
+    """Translate a GDAL (pyogrio) write failure: a full disk or read-only file is a StorageError.
+
+    SQLite reports a full disk as "database or disk is full" inside GDAL's
+    message, not as an OSError, so the text is what tells.
+    """
+    text = str(exc)
+    low = text.lower()
+    if "disk is full" in low or "no space left" in low:
+        err = OSError(errno.ENOSPC, "No space left on device", str(path))
+    elif "read-only" in low or "readonly" in low or "permission denied" in low:
+        err = OSError(errno.EROFS if "read" in low else errno.EACCES, text, str(path))
     else:
-        pyogrio.write_dataframe(pd.DataFrame(frame), path, **kwargs)
+        return StorageError(f"{path}: cannot write layer {layer!r}: {text}")
+    return storage_error(err)
 
 
 def attribute_table(frame: pd.DataFrame) -> pd.DataFrame:

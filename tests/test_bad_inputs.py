@@ -206,3 +206,83 @@ def test_registry_paths_cannot_escape_data_raw(tmp_path: Path) -> None:
         reg.write_text(text, encoding="utf-8")
         with pytest.raises(InputError, match="plain relative POSIX path"):
             fetch.load_registry(reg)
+
+
+# --------------------------------------------------------------------------- other stages and the config
+def _corrupt(rel: str) -> Callable[[Path], str]:
+    def setup(folder: Path) -> str:
+        target = folder / "data_raw" / rel
+        data = target.read_bytes()
+        replace_file(target, data[: len(data) // 3])
+        trust(folder / "data_processed", folder / "data_raw", rel)
+        return ""
+
+    return setup
+
+
+def _empty_lines(folder: Path) -> str:
+    import geopandas as gpd
+    import shapely
+
+    path = folder / "empty.gpkg"
+    line = shapely.LineString([(0, 0), (1, 1)])
+    frame = gpd.GeoDataFrame({"name": ["x"]}, geometry=[line], crs="EPSG:4326")
+    frame.iloc[:0].to_file(path, layer="lines")
+    return f'[infrastructure]\nlines = "{path.as_posix()}"\n'
+
+
+def _config(text: str) -> Callable[[Path], str]:
+    return lambda folder: text
+
+
+# (id, stage, setup returning extra config, exit code, key words)
+OTHER_CASES = [
+    ("corrupt_zip", "infrastructure", _corrupt("rail/osm_railway_stations.zip"), 2,
+     ["osm_railway_stations.zip", "not a readable zip file"]),
+    ("corrupt_xlsx", "population", _corrupt(C2020), 2,
+     ["census_county_2020_v1.xlsx", "cannot read as an Excel workbook"]),
+    ("empty_lines_layer", "infrastructure", _empty_lines, 2, ["empty.gpkg", "no line with a geometry"]),
+    ("http_base_url", "fetch", _config('[fetch]\nbase_url = "http://example.org"\n'), 2,
+     ["[fetch]", "https://", "'http://example.org'"]),
+    ("too_many_permutations", "autocorrelation", _config("[autocorrelation]\npermutations = 1000000\n"), 2,
+     ["permutations must be in [0, 99999]", "1000000"]),
+    ("lock_timeout_negative", "distance", _config("lock_timeout_s = -1\n"), 2,
+     ["lock_timeout_s must be >= 0"]),
+]
+
+
+@pytest.fixture(scope="module")
+def infrastructure_done(run_stage: Callable[[str], Path]) -> Path:
+    """The session's real work folder after the infrastructure stage."""
+    return run_stage("infrastructure").parent
+
+
+@pytest.mark.parametrize(("stage", "setup", "code", "words"), [c[1:] for c in OTHER_CASES],
+                         ids=[c[0] for c in OTHER_CASES])
+def test_bad_input_other_stages(
+    infrastructure_done: Path, mirror: Path, tmp_path: Path,
+    stage: str, setup: Callable[[Path], str], code: int, words: list[str],
+) -> None:
+    cfg = clone_workdir(infrastructure_done, tmp_path, mirror)
+    extra = setup(tmp_path)
+    text = cfg.read_text(encoding="utf-8")
+    if extra.startswith("lock_timeout_s"):
+        text = text.replace("[paths]\n", "[paths]\n" + extra)
+    else:
+        text += extra
+    cfg.write_text(text, encoding="utf-8")
+    before = digests(tmp_path / "data_processed")
+    result = invoke(cfg, "-q", stage, "--overwrite")
+    assert result.exit_code == code, result.output
+    for word in words:
+        assert word in result.output, result.output
+    assert "Traceback" not in result.output
+    assert digests(tmp_path / "data_processed") == before
+
+
+def test_config_not_utf8(tmp_path: Path) -> None:
+    cfg = tmp_path / "geo_pipeline.toml"
+    cfg.write_bytes("[atlas]\nfont = \"宋体\"\n".encode("gbk"))
+    result = CliRunner().invoke(main, ["-c", str(cfg), "run"])
+    assert result.exit_code == 2, result.output
+    assert f"{cfg}: not UTF-8 text" in result.output and "save the config file as UTF-8" in result.output

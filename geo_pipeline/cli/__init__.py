@@ -316,6 +316,13 @@ def _run_guarded(fn: Callable[[], None]) -> None:
         err = storage_error(exc)
         click.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
+    except Exception as exc:  # GDAL and SQLite report a full disk in their own error classes
+        text = str(exc)
+        if "disk is full" not in text.lower() and "no space left" not in text.lower():
+            raise
+        click.echo(f"error: cannot write an output ({type(exc).__name__}: {text}): the disk is full; "
+                   "free some space and run again", err=True)
+        sys.exit(6)
 
 
 def _locked(settings: Settings, fn: Callable[[], None]) -> None:

@@ -324,6 +324,13 @@ def run(
             )
             inputs["lines"] = Path(lines_src)
 
+        if line_frame.empty:  # an error, not a warning: it would replace a good output with no rail
+            source = {"corridors": str(corr_path), "osm": str(osm_path)}.get(lines_src, lines_src)
+            raise InputError(
+                f"rail lines from {source}: no line with a geometry was found; expected railway lines "
+                "(LineString/MultiLineString). Check the file or [infrastructure] lines"
+            )
+
         # -- stations -------------------------------------------------------------------------------
         if stations_src == "osm_stations":
             st_path = ctx.raw_file(OSM_STATIONS)

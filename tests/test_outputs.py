@@ -1,0 +1,214 @@
+"""One writer per output folder, outputs replaced as one unit, I/O failures as one message.
+
+Real processes race on a clone of the session's real work folder (hard links:
+outputs are replaced by rename, never edited in place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pytest
+import shapely
+from click.testing import CliRunner
+from test_bad_inputs import clone_workdir, digests
+
+from geo_pipeline import OutputExistsError
+from geo_pipeline._io import TRUSTED_ATTR, read_layer, sha256, write_csv
+from geo_pipeline._outputs import LOCK_NAME, output_batch
+from geo_pipeline._validate import check_frame
+from geo_pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def export_done(run_stage: Callable[[str], Path]) -> Path:
+    """The session's real work folder after the export stage."""
+    return run_stage("export").parent
+
+
+def cli(cfg: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run geo-pipeline in a new process (this tree first on the path)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(
+        [sys.executable, "-m", "geo_pipeline.cli", "-c", str(cfg), *args],
+        capture_output=True, text=True, env=env, timeout=timeout, check=False,
+    )
+
+
+_HOLDER = """
+import sys, time
+from geo_pipeline._outputs import output_lock
+with output_lock(sys.argv[1], timeout_s=0):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+@contextlib.contextmanager
+def lock_holder(folder: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the lock of ``folder`` for ``seconds``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder), str(seconds)],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(timeout=30)
+
+
+def manifest_agrees(processed: Path, stage: str) -> None:
+    """Every output the manifest records for ``stage`` has the recorded SHA-256."""
+    entry = json.loads((processed / "manifest.json").read_text(encoding="utf-8"))["stages"][stage]
+    assert entry["output_sha256"], entry
+    for key, digest in entry["output_sha256"].items():
+        assert hashlib.sha256(Path(entry["outputs"][key]).read_bytes()).hexdigest() == digest, key
+
+
+# --------------------------------------------------------------------------- unit level
+def test_batch_replaces_all_outputs_or_none(tmp_path: Path) -> None:
+    old = pd.DataFrame({"a": [1]})
+    write_csv(tmp_path / "b.csv", old)
+    before = digests(tmp_path)
+    with pytest.raises(OutputExistsError, match=r"b\.csv exists; pass --overwrite"):
+        with output_batch():
+            write_csv(tmp_path / "a.csv", pd.DataFrame({"a": [2]}))  # new: allowed
+            write_csv(tmp_path / "b.csv", pd.DataFrame({"a": [2]}), overwrite=False)  # refused at once
+    assert digests(tmp_path) == before  # a.csv not written either, no temporary left
+    with pytest.raises(OutputExistsError, match="Nothing was replaced"):
+        with output_batch():
+            write_csv(tmp_path / "a.csv", pd.DataFrame({"a": [2]}))
+            (tmp_path / "a.csv").write_text("appeared meanwhile")  # another writer, found at commit
+    assert (tmp_path / "a.csv").read_text() == "appeared meanwhile"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv"]
+    with output_batch():
+        write_csv(tmp_path / "a.csv", pd.DataFrame({"a": [3]}), overwrite=True)
+        write_csv(tmp_path / "b.csv", pd.DataFrame({"a": [3]}), overwrite=True)
+        assert (tmp_path / "b.csv").read_bytes() != b"\xef\xbb\xbfa\n3\n"  # not yet moved
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes() == b"\xef\xbb\xbfa\n3\n"
+
+
+# --------------------------------------------------------------------------- two processes
+def test_second_run_refuses_then_waits_for_the_lock(export_done: Path, mirror: Path, tmp_path: Path) -> None:
+    cfg = clone_workdir(export_done, tmp_path, mirror, "")
+    processed = tmp_path / "data_processed"
+    before = digests(processed)
+    fast = tmp_path / "fast.toml"
+    fast.write_text(cfg.read_text(encoding="utf-8").replace("[paths]\n", "[paths]\nlock_timeout_s = 0.5\n"),
+                    encoding="utf-8")
+    with lock_holder(processed, 60) as holder:
+        res = cli(fast, "distance", "--overwrite")
+    assert res.returncode == 5, res.stderr
+    assert f"is in use by another geo-pipeline run (pid {holder.pid})" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert digests(processed) == before
+    # a holder that lets go after 2 s: the second run waits, then runs
+    with lock_holder(processed, 2):
+        t0 = time.monotonic()
+        res = cli(cfg, "distance", "--overwrite")
+    assert res.returncode == 0, res.stderr
+    assert "is in use by another run" in res.stderr and "waiting up to 60 s" in res.stderr
+    assert time.monotonic() - t0 > 1.5
+    manifest_agrees(processed, "distance")
+
+
+def test_two_runs_race_on_one_output(export_done: Path, mirror: Path, tmp_path: Path) -> None:
+    cfg = clone_workdir(export_done, tmp_path, mirror, "")
+    cfg.write_text(cfg.read_text(encoding="utf-8").replace("[paths]\n", "[paths]\nlock_timeout_s = 0\n"),
+                   encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "geo_pipeline.cli", "-c", str(cfg), "distance", "--overwrite"]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[1] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes in ([0, 0], [0, 5]), outs
+    if codes == [0, 5]:
+        assert any("is in use by another geo-pipeline run" in o for o in outs)
+    processed = tmp_path / "data_processed"
+    manifest_agrees(processed, "distance")  # distance.gpkg, the CSVs and the manifest agree
+    assert not [p.name for p in processed.iterdir() if p.name.startswith(".") and p.name != LOCK_NAME]
+
+
+def test_exit_4_replaces_nothing_and_leftovers_are_cleaned(
+    export_done: Path, mirror: Path, tmp_path: Path
+) -> None:
+    cfg = clone_workdir(export_done, tmp_path, mirror, "")
+    processed = tmp_path / "data_processed"
+    (processed / "distance.gpkg").unlink()
+    leftovers = {".population.abcd1234.gpkg", ".population.abcd1234.gpkg-journal", ".shrinkage.x_9y8z7w.gpkg"}
+    for name in leftovers:
+        (processed / name).write_bytes(b"left by a killed run")
+    (processed / ".keep.me").write_text("not ours")
+    before = digests(processed)
+    res = CliRunner().invoke(main, ["-c", str(cfg), "distance"])
+    assert res.exit_code == 4, res.output
+    assert "band_summary.csv exists; pass --overwrite" in res.output
+    after = digests(processed)
+    assert not (processed / "distance.gpkg").exists()
+    assert {k: v for k, v in before.items() if k not in leftovers} == {
+        k: v for k, v in after.items() if k != LOCK_NAME}
+    assert ".keep.me" in after
+
+
+# --------------------------------------------------------------------------- stale and trusted inputs
+def test_edited_output_is_stale(export_done: Path, mirror: Path, tmp_path: Path) -> None:
+    cfg = clone_workdir(export_done, tmp_path, mirror, "")
+    processed = tmp_path / "data_processed"
+    target = processed / "distance.gpkg"
+    data = target.read_bytes()
+    target.unlink()
+    target.write_bytes(data + b"\0")
+    before = digests(processed)
+    res = CliRunner().invoke(main, ["-c", str(cfg), "export", "--overwrite"])
+    assert res.exit_code == 3, res.output
+    assert "distance.gpkg is not the file the distance stage wrote" in res.output
+    assert "geo-pipeline distance --overwrite" in res.output
+    assert digests(processed) == before
+
+
+def test_rerun_earlier_stage_makes_later_outputs_stale(
+    export_done: Path, mirror: Path, tmp_path: Path
+) -> None:
+    cfg = clone_workdir(export_done, tmp_path, mirror, "")
+    processed = tmp_path / "data_processed"
+    args = ["-c", str(cfg), "-q", "population", "--overwrite", "--shrink-threshold", "-5"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    before = digests(processed)
+    res = CliRunner().invoke(main, ["-c", str(cfg), "export", "--overwrite"])
+    assert res.exit_code == 3, res.output
+    assert "is stale: the distance stage made it from" in res.output
+    assert "population.gpkg" in res.output and "geo-pipeline run --from distance --overwrite" in res.output
+    assert digests(processed) == before
+
+
+def test_stage_outputs_are_trusted_and_not_revalidated(export_done: Path, tmp_path: Path) -> None:
+    processed = export_done / "data_processed"
+    units = read_layer(processed / "population.gpkg", "units")
+    assert units.attrs[TRUSTED_ATTR] == "population"
+    # the trusted frame skips the validity check; the same geometry from an unlisted file does not
+    bowtie = shapely.Polygon([(0, 0), (1, 1), (1, 0), (0, 1)])
+    bad = units.head(2).copy()
+    bad.loc[bad.index[0], "geometry"] = bowtie
+    assert not check_frame(bad, name="t", geometry=True)
+    copy = tmp_path / "copy.gpkg"
+    gpd.GeoDataFrame(bad.drop(columns=[]), crs=units.crs).to_file(copy, layer="units")
+    untrusted = read_layer(copy, "units")
+    assert TRUSTED_ATTR not in untrusted.attrs
+    assert "invalid geometries" in str(check_frame(untrusted, name="t", geometry=True).items)
+    assert sha256(processed / "population.gpkg")
