@@ -255,13 +255,17 @@ TRUSTED_ATTR = "geo_pipeline_written_by"
 
 
 def _stage_outputs(manifest: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
-    """Absolute output path -> (stage, SHA-256, finished) from a manifest."""
+    """Output file name -> (stage, SHA-256, finished) from a manifest.
+
+    By name: stage outputs live beside the manifest, and the folder may have
+    been moved or the paths recorded relative to another working directory.
+    """
     out: dict[str, tuple[str, str, str]] = {}
     for stage, entry in manifest.get("stages", {}).items():
         hashes = entry.get("output_sha256") or {}
         for key, value in (entry.get("outputs") or {}).items():
             if key in hashes:
-                out[os.path.abspath(value)] = (stage, hashes[key], str(entry.get("finished", "")))
+                out[Path(str(value)).name] = (stage, hashes[key], str(entry.get("finished", "")))
     return out
 
 
@@ -287,7 +291,7 @@ def check_provenance(path: str | os.PathLike[str]) -> str:
     p = Path(path)
     manifest = read_manifest(p.parent / "manifest.json")
     outputs = _stage_outputs(manifest)
-    rec = outputs.get(os.path.abspath(p))
+    rec = outputs.get(p.name)
     if rec is None:
         return ""
     stage, digest, finished = rec
@@ -299,11 +303,12 @@ def check_provenance(path: str | os.PathLike[str]) -> str:
         )
     entry = manifest["stages"][stage]
     for key, inp in (entry.get("inputs") or {}).items():
-        ip = os.path.abspath(str(inp.get("path", "")))
-        if ip not in outputs or not os.path.isfile(ip):
+        name = Path(str(inp.get("path", ""))).name
+        ip = p.parent / name
+        if name not in outputs or outputs[name][0] == stage or not ip.is_file():
             continue
         if sha256(ip) != inp.get("sha256"):
-            producer, _, when = outputs[ip]
+            producer, _, when = outputs[name]
             raise StaleInputError(
                 f"{p} is stale: the {stage} stage made it from {ip} ({key}), which the {producer} stage "
                 f"has rewritten since ({when}). Rerun `geo-pipeline run --from {stage} --overwrite`"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -89,7 +90,8 @@ class FetchSettings:
         (``[paths] mirror``, ``GEO_PIPELINE_MIRROR`` or ``--mirror``).
     base_url : base of the download URLs, ``<base_url>/<repo>/<commit>/<path>``
         (raw GitHub files at pinned commits); change it only for a proxy that
-        serves the same layout.
+        serves the same layout. Must be ``https://`` (plain ``http://`` only to
+        this machine: 127.0.0.1, localhost).
     timeout_s : network timeout per request, in seconds.
     """
 
@@ -540,11 +542,12 @@ def _check_choices(s: Settings, source: str) -> None:
         if value not in allowed:
             raise ConfigError(f"{source}: [{sec}] {key} = {value!r}; expected one of {list(allowed)}")
     check_levels(s.pipeline.levels, source=f"{source}: [pipeline] levels")
-    if s.fetch.timeout_s <= 0 or not s.fetch.base_url.startswith("https://"):
+    loopback = re.match(r"http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/|$)", s.fetch.base_url)
+    if s.fetch.timeout_s <= 0 or not (s.fetch.base_url.startswith("https://") or loopback):
         raise ConfigError(
-            f"{source}: [fetch] timeout_s must be > 0 and base_url an https:// URL (plain http is refused: "
-            f"downloads must not be readable or alterable in transit); found {s.fetch.base_url!r}, "
-            f"{s.fetch.timeout_s}"
+            f"{source}: [fetch] timeout_s must be > 0 and base_url an https:// URL (plain http is refused, "
+            f"except to this machine: downloads must not be readable or alterable in transit); found "
+            f"{s.fetch.base_url!r}, {s.fetch.timeout_s}"
         )
     if s.paths.lock_timeout_s < 0:
         raise ConfigError(f"{source}: [paths] lock_timeout_s must be >= 0, found {s.paths.lock_timeout_s}")

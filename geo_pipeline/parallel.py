@@ -199,7 +199,11 @@ def map_blocks(
         One result per block, in block order, whatever ran where.
     """
     if client is None or n_blocks == 0:
-        return _run_blocks(func, range(n_blocks), *args)
+        from ._progress import progress
+
+        # long in-process runs (many permutations) log how far they are every 2 s
+        name = getattr(func, "__name__", "blocks")
+        return [func(int(b), *args) for b in progress(range(n_blocks), total=n_blocks, desc=name, logger=log)]
     if chunks is None:
         workers = len(client.scheduler_info().get("workers", {})) or 1
         chunks = 4 * workers

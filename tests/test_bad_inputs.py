@@ -1,5 +1,7 @@
 """Hostile inputs: every bad input ends in one message, the documented exit code, outputs untouched.
 
+(The lock file ``.geo_pipeline.lock`` is not an output and is left out of the comparisons.)
+
 Each case copies the real work folder of the session run (hard links: outputs
 are replaced by rename, never edited), damages one real input, runs one stage
 with ``--overwrite`` and checks the exit code, the message's key words and
@@ -31,6 +33,7 @@ from conftest import write_config
 
 from geo_pipeline import DataQualityWarning, fetch
 from geo_pipeline._io import read_layer
+from geo_pipeline._outputs import LOCK_NAME
 from geo_pipeline.cli import main
 
 CENSUS = "census"
@@ -42,7 +45,7 @@ CITY = f"{CENSUS}/census_city_2010-2020_v1.csv"
 # --------------------------------------------------------------------------- helpers
 def digests(folder: Path) -> dict[str, str]:
     """SHA-256 of every file in ``folder`` (names included: a leftover file is a difference)."""
-    files = sorted(p for p in folder.iterdir() if p.is_file())
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != LOCK_NAME)
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
@@ -50,7 +53,7 @@ def clone_workdir(src: Path, dst: Path, mirror: Path, extra: str = "") -> Path:
     """Hard-link the session's data_raw and data_processed into ``dst``; return its config."""
     for sub in ("data_raw", "data_processed"):
         for p in (src / sub).rglob("*"):
-            if p.is_file():
+            if p.is_file() and p.name != LOCK_NAME:  # a linked lock file would be the same lock
                 q = dst / sub / p.relative_to(src / sub)
                 q.parent.mkdir(parents=True, exist_ok=True)
                 os.link(p, q)
