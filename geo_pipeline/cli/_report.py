@@ -15,6 +15,7 @@ import click
 
 from .._errors import DataQualityWarning
 from .._io import atomic_path, check_writable, list_layers, read_layer, read_table
+from .._outputs import pending_source
 
 if TYPE_CHECKING:
     from . import StageContext
@@ -184,13 +185,13 @@ def run(ctx: StageContext, bootstrap: int | None = None, maps: bool | None = Non
         summary={
             "verdicts": verdicts,
             "figures": len(figures),
-            "html_mb": round(html_path.stat().st_size / 1e6, 2),
+            "html_mb": round(pending_source(html_path).stat().st_size / 1e6, 2),
         },
     )
     log.info(
         "report: wrote %s (%.1f MB), %s, %d figures and %d tables; verdicts: %s",
         html_path,
-        html_path.stat().st_size / 1e6,
+        pending_source(html_path).stat().st_size / 1e6,
         md_path,
         len(figures),
         len(report.tables()),
