@@ -59,7 +59,7 @@ _LEFTOVER = re.compile(
 
 def storage_error(exc: OSError, *, what: str = "") -> StorageError:
     """A :class:`StorageError` with one clear sentence for an OS error while writing."""
-    name = exc.filename or what or "output"
+    name = _final_name(str(exc.filename or what or "output"))
     fixes = {
         errno.ENOSPC: "the disk is full; free some space and run again",
         errno.EDQUOT: "the disk quota is exceeded; free some space and run again",
@@ -70,6 +70,16 @@ def storage_error(exc: OSError, *, what: str = "") -> StorageError:
     fix = fixes.get(exc.errno or 0, "check the disk and the folder permissions")
     reason = exc.strerror or str(exc)
     return StorageError(f"{name}: cannot write ({reason}): {fix}")
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]+)(-journal|-wal|-shm)?$")
+
+
+def _final_name(path: str) -> str:
+    """The output a temporary file stands for (``.x.ab12cd34.gpkg`` -> ``x.gpkg``), for messages."""
+    p = Path(path)
+    m = _TEMP_NAME.match(p.name)
+    return str(p.with_name(m["stem"] + m["suffix"])) if m else path
 
 
 def _probe_writable(folder: Path) -> None:

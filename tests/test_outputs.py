@@ -218,3 +218,47 @@ def test_stage_outputs_are_trusted_and_not_revalidated(export_done: Path, tmp_pa
     assert TRUSTED_ATTR not in untrusted.attrs
     assert "invalid geometries" in str(check_frame(untrusted, name="t", geometry=True).items)
     assert sha256(processed / "population.gpkg")
+
+
+# --------------------------------------------------------------------------- full disk, read-only folder
+@contextlib.contextmanager
+def small_filesystem(path: Path, *, size: str = "2m", read_only: bool = False) -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted on ``path`` (root only; skipped elsewhere)."""
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode(errors='replace').strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_read_only_output_folder_stops_before_any_work(
+    export_done: Path, mirror: Path, tmp_path: Path
+) -> None:
+    cfg = clone_workdir(export_done, tmp_path, mirror, "")
+    with small_filesystem(tmp_path / "ro", read_only=True) as ro:
+        text = cfg.read_text(encoding="utf-8")
+        text = text.replace((tmp_path / "data_processed").as_posix(), ro.as_posix())
+        cfg.write_text(text, encoding="utf-8")
+        res = CliRunner().invoke(main, ["-c", str(cfg), "distance", "--overwrite"])
+        assert res.exit_code == 6, res.output
+        assert f"{ro}" in res.output and "Read-only file system" in res.output
+        assert "the file system is read-only" in res.output
+        assert "distance:" not in res.output  # no stage work was started
+        assert list(ro.iterdir()) == []
+
+
+def test_full_disk_is_one_message_and_leaves_nothing(mirror: Path, tmp_path: Path) -> None:
+    from conftest import write_config
+
+    cfg = write_config(tmp_path, mirror)
+    with small_filesystem(tmp_path / "data_processed", size="2m") as full:
+        res = CliRunner().invoke(main, ["-c", str(cfg), "-q", "boundaries"])
+        assert res.exit_code == 6, res.output
+        assert "boundaries.gpkg" in res.output and "the disk is full" in res.output
+        assert "Traceback" not in res.output
+        assert sorted(p.name for p in full.iterdir()) == [LOCK_NAME]  # no temporary left behind

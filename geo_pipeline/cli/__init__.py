@@ -422,6 +422,7 @@ def _make_stage_command(name: str, module: ModuleType) -> click.Command:
 
     @click.pass_obj
     def callback(settings: Settings, overwrite: bool, **options: Any) -> None:
+        ctx = StageContext(settings=settings, overwrite=overwrite, stage=name)
         opts = {k: v for k, v in options.items() if v is not None}
         level = opts.pop("level", None) if _per_level(module) else None
 
