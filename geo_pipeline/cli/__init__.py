@@ -448,7 +448,6 @@ def run_all(settings: Settings, overwrite: bool, start: str | None, stop: str | 
 
     def go() -> None:
         t_all = time.perf_counter()
-        stages = []
         for name in names:
             module = _stage_module(name)
             if module is None:
