@@ -1187,7 +1187,8 @@ def build_report(
         sections.append(section_ageing(units, level=level, global_moran=(global_moran or {}).get(level)))
         sections.append(section_net_outflow(units, level=level))
         sections.append(section_hsr(units, level=level, dpi=dpi))
-    sections.append(section_intercity(rail_lines, crossings, threshold=underused_threshold))
+    base = "county" if "county" in levels else next(iter(levels))  # claim 6 is about lines: reported once
+    sections.append(section_intercity(rail_lines, crossings, level=base, threshold=underused_threshold))
     for sec in sections:  # the atlas' national maps, where they illustrate a section (county level)
         if sec.level != "county":
             continue

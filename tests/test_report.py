@@ -422,8 +422,7 @@ def test_line_crossings_on_a_square() -> None:
     assert sorted(c["unit_id"]) == ["a", "b"] and c["shrinking"].sum() == 1
 
 
-def test_report_cli_on_a_synthetic_lattice(tmp_path: Path) -> None:
-    """The stage on a small export: writes HTML, MD and CSVs, skips missing layers, refuses to overwrite."""
+def _lattice() -> gpd.GeoDataFrame:
     u = _hsr(False).iloc[:400].reset_index(drop=True)
     u["region"] = np.where(np.arange(len(u)) < 100, "Northeast", "East")
     u["unit_kind"] = "county"
@@ -434,7 +433,13 @@ def test_report_cli_on_a_synthetic_lattice(tmp_path: Path) -> None:
         box(100 + (i % 20) * 0.2, 30 + (i // 20) * 0.2, 100.2 + (i % 20) * 0.2, 30.2 + (i // 20) * 0.2)
         for i in range(len(u))
     ]
-    gdf = gpd.GeoDataFrame(u, geometry=geoms, crs="EPSG:4326")
+    return gpd.GeoDataFrame(u, geometry=geoms, crs="EPSG:4326")
+
+
+def test_report_cli_on_a_synthetic_lattice(tmp_path: Path) -> None:
+    """The stage on a small export: writes HTML, MD and CSVs, skips missing layers, refuses to overwrite."""
+    gdf = _lattice()
+    u = gdf
     cfg = write_config(tmp_path, tmp_path / "mirror")
     write_gpkg(tmp_path / "data_processed" / "shrinkage.gpkg", {"units": gdf})
     args = ["-c", str(cfg), "-q", "report", "--no-maps", "--bootstrap", "50"]
@@ -557,3 +562,18 @@ def test_step_change_recovers_known_change_point() -> None:
         km=120,
     )
     assert v.tests["threshold"] is True
+
+
+def test_report_cli_prefecture_level_only(tmp_path: Path) -> None:
+    """With [pipeline] levels = ["prefecture"] the export has only prefecture_units; the report uses them."""
+    cfg = write_config(tmp_path, tmp_path / "mirror", '[pipeline]\nlevels = ["prefecture"]\n')
+    write_gpkg(tmp_path / "data_processed" / "shrinkage.gpkg", {"prefecture_units": _lattice()})
+    result = CliRunner().invoke(
+        main, ["-c", str(cfg), "-q", "report", "--no-maps", "--bootstrap", "20"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "data_processed"
+    assert (out / "report_prefecture_bands.csv").is_file() and not (out / "report_county_bands.csv").exists()
+    summary = pd.read_csv(out / "report_summary.csv")
+    assert set(summary["level"]) == {"prefecture"} and len(summary) == 6
+    assert summary.set_index("claim").loc["hsr", "verdict"] == "supported"

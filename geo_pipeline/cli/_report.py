@@ -100,20 +100,23 @@ def run(ctx: StageContext, bootstrap: int | None = None, maps: bool | None = Non
     for p in (html_path, md_path):
         check_writable(p, overwrite=ctx.overwrite)
     src = ctx.output(INPUT)
-    units = read_layer(src, "units", hint="run `geo-pipeline export` first")
+    if not src.is_file():
+        read_layer(src, "units", hint="run `geo-pipeline export` first")  # raises MissingInputError
     present = set(list_layers(src))
     inputs: dict[str, Path] = {"shrinkage": src}
     levels = {}
     for level in ctx.levels:  # [pipeline] levels; each exported as units / <level>_units
         layer = ctx.level_layer("units", level)
         if layer in present:
-            levels[level] = units if layer == "units" else read_layer(src, layer)
+            levels[level] = read_layer(src, layer)
         else:
             log.info(
                 "report: level %s not in %s (no layer %s); reported at the other levels", level, src, layer
             )
-    if not levels:
-        levels["county"] = units
+    if not levels:  # e.g. levels configured that were not exported: the base units are required
+        levels["county"] = read_layer(src, "units", hint="run `geo-pipeline export` first")
+    # maps and rail crossings use the county units when exported, else the first level's
+    units = levels.get("county", next(iter(levels.values())))
     t0 = time.perf_counter()
     weights = {}
     for level, frame in levels.items():
