@@ -228,6 +228,17 @@ def test_plan_extents_with_south_china_sea_islands() -> None:
     assert plan["bookmarks"]["South China Sea islands"] == plan["extents"]["scs"]
 
 
+def test_plan_paper_sizes() -> None:
+    frame = gpd.GeoDataFrame({"province_code": ["1"], "name": ["甲"]}, geometry=[box(110, 30, 111, 31)],
+                             crs="EPSG:4326")
+    layers = [_info("units"), _info("provinces")]
+    a4 = plan_project(layers, gpkg="x.gpkg", output="x.qgz", provinces=frame)
+    a3 = plan_project(layers, gpkg="x.gpkg", output="x.qgz", provinces=frame, paper="A3")
+    assert a4["page"] == {"paper": "A4", "width_mm": 297.0, "height_mm": 210.0}
+    assert a3["page"] == {"paper": "A3", "width_mm": 420.0, "height_mm": 297.0}
+    assert a3["extents"] == a4["extents"]  # same map, scaled with the page
+
+
 def test_plan_needs_units_and_a_known_paper() -> None:
     frame = gpd.GeoDataFrame({"province_code": ["1"]}, geometry=[box(110, 30, 111, 31)], crs="EPSG:4326")
     with pytest.raises(InputError, match="no spatial layer 'units'"):
@@ -272,7 +283,8 @@ def _cmap() -> dict[int, str]:
     from fontTools.ttLib import TTFont
 
     path, index = packaged_font() or pytest.fail("the noto-cjk-sans-otc package is not installed")
-    return TTFont(path, fontNumber=index, lazy=True).getBestCmap()
+    with TTFont(path, fontNumber=index, lazy=True) as font:  # closed: an open file is a ResourceWarning
+        return dict(font.getBestCmap())
 
 
 def same_glyphs(found: list[str], expected: list[str]) -> bool:
