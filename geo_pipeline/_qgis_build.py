@@ -37,12 +37,16 @@ def _qgis() -> Any:
     return qc
 
 
-def _font(family: str, size: float, *, bold: bool = False) -> Any:
+def _font(family: str, size: float) -> Any:
+    """A regular-weight font of ``family`` at ``size`` points.
+
+    No bold: the pip-installed Noto Sans CJK has no bold face, and the bold Qt would synthesise
+    is the text drawn twice (so twice in the PDF text, too).
+    """
     from qgis.PyQt.QtGui import QFont
 
     f = QFont(family)
     f.setPointSizeF(size)
-    f.setBold(bold)
     return f
 
 
@@ -138,14 +142,14 @@ class Builder:
         item.attemptMove(qc.QgsLayoutPoint(x * k, y * k, self.mm))
         return item
 
-    def _label(self, layout: Any, text: str, size: float, *, bold: bool = False, align: str = "left") -> Any:
+    def _label(self, layout: Any, text: str, size: float, *, align: str = "left") -> Any:
         from qgis.PyQt.QtCore import Qt
 
         qc = self.qc
         label = qc.QgsLayoutItemLabel(layout)
         layout.addLayoutItem(label)
         label.setText(text)
-        label.setFont(_font(self.plan["font"], size * self.k, bold=bold))
+        label.setFont(_font(self.plan["font"], size * self.k))
         label.setHAlign({"left": Qt.AlignLeft, "right": Qt.AlignRight, "center": Qt.AlignHCenter}[align])
         label.setVAlign(Qt.AlignVCenter)
         return label
@@ -190,7 +194,7 @@ class Builder:
         """Title, subtitle, legend, scale bar, north arrow, locator, source text and page number."""
         qc = self.qc
         plan = self.plan
-        self._place(self._label(layout, spec["title"], 18, bold=True), 10, 6, 200, 12, "title")
+        self._place(self._label(layout, spec["title"], 20), 10, 6, 200, 12, "title")
         self._place(self._label(layout, spec["subtitle"], 10), 10, 18, 200, 8, "subtitle")
         if spec.get("locator"):
             self._locator(layout, main)
@@ -207,9 +211,9 @@ class Builder:
         legend.setColumnCount(1)
         legend.setSymbolWidth(6 * self.k)
         legend.setSymbolHeight(3.5 * self.k)
-        for part, size, bold in ((qc.QgsLegendStyle.Title, 10, True), (qc.QgsLegendStyle.Subgroup, 8, True),
-                                 (qc.QgsLegendStyle.SymbolLabel, 7, False)):
-            legend.rstyle(part).setFont(_font(plan["font"], size * self.k, bold=bold))
+        for part, size in ((qc.QgsLegendStyle.Title, 10.5), (qc.QgsLegendStyle.Subgroup, 8.5),
+                           (qc.QgsLegendStyle.SymbolLabel, 7)):
+            legend.rstyle(part).setFont(_font(plan["font"], size * self.k))
         legend.setResizeToContents(False)
         self._place(legend, 215, 86, 72, 92, "legend")
         legend.adjustBoxSize()
