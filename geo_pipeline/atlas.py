@@ -1052,8 +1052,9 @@ class _Renderer:
             self._plot(ax, units, "none", lw=0.3, edge="#4d4d4d", zorder=4, key=key, mask=left,
                        hatch=LEFT_OUT_HATCH)
 
-    def _left_out_handle(self) -> list[Any]:
-        n = int(_left_out(self.data.units).sum())
+    def _left_out_handle(self, rows: np.ndarray | None = None) -> list[Any]:
+        left = _left_out(self.data.units)
+        n = int(left[rows].sum() if rows is not None else left.sum())
         if not n:
             return []
         return [Patch(facecolor="white", edgecolor="#4d4d4d", hatch=LEFT_OUT_HATCH, linewidth=0.4,
@@ -1357,6 +1358,7 @@ class _Renderer:
         others = prov[prov["province_code"] != spec.province_code]
         self._plot(ax, others, _CONTEXT, lw=0.45, edge="#8c8c8c")
         self._plot(ax, own, self._class_colors()[inside], lw=0.12, zorder=2)
+        self._hatch_left_out(ax, own, None)
         self._boundary(ax, prov[prov["province_code"] == spec.province_code], color="black", lw=1.1, zorder=6)
         n_pref = self._prefectures(ax, g.prefectures)
         rail_handles = self._province_rail(ax, extent, own)
@@ -1369,6 +1371,8 @@ class _Renderer:
         if n_pref:
             handles.append(Line2D([], [], color="#555555", linewidth=0.6, label="地级市 Prefecture"))
         handles += rail_handles
+        if _left_out(u)[inside].any():
+            handles += self._left_out_handle(inside)
         sub = u[inside]
         note = f"{int(inside.sum())} units, {int((sub['change_pct'] < 0).sum())} losing population. " \
                "Colours: the national classes (mapclassify)."

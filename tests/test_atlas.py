@@ -558,12 +558,16 @@ def test_ageing_and_bivariate_pages_colours_and_hatch() -> None:
         "LL", "HL", "not comparable"]
     data = atlas.prepare_atlas(units)
     specs = [atlas.PageSpec(k, k, k, True) for k in ("ageing", "ageing_change", "bivariate_lisa")]
+    specs += [atlas.PageSpec(f"province_{c}", c, c, False, c) for c in ("420000", "430000")]
     with matplotlib.rc_context(atlas.rc_params(atlas.cjk_font(atlas.atlas_text(data)))):
         pages = {p.key: p.figure for p in atlas.atlas_pages(data, specs=specs)}
+    # unit 11 (comparable False, 湖北省 420000) is hatched on the national pages and its province page only
+    hunan = pages.pop("province_430000")
+    assert not [c for c in hunan.axes[0].collections if c.get_hatch() == atlas.LEFT_OUT_HATCH]
     for key, fig in pages.items():
         ax = fig.axes[0]
         hatched = [c for c in ax.collections if c.get_hatch() == atlas.LEFT_OUT_HATCH]
-        assert len(hatched) == 1 and len(hatched[0].get_paths()) >= 1, key  # unit 11: comparable False
+        assert len(hatched) == 1 and len(hatched[0].get_paths()) >= 1, key
         legend = [t.get_text() for a in fig.axes if a.get_legend() for t in a.get_legend().get_texts()]
         expected = ["不可比 Not comparable, left out (hatched)   (n = 1)"]
         assert [t for t in legend if "comparable" in t] == expected, key
