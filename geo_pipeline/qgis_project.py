@@ -82,6 +82,8 @@ _TABLES = "Tables"
 #: Layers drawn in this order inside a group (then any other, by name).
 _ORDER = ("cores", "distance_rings", "rail_stations", "rail_lines", "corridors", "provinces", "lisa",
           "units", "prefectures")
+#: The layers of the Distance and Rail groups shown by the themes that show the group.
+_THEME_LAYERS = ("cores", "distance_rings", "rail_lines", "corridors")
 #: Keywords of a theme name -> groups whose layers the theme also shows.
 _THEME_EXTRAS = ((r"distance|band", "Distance"), (r"rail|corridor", "Rail"))
 #: Theme keywords -> the atlas THEMES key whose Chinese and English titles the national layout uses.
@@ -389,12 +391,21 @@ def plan_project(
     # -- map themes: each units style, the default style of other choropleth layers, rail -------
     themes: list[dict[str, Any]] = []
 
+    def extras(group: str) -> list[str]:
+        """The group's layers a theme shows.
+
+        The main ones when present (rail_lines already draws the underused lines; stations would
+        cover the map), else all but the stations and the layers of the prefecture level.
+        """
+        members = [n for n, g in group_of.items() if g == group and by_name[n].spatial]
+        main = [n for n in members if n in _THEME_LAYERS]
+        return main or [n for n in members if n != "rail_stations" and not n.startswith("prefecture_")]
+
     def add_theme(name: str, layer: LayerInfo, style: str) -> None:
         shown = {layer.id: style}
         for pattern, group in _THEME_EXTRAS:
             if re.search(pattern, name.lower()):
-                shown.update({n: default_name(by_name[n]) for n, g in group_of.items() if g == group
-                              and n not in ("rail_stations",) and by_name[n].spatial})
+                shown.update({n: default_name(by_name[n]) for n in extras(group)})
         shown.update({n: default_name(by_name[n]) for n in outline})
         legend = [n for n in shown if n not in outline] + outline
         themes.append({"name": name, "layers": shown, "legend": legend})

@@ -228,6 +228,21 @@ def test_plan_extents_with_south_china_sea_islands() -> None:
     assert plan["bookmarks"]["South China Sea islands"] == plan["extents"]["scs"]
 
 
+def test_plan_rail_theme_shows_each_line_once() -> None:
+    frame = gpd.GeoDataFrame({"province_code": ["1"], "name": ["甲"]}, geometry=[box(110, 30, 111, 31)],
+                             crs="EPSG:4326")
+    lines = ("rail_lines", "underused_lines", "prefecture_underused_lines", "rail_stations")
+    layers = [_info("units"), _info("provinces"), *(_info(n, "LINESTRING", ("Lines",)) for n in lines)]
+    themes = {t["name"]: t["layers"] for t in plan_project(layers, gpkg="x.gpkg", output="x.qgz",
+                                                            provinces=frame)["themes"]}
+    assert themes[RAIL_THEME] == {"units": "Outline", "rail_lines": "Lines", "provinces": "Outline"}
+    # without rail_lines, the county level's underused lines stand in
+    layers = [layer for layer in layers if layer.name != "rail_lines"]
+    themes = {t["name"]: t["layers"] for t in plan_project(layers, gpkg="x.gpkg", output="x.qgz",
+                                                            provinces=frame)["themes"]}
+    assert themes[RAIL_THEME] == {"units": "Outline", "underused_lines": "Lines", "provinces": "Outline"}
+
+
 def test_plan_paper_sizes() -> None:
     frame = gpd.GeoDataFrame({"province_code": ["1"], "name": ["甲"]}, geometry=[box(110, 30, 111, 31)],
                              crs="EPSG:4326")
