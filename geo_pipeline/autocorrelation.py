@@ -19,6 +19,7 @@ Example
 from __future__ import annotations
 
 import logging
+import textwrap
 import threading
 import time
 import warnings
@@ -1353,6 +1354,7 @@ def moran_scatterplot(
     ax.set_ylabel(f"spatial lag of {y_variable or variable} (standardised)")
     ptxt = f", p = {p_sim:.3g}" if p_sim is not None and np.isfinite(p_sim) else ""
     what = f"{variable} with neighbours' {y_variable}" if y_variable else variable
-    ax.set_title(title or f"Moran scatterplot: {what} (I = {moran_i:.3f}{ptxt}, n = {len(x)})", fontsize=10)
+    text = title or f"Moran scatterplot: {what} (I = {moran_i:.3f}{ptxt}, n = {len(x)})"
+    ax.set_title(textwrap.fill(text, 72), fontsize=10)  # long (bivariate) titles on two lines
     ax.legend(fontsize=8, loc="best", frameon=False)
     return fig

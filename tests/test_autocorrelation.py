@@ -821,6 +821,12 @@ def test_bivariate_pairs_in_the_stage() -> None:
     assert out.loc["r5c5", "bv_v_vs_w_cluster"] == "not comparable"
     sig = out["bv_v_vs_w_cluster"].isin(["HH", "LL", "HL", "LH"])
     assert sig.any() and (out.loc[sig, "bv_v_vs_w_p"] < 0.05).all()
+    # the scatterplot of the pair: least-squares slope of the lag of z_w on z_v = the bivariate I
+    data = out[["bv_v_vs_w_std", "bv_v_vs_w_lag"]].dropna()
+    assert np.polyfit(data["bv_v_vs_w_std"], data["bv_v_vs_w_lag"], 1)[0] == pytest.approx(row["I"], abs=1e-9)
+    fig = moran_scatterplot(res.units, "v", moran_i=row["I"], p_sim=row["p_sim"], y_variable="w")
+    assert fig.axes[0].get_ylabel() == "spatial lag of w (standardised)"
+    assert "v with neighbours' w" in fig.axes[0].get_title() and "n = 98" in fig.axes[0].get_title()
     with pytest.raises(InputError, match="expected two different columns"):
         spatial_autocorrelation(units, variables=["v"], bivariate=[("v", "v")])
     with pytest.raises(InputError, match=r"missing column\(s\) \['share_60plus_2010'\]"):
