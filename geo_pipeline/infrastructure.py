@@ -68,6 +68,7 @@ __all__ = [
     "dissolve_corridors",
     "nearest_station_km",
     "unit_overlay",
+    "area_geometry",
     "hsr_period",
     "corridor_summary",
 ]
@@ -319,6 +320,35 @@ def dissolve_corridors(buffers: gpd.GeoDataFrame, *, approximate: bool = False) 
     return out
 
 
+def area_geometry(units: gpd.GeoDataFrame) -> np.ndarray:
+    """The units' geometry in the equal-area CRS of the overlay (:data:`CHINA_ALBERS` for lon/lat).
+
+    Parameters
+    ----------
+    units : geopandas.GeoDataFrame
+        Units with a CRS.
+
+    Returns
+    -------
+    numpy.ndarray of shapely.Geometry
+        In the order of ``units``. Pass it to :func:`unit_overlay` as
+        ``units_area`` when the same units are overlaid more than once (the
+        projection of the 2,734 real counties, 4 M vertices, takes about 0.9 s CPU).
+        The halves of the units are projected in two threads (PROJ releases the
+        GIL; each vertex is projected on its own, so the result is identical).
+    """
+    geoms = np.asarray(units.geometry.values, dtype=object)
+
+    def to_area(part: np.ndarray) -> np.ndarray:
+        return np.asarray(_to_area_crs(gpd.GeoSeries(part, crs=units.crs)).values, dtype=object)
+
+    if _THREADS < 2 or len(geoms) < 2:
+        return to_area(geoms)
+    cuts = np.linspace(0, len(geoms), _THREADS + 1).astype(int)
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        return np.concatenate(list(pool.map(to_area, [geoms[cuts[k]:cuts[k + 1]] for k in range(_THREADS)])))
+
+
 def _to_area_crs(geoms: gpd.GeoSeries) -> gpd.GeoSeries:
     crs = pyproj.CRS.from_user_input(geoms.crs)
     if crs.is_geographic:
@@ -418,6 +448,7 @@ def unit_overlay(
     buffer_km: float = 30.0,
     min_share: float = 0.5,
     buffers: gpd.GeoDataFrame | None = None,
+    units_area: np.ndarray | None = None,
 ) -> gpd.GeoDataFrame:
     """High-speed rail measures of every unit.
 
@@ -436,6 +467,9 @@ def unit_overlay(
         Share of a unit's area that must lie in corridors for ``in_corridor``.
     buffers : geopandas.GeoDataFrame, optional
         Precomputed :func:`corridor_buffers` of ``lines`` with ``buffer_km``.
+    units_area : numpy.ndarray, optional
+        Precomputed :func:`area_geometry` of ``units``, to overlay the same
+        units with several line sets without projecting them again.
 
     Returns
     -------
@@ -492,6 +526,9 @@ def unit_overlay(
     )
     if not 0 < min_share <= 1:
         p.add(f"min_share must be in (0, 1], found {min_share}")
+    if units_area is not None and len(units_area) != len(units):
+        p.add(f"units_area must hold one geometry per unit ({len(units)}), found {len(units_area)}; "
+              "pass area_geometry(units)")
     p.raise_if_any()
     check_same_crs(("units layer", units), ("rail lines", lines), ("rail stations", stations))
     if units.empty:
@@ -552,10 +589,7 @@ def unit_overlay(
                 parts = [tuple(a[cuts[k]:cuts[k + 1]] for a in arrays) for k in range(_THREADS)]
                 return list(pool.map(lambda args: fn(*args), parts))
 
-            def to_area(part: np.ndarray) -> np.ndarray:
-                return np.asarray(_to_area_crs(gpd.GeoSeries(part, crs=units.crs)).values, dtype=object)
-
-            ua = np.concatenate(halves(to_area, np.asarray(ugeom, dtype=object)))
+            ua = area_geometry(units) if units_area is None else np.asarray(units_area, dtype=object)
             ba = _to_area_crs(buffers.geometry).values
             byear = buffers["open_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
             unit_area = shapely.area(ua)

@@ -439,6 +439,19 @@ def test_threaded_overlay_equals_one_thread(monkeypatch: pytest.MonkeyPatch) -> 
     assert results[0]["hsr_first_open_year"].notna().sum() > 50
     for other in results[1:]:
         pd.testing.assert_frame_equal(other, results[0])
+    # the units projected once (area_geometry, passed as units_area) give the same frame, for
+    # another line set too (the CLI overlays the straight and the threaded lines with one projection)
+    monkeypatch.setattr(inf, "_THREADS", 2)
+    area = inf.area_geometry(units)
+    assert list(shapely.to_wkb(area)) == list(shapely.to_wkb(inf._to_area_crs(units.geometry).values))
+    pd.testing.assert_frame_equal(
+        inf.unit_overlay(units, lines, stations, buffer_km=30, min_share=0.5, units_area=area), results[0])
+    short = lines.iloc[::2]
+    pd.testing.assert_frame_equal(
+        inf.unit_overlay(units, short, stations, buffer_km=20, min_share=0.5, units_area=area),
+        inf.unit_overlay(units, short, stations, buffer_km=20, min_share=0.5))
+    with pytest.raises(InputError, match="units_area must hold one geometry per unit"):
+        inf.unit_overlay(units, lines, stations, units_area=area[:-1])
 
 
 # -- overlay: bad input ----------------------------------------------------------------------------
