@@ -187,17 +187,30 @@ def gcj02_to_wgs84_xy(
         wx, wy = w_lon[sl], w_lat[sl]  # views: updated in place
         # Each point stops on its own residual, so its result never depends on
         # its neighbours in the chunk: equal input vertices (the closing vertex
-        # of a ring) give bit-identical output and rings stay closed.
-        active = np.ones(gx.shape, dtype=bool)
+        # of a ring) give bit-identical output and rings stay closed. Only the
+        # points still active are computed: on the 6.8 M cnmaps vertices 2.5 %
+        # need a fourth step, which the whole chunk used to take (measured in one
+        # process, 3 repeats: 1.95-2.27 -> 1.82-2.08 s CPU; the same bits, tested
+        # on every cnmaps vertex).
+        idx: npt.NDArray[np.intp] | None = None  # None: every point of the chunk
         for _ in range(max_iter):
-            dx, dy = _offset_deg(wx, wy)
-            rx = wx + dx - gx
-            ry = wy + dy - gy
-            wx -= np.where(active, rx, 0.0)
-            wy -= np.where(active, ry, 0.0)
-            active &= (np.abs(rx) >= tol_deg) | (np.abs(ry) >= tol_deg)
-            if not active.any():
+            if idx is None:
+                cx, cy, tx, ty = wx, wy, gx, gy
+            else:
+                cx, cy, tx, ty = wx[idx], wy[idx], gx[idx], gy[idx]
+            dx, dy = _offset_deg(cx, cy)
+            rx = cx + dx - tx
+            ry = cy + dy - ty
+            if idx is None:
+                wx -= rx
+                wy -= ry
+            else:
+                wx[idx] = cx - rx
+                wy[idx] = cy - ry
+            still = (np.abs(rx) >= tol_deg) | (np.abs(ry) >= tol_deg)
+            if not still.any():
                 break
+            idx = np.flatnonzero(still) if idx is None else idx[still]
         else:
             raise InputError(
                 f"GCJ-02 -> WGS84 did not converge to {tol_deg} degrees in {max_iter} steps; "

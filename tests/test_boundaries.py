@@ -475,3 +475,36 @@ def test_cli_config_key_keeps_no_census(tmp_path: Path, small_cnmaps: None) -> N
     assert result.exit_code == 0, result.output
     counties = read_layer(tmp_path / "out" / "boundaries.gpkg", "counties")
     assert (~counties["in_census"]).sum() == 2
+
+
+def _masked_inverse(glon: np.ndarray, glat: np.ndarray, tol_deg: float = 1e-7) -> tuple[np.ndarray, ...]:
+    """The inverse as first written: every point of the array takes every step, inactive ones masked."""
+    from geo_pipeline._gcj02 import _offset_deg
+
+    wx, wy = glon.copy(), glat.copy()
+    active = np.ones(glon.shape, dtype=bool)
+    for _ in range(20):
+        dx, dy = _offset_deg(wx, wy)
+        rx, ry = wx + dx - glon, wy + dy - glat
+        wx -= np.where(active, rx, 0.0)
+        wy -= np.where(active, ry, 0.0)
+        active &= (np.abs(rx) >= tol_deg) | (np.abs(ry) >= tol_deg)
+        if not active.any():
+            break
+    return wx, wy
+
+
+def test_inverse_on_active_points_only_is_bit_identical(raw_cnmaps: gpd.GeoDataFrame) -> None:
+    """Computing only the points still active gives the masked whole-array result, on every cnmaps vertex."""
+    xy = shapely.get_coordinates(raw_cnmaps.geometry.values[~raw_cnmaps["adcode"].duplicated().to_numpy()])
+    assert len(xy) > 6_000_000
+    glon, glat = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
+    got = gcj02_to_wgs84_xy(glon, glat)
+    ref = _masked_inverse(glon, glat)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
+    lon, lat = _random_china(50_001, seed=5)  # and on random points, with a NaN
+    lon[7] = np.nan
+    got, ref = gcj02_to_wgs84_xy(lon, lat), _masked_inverse(lon, lat)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
