@@ -148,7 +148,8 @@ def test_two_runs_race_on_one_output(export_done: Path, mirror: Path, tmp_path: 
         assert any("is in use by another geo-pipeline run" in o for o in outs)
     processed = tmp_path / "data_processed"
     manifest_agrees(processed, "distance")  # distance.gpkg, the CSVs and the manifest agree
-    assert not [p.name for p in processed.iterdir() if p.name.startswith(".") and p.name != LOCK_NAME]
+    hidden = [p.name for p in processed.iterdir() if p.is_file() and p.name.startswith(".")]
+    assert hidden == [LOCK_NAME]  # no temporary file left by either run
 
 
 def test_exit_4_replaces_nothing_and_leftovers_are_cleaned(
