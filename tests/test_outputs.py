@@ -263,3 +263,14 @@ def test_full_disk_is_one_message_and_leaves_nothing(mirror: Path, tmp_path: Pat
         assert "boundaries.gpkg" in res.output and "the disk is full" in res.output
         assert "Traceback" not in res.output
         assert sorted(p.name for p in full.iterdir()) == [LOCK_NAME]  # no temporary left behind
+
+
+def test_export_refuses_before_its_work(export_done: Path, mirror: Path, tmp_path: Path) -> None:
+    cfg = clone_workdir(export_done, tmp_path, mirror, "")
+    processed = tmp_path / "data_processed"
+    before = digests(processed)
+    res = CliRunner().invoke(main, ["-c", str(cfg), "export"])
+    assert res.exit_code == 4, res.output
+    assert "shrinkage.gpkg exists; pass --overwrite" in res.output
+    assert "export: wrote" not in res.output  # refused before reading and assembling the layers
+    assert digests(processed) == before
