@@ -4,7 +4,7 @@
 Usage::
 
     python benchmarks/bench.py [--quick] [--repeat N] [--out benchmarks/results/bench.json]
-                               [--workdir DIR] [--skip-run] [--baseline-rev REV]
+                               [--workdir DIR] [--skip-run] [--baseline-rev REV] [--county-only]
 
 What it does:
 
@@ -12,7 +12,8 @@ What it does:
    ``GEO_PIPELINE_MIRROR`` or ``../shared/data``) in a work folder, each in a subprocess, and
    reports wall and CPU time (user + sys). With ``--baseline-rev REV`` the same two commands run
    on an older git revision in the same benchmark run (same interpreter and libraries), so the
-   CPU ratio compares like with like.
+   CPU ratio compares like with like; ``--county-only`` adds a run with ``[pipeline] levels =
+   ["county"]`` (the revisions before the prefecture level ran the county level only).
 2. Times stage functions on those real outputs and on scaled inputs (units x3 and x10: each unit
    cut by a fishnet; population rasters of China's extent at 0.01 and 0.0025 deg), each against
    the library default a user would call, on the same inputs, with the outputs asserted equal:
@@ -371,9 +372,11 @@ def _timed_cli(args: list[str], *, cwd: Path, env: dict[str, str] | None = None)
     return wall, cpu, proc
 
 
-def _pipeline_cpu(workdir: Path, mirror: Path, *, env: dict[str, str] | None, atlas: bool) -> dict[str, Any]:
+def _pipeline_cpu(
+    workdir: Path, mirror: Path, *, env: dict[str, str] | None, atlas: bool, extra: str = ""
+) -> dict[str, Any]:
     """CPU and wall time of ``run --to export`` and, optionally, of the atlas stage after it."""
-    cfg = _write_run_config(workdir, mirror)
+    cfg = _write_run_config(workdir, mirror, extra)
     out: dict[str, Any] = {}
     run_args = ["-c", str(cfg), "run", "--overwrite", "--to", "export"]
     wall, cpu, proc = _timed_cli(run_args, cwd=workdir, env=env)
@@ -404,16 +407,22 @@ def run_pipeline(ctx: Context) -> list[Row]:
     libraries) in the same benchmark run, and the CPU ratio REV / ours is reported.
     """
     runs = {"ours": _pipeline_cpu(ctx.workdir, ctx.mirror, env=None, atlas=not ctx.args.quick)}
+    if ctx.args.county_only:  # like for like with revisions that had the county level only
+        runs["county"] = _pipeline_cpu(ctx.workdir / "run_county", ctx.mirror, env=None, atlas=False,
+                                       extra='[pipeline]\nlevels = ["county"]\n')
     if ctx.args.baseline_rev:
         tree = _checkout(ctx.args.baseline_rev, ctx.workdir / f"rev_{ctx.args.baseline_rev}")
         env = {**os.environ, "PYTHONPATH": str(tree)}
         base_dir = ctx.workdir / f"run_{ctx.args.baseline_rev}"
         runs["base"] = _pipeline_cpu(base_dir, ctx.mirror, env=env, atlas=not ctx.args.quick)
     rows = []
-    for part, label in (("export", "geo-pipeline run --to export"), ("atlas", "atlas stage (after export)")):
-        if part not in runs["ours"]:
+    parts = [("ours", "export", "geo-pipeline run --to export"),
+             ("county", "export", "run --to export, levels = [county]"),
+             ("ours", "atlas", "atlas stage (after export)")]
+    for run, part, label in parts:
+        if part not in runs.get(run, {}):
             continue
-        wall, cpu, code, err = runs["ours"][part]
+        wall, cpu, code, err = runs[run][part]
         row = Row(step=f"{label}: CPU s (user+sys)", median_s=cpu, note=f"wall {wall:.1f} s")
         if code != 0:
             row.error = f"exit code {code}: {(err.strip().splitlines() or ['?'])[-1]}"
@@ -1092,6 +1101,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also run the pipeline of this git revision (e.g. ddb1726) in the same run and report "
         "the CPU ratio",
+    )
+    parser.add_argument(
+        "--county-only",
+        action="store_true",
+        help="also run the pipeline with [pipeline] levels = [\"county\"] (like for like with a baseline "
+        "revision that had the county level only) and report its CPU ratio",
     )
     parser.add_argument(
         "--skip-run",
