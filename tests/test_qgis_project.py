@@ -243,6 +243,20 @@ def test_plan_rail_theme_shows_each_line_once() -> None:
     assert themes[RAIL_THEME] == {"units": "Outline", "underused_lines": "Lines", "provinces": "Outline"}
 
 
+def test_plan_without_provinces_has_no_atlas() -> None:
+    # an export without the boundaries stage's provinces: extents from the units, national layouts only
+    units = gpd.GeoDataFrame({"province_code": ["1", "2"]},
+                             geometry=[box(110, 30, 111, 31), box(111, 30, 112, 31)], crs="EPSG:4326")
+    plan = plan_project([_info("units", styles=("Change", "Outflow"))], gpkg="x.gpkg", output="x.qgz",
+                        provinces=units)
+    assert [(lay["kind"], lay["theme"]) for lay in plan["layouts"]] == [("national", "Change"),
+                                                                       ("national", "Outflow")]
+    assert plan["themes"][-1] == {"name": LOCATOR_THEME, "layers": {"units": "Change"}}
+    x0, y0, x1, y1 = plan["extents"]["national"]
+    ux0, uy0, ux1, uy1 = units.to_crs(CHINA_ALBERS).total_bounds
+    assert x0 < ux0 and ux1 < x1 and y0 < uy0 and uy1 < y1
+
+
 def test_plan_paper_sizes() -> None:
     frame = gpd.GeoDataFrame({"province_code": ["1"], "name": ["甲"]}, geometry=[box(110, 30, 111, 31)],
                              crs="EPSG:4326")
