@@ -535,8 +535,8 @@ def test_atlas_real_data(run_stage: Callable[[str], Path]) -> None:
     n_provinces = units["province_code"].astype(str).nunique()
     assert n_provinces == 31  # mainland provinces (Hong Kong, Macau, Taiwan have no census rows)
     assert len(PdfReader(pdf).pages) == 2 * len(atlas.THEMES) + n_provinces  # national pages at both levels
-    # about 0.5 MB per national page (8 themes at 2 levels) + 31 province pages: 17.8 MB measured
-    assert pdf.stat().st_size < 20e6
+    # issue 6: under 15 MB (47 pages: 15.8 MB with 6-decimal path coordinates, about 10 MB with 2)
+    assert pdf.stat().st_size < 15e6
     fonts = pdf_fonts(pdf)
     assert any("GeoPipelineCJK" in r["name"] and r["emb"] and r["sub"] for r in fonts)
     assert len({r["name"] for r in fonts}) == len(fonts) <= 3  # each subset embedded once (2 processes)
@@ -581,3 +581,36 @@ def test_ageing_and_bivariate_pages_colours_and_hatch() -> None:
     bv_map = pages["bivariate_lisa"].axes[0].collections[0]
     bv_faces = {matplotlib.colors.to_hex(c) for c in bv_map.get_facecolor()}
     assert {styles.LISA_COLORS[k] for k in ("HH", "LH", "LL", "HL", "ns")} <= bv_faces
+
+
+def test_pdf_path_precision_rounds_paths_and_restores_backend(tmp_path: Path) -> None:
+    import zlib
+
+    from matplotlib.backends import backend_pdf
+
+    from geo_pipeline.atlas import pdf_path_precision
+
+    rng = np.random.default_rng(3)
+    xy = rng.random((4000, 2))
+
+    def save(path: Path) -> bytes:
+        fig = Figure(figsize=(4, 3))
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.plot(xy[:, 0], xy[:, 1], lw=0.2)
+        fig.savefig(path, format="pdf")
+        return PdfReader(path).pages[0].get_contents().get_data()
+
+    original = backend_pdf.PdfFile.__dict__["pathOperations"]
+    tmp = tmp_path
+    six = save(tmp / "six.pdf")
+    with pdf_path_precision(2):
+        two = save(tmp / "two.pdf")
+    assert backend_pdf.PdfFile.__dict__["pathOperations"] is original  # restored
+    coords = re.findall(rb"(?m)^(-?[\d.]+) (-?[\d.]+) l$", two)
+    assert len(coords) >= 3999
+    assert max(len(c.split(b".")[1]) if b"." in c else 0 for pair in coords for c in pair) <= 2
+    six_coords = re.findall(rb"(?m)^(-?[\d.]+) (-?[\d.]+) l$", six)
+    a = np.array([[float(x), float(y)] for x, y in six_coords])
+    b = np.array([[float(x), float(y)] for x, y in coords])
+    assert a.shape == b.shape and np.abs(a - b).max() <= 0.005 + 1e-9  # same drawing, rounded
+    assert len(zlib.compress(two, 6)) < 0.75 * len(zlib.compress(six, 6))

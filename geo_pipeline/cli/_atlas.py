@@ -34,6 +34,7 @@ from ..atlas import (
     atlas_pages,
     atlas_text,
     cjk_font,
+    pdf_path_precision,
     plan_pages,
     prepare_atlas,
     rc_params,
@@ -122,7 +123,7 @@ def run(ctx: StageContext, paper: str | None = None, dpi: int | None = None,
     job = _Job(datas=datas, specs=specs, paper=paper, dpi=dpi, generalise_mm=s.generalise_mm, pngs=pngs,
                overwrite=ctx.overwrite, family=family)
     groups = _split(specs, _WORKERS if _can_fork() else 1)
-    with matplotlib.rc_context(rc_params(family)):
+    with matplotlib.rc_context(rc_params(family)), pdf_path_precision():
         with atomic_path(pdf_path, overwrite=ctx.overwrite) as tmp:
             if len(groups) == 1:
                 with PdfPages(tmp, metadata=metadata) as pdf:
