@@ -26,7 +26,7 @@ import re
 import tempfile
 import textwrap
 import warnings
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -504,7 +504,7 @@ def cjk_font(text: str, *, font: str = "") -> str:
 
 
 def rc_params(family: str) -> dict[str, Any]:
-    """matplotlib settings for the atlas: the CJK family first, Type 42 fonts in PDF.
+    """Matplotlib settings for the atlas: the CJK family first, Type 42 fonts in PDF.
 
     PDF streams are deflated at zlib level 6 (matplotlib's default): on the
     real atlas level 9 took 2.6 s of CPU for 0.2 % less (10.04 -> 10.02 MB),

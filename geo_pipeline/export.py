@@ -17,7 +17,7 @@ import sqlite3
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -718,7 +718,7 @@ def write_styled_gpkg(
         If ``path`` exists and ``overwrite`` is false.
     """
     dest = Path(path)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     with atomic_path(dest, overwrite=overwrite) as tmp:
         first = True
         for name, layer in layers.items():

@@ -16,8 +16,14 @@ from _qgis import qgis_json
 from click.testing import CliRunner
 from shapely.geometry import LineString, Point, box
 
-from geo_pipeline import CRSError, DataQualityWarning, InputError, MissingInputError, OutputExistsError
-from geo_pipeline import styles
+from geo_pipeline import (
+    CRSError,
+    DataQualityWarning,
+    InputError,
+    MissingInputError,
+    OutputExistsError,
+    styles,
+)
 from geo_pipeline._io import read_layer, read_table, write_gpkg
 from geo_pipeline.cli import main
 from geo_pipeline.export import assemble_layers, merge_unit_columns, write_styled_gpkg
