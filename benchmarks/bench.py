@@ -1001,32 +1001,28 @@ def bench_growth(ctx: Context) -> list[Row]:
     from geo_pipeline.weights import build_weights
 
     cores = dist.default_cores("all")
-    steps: dict[str, Callable[[Any], Any]] = {
-        "Queen weights (build_weights)": lambda u: build_weights(u, kind="queen"),
-        "LISA + Gi* 999 perm. (local_statistics)": lambda u: local_statistics(
-            u["change_pct"].to_numpy(dtype=float), build_weights(u, kind="queen"),
-            permutations=999, seed=1, alpha=0.05, fdr=False,
+    # name -> (untimed preparation of the units, the timed step on what it returns)
+    steps: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+        "Queen weights (build_weights)": (lambda u: u, lambda u: build_weights(u, kind="queen")),
+        # weights are timed in their own row: the statistics alone here
+        "LISA + Gi* 999 perm. (local_statistics)": (
+            lambda u: (u["change_pct"].to_numpy(dtype=float), build_weights(u, kind="queen")),
+            lambda yw: local_statistics(yw[0], yw[1], permutations=999, seed=1, alpha=0.05, fdr=False),
         ),
-        "distance_bands": lambda u: dist.distance_bands(u, cores, breaks_km=[50.0, 100.0, 150.0]),
-        "GeoPackage write": lambda u: write_gpkg(ctx.workdir / "growth.gpkg", {"units": u}, overwrite=True),
+        "distance_bands": (
+            lambda u: u, lambda u: dist.distance_bands(u, cores, breaks_km=[50.0, 100.0, 150.0])
+        ),
+        "GeoPackage write": (
+            lambda u: u, lambda u: write_gpkg(ctx.workdir / "growth.gpkg", {"units": u}, overwrite=True)
+        ),
     }
     rows: list[Row] = []
-    for name, fn in steps.items():
+    for name, (prepare, step) in steps.items():
         ns, ts = [], []
         for factor in (1, 3, 10):
             units = ctx.units_xn(factor)
-            if name.startswith("LISA"):
-                # weights are timed in their own row: time the statistics alone
-                w = build_weights(units, kind="queen")
-                y = units["change_pct"].to_numpy(dtype=float)
-                t, peak, _ = measure(
-                    lambda y=y, w=w: local_statistics(
-                        y, w, permutations=999, seed=1, alpha=0.05, fdr=False
-                    ),
-                    1,
-                )
-            else:
-                t, peak, _ = measure(lambda u=units, f=fn: f(u), 1)
+            args = prepare(units)
+            t, peak, _ = measure(lambda a=args, f=step: f(a), 1)
             ns.append(len(units))
             ts.append(t)
             rows.append(Row(step=f"growth: {name}, x{factor} ({len(units)} units)", median_s=t, peak_mb=peak))
