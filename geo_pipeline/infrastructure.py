@@ -449,6 +449,7 @@ def unit_overlay(
     min_share: float = 0.5,
     buffers: gpd.GeoDataFrame | None = None,
     units_area: np.ndarray | None = None,
+    corridor_only: bool = False,
 ) -> gpd.GeoDataFrame:
     """High-speed rail measures of every unit.
 
@@ -470,6 +471,12 @@ def unit_overlay(
     units_area : numpy.ndarray, optional
         Precomputed :func:`area_geometry` of ``units``, to overlay the same
         units with several line sets without projecting them again.
+    corridor_only : bool, default False
+        Compute only ``hsr_crosses``, ``corridor_share`` and ``in_corridor``
+        (the columns returned then, with ``unit_id`` and the geometry), not the
+        nearest station and the first year: what comparing the corridor
+        membership of two line geometries needs. Those three columns are
+        identical to the full overlay's.
 
     Returns
     -------
@@ -539,17 +546,19 @@ def unit_overlay(
     )
     # -- nearest high-speed station -------------------------------------------------------------
     hs_st = stations.loc[stations["high_speed"].astype(bool)]
-    if hs_st.empty:
-        warnings.warn(
-            "no high-speed stations: hsr_station_km is missing for every unit",
-            DataQualityWarning,
-            stacklevel=2,
-        )
-    rep = gpd.GeoSeries(shapely.point_on_surface(units.geometry.values), crs=units.crs, index=units.index)
-    dist, pos = nearest_station_km(rep, hs_st)
-    out["hsr_station_km"] = dist
-    names = hs_st["name"].astype(str).to_numpy()
-    out["hsr_station"] = np.where(pos >= 0, names[np.maximum(pos, 0)] if len(names) else "", "")
+    dist = np.full(len(units), np.nan)
+    if not corridor_only:
+        if hs_st.empty:
+            warnings.warn(
+                "no high-speed stations: hsr_station_km is missing for every unit",
+                DataQualityWarning,
+                stacklevel=2,
+            )
+        rep = gpd.GeoSeries(shapely.point_on_surface(units.geometry.values), crs=units.crs, index=units.index)
+        dist, pos = nearest_station_km(rep, hs_st)
+        out["hsr_station_km"] = dist
+        names = hs_st["name"].astype(str).to_numpy()
+        out["hsr_station"] = np.where(pos >= 0, names[np.maximum(pos, 0)] if len(names) else "", "")
 
     # -- lines crossing units -------------------------------------------------------------------
     hs = _high_speed(lines)
@@ -557,10 +566,11 @@ def unit_overlay(
         warnings.warn(
             "no high-speed lines: no unit is crossed or in a corridor", DataQualityWarning, stacklevel=2
         )
-    ugeom = units.geometry.values
-    tree = shapely.STRtree(hs.geometry.values)
-    u_idx, l_idx = (
-        tree.query(ugeom, predicate="intersects") if len(hs) else (np.array([], int), np.array([], int))
+    # the tree of the units queried with the lines (each prepared once) finds the same pairs as
+    # the tree of the lines queried with every unit: 0.09 s instead of 0.13 s CPU for the counties
+    l_idx, u_idx = (
+        shapely.STRtree(units.geometry.values).query(hs.geometry.values, predicate="intersects")
+        if len(hs) else (np.array([], int), np.array([], int))
     )
     years = hs["open_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
     n = len(units)
@@ -576,55 +586,18 @@ def unit_overlay(
     else:
         check_same_crs(("units layer", units), ("corridor buffers", buffers))
     share = np.zeros(n)
-    share_year = np.full(n, np.inf)
+    first = cross_year
     if not buffers.empty:
-        # The GEOS and PROJ work below runs on halves of the units in two threads (both release
-        # the GIL); each unit's result depends only on its own pieces, so it is identical to one
-        # thread. Measured on the real units (2-core machine, second core free): unit_overlay
-        # 4.2-4.4 s -> 2.6 s wall (3.8 s CPU).
-        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-
-            def halves(fn: Any, *arrays: np.ndarray) -> list[Any]:
-                cuts = np.linspace(0, len(arrays[0]), _THREADS + 1).astype(int)
-                parts = [tuple(a[cuts[k]:cuts[k + 1]] for a in arrays) for k in range(_THREADS)]
-                return list(pool.map(lambda args: fn(*args), parts))
-
-            ua = area_geometry(units) if units_area is None else np.asarray(units_area, dtype=object)
-            ba = _to_area_crs(buffers.geometry).values
-            byear = buffers["open_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
-            unit_area = shapely.area(ua)
-            tree = shapely.STRtree(ba)
-            offsets = np.linspace(0, n, _THREADS + 1).astype(int)
-            found = halves(lambda part: tree.query(part, predicate="intersects"), ua)
-            bi = np.concatenate([f[0] + off for f, off in zip(found, offsets, strict=False)])
-            bj = np.concatenate([f[1] for f in found])
-            pieces = np.concatenate(halves(shapely.intersection, ua[bi], np.asarray(ba, dtype=object)[bj]))
-            order = np.argsort(bi, kind="stable")
-            bi, bj, pieces = bi[order], bj[order], pieces[order]
-            starts = np.flatnonzero(np.r_[True, bi[1:] != bi[:-1]])
-            ends = np.r_[starts[1:], len(bi)]
-
-            def shares(first: np.ndarray, last: np.ndarray) -> None:
-                for a, b in zip(first, last, strict=True):
-                    ii = int(bi[a])
-                    pcs, yrs = pieces[a:b], byear[bj[a:b]]
-                    merged = pcs[0] if len(pcs) == 1 else shapely.union_all(pcs)
-                    total = float(shapely.area(merged))
-                    share[ii] = min(total / unit_area[ii], 1.0) if unit_area[ii] > 0 else 0.0
-                    if share[ii] < min_share - 1e-12:
-                        continue
-                    for y in np.unique(yrs[~np.isnan(yrs)]):  # sorted
-                        sel = pcs[yrs <= y]
-                        part = sel[0] if len(sel) == 1 else shapely.union_all(sel)
-                        if shapely.area(part) / unit_area[ii] >= min_share - 1e-12:
-                            share_year[ii] = y
-                            break
-
-            with timed("corridor shares", log):
-                halves(shares, starts, ends)
+        ua = area_geometry(units) if units_area is None else np.asarray(units_area, dtype=object)
+        ba = np.asarray(_to_area_crs(buffers.geometry).values, dtype=object)
+        byear = buffers["open_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+        with timed("corridor shares", log):
+            share, first = _corridor_shares(ua, ba, byear, cross_year, min_share=min_share,
+                                            years=not corridor_only)
     out["corridor_share"] = share
     out["in_corridor"] = (share >= min_share - 1e-12) | crosses
-    first = np.minimum(cross_year, share_year)
+    if corridor_only:
+        return out[["unit_id", "hsr_crosses", "corridor_share", "in_corridor", out.geometry.name]]
     out["hsr_first_open_year"] = pd.array(
         np.where(np.isfinite(first), first, np.nan), dtype="Float64"
     ).astype("Int64")
@@ -639,6 +612,107 @@ def unit_overlay(
         float(np.nanmedian(dist)) if hs_st.size else math.nan,
     )
     return out[[*UNIT_COLUMNS, out.geometry.name]]
+
+
+def _corridor_shares(
+    ua: np.ndarray,
+    ba: np.ndarray,
+    byear: np.ndarray,
+    cross_year: np.ndarray,
+    *,
+    min_share: float,
+    years: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Corridor share of every unit, and the year of its first high-speed service.
+
+    Parameters
+    ----------
+    ua, ba : numpy.ndarray of shapely.Geometry
+        Units and corridor buffers in one equal-area CRS.
+    byear : numpy.ndarray
+        Opening year of each buffer's line (NaN when unknown).
+    cross_year : numpy.ndarray
+        Per unit, the earliest opening year of a line crossing it (inf when none).
+    min_share : float
+        Share of a unit's area that puts it in the corridor.
+    years : bool, default True
+        Compute the first year; with False only the shares (the second column is then
+        ``cross_year`` unchanged).
+
+    Returns
+    -------
+    share : numpy.ndarray
+        Area of the unit within the union of the buffers over its area, at most 1.
+    first_year : numpy.ndarray
+        ``min(cross_year, Y)`` with *Y* the earliest year whose buffers (lines opened
+        by *Y*) cover at least ``min_share`` of the unit (inf when none).
+
+    Notes
+    -----
+    Each unit's share is ``area(unit & union(buffers meeting it)) / area(unit)``:
+    the union of the few buffers first (simple polygons), then one intersection.
+    This is equal in exact arithmetic to the union of the pieces ``unit & buffer``
+    that the overlay computed before, and differs from it only by rounding (at most
+    1.5e-14 relative on the 2,734 real counties, in the last bits of 469 of the 1,310
+    units that meet a corridor). A unit that the union covers has share 1 without an
+    intersection; the union of a set of buffers is made once (155 distinct sets).
+    The year search uses the same formulation with the buffers opened by each year,
+    and stops at the year of a crossing line, which gives the result anyway. Measured
+    on the real counties, one thread, in one process: :func:`unit_overlay` 2.6-2.7 s
+    -> 0.8 s CPU (0.6 s with ``corridor_only``); booleans and years identical.
+    """
+    n = len(ua)
+    share = np.zeros(n)
+    first = np.array(cross_year, dtype=float, copy=True)
+    if n == 0 or len(ba) == 0:
+        return share, first
+    unit_area = shapely.area(ua)
+    # the tree of the units queried with the few buffers (each prepared once) finds the same
+    # pairs as the tree of the buffers queried with every unit, in 0.08 s instead of 0.18 s
+    bj, bi = shapely.STRtree(ua).query(ba, predicate="intersects")
+    order = np.lexsort((bj, bi))
+    bi, bj = bi[order], bj[order]
+    starts = np.flatnonzero(np.r_[True, bi[1:] != bi[:-1]]) if len(bi) else np.array([], dtype=int)
+    ends = np.r_[starts[1:], len(bi)].astype(int)
+    limit = min_share - 1e-12
+
+    unions: dict[tuple[int, ...], Any] = {}  # 1,310 real counties meet 155 distinct sets of buffers
+
+    def covered(unit: Any, area: float, which: np.ndarray) -> float:
+        key = tuple(which.tolist())
+        merged = unions.get(key)
+        if merged is None:
+            merged = unions[key] = ba[which[0]] if len(which) == 1 else shapely.union_all(ba[which])
+        if shapely.covers(merged, unit):
+            return area
+        return float(shapely.area(shapely.intersection(unit, merged)))
+
+    def work(first_rows: np.ndarray, last_rows: np.ndarray) -> None:
+        for a, b in zip(first_rows, last_rows, strict=True):
+            ii = int(bi[a])
+            unit, area, cand = ua[ii], float(unit_area[ii]), bj[a:b]
+            share[ii] = min(covered(unit, area, cand) / area, 1.0) if area > 0 else 0.0
+            if not years or share[ii] < limit:
+                continue
+            yrs = byear[cand]
+            for y in np.unique(yrs[~np.isnan(yrs)]):  # sorted
+                if y >= first[ii]:  # a line crossing the unit opened by then
+                    break
+                sel = yrs <= y
+                if sel.all() or covered(unit, area, cand[sel]) / area >= limit:  # all: the share above
+                    first[ii] = y
+                    break
+
+    if _THREADS < 2 or len(starts) < 2:
+        work(starts, ends)
+    else:
+        # halves of the units in two threads (GEOS releases the GIL; each unit's result
+        # depends only on its own geometry, so it is identical to one thread)
+        cuts = np.linspace(0, len(starts), _THREADS + 1).astype(int)
+        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+            list(pool.map(lambda k: work(starts[cuts[k]:cuts[k + 1]], ends[cuts[k]:cuts[k + 1]]),
+                          range(_THREADS)))
+    return share, first
 
 
 _SUMMARY_INPUT: dict[str, Kind] = {

@@ -678,7 +678,8 @@ def test_real_units_overlay(run_stage: Callable[[str], Path]) -> None:
     pop = read_layer(processed / "population.gpkg", "units")
     assert len(units) == len(pop) and set(units["unit_id"]) == set(pop["unit_id"])
     assert units["corridor_share"].between(0, 1).all()
-    assert "geometry" not in units.columns  # attribute table keyed by unit_id: the polygons are in population.gpkg
+    # attribute table keyed by unit_id: the polygons are in population.gpkg
+    assert "geometry" not in units.columns
     units = pop[["unit_id", "geometry"]].merge(units, on="unit_id", validate="1:1")
     # units holding central Beijing (Tiananmen), Shanghai (People's Square) and Guangzhou (Yuexiu): fully
     # inside corridors, a high-speed station within a few km, served since the first lines (2008-2011)
@@ -806,3 +807,86 @@ def test_cli_network_needs_the_cores(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     units = read_layer(tmp_path / "data_processed" / "infrastructure.gpkg", "units")
     assert "rail_minutes_to_core" not in units.columns
+
+
+def _per_piece_overlay_reference(ua: np.ndarray, ba: np.ndarray, byear: np.ndarray, cross_year: np.ndarray,
+                                 min_share: float) -> tuple[np.ndarray, np.ndarray]:
+    """The overlay's shares and first years as computed before 1 Dec 2026.
+
+    Every piece unit & buffer, then per unit the union of its pieces (and of the pieces of the
+    lines opened by each year).
+    """
+    n = len(ua)
+    share, share_year = np.zeros(n), np.full(n, np.inf)
+    unit_area = shapely.area(ua)
+    bi, bj = shapely.STRtree(ba).query(ua, predicate="intersects")
+    order = np.argsort(bi, kind="stable")
+    bi, bj = bi[order], bj[order]
+    pieces = shapely.intersection(ua[bi], ba[bj])
+    starts = np.flatnonzero(np.r_[True, bi[1:] != bi[:-1]])
+    for a, b in zip(starts, np.r_[starts[1:], len(bi)], strict=True):
+        ii = int(bi[a])
+        pcs, yrs = pieces[a:b], byear[bj[a:b]]
+        total = float(shapely.area(pcs[0] if len(pcs) == 1 else shapely.union_all(pcs)))
+        share[ii] = min(total / unit_area[ii], 1.0)
+        if share[ii] < min_share - 1e-12:
+            continue
+        for y in np.unique(yrs[~np.isnan(yrs)]):
+            sel = pcs[yrs <= y]
+            part = sel[0] if len(sel) == 1 else shapely.union_all(sel)
+            if shapely.area(part) / unit_area[ii] >= min_share - 1e-12:
+                share_year[ii] = y
+                break
+    return share, np.minimum(cross_year, share_year)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
+def test_overlay_equals_per_piece_union_on_real_units(run_stage: Callable[[str], Path]) -> None:
+    """The fast overlay against the union of the pieces unit & buffer (the old computation).
+
+    Union of the buffers, then one intersection per unit: the same booleans and years, shares
+    within 1e-12, on the real counties and prefectures with the real straight and threaded lines.
+    """
+    processed = run_stage("infrastructure")
+    gpkg = processed / "infrastructure.gpkg"
+    threaded = read_layer(gpkg, "rail_lines")
+    stations = read_layer(gpkg, "rail_stations")
+    with pytest.warns(DataQualityWarning):
+        straight = rail.lines_from_corridors(gpd.read_file(RAIL / "approx_corridors_keystations.geojson"))
+    assert (threaded["geometry_source"] == "threaded").all()
+    checked = 0
+    for layer in ("units", "prefectures"):
+        units = read_layer(processed / "population.gpkg", layer)
+        area = inf.area_geometry(units)
+        for lines in (straight, threaded):
+            out = inf.unit_overlay(units, lines, stations, units_area=area)
+            buffers = inf.corridor_buffers(lines)
+            hs = inf._high_speed(lines)
+            u, li = shapely.STRtree(hs.geometry.values).query(units.geometry.values, predicate="intersects")
+            years = hs["open_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+            cross_year = np.full(len(units), np.inf)
+            np.minimum.at(cross_year, u, np.where(np.isnan(years[li]), np.inf, years[li]))
+            ba = np.asarray(inf._to_area_crs(buffers.geometry).values, dtype=object)
+            byear = buffers["open_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+            share, first = _per_piece_overlay_reference(np.asarray(area, dtype=object), ba, byear,
+                                                        cross_year, 0.5)
+            got = out["corridor_share"].to_numpy()
+            assert np.abs(got - share).max() <= 1e-12 * share.max()
+            assert np.all(np.abs(got - share) <= 1e-12 * share)  # relative, zero where the reference is zero
+            crosses = np.zeros(len(units), dtype=bool)
+            crosses[u] = True
+            assert out["hsr_crosses"].tolist() == crosses.tolist()
+            assert out["in_corridor"].tolist() == ((share >= 0.5 - 1e-12) | out["hsr_crosses"]).tolist()
+            expected_year = pd.array(np.where(np.isfinite(first), first, np.nan),
+                                     dtype="Float64").astype("Int64")
+            pd.testing.assert_extension_array_equal(out["hsr_first_open_year"].array, expected_year)
+            assert out["hsr_first_open_year"].notna().sum() > 100 and out["in_corridor"].sum() > 100
+            # the corridor-only overlay gives exactly the same three columns
+            only = inf.unit_overlay(units, lines, stations, units_area=area, corridor_only=True)
+            assert list(only.columns) == ["unit_id", "hsr_crosses", "corridor_share", "in_corridor",
+                                          "geometry"]
+            for col in ("unit_id", "hsr_crosses", "corridor_share", "in_corridor"):
+                assert only[col].equals(out[col]), col
+            checked += 1
+    assert checked == 4

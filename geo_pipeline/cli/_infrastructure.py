@@ -417,8 +417,11 @@ def run(
         check = None
         if versions:
             other = "straight" if s.geometry == "threaded" else "threaded"
+            # only in_corridor, corridor_share and hsr_crosses of the other version are used:
+            # no year search or nearest station (county overlay 0.8 -> 0.6 s CPU)
             alt = inf.unit_overlay(units, versions[other], station_frame, buffer_km=buffer,
-                                   min_share=s.corridor_min_share, units_area=units_area)
+                                   min_share=s.corridor_min_share, units_area=units_area,
+                                   corridor_only=True)
             by_version = {s.geometry: overlay, other: alt}
             change = rgeo.membership_change(by_version["straight"], by_version["threaded"])
             overlay = overlay.assign(
