@@ -831,3 +831,119 @@ def test_bivariate_pairs_in_the_stage() -> None:
         spatial_autocorrelation(units, variables=["v"], bivariate=[("v", "v")])
     with pytest.raises(InputError, match=r"missing column\(s\) \['share_60plus_2010'\]"):
         spatial_autocorrelation(units, variables=["v"], bivariate=[("v", "share_60plus_2010")])
+
+
+# ---------------------------------------------------------------------------
+# fast paths (issue 16): the same numbers as the generic computations, bit for bit
+# ---------------------------------------------------------------------------
+def test_column_sums_reproduce_numpy_sum_order() -> None:
+    from geo_pipeline import autocorrelation as ac
+
+    assert ac._column_sums_are_numpys()  # the fast path is on with this NumPy
+    rng = np.random.default_rng(7)
+    for k in (1, 2, 7, 8, 9, 15, 16, 17, 24, 31, 64, 127, 128):
+        a = rng.standard_normal((5, 33, k)) * 10.0 ** rng.integers(-6, 7, (5, 33, k))
+        assert np.array_equal(ac._column_sums(lambda j, a=a: a[..., j].copy(), k), a.sum(axis=-1)), k
+    # another order (plain left-to-right) differs from k = 8 on: the check can fail
+    a = rng.standard_normal((5, 33, 16)) * 10.0 ** rng.integers(-6, 7, (5, 33, 16))
+    assert not np.array_equal(np.add.accumulate(a, axis=-1)[..., -1], a.sum(axis=-1))
+
+
+def _block_counts(values: np.ndarray, w: UnitWeights, *, permutations: int, seed: int) -> list[np.ndarray]:
+    from scipy import sparse
+
+    from geo_pipeline.autocorrelation import PERMUTATION_BLOCK, permutation_block
+
+    n = len(values)
+    adj = sparse.csr_array((np.ones(len(w.focal)), (w.focal, w.neighbor)), shape=(n, n))
+    args = (
+        values,
+        w.cardinalities,
+        adj @ values,
+        np.sign(values),
+        permutations,
+        seed,
+        float(np.abs(values).max()),
+    )
+    return [permutation_block(b, *args) for b in range(-(-n // PERMUTATION_BLOCK))]
+
+
+def test_fast_paths_bit_identical_on_real_units(
+    run_stage: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import esda
+
+    from geo_pipeline import autocorrelation as ac
+    from geo_pipeline.autocorrelation import global_moran, global_moran_bv
+
+    units = read_layer(run_stage("population") / "population.gpkg", "units")
+    analysed = units[units["comparable"].astype(bool)].reset_index(drop=True)
+    w = build_weights(analysed)
+    assert w.graph() is w.graph()  # built once per weights object
+    assert np.array_equal(
+        w.graph().sparse.toarray(), UnitWeights.from_arrays(w.to_arrays()).graph().sparse.toarray()
+    )
+    assert w.cardinalities.max() >= 16  # rows of 8 accumulators and more (k = 8 ... 20 on the real units)
+    y = analysed["change_pct"].to_numpy(float)
+    x = analysed["share_60plus_2010"].to_numpy(float)
+    z = (y - y.mean()) / y.std()
+
+    # local permutations: by columns == the (m, P, k) gather and numpy.sum, count for count
+    fast = _block_counts(z, w, permutations=999, seed=20201101)
+    fast_knn = _block_counts(z, build_weights(analysed, kind="knn", k=12), permutations=99, seed=3)
+    monkeypatch.setattr(ac, "_column_sums_are_numpys", lambda: False)
+    slow = _block_counts(z, w, permutations=999, seed=20201101)
+    slow_knn = _block_counts(z, build_weights(analysed, kind="knn", k=12), permutations=99, seed=3)
+    monkeypatch.undo()
+    assert all(np.array_equal(a, b) for a, b in zip(fast + fast_knn, slow + slow_knn, strict=True))
+
+    # global Moran's I and Moran_BV: every figure equal to esda's own permutation loop
+    state = np.random.get_state()
+    ours = global_moran(y, w, permutations=999, seed=20201101)
+    ours_bv = global_moran_bv(y, x, w, permutations=999, seed=20201101)
+    after = np.random.get_state()
+    assert np.array_equal(after[1], state[1]) and after[2:] == state[2:]  # global RNG untouched
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        np.random.seed(20201101)
+        mi = esda.Moran(y, w.graph(), transformation="r", permutations=999)
+        np.random.seed(20201101)
+        bv = esda.Moran_BV(y, x, w.graph(), transformation="r", permutations=999)
+    np.random.set_state(state)
+    ref = {
+        "I": mi.I,
+        "EI": mi.EI,
+        "z_norm": mi.z_norm,
+        "p_norm": mi.p_norm,
+        "z_sim": mi.z_sim,
+        "p_sim": mi.p_sim,
+    }
+    assert ours == {k: float(v) for k, v in ref.items()}
+    assert ours_bv["I"] == bv.I and ours_bv["EI"] == bv.EI_sim
+    assert ours_bv["z_sim"] == bv.z_sim and ours_bv["p_sim"] == bv.p_sim
+    assert 0 < ours["z_sim"] and ours_bv["z_sim"] < 0  # not trivial: clustered, negative with ageing
+
+
+def test_global_moran_equals_esda_loop_on_lattice() -> None:
+    import esda
+
+    from geo_pipeline.autocorrelation import global_moran, global_moran_bv
+
+    units = gradient_lattice()
+    units = units.drop(index=[5, 50]).reset_index(drop=True)  # 98 units, an odd permutation count
+    w = build_weights(units)
+    y = units["v"].to_numpy()
+    x = units["row"].to_numpy(float) + units["col"].to_numpy(float)
+    for seed in (1, 2**32 + 7):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            np.random.seed(seed % 2**32)
+            mi = esda.Moran(y, w.graph(), permutations=301)
+            np.random.seed(seed % 2**32)
+            bv = esda.Moran_BV(x, y, w.graph(), permutations=301)
+        g = global_moran(y, w, permutations=301, seed=seed)
+        assert (g["z_sim"], g["p_sim"], g["I"]) == (mi.z_sim, mi.p_sim, mi.I)
+        gb = global_moran_bv(x, y, w, permutations=301, seed=seed)
+        assert (gb["z_sim"], gb["p_sim"], gb["EI"], gb["I"]) == (bv.z_sim, bv.p_sim, bv.EI_sim, bv.I)
+    g0 = global_moran(y, w, permutations=0, seed=1)
+    assert np.isnan(g0["p_sim"]) and np.isnan(g0["z_sim"]) and g0["I"] == mi.I
