@@ -256,7 +256,44 @@ def gcj02_to_wgs84(geoms: npt.ArrayLike, *, tol_deg: float = 1e-7) -> npt.NDArra
     arr = np.asarray(geoms, dtype=object)
 
     def _xy(coords: FloatArray) -> FloatArray:
-        lon, lat = gcj02_to_wgs84_xy(coords[:, 0], coords[:, 1], tol_deg=tol_deg)
-        return np.column_stack([lon, lat])
+        uniq, inverse = unique_points(coords)
+        lon, lat = gcj02_to_wgs84_xy(uniq[:, 0], uniq[:, 1], tol_deg=tol_deg)
+        return np.column_stack([lon, lat])[inverse]
 
     return shapely.transform(arr, _xy)
+
+
+def unique_points(xy: FloatArray) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+    """The distinct points of an ``(n, 2)`` float64 array, compared bit for bit.
+
+    Returns ``(uniq, inverse)`` with ``uniq[inverse]`` bit-identical to ``xy``
+    (NaN, -0.0 and 0.0 are told apart by their bits, like equal floats are not
+    merged across different bit patterns).
+
+    Why: polygons of a tessellation share their vertices: a border between two
+    counties is stored in both, and again in the prefecture and province
+    polygons. Of the 6.8 million cnmaps vertices 2.16 million (32 %) are
+    distinct. Each point's GCJ-02 inverse depends on its own bits only, so
+    converting the distinct points and scattering the results back gives the
+    same bits as converting every vertex (tested on all cnmaps vertices).
+    pyarrow's hash on the 16 raw bytes per point is exact (no float compare,
+    no collisions to check) and takes about 0.4 s for the 6.8 million
+    (pandas.factorize on complex128: 0.77 s; a 64-bit mixed key with pandas
+    plus the check for collisions: 0.6 s; numpy.unique: 0.6-0.7 s).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pts = np.ascontiguousarray(xy, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"expected an (n, 2) array of points, found shape {pts.shape}")
+    n = len(pts)
+    if n == 0:
+        return pts.copy(), np.zeros(0, dtype=np.intp)
+    raw = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(pts)])
+    encoded = pc.dictionary_encode(raw)
+    dictionary = encoded.dictionary
+    uniq = np.frombuffer(dictionary.buffers()[1], dtype=np.float64,
+                         count=2 * len(dictionary), offset=16 * dictionary.offset).reshape(-1, 2)
+    inverse = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.intp)
+    return uniq.copy(), inverse

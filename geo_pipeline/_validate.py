@@ -101,6 +101,7 @@ def check_frame(
     geom_types: Iterable[str] | None = None,
     unique: Sequence[str] = (),
     not_null: Sequence[str] = (),
+    known_valid: bool = False,
     problems: Problems | None = None,
 ) -> Problems:
     """Check a (Geo)DataFrame against what a stage expects.
@@ -126,6 +127,11 @@ def check_frame(
         Columns whose values must be unique.
     not_null : sequence of str, optional
         Columns that must not contain missing values.
+    known_valid : bool, default False
+        The caller has already checked the geometries' validity (e.g. the
+        boundaries stage, whose :func:`geo_pipeline.boundaries.repair_polygons`
+        returns only valid polygons): validity is not checked again; the other
+        geometry checks are made.
     problems : Problems, optional
         Collector to add to; a new one is made when not given.
 
@@ -158,11 +164,13 @@ def check_frame(
             if n:
                 p.add(f"column {col!r} has {n} missing value(s); fill or drop those rows")
     if geometry:
-        _check_geometry(frame, p, crs=crs, geom_types=geom_types)
+        _check_geometry(frame, p, crs=crs, geom_types=geom_types, known_valid=known_valid)
     return p
 
 
-def _check_geometry(frame: pd.DataFrame, p: Problems, *, crs: Any, geom_types: Iterable[str] | None) -> None:
+def _check_geometry(
+    frame: pd.DataFrame, p: Problems, *, crs: Any, geom_types: Iterable[str] | None, known_valid: bool = False
+) -> None:
     import geopandas as gpd
     import shapely
 
@@ -193,7 +201,7 @@ def _check_geometry(frame: pd.DataFrame, p: Problems, *, crs: Any, geom_types: I
         p.add(f"{n_missing} missing and {n_empty} empty geometries; drop or repair them", kind=GeometryError)
     # a layer read from a stage output whose SHA-256 matches the manifest was validated where its
     # geometry entered the pipeline (boundaries, user layers): not checked again (~4 M vertices)
-    trusted = bool(frame.attrs.get("geo_pipeline_written_by"))
+    trusted = known_valid or bool(frame.attrs.get("geo_pipeline_written_by"))
     invalid = np.zeros(len(geoms), bool) if trusted else ~shapely.is_valid(geoms) & ~shapely.is_missing(geoms)
     if invalid.any():
         idx = list(frame.index[invalid][:5])

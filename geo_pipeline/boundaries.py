@@ -284,6 +284,13 @@ def repair_polygons(geoms: np.ndarray) -> tuple[np.ndarray, int]:
     tuple of (numpy.ndarray, int)
         Valid MultiPolygons, and the number of geometries that were invalid
         and repaired with :func:`shapely.make_valid`.
+
+    Raises
+    ------
+    GeometryError
+        If a repaired geometry is still invalid (its polygonal parts overlap);
+        never seen. So every returned geometry is valid, and the boundaries
+        stage does not check the validity of its layers again.
     """
     out = np.asarray(geoms, dtype=object).copy()
     # validity of the halves in two threads (GEOS releases the GIL): 6.8 M real vertices
@@ -295,6 +302,13 @@ def repair_polygons(geoms: np.ndarray) -> tuple[np.ndarray, int]:
     if n_invalid:
         fixed = shapely.make_valid(out[invalid])
         out[invalid] = [_polygonal(g) for g in fixed]
+        still = np.flatnonzero(invalid)[~shapely.is_valid(out[invalid])]
+        if len(still):
+            reason = shapely.is_valid_reason(out[still[0]])
+            raise GeometryError(
+                f"{len(still)} polygon(s) still invalid after shapely.make_valid (first, item "
+                f"{int(still[0])}: {reason}); repair them before building the boundaries"
+            )
     return _to_multi(out), n_invalid
 
 

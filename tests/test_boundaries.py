@@ -24,7 +24,13 @@ from click.testing import CliRunner
 from shapely.geometry import MultiPolygon, Polygon, box
 
 from geo_pipeline import CRSError, GeometryError, InputError
-from geo_pipeline._gcj02 import gcj02_to_wgs84, gcj02_to_wgs84_xy, in_gcj02_area, wgs84_to_gcj02
+from geo_pipeline._gcj02 import (
+    gcj02_to_wgs84,
+    gcj02_to_wgs84_xy,
+    in_gcj02_area,
+    unique_points,
+    wgs84_to_gcj02,
+)
 from geo_pipeline._io import list_layers, read_layer
 from geo_pipeline.boundaries import (
     BOUNDARY_COLUMNS,
@@ -263,6 +269,34 @@ def test_invalid_geometry_is_repaired_and_counted(caplog: pytest.LogCaptureFixtu
     fixed, n = repair_polygons(np.array([bowtie, box(0, 0, 1, 1)], dtype=object))
     assert n == 1 and all(f.is_valid and f.geom_type == "MultiPolygon" for f in fixed)
     assert fixed[0].area == pytest.approx(2 * 0.5 * 0.5 * 0.3)  # two triangles
+
+
+def test_repair_that_stays_invalid_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """repair_polygons returns valid polygons only (the stage does not check its layers' validity again)."""
+    bowtie = Polygon([(117.0, 28.0), (117.5, 28.6), (117.5, 28.0), (117.0, 28.6)])
+    overlapping = shapely.GeometryCollection([box(0, 0, 2, 2), box(1, 1, 3, 3)])  # parts overlap
+    monkeypatch.setattr(shapely, "make_valid", lambda g: np.array([overlapping] * len(g), dtype=object))
+    msg = r"1 polygon\(s\) still invalid after shapely.make_valid \(first, item 1:"
+    with pytest.raises(GeometryError, match=msg):
+        repair_polygons(np.array([box(0, 0, 1, 1), bowtie], dtype=object))
+
+
+def test_check_frame_known_valid_skips_validity_only() -> None:
+    from geo_pipeline._validate import check_frame
+
+    bowtie = Polygon([(0, 0), (1, 1), (1, 0), (0, 1)])
+    frame = gpd.GeoDataFrame({"a": [1, 2]}, geometry=[bowtie, None], crs="EPSG:4326")
+    found = check_frame(frame, name="t", geometry=True, geom_types=("MultiPolygon",)).items
+    assert [m for _, m in found] == [
+        "1 missing and 0 empty geometries; drop or repair them",
+        "1 invalid geometries (rows [0]; first: Self-intersection[0.5 0.5]); repair with shapely.make_valid",
+        "expected geometry types ['MultiPolygon'], found ['Polygon']",
+    ]
+    found = check_frame(frame, name="t", geometry=True, geom_types=("MultiPolygon",), known_valid=True).items
+    assert [m for _, m in found] == [
+        "1 missing and 0 empty geometries; drop or repair them",
+        "expected geometry types ['MultiPolygon'], found ['Polygon']",
+    ]
 
 
 # --------------------------------------------------------------------------- real data
@@ -508,3 +542,35 @@ def test_inverse_on_active_points_only_is_bit_identical(raw_cnmaps: gpd.GeoDataF
     got, ref = gcj02_to_wgs84_xy(lon, lat), _masked_inverse(lon, lat)
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_conversion_of_distinct_vertices_is_bit_identical(raw_cnmaps: gpd.GeoDataFrame) -> None:
+    """gcj02_to_wgs84 converts each distinct vertex once: the same WKB as converting every vertex."""
+    first = ~raw_cnmaps["adcode"].duplicated().to_numpy()
+    geoms = np.asarray(raw_cnmaps.geometry.values[first], dtype=object)
+    xy = shapely.get_coordinates(geoms)
+    uniq, inverse = unique_points(xy)
+    assert (len(xy), len(uniq)) == (6_823_176, 2_161_646)  # 32 % of the vertices are distinct
+    np.testing.assert_array_equal(uniq[inverse].view(np.uint64), xy.view(np.uint64))
+
+    def every_vertex(c: np.ndarray) -> np.ndarray:
+        return np.column_stack(gcj02_to_wgs84_xy(c[:, 0], c[:, 1]))
+
+    got = shapely.to_wkb(gcj02_to_wgs84(geoms))
+    ref = shapely.to_wkb(shapely.transform(geoms, every_vertex))
+    assert bool(np.all(got == ref))
+
+
+def test_unique_points_compare_bits() -> None:
+    nan2 = np.frombuffer(np.uint64(0x7FF8000000000001).tobytes(), dtype=np.float64)[0]  # another NaN payload
+    xy = np.array([[1.0, 2.0], [0.0, 0.0], [-0.0, 0.0], [np.nan, 1.0], [1.0, 2.0], [nan2, 1.0],
+                   [np.nan, 1.0], [0.0, 0.0]])
+    uniq, inverse = unique_points(xy)
+    np.testing.assert_array_equal(uniq[inverse].view(np.uint64), xy.view(np.uint64))
+    assert len(uniq) == 5 and inverse.tolist() == [0, 1, 2, 3, 0, 4, 3, 1]
+    uniq, inverse = unique_points(xy[::2])  # strided input
+    np.testing.assert_array_equal(uniq[inverse].view(np.uint64), xy[::2].view(np.uint64))
+    uniq, inverse = unique_points(np.empty((0, 2)))
+    assert uniq.shape == (0, 2) and len(inverse) == 0
+    with pytest.raises(ValueError, match="expected an"):
+        unique_points(np.zeros((3, 3)))
