@@ -890,3 +890,67 @@ def test_overlay_equals_per_piece_union_on_real_units(run_stage: Callable[[str],
                 assert only[col].equals(out[col]), col
             checked += 1
     assert checked == 4
+
+
+def _stage_outputs(processed: Path, suffix: str) -> dict[str, object]:
+    """Every layer (attributes and WKB) and CSV of the infrastructure stage at one level."""
+    out: dict[str, object] = {}
+    gpkg = processed / f"infrastructure{suffix}.gpkg"
+    for layer in list_layers(gpkg):
+        frame = pyogrio.read_dataframe(gpkg, layer=layer)
+        if isinstance(frame, gpd.GeoDataFrame):
+            frame = pd.DataFrame(frame).assign(geometry=shapely.to_wkb(frame.geometry.values))
+        out[layer] = frame
+    for name in ("corridor_summary", "geometry_check", "time_band_summary", "access_change_summary",
+                 "network_check", "underused_lines"):
+        out[name + ".csv"] = (processed / f"{name}{suffix}.csv").read_bytes()
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
+def test_rail_prep_reused_at_the_second_level_is_identical(
+    run_stage: Callable[[str], Path], real_workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rail preparation reused at the second level gives the outputs made without it.
+
+    The prefecture level run after the county level in one process (like `run`) writes exactly
+    what it writes alone (real data).
+    """
+    from geo_pipeline.cli import _infrastructure as cli_inf
+
+    source = run_stage("distance")
+    processed = tmp_path / "data_processed"
+    processed.mkdir()
+    for name in ("population.gpkg", "distance.gpkg", "distance_prefecture.gpkg", "manifest.json"):
+        (processed / name).hardlink_to(source / name)  # outputs are replaced, never edited in place
+    (tmp_path / "data_raw").symlink_to(real_workdir / "data_raw", target_is_directory=True)
+    cfg = write_config(tmp_path, MIRROR)
+    made: list[int] = []
+    make = cli_inf._make_rail_prep
+    monkeypatch.setattr(cli_inf, "_make_rail_prep", lambda *a, **k: made.append(1) or make(*a, **k))
+
+    def stage(*args: str) -> None:
+        result = CliRunner().invoke(main, ["-c", str(cfg), "-q", "infrastructure", "--overwrite", *args],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+    cli_inf._PREP_MEMO.clear()
+    stage()  # both levels in one process
+    assert len(made) == 1  # made at the county level, reused at the prefecture level
+    reused = _stage_outputs(processed, "_prefecture")
+    county = _stage_outputs(processed, "")
+    cli_inf._PREP_MEMO.clear()
+    stage("--level", "prefecture")
+    assert len(made) == 2
+    alone = _stage_outputs(processed, "_prefecture")
+    assert reused.keys() == alone.keys() and len(alone) >= 14
+    for name, value in alone.items():
+        if isinstance(value, bytes):
+            assert reused[name] == value, name
+        else:
+            pd.testing.assert_frame_equal(reused[name], value, check_exact=True, obj=name)
+    # a changed setting makes the preparation again
+    stage("--level", "county", "--underused-threshold", "0.5")
+    assert len(made) == 3
+    assert not county["underused_lines.csv"] == _stage_outputs(processed, "")["underused_lines.csv"]
