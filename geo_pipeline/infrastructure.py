@@ -707,7 +707,11 @@ def _corridor_shares(
         work(starts, ends)
     else:
         # halves of the units in two threads (GEOS releases the GIL; each unit's result
-        # depends only on its own geometry, so it is identical to one thread)
+        # depends only on its own geometry, so it is identical to one thread). Kept because it
+        # costs no CPU: measured on the real counties (one process, 4 alternations, machine
+        # loaded 2.5x) 0.85 s CPU in the main thread, 0.72 s in one worker thread, 0.73 s in two
+        # (GEOS allocates faster outside the main thread's heap); the wall gain is nil under
+        # load and at most half of the 0.5 s of this loop on an idle machine.
         cuts = np.linspace(0, len(starts), _THREADS + 1).astype(int)
         with ThreadPoolExecutor(max_workers=_THREADS) as pool:
             list(pool.map(lambda k: work(starts[cuts[k]:cuts[k + 1]], ends[cuts[k]:cuts[k + 1]]),
