@@ -236,12 +236,14 @@ def read_layer(
     """
     p = _existing(path, hint)
     trusted = check_provenance(p)
-    names = list_layers(p)
-    if layer not in names:
-        raise InputError(f"{p}: no layer {layer!r}; layers found: {names}")
+    # the layers are listed only when the read fails, to name them in the message: listing opens
+    # the file once more (2.3 ms per read, about 45 reads per `run --to export`)
     try:
         frame = pyogrio.read_dataframe(p, layer=layer, use_arrow=True, **kwargs)
     except Exception as exc:  # pyogrio raises several error types for corrupt files
+        names = list_layers(p)
+        if layer not in names:
+            raise InputError(f"{p}: no layer {layer!r}; layers found: {names}") from None
         raise InputError(f"{p}: cannot read layer {layer!r}: {exc}") from exc
     if trusted:
         frame.attrs[TRUSTED_ATTR] = trusted

@@ -153,7 +153,8 @@ def read_cnmaps(*, adcodes: Iterable[str] | None = None) -> gpd.GeoDataFrame:
     geometries of :func:`shapely.from_geojson`). Measured on the 3,240 files
     (6.8 million vertices, 171 MB) on a shared 2-core machine: reading the
     text 0.2 s, ``shapely.from_geojson`` 3.4-4.1 s, the pyarrow reader 1.7 s
-    CPU on one core (1.5 s wall with its threads); ``json.loads`` alone
+    CPU with its threads (1.5 s wall; 1.4 s CPU and wall in one thread, which
+    is used); ``json.loads`` alone
     takes 7.9 s (plus 1.9 s to build geometries with
     ``shapely.from_ragged_array``) and ``pyogrio.read_dataframe`` file by file
     about 3 ms per file (about 11 s).
@@ -240,7 +241,14 @@ def parse_geojson_geometries(texts: Sequence[str | bytes]) -> np.ndarray:
         lines = b"\n".join(raw[i].replace(b"\n", b" ").replace(b"\r", b" ") for i in idx)
         try:
             options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-            table = pa_json.read_json(pa.BufferReader(lines), parse_options=options)
+            # one thread and one block: the threaded reader spends more CPU (1 MB blocks parsed
+            # apart, then 160 chunks concatenated). read_cnmaps measured 4 times each, alternated,
+            # on the busy shared machine: 1.45-2.15 s -> 1.39-1.65 s CPU (about 0.3 s less), wall
+            # 2.7-4.3 s -> 2.6-3.4 s; on an idle machine the wall time grows by what the second
+            # thread did. The same geometries (tested on every cnmaps file).
+            block = max(1 << 20, min(len(lines) + 1, 1 << 30))
+            single = pa_json.ReadOptions(use_threads=False, block_size=block)
+            table = pa_json.read_json(pa.BufferReader(lines), read_options=single, parse_options=options)
             geoms = _ragged_geometries(table.column("coordinates").combine_chunks(), depth)
         except (pa.ArrowException, ValueError):
             geoms = None

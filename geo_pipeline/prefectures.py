@@ -350,11 +350,15 @@ def prefecture_totals(
         county census in the same province (``difference_county =
         units_total - county_units_total``).
     """
-    ct = city_table.assign(status=match.rows["status"].to_numpy())
-    ct = ct.assign(pc=ct["province_code"].astype(str))
-    pu = pd.DataFrame(prefecture_units).assign(pc=lambda d: d["province_code"].astype(str))
-    cu = None if county_units is None else pd.DataFrame(county_units).assign(
-        pc=lambda d: d["province_code"].astype(str))
+    # only the columns used: the loop below filters the frames 2 x 33 times, and whole unit frames
+    # (geometry, 40 columns) made that 0.3 s of the population stage (measured: 0.31 -> 0.08 s CPU)
+    keep = [c for c in ("province", "city", "popu_2010", "popu_2020") if c in city_table.columns]
+    ct = pd.DataFrame(city_table[keep]).assign(status=match.rows["status"].to_numpy(),
+                                               pc=city_table["province_code"].astype(str))
+    pops = ["pop_2010", "pop_2020"]
+    pu = pd.DataFrame(prefecture_units[pops]).assign(pc=prefecture_units["province_code"].astype(str))
+    cu = None if county_units is None else pd.DataFrame(county_units[pops]).assign(
+        pc=county_units["province_code"].astype(str))
     recs = []
     names = dict(zip(ct["pc"], ct["province"], strict=False)) if "province" in ct.columns else {}
     for year in (2010, 2020):

@@ -91,6 +91,23 @@ def test_write_gpkg_roundtrip_and_table(tmp_path: Path) -> None:
     assert read_table(out, "summary")["units"].tolist() == [3, 4]
 
 
+def test_read_layer_errors_name_the_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layers are listed only when a read fails; a missing layer and a failed read keep their messages."""
+    import geo_pipeline._io as io_mod
+
+    out = tmp_path / "x.gpkg"
+    write_gpkg(out, {"units": _squares(), "summary": pd.DataFrame({"a": [1]})})
+    listed: list[Path] = []
+    real_list = io_mod.list_layers
+    monkeypatch.setattr(io_mod, "list_layers", lambda p: listed.append(Path(p)) or real_list(p))
+    assert len(read_layer(out, "units")) == 2 and listed == []
+    with pytest.raises(InputError, match=r"x.gpkg: no layer 'nope'; layers found: \['units', 'summary'\]$"):
+        read_layer(out, "nope")
+    assert listed == [out]
+    with pytest.raises(InputError, match=r"x.gpkg: cannot read layer 'units': .*no_such_column"):
+        read_layer(out, "units", columns=["no_such_column"], where="no_such_column > 1")
+
+
 def test_sha256_once_per_file_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
 
