@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import geopandas as gpd
@@ -428,36 +429,43 @@ def permutation_block(
         Block number ``b``: units ``b * PERMUTATION_BLOCK`` up to (excluding)
         ``(b + 1) * PERMUTATION_BLOCK``.
     values : numpy.ndarray
-        Values of all ``n`` units.
+        Values of all ``n`` units, shape ``(n,)``, or ``(n, V)`` for ``V``
+        vectors tested with the same draws (each column gives the counts it
+        would give alone).
     cardinalities : numpy.ndarray
         Number of neighbours of every unit (the unit itself excluded).
     observed : numpy.ndarray
-        Observed neighbour sums :math:`s_i` of every unit.
+        Observed neighbour sums :math:`s_i` of every unit (shape of ``values``).
     direction : numpy.ndarray
         Sign per unit: +1 counts draws with a sum at least the observed one,
-        -1 at most.
+        -1 at most (shape of ``values``).
     permutations : int
         Draws per unit, ``P``.
     seed : int
         Root seed; the block draws from
         ``numpy.random.default_rng(SeedSequence(seed, spawn_key=(block,)))``.
-    scale : float
-        :math:`\max |v|`, for the tolerance of ties.
+    scale : float or numpy.ndarray
+        :math:`\max |v|` (per column), for the tolerance of ties.
 
     Returns
     -------
     numpy.ndarray
-        Per unit of the block (int64): :math:`\min(G, P - G)` with ``G`` the
-        draws at least as large (or as small, for direction -1) as observed;
-        -1 for units without neighbours.
+        Per unit of the block (int64; per unit and column for 2-D ``values``):
+        :math:`\min(G, P - G)` with ``G`` the draws at least as large (or as
+        small, for direction -1) as observed; -1 for units without neighbours.
     """
-    n = len(values)
+    one = np.ndim(values) == 1
+    vals = np.asarray(values, dtype=float).reshape(len(values), -1)  # (n, V): V vectors, one draw
+    n, n_vec = vals.shape
+    obs_all = np.asarray(observed, dtype=float).reshape(n, n_vec)
+    dir_all = np.asarray(direction, dtype=float).reshape(n, n_vec)
+    scales = np.broadcast_to(np.asarray(scale, dtype=float), (n_vec,))
     lo, hi = block * PERMUTATION_BLOCK, min(n, (block + 1) * PERMUTATION_BLOCK)
     card = cardinalities[lo:hi]
-    out = np.full(hi - lo, -1, dtype=np.int64)
+    out = np.full((hi - lo, n_vec), -1, dtype=np.int64)
     kmax = int(card.max(initial=0))
     if kmax == 0:
-        return out
+        return out[:, 0] if one else out
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(block),)))
     rids = _draw_neighbour_sets(rng, n - 1, permutations, kmax)
     by_column = kmax <= _PAIRWISE_BLOCK and _column_sums_are_numpys()
@@ -465,27 +473,33 @@ def permutation_block(
         # Draw id t stands for unit t + (t >= u) (ids over the n - 1 units other than u): gather the
         # two candidate values once per block, then per unit only select (no (m, P, k) index array).
         cols = np.ascontiguousarray(rids.T)  # (kmax, P)
-        below, above = values[cols], values[cols + 1]
+        below = [np.ascontiguousarray(vals[:, c])[cols] for c in range(n_vec)]
+        above = [np.ascontiguousarray(vals[:, c])[cols + 1] for c in range(n_vec)]
     for k in np.unique(card[card > 0]):
         local = np.flatnonzero(card == k)
         table = rids[:, :k][None, :, :]
-        tol = 8 * np.finfo(float).eps * scale * k  # equal multisets summed in another order tie
         step = max(1, 4_000_000 // (permutations * int(k)))
         for start in range(0, len(local), step):
             loc = local[start : start + step]
             u = lo + loc
             if by_column:
-                uu = u[:, None]
-                sums = _column_sums(lambda j, uu=uu: np.where(cols[j] >= uu, above[j], below[j]), int(k))
+                shifted = [cols[j] >= u[:, None] for j in range(k)]  # shared by the V vectors
             else:
                 # ids over the n - 1 other units -> ids over all units (skip the unit itself)
-                sums = values[table + (table >= u[:, None, None])].sum(axis=2)
-            obs = observed[u][:, None]
-            up = (sums >= obs - tol).sum(axis=1)
-            down = (sums <= obs + tol).sum(axis=1)
-            at_least = np.where(direction[u] >= 0, up, down)
-            out[loc] = np.minimum(at_least, permutations - at_least)
-    return out
+                ids = table + (table >= u[:, None, None])
+            for c in range(n_vec):
+                if by_column:
+                    a, b = above[c], below[c]
+                    sums = _column_sums(lambda j, a=a, b=b, m=shifted: np.where(m[j], a[j], b[j]), int(k))
+                else:
+                    sums = vals[:, c][ids].sum(axis=2)
+                tol = 8 * np.finfo(float).eps * scales[c] * k  # equal multisets summed in another order tie
+                obs = obs_all[u, c][:, None]
+                up = (sums >= obs - tol).sum(axis=1)
+                down = (sums <= obs + tol).sum(axis=1)
+                at_least = np.where(dir_all[u, c] >= 0, up, down)
+                out[loc, c] = np.minimum(at_least, permutations - at_least)
+    return out[:, 0] if one else out
 
 
 #: Rows up to this length are summed by NumPy's pairwise summation in one block
@@ -555,7 +569,11 @@ def conditional_pvalues(
     Parameters
     ----------
     values : numpy.ndarray
-        Values in the order of ``weights.ids``, no missing values.
+        Values in the order of ``weights.ids``, no missing values: shape
+        ``(n,)``, or ``(n, V)`` for ``V`` variables at once (same draws; each
+        column gets the p-values of a call with that column alone, bit for
+        bit, for less work: the draws and the choice of the units they stand
+        for are made once).
     weights : UnitWeights
         Binary neighbour relations (the unit itself excluded).
     permutations : int
@@ -563,8 +581,9 @@ def conditional_pvalues(
     seed : int
         Root seed of the draws; same seed, same p-values.
     direction : numpy.ndarray, optional
-        Per unit: +1 when the local statistic grows with the neighbour sum,
-        -1 when it falls, 0 when it does not depend on it (p = 1). Default +1.
+        Per unit (shape of ``values``): +1 when the local statistic grows with
+        the neighbour sum, -1 when it falls, 0 when it does not depend on it
+        (p = 1). Default +1.
     client : dask.distributed.Client, optional
         Run the blocks as Dask tasks (:func:`geo_pipeline.parallel.map_blocks`);
         ``None``: in this process. The p-values are the same bit for bit.
@@ -607,8 +626,8 @@ def conditional_pvalues(
     v = np.asarray(values, dtype=float)
     n = len(v)
     card = np.asarray(weights.cardinalities, dtype=np.int64)
-    sign = np.ones(n) if direction is None else np.sign(np.asarray(direction, dtype=float))
-    p = np.full(n, np.nan)
+    sign = np.ones(v.shape) if direction is None else np.sign(np.asarray(direction, dtype=float))
+    p = np.full(v.shape, np.nan)
     if n < 2 or permutations < 1 or card.max(initial=0) == 0:
         return p
     from scipy import sparse as _sparse
@@ -616,8 +635,12 @@ def conditional_pvalues(
     from .parallel import map_blocks
 
     adj = _sparse.csr_array((np.ones(len(weights.focal)), (weights.focal, weights.neighbor)), shape=(n, n))
-    observed = adj @ v
-    scale = float(np.abs(v).max()) or 1.0
+    if v.ndim == 1:
+        observed = adj @ v
+        scale: Any = float(np.abs(v).max()) or 1.0
+    else:  # column by column: the very sums of a one-vector call
+        observed = np.column_stack([adj @ np.ascontiguousarray(v[:, c]) for c in range(v.shape[1])])
+        scale = np.array([float(np.abs(v[:, c]).max()) or 1.0 for c in range(v.shape[1])])
     n_blocks = -(-n // PERMUTATION_BLOCK)
     parts = map_blocks(
         permutation_block,
@@ -705,94 +728,183 @@ def local_statistics(
     permutations, p comes from the normal approximation
     (:math:`\Phi(-|z|)`, total-randomisation moments for LISA).
     """
-    import esda
-
     if engine not in ENGINES:
         raise InputError(f"engine {engine!r} unknown; expected one of {list(ENGINES)}")
     if client is not None and engine != "numpy":
         raise InputError(
             f"engine {engine!r} cannot run on Dask; use engine='numpy' with a Dask client, or no client"
         )
-    y = np.asarray(y, dtype=float)
-    n = len(y)
-    graph = weights.graph()
-    esda_perm = permutations if engine == "esda" else 0
-    with _quiet_esda():
-        lisa = esda.Moran_Local(
-            y,
-            graph,
-            transformation="r",
-            permutations=esda_perm,
-            n_jobs=1,
-            keep_simulations=False,
-            seed=seed,
-        )
-    if permutations and engine == "esda":
-        p = _exact_p(lisa.p_sim, permutations)
-    elif permutations:
-        p = conditional_pvalues(
-            np.asarray(lisa.z, dtype=float),
-            weights,
-            permutations=permutations,
-            seed=seed,
-            direction=np.asarray(lisa.z, dtype=float),
-            client=client,
-        )
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            p = stats.norm.sf(np.abs((lisa.Is - lisa.EI) / np.sqrt(lisa.VI)))
-    # a value exactly at the mean gives I_i = 0 for every permutation too; esda's
-    # tie rule would call that p = 1/(P+1): it is no evidence of anything
-    p = np.where(np.asarray(lisa.Is) == 0.0, 1.0, p)
-    isolated = np.asarray(weights.cardinalities) == 0  # no neighbour: no local statistic to test
-    p[isolated] = np.nan
-    q = benjamini_hochberg(p)
-    judge = q if fdr else p
-    sig = judge < alpha  # strict: p (or q) == alpha is not significant
-    quad = np.asarray(lisa.q, dtype=int)
-    cluster = np.where(sig, [LISA_LABELS.get(v, NOT_SIGNIFICANT) for v in quad], NOT_SIGNIFICANT)
-    std = np.asarray(lisa.z, dtype=float)
-    lag = np.asarray(graph.transform("r").sparse @ std, dtype=float)
+    parts = _LocalParts.moran_gi(y, weights, permutations=permutations, seed=seed, engine=engine)
+    _draw_pending([parts], permutations=permutations, seed=seed, client=client)
+    return parts.frame(alpha=alpha, fdr=fdr)
 
-    star = graph.assign_self_weight(1.0)
-    shifted = y - y.min()
-    with _quiet_esda():
-        gi = esda.G_Local(
-            shifted,
-            star,
-            transform="B",
-            permutations=esda_perm,
-            star=True,
-            n_jobs=1,
-            keep_simulations=False,
-            seed=seed,
+
+@dataclass
+class _LocalParts:
+    """esda's local statistics of one variable (or pair), then their p-values and labels.
+
+    Built by :meth:`moran_gi` (LISA and Gi*) or :meth:`bivariate`;
+    ``pending`` holds the vectors whose conditional-permutation p-values are
+    still to be drawn with the numpy engine (``(values, direction)``; one
+    per statistic), :func:`_draw_pending` fills ``p`` (and ``gp``) for many
+    variables on the same weights in one :func:`conditional_pvalues` call,
+    and :meth:`frame` labels the units. The split changes nothing but the
+    grouping of the work: a column of a batched call has the p-values of a
+    call with that column alone, bit for bit.
+    """
+
+    weights: UnitWeights
+    lisa: Any
+    gi: Any = None
+    pending: list[tuple[np.ndarray, np.ndarray | None]] = dataclass_field(default_factory=list)
+    p: np.ndarray | None = None
+    gp: np.ndarray | None = None
+
+    @classmethod
+    def moran_gi(
+        cls, y: np.ndarray, weights: UnitWeights, *, permutations: int, seed: int, engine: str
+    ) -> _LocalParts:
+        import esda
+
+        y = np.asarray(y, dtype=float)
+        graph = weights.graph()
+        esda_perm = permutations if engine == "esda" else 0
+        with _quiet_esda():
+            lisa = esda.Moran_Local(
+                y,
+                graph,
+                transformation="r",
+                permutations=esda_perm,
+                n_jobs=1,
+                keep_simulations=False,
+                seed=seed,
+            )
+        star = graph.assign_self_weight(1.0)
+        shifted = y - y.min()
+        with _quiet_esda():
+            gi = esda.G_Local(
+                shifted,
+                star,
+                transform="B",
+                permutations=esda_perm,
+                star=True,
+                n_jobs=1,
+                keep_simulations=False,
+                seed=seed,
+            )
+        parts = cls(weights, lisa, gi)
+        if permutations and engine == "esda":
+            parts.p, parts.gp = _exact_p(lisa.p_sim, permutations), _exact_p(gi.p_sim, permutations)
+        elif permutations:
+            z = np.asarray(lisa.z, dtype=float)
+            parts.pending = [(z, z), (shifted, None)]
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                parts.p = stats.norm.sf(np.abs((lisa.Is - lisa.EI) / np.sqrt(lisa.VI)))
+            parts.gp = np.asarray(gi.p_norm, dtype=float)
+        return parts
+
+    @classmethod
+    def bivariate(
+        cls, x: np.ndarray, y: np.ndarray, weights: UnitWeights, *, permutations: int
+    ) -> _LocalParts:
+        import esda
+
+        with _quiet_esda(), np.errstate(divide="ignore", invalid="ignore"):
+            lisa = esda.Moran_Local_BV(
+                np.asarray(x, dtype=float),
+                np.asarray(y, dtype=float),
+                weights.graph(),
+                transformation="r",
+                permutations=0,
+                keep_simulations=False,
+            )
+        parts = cls(weights, lisa)
+        if permutations:
+            parts.pending = [(np.asarray(lisa.zy, dtype=float), np.asarray(lisa.zx, dtype=float))]
+        else:
+            parts.p = np.full(len(lisa.Is), np.nan)
+        return parts
+
+    def _labels(self, p: np.ndarray, *, alpha: float, fdr: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The p-values with no-evidence and isolated units set, their q-values and the LISA labels."""
+        # a value exactly at the mean gives I_i = 0 for every permutation too; esda's
+        # tie rule would call that p = 1/(P+1): it is no evidence of anything
+        p = np.where(np.asarray(self.lisa.Is) == 0.0, 1.0, p)
+        p[np.asarray(self.weights.cardinalities) == 0] = np.nan  # no neighbour: nothing to test
+        q = benjamini_hochberg(p)
+        sig = (q if fdr else p) < alpha  # strict: p (or q) == alpha is not significant
+        quad = np.asarray(self.lisa.q, dtype=int)
+        cluster = np.where(sig, [LISA_LABELS.get(v, NOT_SIGNIFICANT) for v in quad], NOT_SIGNIFICANT)
+        return p, q, cluster
+
+    def frame(self, *, alpha: float, fdr: bool) -> pd.DataFrame:
+        """The columns of :func:`local_statistics` (or, without Gi*, :func:`local_bivariate`)."""
+        lisa, graph = self.lisa, self.weights.graph()
+        if self.gi is None:  # bivariate
+            p, q, cluster = self._labels(np.asarray(self.p, dtype=float), alpha=alpha, fdr=fdr)
+            zx, zy = np.asarray(lisa.zx, dtype=float), np.asarray(lisa.zy, dtype=float)
+            lag = np.asarray(graph.transform("r").sparse @ zy, dtype=float)
+            Is = np.asarray(lisa.Is, dtype=float)  # noqa: N806 - esda's name
+            return pd.DataFrame(
+                {"I": Is, "p": p, "q": q, "cluster": cluster.astype(object), "std": zx, "lag": lag}
+            )
+        p, q, cluster = self._labels(np.asarray(self.p, dtype=float), alpha=alpha, fdr=fdr)
+        std = np.asarray(lisa.z, dtype=float)
+        lag = np.asarray(graph.transform("r").sparse @ std, dtype=float)
+        gz = np.asarray(self.gi.Zs, dtype=float)
+        isolated = np.asarray(self.weights.cardinalities) == 0
+        gp = np.where(isolated, np.nan, np.asarray(self.gp, dtype=float))
+        gsig = (benjamini_hochberg(gp) if fdr else gp) < alpha
+        gclass = np.where(
+            gsig & (gz > 0), "hot spot", np.where(gsig & (gz < 0), "cold spot", NOT_SIGNIFICANT)
         )
-    gz = np.asarray(gi.Zs, dtype=float)
-    if permutations and engine == "esda":
-        gp = _exact_p(gi.p_sim, permutations)
-    elif permutations:
-        gp = conditional_pvalues(shifted, weights, permutations=permutations, seed=seed, client=client)
-    else:
-        gp = np.asarray(gi.p_norm, dtype=float)
-    gp = np.where(isolated, np.nan, gp)
-    gjudge = benjamini_hochberg(gp) if fdr else gp
-    gsig = gjudge < alpha
-    gclass = np.where(gsig & (gz > 0), "hot spot", np.where(gsig & (gz < 0), "cold spot", NOT_SIGNIFICANT))
-    if n and not np.isfinite(lisa.Is).all():  # pragma: no cover - guarded by the caller
-        raise InputError("local Moran's I is not finite; is the variable constant?")
-    return pd.DataFrame(
-        {
-            "I": np.asarray(lisa.Is, dtype=float),
-            "p": p,
-            "q": q,
-            "cluster": cluster.astype(object),
-            "std": std,
-            "lag": lag,
-            "gi_z": gz,
-            "gi_p": gp,
-            "gi_class": gclass.astype(object),
-        }
-    )
+        if len(std) and not np.isfinite(lisa.Is).all():  # pragma: no cover - guarded by the caller
+            raise InputError("local Moran's I is not finite; is the variable constant?")
+        return pd.DataFrame(
+            {
+                "I": np.asarray(lisa.Is, dtype=float),
+                "p": p,
+                "q": q,
+                "cluster": cluster.astype(object),
+                "std": std,
+                "lag": lag,
+                "gi_z": gz,
+                "gi_p": gp,
+                "gi_class": gclass.astype(object),
+            }
+        )
+
+
+def _draw_pending(parts: Sequence[_LocalParts], *, permutations: int, seed: int, client: Any | None) -> None:
+    """Conditional-permutation p-values of every pending statistic, one call per weights object.
+
+    All LISA, Gi* and bivariate LISA of a level share the seed, and those on
+    the same weights (every variable without missing values) share the
+    draws: one :func:`conditional_pvalues` call with all their vectors as
+    columns draws the neighbour sets and chooses the units they stand for
+    once. Measured on the 2,733 counties, 9 vectors: 0.47 s in 9 calls,
+    0.28 s in one; the p-values are the same bit for bit.
+    """
+    groups: dict[int, list[tuple[_LocalParts, int]]] = {}
+    for part in parts:
+        for i in range(len(part.pending)):
+            groups.setdefault(id(part.weights), []).append((part, i))
+    for members in groups.values():
+        weights = members[0][0].weights
+        tests = [part.pending[i] for part, i in members]
+        values = np.column_stack([v for v, _ in tests])
+        direction = np.column_stack([np.ones(len(v)) if d is None else d for v, d in tests])
+        p = conditional_pvalues(
+            values, weights, permutations=permutations, seed=seed, direction=direction, client=client
+        )
+        for c, (part, i) in enumerate(members):
+            if i == 0:
+                part.p = p[:, c]
+            else:
+                part.gp = p[:, c]
+    for part in parts:
+        part.pending = []
 
 
 def pair_key(x: str, y: str) -> str:
@@ -902,31 +1014,9 @@ def local_bivariate(
     :math:`z_x`. The quadrant of (:math:`z_{x,i}`, lag) gives HH, LL, HL
     (high x, low neighbouring y) or LH.
     """
-    import esda
-
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    graph = weights.graph()
-    with _quiet_esda(), np.errstate(divide="ignore", invalid="ignore"):
-        lisa = esda.Moran_Local_BV(x, y, graph, transformation="r", permutations=0, keep_simulations=False)
-    zx = np.asarray(lisa.zx, dtype=float)
-    zy = np.asarray(lisa.zy, dtype=float)
-    Is = np.asarray(lisa.Is, dtype=float)  # noqa: N806 - esda's name
-    if permutations:
-        p = conditional_pvalues(
-            zy, weights, permutations=permutations, seed=seed, direction=zx, client=client
-        )
-    else:
-        p = np.full(len(x), np.nan)
-    p = np.where(Is == 0.0, 1.0, p)  # x at its mean or no neighbour: no evidence
-    p[np.asarray(weights.cardinalities) == 0] = np.nan
-    q = benjamini_hochberg(p)
-    judge = q if fdr else p
-    sig = judge < alpha
-    quad = np.asarray(lisa.q, dtype=int)
-    cluster = np.where(sig, [LISA_LABELS.get(v, NOT_SIGNIFICANT) for v in quad], NOT_SIGNIFICANT)
-    lag = np.asarray(graph.transform("r").sparse @ zy, dtype=float)
-    return pd.DataFrame({"I": Is, "p": p, "q": q, "cluster": cluster.astype(object), "std": zx, "lag": lag})
+    parts = _LocalParts.bivariate(x, y, weights, permutations=permutations)
+    _draw_pending([parts], permutations=permutations, seed=seed, client=client)
+    return parts.frame(alpha=alpha, fdr=fdr)
 
 
 def _empty_columns(
@@ -1034,10 +1124,14 @@ def _bivariate_pair(
     seed: int,
     alpha: float,
     fdr: bool,
-    client: Any | None,
     common: dict[str, Any],
-) -> dict[str, Any]:
-    """Fill the ``bv_<x>_vs_<y>_*`` columns of ``out`` and return the pair's global row."""
+    subset: Callable[[np.ndarray], UnitWeights],
+) -> tuple[dict[str, Any], _LocalParts | None, Callable[[], None]]:
+    """Prepare the ``bv_<x>_vs_<y>_*`` columns of ``out``: the pair's global row, its local parts.
+
+    The local parts wait for their p-values (:func:`_draw_pending`); the
+    returned function then fills the columns and logs the result.
+    """
     key = pair_key(x_var, y_var)
 
     def column(name: str) -> np.ndarray:
@@ -1069,27 +1163,29 @@ def _bivariate_pair(
             stacklevel=3,
         )
         nan = dict.fromkeys(("I", "EI", "z_norm", "p_norm", "z_sim", "p_sim"), np.nan)
-        return {**row, **nan, "n_links": weights.n_links, "weights": weights.description}
-    w_pair = weights.subset(ok)
+        return {**row, **nan, "n_links": weights.n_links, "weights": weights.description}, None, lambda: None
+    w_pair = subset(ok)
     g = global_moran_bv(xa, ya, w_pair, permutations=permutations, seed=seed)
-    loc = local_bivariate(
-        xa, ya, w_pair, permutations=permutations, seed=seed, alpha=alpha, fdr=fdr, client=client
-    )
-    idx = out.index[pos[ok]]
-    for c in ("I", "p", "q", "cluster", "std", "lag"):
-        out.loc[idx, f"bv_{key}_{c}"] = loc[c].to_numpy()
-    counts = loc["cluster"].value_counts()
-    log.info(
-        "%s: bivariate Moran's I = %.3f (p_sim = %.3g); local HH %d, LL %d, HL %d, LH %d",
-        key,
-        g["I"],
-        g["p_sim"],
-        counts.get("HH", 0),
-        counts.get("LL", 0),
-        counts.get("HL", 0),
-        counts.get("LH", 0),
-    )
-    return {**row, **g, "n_links": w_pair.n_links, "weights": w_pair.description}
+    parts = _LocalParts.bivariate(xa, ya, w_pair, permutations=permutations)
+
+    def finish() -> None:
+        loc = parts.frame(alpha=alpha, fdr=fdr)
+        idx = out.index[pos[ok]]
+        for c in ("I", "p", "q", "cluster", "std", "lag"):
+            out.loc[idx, f"bv_{key}_{c}"] = loc[c].to_numpy()
+        counts = loc["cluster"].value_counts()
+        log.info(
+            "%s: bivariate Moran's I = %.3f (p_sim = %.3g); local HH %d, LL %d, HL %d, LH %d",
+            key,
+            g["I"],
+            g["p_sim"],
+            counts.get("HH", 0),
+            counts.get("LL", 0),
+            counts.get("HL", 0),
+            counts.get("LH", 0),
+        )
+
+    return {**row, **g, "n_links": w_pair.n_links, "weights": w_pair.description}, parts, finish
 
 
 def spatial_autocorrelation(
@@ -1293,6 +1389,42 @@ def spatial_autocorrelation(
             eb.attrs["min_shrinkage"],
         )
     rows = []
+    local: list[_LocalParts] = []  # local statistics waiting for their permutation p-values
+    finishers: list[Callable[[], None]] = []  # then fill their columns, in this order
+    subsets: dict[bytes, UnitWeights] = {}
+
+    def subset(ok: np.ndarray) -> UnitWeights:
+        """``weights.subset(ok)``, one object per set of units (its graph and draws are shared)."""
+        key = np.packbits(ok).tobytes()
+        if key not in subsets:
+            subsets[key] = weights.subset(ok)
+        return subsets[key]
+
+    def finish_variable(var: str, parts: _LocalParts, idx: pd.Index, g: dict[str, float]) -> None:
+        loc = parts.frame(alpha=alpha, fdr=fdr)
+        for src, dst in (
+            ("I", "I"),
+            ("p", "p"),
+            ("q", "q"),
+            ("cluster", "cluster"),
+            ("std", "std"),
+            ("lag", "lag"),
+        ):
+            out.loc[idx, f"lisa_{var}_{dst}"] = loc[src].to_numpy()
+        for src, dst in (("gi_z", "z"), ("gi_p", "p"), ("gi_class", "class")):
+            out.loc[idx, f"gi_{var}_{dst}"] = loc[src].to_numpy()
+        counts = pd.Series(loc["cluster"]).value_counts()
+        log.info(
+            "%s: Moran's I = %.3f (p_sim = %.3g); LISA HH %d, LL %d, HL %d, LH %d",
+            var,
+            g["I"],
+            g["p_sim"],
+            counts.get("HH", 0),
+            counts.get("LL", 0),
+            counts.get("HL", 0),
+            counts.get("LH", 0),
+        )
+
     for var in variables:
         values = source[var] if var in derived else units[var].to_numpy(dtype=float, na_value=np.nan)
         values = np.where(include, values, np.nan)
@@ -1344,63 +1476,38 @@ def spatial_autocorrelation(
             continue
         if n_missing:
             log.info("%s: %d unit(s) without a value left out", var, n_missing)
-        w_var = weights.subset(ok)
-        t0 = time.perf_counter()
+        w_var = subset(ok)
         g = global_moran(vals[ok], w_var, permutations=permutations, seed=seed)
-        loc = local_statistics(
-            vals[ok],
-            w_var,
+        parts = _LocalParts.moran_gi(vals[ok], w_var, permutations=permutations, seed=seed, engine=engine)
+        local.append(parts)
+        finishers.append(functools.partial(finish_variable, var, parts, out.index[pos[ok]], g))
+        rows.append({**row, **g, "n_links": w_var.n_links, "weights": w_var.description})
+    for x_var, y_var in pairs:
+        row, parts, finish = _bivariate_pair(
+            x_var,
+            y_var,
+            units,
+            out,
+            source,
+            include=include,
+            pos=pos,
+            weights=weights,
             permutations=permutations,
             seed=seed,
             alpha=alpha,
             fdr=fdr,
-            engine=engine,
-            client=client,
+            common={"n_excluded": n_excluded, "alpha": alpha, "fdr": fdr, "significance": sig_rule},
+            subset=subset,
         )
-        log.debug("%s: statistics in %.2f s", var, time.perf_counter() - t0)
-        idx = out.index[pos[ok]]
-        for src, dst in (
-            ("I", "I"),
-            ("p", "p"),
-            ("q", "q"),
-            ("cluster", "cluster"),
-            ("std", "std"),
-            ("lag", "lag"),
-        ):
-            out.loc[idx, f"lisa_{var}_{dst}"] = loc[src].to_numpy()
-        for src, dst in (("gi_z", "z"), ("gi_p", "p"), ("gi_class", "class")):
-            out.loc[idx, f"gi_{var}_{dst}"] = loc[src].to_numpy()
-        rows.append({**row, **g, "n_links": w_var.n_links, "weights": w_var.description})
-        counts = pd.Series(loc["cluster"]).value_counts()
-        log.info(
-            "%s: Moran's I = %.3f (p_sim = %.3g); LISA HH %d, LL %d, HL %d, LH %d",
-            var,
-            g["I"],
-            g["p_sim"],
-            counts.get("HH", 0),
-            counts.get("LL", 0),
-            counts.get("HL", 0),
-            counts.get("LH", 0),
-        )
-    for x_var, y_var in pairs:
-        rows.append(
-            _bivariate_pair(
-                x_var,
-                y_var,
-                units,
-                out,
-                source,
-                include=include,
-                pos=pos,
-                weights=weights,
-                permutations=permutations,
-                seed=seed,
-                alpha=alpha,
-                fdr=fdr,
-                client=client,
-                common={"n_excluded": n_excluded, "alpha": alpha, "fdr": fdr, "significance": sig_rule},
-            )
-        )
+        rows.append(row)
+        if parts is not None:
+            local.append(parts)
+        finishers.append(finish)
+    t0 = time.perf_counter()
+    _draw_pending(local, permutations=permutations, seed=seed, client=client)
+    log.debug("local permutations of %d statistic(s) in %.2f s", len(local), time.perf_counter() - t0)
+    for finish in finishers:
+        finish()
     for c, t in schema.items():
         out[c] = out[c].astype(t)
     result_units = gpd.GeoDataFrame(out, geometry=units.geometry.copy(), crs=units.crs)

@@ -896,6 +896,20 @@ def test_fast_paths_bit_identical_on_real_units(
     slow_knn = _block_counts(z, build_weights(analysed, kind="knn", k=12), permutations=99, seed=3)
     monkeypatch.undo()
     assert all(np.array_equal(a, b) for a, b in zip(fast + fast_knn, slow + slow_knn, strict=True))
+    # several vectors in one call (the stage's batch): each column as if alone, bit for bit
+    shifted = y - y.min()
+    zx = (x - x.mean()) / x.std()
+    values = np.column_stack([z, shifted, zx, np.round(z, 1)])  # rounded: many exact ties
+    direction = np.column_stack([z, np.ones(len(z)), -z, z])
+    batch = conditional_pvalues(values, w, permutations=999, seed=20201101, direction=direction)
+    for c in range(values.shape[1]):
+        alone = conditional_pvalues(
+            values[:, c].copy(), w, permutations=999, seed=20201101, direction=direction[:, c].copy()
+        )
+        assert np.array_equal(batch[:, c], alone, equal_nan=True), c
+    assert np.array_equal(
+        batch[:, 1], conditional_pvalues(shifted, w, permutations=999, seed=20201101), equal_nan=True
+    )
 
     # global Moran's I and Moran_BV: every figure equal to esda's own permutation loop
     state = np.random.get_state()
@@ -947,3 +961,35 @@ def test_global_moran_equals_esda_loop_on_lattice() -> None:
         assert (gb["z_sim"], gb["p_sim"], gb["EI"], gb["I"]) == (bv.z_sim, bv.p_sim, bv.EI_sim, bv.I)
     g0 = global_moran(y, w, permutations=0, seed=1)
     assert np.isnan(g0["p_sim"]) and np.isnan(g0["z_sim"]) and g0["I"] == mi.I
+
+
+def test_stage_batch_equals_per_variable_functions() -> None:
+    """The stage draws the local p-values of all variables at once: same as one by one, bit for bit."""
+    units = bivariate_lattice()
+    units.loc[7, "w"] = np.nan  # "w" and the pair on a subset of the weights, "v" on all
+    res = spatial_autocorrelation(
+        units, variables=["v", "w"], bivariate=[("v", "w")], permutations=199, seed=9
+    )
+    w = build_weights(units)
+    keep = units["w"].notna().to_numpy()
+    v, ww = units["v"].to_numpy(), units["w"].to_numpy()
+    expect = {
+        "lisa_v": local_statistics(v, w, permutations=199, seed=9, alpha=0.05, fdr=False),
+        "lisa_w": local_statistics(ww[keep], w.subset(keep), permutations=199, seed=9, alpha=0.05, fdr=False),
+        "bv_v_vs_w": local_bivariate(
+            v[keep], ww[keep], w.subset(keep), permutations=199, seed=9, alpha=0.05, fdr=False
+        ),
+    }
+    for prefix, frame in expect.items():
+        rows = slice(None) if prefix == "lisa_v" else keep
+        for col in ("I", "p", "q", "cluster", "std", "lag"):
+            got, want = res.units[f"{prefix}_{col}"].to_numpy()[rows], frame[col].to_numpy()
+            same = (got == want).all() if col == "cluster" else np.array_equal(got, want, equal_nan=True)
+            assert same, (prefix, col)
+    for var, frame in (("v", expect["lisa_v"]), ("w", expect["lisa_w"])):
+        rows = slice(None) if var == "v" else keep
+        assert np.array_equal(
+            res.units[f"gi_{var}_p"].to_numpy()[rows], frame["gi_p"].to_numpy(), equal_nan=True
+        )
+        assert (res.units[f"gi_{var}_class"].to_numpy()[rows] == frame["gi_class"].to_numpy()).all()
+    assert res.units["lisa_v_p"].min() < 0.05 and res.units["bv_v_vs_w_p"].min() < 0.05
