@@ -180,3 +180,36 @@ def test_real_2010_network_has_no_later_line(real_network: tuple[gpd.GeoDataFram
     # whose catalogue date 2009.2.26 is its construction start (opened 2010-10-26, still before the census)
     assert {"京沪高铁", "沪宁城际"} <= late
     assert {n[0] for n in g.successors("name:上海虹桥") if isinstance(n, tuple)} == {"沪昆高铁-沪杭段"}
+
+
+def test_core_search_reused_for_other_units_is_identical(
+    real_network: tuple[gpd.GeoDataFrame, set[str]],
+) -> None:
+    """The cores' network search made once and reused for other units gives the same frames.
+
+    As the infrastructure stage's second level does; real lines, cores and polygons.
+    """
+    from geo_pipeline.boundaries import read_cnmaps
+    from geo_pipeline.distance import default_cores
+
+    lines, stops = real_network
+    cores = default_cores()
+    raw = read_cnmaps()
+    levels = []
+    for level, keep in (("区县", raw["adcode"].str[:2].isin(["21", "22", "23", "42"])), ("市", True)):
+        part = raw.loc[(raw["level"] == level) & keep].drop_duplicates("adcode")
+        levels.append(gpd.GeoDataFrame({"unit_id": part["adcode"].to_numpy()},
+                                       geometry=part.geometry.to_numpy(), crs="EPSG:4326"))
+    assert len(levels[0]) > 300 and len(levels[1]) > 300
+    searches: dict[str, rn.CoreSearch] = {}
+    opts = {"stops": stops, "access_radius_km": 50.0}
+    for units in levels:
+        shared = rn.access_then_and_now(units, lines, cores, year=2010, searches=searches, **opts)
+        alone = rn.access_then_and_now(units, lines, cores, year=2010, **opts)
+        pd.testing.assert_frame_equal(shared, alone, check_exact=True)
+        assert (shared["rail_route"] == "rail").sum() > 100
+        pd.testing.assert_frame_equal(rn.core_access(units, lines, cores, search=searches["now"], **opts),
+                                      rn.core_access(units, lines, cores, **opts), check_exact=True)
+    assert set(searches) == {"now", "then"} and len(searches["now"].minutes) > len(searches["then"].minutes)
+    with pytest.raises(InputError, match="no cores"):
+        rn.access_then_and_now(levels[1], lines, cores.iloc[:0], searches={}, **opts)

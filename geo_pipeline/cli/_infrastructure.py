@@ -22,6 +22,7 @@ import click
 import geopandas as gpd
 import pandas as pd
 import pyogrio
+import shapely
 
 from .. import infrastructure as inf
 from .. import rail, roads
@@ -350,7 +351,8 @@ def run(
         if s.network and versions:
             cores = read_layer(cores_path, "cores", hint="run `geo-pipeline distance` first")
             inputs["cores"] = cores_path
-            access, net_tables = _network(units, line_frame, cores, prep.stops, s, prep.network_check)
+            access, net_tables = _network(units, line_frame, cores, prep.stops, s, prep.network_check,
+                                          prep.searches)
         elif s.network:
             log.warning("rail network skipped: it needs the station sequences of the corridor-file lines "
                         "(lines = 'corridors'); lines = %r", lines_src)
@@ -482,6 +484,8 @@ class _RailPrep:
     osm_offsets: list[dict[str, Any]]  # geometry_check rows of the OSM track offsets
     network_check: pd.DataFrame | None
     notes: tuple[str, ...]  # data-quality warnings raised while it was made
+    #: rail_network.core_search results by cores (names and WKB), shared by the levels
+    searches: dict[Any, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 #: The last :class:`_RailPrep` made in this process, by key (see :func:`_rail_prep`).
@@ -739,10 +743,13 @@ def _network(
     stops: set[str],
     s: Any,
     network_check: pd.DataFrame | None = None,
+    searches: dict[Any, dict[str, Any]] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Door-to-core minutes now and in 2010, their summaries and the timetable check.
 
-    ``network_check`` is the timetable check when already made (it depends on the lines only).
+    ``network_check`` is the timetable check when already made (it depends on the lines only);
+    ``searches`` keeps the cores' network searches (:func:`rail_network.core_search`) of these
+    lines and settings by cores, for the next level.
     """
     check_frame(cores, name="distance.gpkg layer cores", columns={"name": "any"}, crs="EPSG:4326",
                 geometry=True, geom_types=("Point",)).raise_if_any()
@@ -756,7 +763,11 @@ def _network(
         "breaks_min": list(s.time_breaks_min),
         "stops": stops,
     }
-    access = rnet.access_then_and_now(units, lines, cores, year=inf.CENSUS_YEARS[0], **opts)
+    # the cores' side of the network search depends on the lines, the settings and the cores only:
+    # made once for both levels when their cores are the same (0.25 s CPU per level)
+    key = (tuple(cores["name"].astype(str)), tuple(shapely.to_wkb(cores.geometry.values)), str(cores.crs))
+    found = {} if searches is None else searches.setdefault(key, {})
+    access = rnet.access_then_and_now(units, lines, cores, year=inf.CENSUS_YEARS[0], searches=found, **opts)
     pop_cols = [c for c in ("unit_id", "pop_2010", "pop_2020", "change_pct", "shrinking", "hukou_2010",
                             "net_outflow") if c in units.columns]
     joined = pd.DataFrame(units[pop_cols]).assign(unit_id=lambda d: d["unit_id"].astype(str)).merge(
