@@ -395,8 +395,8 @@ class UnitWeights:
     component: np.ndarray
     kind: str
     options: Mapping[str, Any] = field(default_factory=dict)
-    #: :meth:`graph`, built on first use (the weights are immutable).
-    _graph: list[Graph] = field(default_factory=list, init=False, repr=False)
+    #: :meth:`graph` and :attr:`unlinked`, computed on first use (the weights are immutable).
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     # -- summaries ---------------------------------------------------------
     @property
@@ -480,8 +480,16 @@ class UnitWeights:
         member nearest to the rest), ``n_units``, ``members`` (ids joined by
         ``+``), ``neighbor_id`` (the nearest unit outside), ``distance_km``
         (WGS84 geodesic between centroids), ``lon``, ``lat``,
-        ``neighbor_lon``, ``neighbor_lat`` and ``reason``.
+        ``neighbor_lon``, ``neighbor_lat`` and ``reason``. Computed once per
+        weights object (a copy is returned): :attr:`description` reads it too,
+        once per variable in the autocorrelation stage (2.4 ms each for the
+        counties, 8 times per level).
         """
+        if "unlinked" not in self._cache:
+            self._cache["unlinked"] = self._unlinked()
+        return self._cache["unlinked"].copy()
+
+    def _unlinked(self) -> pd.DataFrame:
         cols = [
             "unit_id",
             "n_units",
@@ -547,8 +555,8 @@ class UnitWeights:
         times per variable, 12 times in all, and each build took 13 ms for the
         2,733 counties.
         """
-        if self._graph:
-            return self._graph[0]
+        if "graph" in self._cache:
+            return self._cache["graph"]
         n = self.n
         f, g = self.focal, self.neighbor
         w = np.ones(len(f))
@@ -560,7 +568,7 @@ class UnitWeights:
         graph = Graph.from_arrays(ids[f[order]], ids[g[order]], w[order])
         if n and not np.array_equal(np.asarray(graph.unique_ids, dtype=object), ids):
             raise RuntimeError("libpysal Graph reordered the unit ids")  # pragma: no cover
-        self._graph.append(graph)
+        self._cache["graph"] = graph
         return graph
 
     def subset(self, keep: np.ndarray) -> UnitWeights:

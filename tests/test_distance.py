@@ -25,6 +25,7 @@ from geo_pipeline.distance import (
     band_labels,
     band_summary,
     band_summary_by,
+    core_set_sensitivity,
     cores_from_frame,
     default_cores,
     distance_bands,
@@ -613,6 +614,21 @@ def test_real_prefectures_banded_and_summed() -> None:
     all_row = summary.set_index("band").loc["all"]
     total = 100 * (units["pop_2020"].sum() - units["pop_2010"].sum()) / units["pop_2010"].sum()
     assert all_row["pop_weighted_change_pct"] == pytest.approx(total)
+
+
+def test_sensitivity_with_the_banded_points_equals_computing_them() -> None:
+    # the CLI hands core_set_sensitivity the points distance_bands found: the same table, to the bit
+    units = prefecture_units()
+    banded = distance_bands(units, default_cores("all"))
+    sets = {name: default_cores(name) for name in ("all", "central", "metro")}
+    for point in ("representative", "centroid"):
+        banded = distance_bands(units, default_cores("all"), point=point)
+        computed = core_set_sensitivity(banded, sets, point=point)
+        given = core_set_sensitivity(banded, sets, point=point, points=banded[["point_lon", "point_lat"]])
+        pd.testing.assert_frame_equal(given, computed, check_exact=True)
+        assert computed["n_beyond"].between(1, len(units) - 1).all()
+    with pytest.raises(InputError, match="point_lon, point_lat with the index"):
+        core_set_sensitivity(banded, sets, points=banded[["point_lon", "point_lat"]].iloc[1:])
 
 
 def _stages_available(*names: str) -> None:

@@ -218,6 +218,15 @@ def test_two_small_components_join_then_reach_main() -> None:
     assert left.loc[0, "distance_km"] == pytest.approx(490.0, abs=1.0)  # centroid to centroid, UTM scale
     assert "beyond the 300 km limit (max_island_link_km)" in left.loc[0, "reason"]
     assert "1 left isolated" in limited.description
+    # graph and unlinked are computed once per weights object; unlinked hands out copies
+    assert limited.graph() is limited.graph()
+    left.loc[0, "unit_id"] = "changed"
+    again = limited.unlinked
+    assert again.loc[0, "unit_id"] == "f1" and again is not limited.unlinked
+    pd.testing.assert_frame_equal(again, limited._unlinked())
+    fresh = UnitWeights.from_arrays(limited.to_arrays())  # same weights, nothing cached yet
+    pd.testing.assert_frame_equal(fresh.unlinked, again)
+    assert fresh.description == limited.description
     # a limit above the gap links everything again
     assert build_weights(both, max_link_km=500).graph().n_components == 1
 

@@ -243,12 +243,16 @@ def run(
             grouped[name] = dist.band_summary_by(summed.assign(**{col: values}), col, breaks_km=breaks,
                                                  groups=[*order, *extra])
     # sensitivity: shrinkage beyond the last band edge under each core set
-    core_sets = {name: dist.default_cores(name) for name in dist.CORE_SETS}
+    default_run = cores_path is None and census_n <= 0  # the run's own default set is not read again
+    core_sets = {name: core_frame if default_run and name == cores_set else dist.default_cores(name)
+                 for name in dist.CORE_SETS}
     if county_units is not None and "pop_2020_districts" in county_units.columns:
         for n in sorted({*s.sensitivity_census_min_pop, *([census_n] if census_n > 0 else [])}):
             core_sets[f"census>={n}"] = census_cores(county_units, min_pop=n)
     core_sets.setdefault(run_set, core_frame)
-    sensitivity = dist.core_set_sensitivity(summed, core_sets, threshold_km=breaks[-1], point=point)
+    # the units' points were found by distance_bands: not computed again
+    sensitivity = dist.core_set_sensitivity(summed, core_sets, threshold_km=breaks[-1], point=point,
+                                            points=summed[["point_lon", "point_lat"]])
     sensitivity["used_in_run"] = sensitivity["core_set"].eq(run_set)
     rings = dist.geodesic_rings(core_frame, radii_km=breaks)
     elapsed = time.perf_counter() - t0
