@@ -993,3 +993,25 @@ def test_stage_batch_equals_per_variable_functions() -> None:
         )
         assert (res.units[f"gi_{var}_class"].to_numpy()[rows] == frame["gi_class"].to_numpy()).all()
     assert res.units["lisa_v_p"].min() < 0.05 and res.units["bv_v_vs_w_p"].min() < 0.05
+
+
+def test_save_png_same_bytes_as_savefig(lattice_result, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from geo_pipeline.cli._autocorrelation import PNG_DPI, save_png
+
+    _, res = lattice_result
+    row = res.global_moran.iloc[0]
+    long_title = "Moran scatterplot, a title long enough to be wrapped on two lines " * 2
+    for title in (None, long_title):
+        a = moran_scatterplot(res.units, "v", moran_i=row["I"], p_sim=row["p_sim"], title=title)
+        b = moran_scatterplot(res.units, "v", moran_i=row["I"], p_sim=row["p_sim"], title=title)
+        assert a.get_layout_engine() is not None  # constrained: the layout is run once by save_png
+        a.savefig(tmp_path / "plain.png", dpi=PNG_DPI, format="png")
+        save_png(b, tmp_path / "once.png", dpi=PNG_DPI)
+        assert (tmp_path / "once.png").read_bytes() == (tmp_path / "plain.png").read_bytes()
+        assert b.get_layout_engine() is None
+    # without running the layout at the output dpi the bytes differ: the test can fail
+    c = moran_scatterplot(res.units, "v", moran_i=row["I"], p_sim=row["p_sim"])
+    c.get_layout_engine().execute(c)  # at the figure's own 100 dpi
+    c.set_layout_engine(None)
+    c.savefig(tmp_path / "wrong.png", dpi=PNG_DPI, format="png")
+    assert (tmp_path / "wrong.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
