@@ -28,19 +28,21 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
-from matplotlib.figure import Figure
 from scipy import stats
 
 from ._errors import DataQualityWarning, InputError
 from ._validate import check_frame
 from .rates import EB_COLUMNS, change_eb
 from .weights import MAX_LINK_KM, UnitWeights, build_weights
+
+if TYPE_CHECKING:  # matplotlib loads when a scatterplot is drawn (moran_scatterplot), not at start-up
+    from matplotlib.figure import Figure
 
 __all__ = [
     "AutocorrelationResult",
@@ -1570,6 +1572,10 @@ def moran_scatterplot(
     check_frame(units, name="autocorrelation units", columns=cols).raise_if_any()
     data = units[cols].dropna()
     x, lag, cl = data[cols[0]].to_numpy(), data[cols[1]].to_numpy(), data[cols[2]].to_numpy()
+    # imported here: matplotlib (with PIL, fontTools, kiwisolver) is 0.3-0.4 s of CPU that the
+    # statistics do not need, e.g. for `geo-pipeline autocorrelation --help` or a bad input
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.0, 5.5), layout="constrained")
     ax = fig.add_subplot()
     for label, colour in _COLOURS.items():

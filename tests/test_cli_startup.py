@@ -93,3 +93,39 @@ def test_stage_commands_resolve_and_unknown_is_an_error() -> None:
     assert result.exit_code == 0 and "--mirror" in result.output
     result = runner.invoke(cli.main, ["nosuchstage"])
     assert result.exit_code == 2 and "No such command 'nosuchstage'" in result.output
+
+
+#: Heavy libraries (or heavy submodules) a stage's start-up may load: those its work calls in every
+#: run (benchmarks/bench.py compares the start-up with importing them). Anything else of
+#: STAGE_HEAVY is imported where it is used, e.g. matplotlib by the Moran scatterplots (0.3 s CPU
+#: the statistics do not need).
+STAGE_HEAVY = ("matplotlib", "PIL", "fontTools", "libpysal", "esda", "numba", "sklearn", "networkx", "osmnx",
+               "rasterio", "mapclassify", "pooch", "requests", "scipy.stats", "scipy.spatial", "scipy.sparse")
+_LIBPYSAL = {"libpysal", "numba", "sklearn", "requests", "scipy.stats", "scipy.spatial", "scipy.sparse"}
+STAGE_MAY_LOAD = {
+    "fetch": set(),
+    "boundaries": set(),
+    "population": {"scipy.sparse"},  # crosswalk: connected components
+    "raster": {"rasterio", "numba"},  # the zonal kernel is compiled with numba
+    "distance": {"scipy.spatial", "scipy.sparse"},  # cKDTree candidates of the nearest core
+    "autocorrelation": _LIBPYSAL,  # weights are a libpysal Graph; libpysal loads the rest
+    "infrastructure": {"networkx", "scipy.spatial", "scipy.sparse"},  # rail network; nearest station
+    "export": set(),
+    "report": {"scipy.stats", "scipy.spatial", "scipy.sparse"},  # findings: binomtest, spearmanr
+    "atlas": {"matplotlib", "PIL", "fontTools"},  # the atlas is drawn with matplotlib
+    "qgis_project": set(),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_MAY_LOAD))
+def test_stage_module_imports_only_what_its_work_needs(stage: str, tmp_path: Path) -> None:
+    code = (f"import json, sys, geo_pipeline.cli._{stage}, geo_pipeline.{stage}; "
+            "print(json.dumps(sorted(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          check=True)
+    mods = set(json.loads(proc.stdout))
+    assert {h for h in STAGE_HEAVY if h in mods} - STAGE_MAY_LOAD[stage] == set()
+
+
+def test_every_stage_has_a_start_up_rule() -> None:
+    assert set(STAGE_MAY_LOAD) == {n for n in cli.STAGE_ORDER if cli._stage_source(n) is not None}
