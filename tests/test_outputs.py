@@ -274,3 +274,33 @@ def test_export_refuses_before_its_work(export_done: Path, mirror: Path, tmp_pat
     assert "shrinkage.gpkg exists; pass --overwrite" in res.output
     assert "export: wrote" not in res.output  # refused before reading and assembling the layers
     assert digests(processed) == before
+
+
+def test_manifest_versions_looked_up_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    from geo_pipeline import _io
+
+    _io._versions_once.cache_clear()
+    calls: list[str] = []
+    real = metadata.version
+
+    def counted(dist: str) -> str:
+        calls.append(dist)
+        return real(dist)
+
+    monkeypatch.setattr(_io.metadata, "version", counted)
+    path = tmp_path / "manifest.json"
+    for stage in ("a", "b", "c"):
+        _io.write_manifest(path, stage=stage, inputs={}, outputs={}, parameters={})
+    n = len(calls)
+    assert n >= 10 and n == len(set(calls))  # one look-up per library, for the first manifest only
+    expected = {"python": _io.platform.python_version(), "gdal": _io.pyogrio.__gdal_version_string__}
+    for dist in set(calls):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            expected[dist] = real(dist)
+    assert _io.read_manifest(path)["versions"] == expected
+    _io._versions()["python"] = "edited"  # callers get a copy
+    assert _io._versions()["python"] == _io.platform.python_version()
+    assert len(calls) == n
+    _io._versions_once.cache_clear()
