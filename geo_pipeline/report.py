@@ -36,10 +36,12 @@ __all__ = [
     "ACCESS_GAIN_MIN",
     "BV_PAIR",
     "CLAIMS",
+    "MAP_THEMES",
     "PUBLISHED",
     "Report",
     "ReportFigure",
     "ReportTable",
+    "SECTION_MAPS",
     "Section",
     "analysable_units",
     "band_chart",
@@ -1119,6 +1121,17 @@ def manifest_tables(manifest: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataF
     return inputs, versions
 
 
+#: The atlas' national maps shown in a section (by section key), before its own figures (county level).
+SECTION_MAPS: dict[str, tuple[str, ...]] = {
+    "distance": ("population_change", "distance_bands"),
+    "northeast": ("lisa_clusters",),
+    "net_outflow": ("net_outflow",),
+    "hsr": ("rail_corridors",),
+}
+#: Every national map the report shows (the other atlas themes are not drawn for it).
+MAP_THEMES: frozenset[str] = frozenset(t for themes in SECTION_MAPS.values() for t in themes)
+
+
 def build_report(
     levels: Mapping[str, pd.DataFrame],
     *,
@@ -1192,12 +1205,7 @@ def build_report(
     for sec in sections:  # the atlas' national maps, where they illustrate a section (county level)
         if sec.level != "county":
             continue
-        for theme in {
-            "distance": ("population_change", "distance_bands"),
-            "northeast": ("lisa_clusters",),
-            "net_outflow": ("net_outflow",),
-            "hsr": ("rail_corridors",),
-        }.get(sec.key, ()):
+        for theme in SECTION_MAPS.get(sec.key, ()):
             if theme in maps:
                 cap, png = maps[theme]
                 sec.figures.insert(0, ReportFigure(f"map_{theme}", cap + " (the atlas' national page)", png))

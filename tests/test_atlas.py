@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def test_prepare_projects_to_equal_area_and_simplifies() -> None:
         area = abs(geod.geometry_area_perimeter(units.geometry.iloc[i])[0])
         assert data.units.geometry.iloc[i].area == pytest.approx(area, rel=1e-4)
     # provinces dissolved from units when not given, named from the province column
-    assert dict(zip(data.provinces["province_code"], data.provinces["name"])) == {
+    assert dict(zip(data.provinces["province_code"], data.provinces["name"], strict=True)) == {
         "420000": "湖北省", "430000": "湖南省"}
     assert units.crs.to_epsg() == 4326  # input untouched
 
@@ -415,7 +416,7 @@ def test_atlas_page_renders_with_class_colors(atlas_run: Path) -> None:
     assert (pixels.min(axis=2) < 250).mean() > 0.2  # not blank
     units = synthetic_units()
     cl = styles.diverging_classes(units["change_pct"], column="change_pct", unit=" %")
-    for color, n in zip(cl.colors, cl.counts):
+    for color, n in zip(cl.colors, cl.counts, strict=True):
         assert has_color(pixels, color) == (n > 0), color
     lisa = render(pdf, 4)
     assert has_color(lisa, styles.LISA_COLORS["HH"]) and has_color(lisa, styles.LISA_COLORS["LL"])
@@ -614,3 +615,120 @@ def test_pdf_path_precision_rounds_paths_and_restores_backend(tmp_path: Path) ->
     b = np.array([[float(x), float(y)] for x, y in coords])
     assert a.shape == b.shape and np.abs(a - b).max() <= 0.005 + 1e-9  # same drawing, rounded
     assert len(zlib.compress(two, 6)) < 0.75 * len(zlib.compress(six, 6))
+
+
+# -- issue 16: less work for the same pages ------------------------------------------------------
+def test_report_draws_only_its_maps_and_the_same_pngs(atlas_run: Path) -> None:
+    # The report embeds 5 of the national themes; it draws only those, numbered as in the whole
+    # plan, and each PNG is byte for byte the one drawn with every national page (the former way).
+    import matplotlib
+
+    from geo_pipeline.cli import StageContext
+    from geo_pipeline.cli._report import _atlas_maps
+    from geo_pipeline.config import load_settings
+    from geo_pipeline.report import MAP_THEMES
+
+    settings = load_settings(atlas_run / "geo_pipeline.toml")
+    ctx = StageContext(settings=settings, overwrite=False, stage="report")
+    src = atlas_run / "data_processed" / "shrinkage.gpkg"
+    units = gpd.read_file(src, layer="units")
+    got = _atlas_maps(ctx, units, src, set(list_layers(src)), 40)
+    assert set(got) == set(MAP_THEMES) and len(MAP_THEMES) == 5
+
+    def layer(name: str) -> gpd.GeoDataFrame:
+        return gpd.read_file(src, layer=name)
+
+    data = atlas.prepare_atlas(units, provinces=layer("provinces"), cores=layer("cores"),
+                               rings=layer("distance_rings"), rail_lines=layer("rail_lines"),
+                               corridors=layer("corridors"),
+                               simplify_m=max(settings.atlas.simplify_m, 1000.0))
+    specs = atlas.plan_pages(data, per_province=False)
+    assert len(specs) == len(atlas.THEMES) > len(MAP_THEMES)  # the others are left out
+    with matplotlib.rc_context(atlas.rc_params(atlas.cjk_font(atlas.atlas_text(data)))):
+        for page in atlas.atlas_pages(data, paper="A4", specs=specs,
+                                      generalise_mm=settings.atlas.generalise_mm):
+            if page.key in MAP_THEMES:
+                buf = io.BytesIO()
+                page.figure.savefig(buf, format="png", dpi=40)
+                assert got[page.key][1] == buf.getvalue(), page.key
+
+
+def test_prepared_provinces_equal_those_prepared_again(real_counties: gpd.GeoDataFrame) -> None:
+    # A second unit level takes the first level's prepared provinces instead of projecting and
+    # simplifying the same province layer again: the same frames as preparing them again.
+    units = real_counties.to_crs("EPSG:4326").assign(
+        unit_id=lambda d: d["adcode"], province_code=lambda d: d["adcode"].str[:2] + "0000",
+        change_pct=np.linspace(-10, 10, len(real_counties)))
+    provinces = units.dissolve("province_code", as_index=False)[["province_code", "geometry"]]
+    first = atlas.prepare_atlas(units, provinces=provinces, simplify_m=500.0)
+    second = units.iloc[::2]
+    again = atlas.prepare_atlas(second, provinces=provinces, simplify_m=500.0)
+    shared = atlas.prepare_atlas(second, provinces=provinces, simplify_m=500.0,
+                                 prepared_provinces=(first.provinces, first.provinces_overview))
+    assert shared.provinces is first.provinces and shared.provinces_overview is first.provinces_overview
+    for name in ("provinces", "provinces_overview", "units"):
+        a, b = getattr(again, name), getattr(shared, name)
+        pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
+        assert a.crs.equals(b.crs)
+        assert bool(shapely.equals_exact(a.geometry.to_numpy(), b.geometry.to_numpy(), tolerance=0).all())
+    assert again.vertices == shared.vertices
+
+
+@pytest.mark.parametrize("underused", [False, True])
+def test_province_rail_without_union_when_nothing_is_labelled(underused: bool,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Province pages union the province's units only to label underused lines; a page without any
+    # draws the same as before (the former code always made the union), one with them too.
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from geo_pipeline.underused import UNDERUSED_SUFFIX
+
+    units = synthetic_units()
+    lines = gpd.GeoDataFrame(
+        {"name": ["京广高铁", "焦柳线", "汉十高铁"],
+         "map_class": ["high-speed", "fast" + (UNDERUSED_SUFFIX if underused else ""), "high-speed"],
+         "utilisation": [0.9, 0.2, 0.7]},
+        geometry=[shapely.LineString([(110.1, 30.0), (111.9, 31.4)]),
+                  shapely.LineString([(110.2, 30.1), (110.7, 31.4)]),
+                  shapely.LineString([(111.2, 30.1), (111.8, 31.2)])], crs="EPSG:4326")
+    data = atlas.prepare_atlas(units, rail_lines=lines)
+    specs = [atlas.PageSpec(f"province_{c}", c, c, False, c) for c in ("420000", "430000")]
+    calls: list[int] = []
+    union_all = shapely.union_all
+
+    def counted(*args: object, **kwargs: object) -> object:
+        if sys._getframe(1).f_code.co_name == "_province_rail":
+            calls.append(1)
+        return union_all(*args, **kwargs)
+
+    def former(self: atlas._Renderer, ax: object, extent: tuple[float, ...], own: gpd.GeoDataFrame) -> list:
+        lines = self.data.rail_lines
+        mc = lines["map_class"].astype(str)
+        keep = (mc == "high-speed") | mc.str.endswith(UNDERUSED_SUFFIX)
+        sel = lines[keep.to_numpy() & self._in_box(lines, shapely.box(*extent))]
+        if sel.empty:
+            return []
+        col, cats = atlas._rail_style(sel)
+        self._draw_rail(ax, sel, col, cats, width=1.6)
+        province = union_all(own.geometry.to_numpy())
+        inside = sel.assign(geometry=shapely.intersection(sel.geometry.to_numpy(), province))
+        inside = inside[inside.geometry.geom_type.isin(["LineString", "MultiLineString"]).to_numpy()
+                        & ~shapely.is_empty(inside.geometry.to_numpy())]
+        self._label_underused(ax, inside, names=True, classes=())
+        return self._rail_handles(sel, col, cats)
+
+    def pixels() -> list[bytes]:
+        with matplotlib.rc_context(atlas.rc_params(atlas.cjk_font(atlas.atlas_text(data)))):
+            out = []
+            for page in atlas.atlas_pages(data, specs=specs):
+                canvas = FigureCanvasAgg(page.figure)
+                canvas.draw()
+                out.append(bytes(canvas.buffer_rgba()))
+            return out
+
+    monkeypatch.setattr(atlas.shapely, "union_all", counted)
+    new = pixels()
+    assert len(calls) == (2 if underused else 0)  # the fast line is in view on both pages
+    monkeypatch.setattr(atlas._Renderer, "_province_rail", former)
+    assert pixels() == new

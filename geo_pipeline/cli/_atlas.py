@@ -107,7 +107,9 @@ def run(ctx: StageContext, paper: str | None = None, dpi: int | None = None,
             log.warning("atlas: %s has no layer %s; no %s pages (run `geo-pipeline export`)", src, layer,
                         level_title(level))
             continue
-        ldata = prepare_atlas(read_layer(src, layer), provinces=provinces, simplify_m=s.simplify_m)
+        shared = None if provinces is None else (data.provinces, data.provinces_overview)  # not per level
+        ldata = prepare_atlas(read_layer(src, layer), provinces=provinces, simplify_m=s.simplify_m,
+                              prepared_provinces=shared)
         datas[level] = replace(ldata, cores=data.cores, rings=data.rings, rail_lines=data.rail_lines,
                                corridors=data.corridors)
         level_specs += plan_pages(datas[level], per_province=False, level=level)

@@ -46,10 +46,16 @@ def _weights(ctx: StageContext, units: Any) -> Any:
 
 
 def _atlas_maps(ctx: StageContext, units: Any, src: Path, present: set[str], dpi: int) -> dict[str, Any]:
-    """The atlas' national pages as PNG bytes by theme (the same drawing code as the atlas)."""
+    """The atlas' national pages that the report shows (:data:`~geo_pipeline.report.MAP_THEMES`) as PNG bytes.
+
+    Drawn with the atlas code; the pages are numbered as in the whole national plan, and only
+    the pages the report embeds are drawn (5 of the 8 county themes; the same PNGs). Measured on
+    the real data, old and new alternated: report stage CPU 14.9 / 16.3 s -> 14.0 / 14.5 s.
+    """
     import matplotlib
 
     from ..atlas import THEMES, atlas_pages, atlas_text, cjk_font, plan_pages, prepare_atlas, rc_params
+    from ..report import MAP_THEMES
 
     def optional(name: str) -> Any:
         return read_layer(src, name) if name in present else None
@@ -70,7 +76,8 @@ def _atlas_maps(ctx: StageContext, units: Any, src: Path, present: set[str], dpi
     family = cjk_font(atlas_text(data), font=s.font)
     out: dict[str, Any] = {}
     with matplotlib.rc_context(rc_params(family)):
-        for page in atlas_pages(data, paper="A4", specs=specs, generalise_mm=s.generalise_mm):
+        shown = {number for number, spec in enumerate(specs, 1) if spec.key in MAP_THEMES}
+        for page in atlas_pages(data, paper="A4", specs=specs, generalise_mm=s.generalise_mm, numbers=shown):
             buf = io.BytesIO()
             page.figure.savefig(buf, format="png", dpi=dpi)
             zh, en = THEMES[page.key]
