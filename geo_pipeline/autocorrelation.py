@@ -473,6 +473,54 @@ def permutation_block(
     by_column = kmax <= _PAIRWISE_BLOCK and _column_sums_are_numpys()
     if by_column:
         # Draw id t stands for unit t + (t >= u) (ids over the n - 1 units other than u): gather the
+        # two candidate values once per block, then per unit only choose (no (m, P, k) index array).
+        cols = np.ascontiguousarray(rids.T)  # (kmax, P)
+        pairs = [np.stack([vals[cols + 1, c], vals[cols, c]], axis=-1) for c in range(n_vec)]  # (kmax, P, 2)
+    for k in np.unique(card[card > 0]):
+        local = np.flatnonzero(card == k)
+        table = rids[:, :k][None, :, :]
+        step = max(1, 4_000_000 // (permutations * int(k)))
+        for start in range(0, len(local), step):
+            loc = local[start : start + step]
+            u = lo + loc  # ascending
+            m = len(u)
+            if by_column:
+                # draw p of column j stands for the value above (t_p + 1) in the units u <= t_p, the
+                # first cut_p of them, and for the one below (t_p) in the others: the (P, m) column is
+                # np.repeat of the pairs (above_p, below_p) by (cut_p, m - cut_p). Shared by the V
+                # vectors; measured against np.where on a (m, P) mask: 0.25-0.32 -> 0.18-0.23 s.
+                counts = []
+                for j in range(k):
+                    cut = np.searchsorted(u, cols[j], side="right")
+                    counts.append(np.stack([cut, m - cut], axis=-1).ravel())
+            else:
+                # ids over the n - 1 other units -> ids over all units (skip the unit itself)
+                ids = table + (table >= u[:, None, None])
+            for c in range(n_vec):
+                tol = 8 * np.finfo(float).eps * scales[c] * k  # equal multisets summed in another order tie
+                obs = obs_all[u, c]
+                if by_column:
+                    pc = pairs[c]
+                    sums = _column_sums(
+                        lambda j, pc=pc, counts=counts, m=m: np.repeat(pc[j].ravel(), counts[j]).reshape(
+                            -1, m
+                        ),
+                        int(k),
+                    )  # (P, m): draws down, units across
+                    up = (sums >= obs - tol).sum(axis=0)
+                    down = (sums <= obs + tol).sum(axis=0)
+                else:
+                    sums = vals[:, c][ids].sum(axis=2)  # (m, P)
+                    up = (sums >= (obs - tol)[:, None]).sum(axis=1)
+                    down = (sums <= (obs + tol)[:, None]).sum(axis=1)
+                at_least = np.where(dir_all[u, c] >= 0, up, down)
+                out[loc, c] = np.minimum(at_least, permutations - at_least)
+    return out[:, 0] if one else out
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(block),)))
+    rids = _draw_neighbour_sets(rng, n - 1, permutations, kmax)
+    by_column = kmax <= _PAIRWISE_BLOCK and _column_sums_are_numpys()
+    if by_column:
+        # Draw id t stands for unit t + (t >= u) (ids over the n - 1 units other than u): gather the
         # two candidate values once per block, then per unit only select (no (m, P, k) index array).
         cols = np.ascontiguousarray(rids.T)  # (kmax, P)
         below = [np.ascontiguousarray(vals[:, c])[cols] for c in range(n_vec)]
