@@ -91,6 +91,48 @@ def test_write_gpkg_roundtrip_and_table(tmp_path: Path) -> None:
     assert read_table(out, "summary")["units"].tolist() == [3, 4]
 
 
+def test_frames_read_again_are_copies_of_an_unchanged_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spatial layers of files in the manifest are read once per file version and process."""
+    import os
+
+    import geo_pipeline._io as io_mod
+
+    reads: list[str] = []
+    real_read = io_mod.pyogrio.read_dataframe
+    monkeypatch.setattr(io_mod.pyogrio, "read_dataframe",
+                        lambda p, **k: reads.append(k["layer"]) or real_read(p, **k))
+    monkeypatch.setattr(io_mod, "_FRAMES", io_mod.collections.OrderedDict())
+    out = tmp_path / "x.gpkg"
+    table = pd.DataFrame({"a": [1]})
+    write_gpkg(out, {"units": _squares(), "summary": table})
+    assert len(read_layer(out, "units")) == 2 and len(read_layer(out, "units")) == 2
+    assert reads == ["units", "units"]  # not in a manifest: read every time
+    io_mod.write_manifest(tmp_path / "manifest.json", stage="s", inputs={}, outputs={"x": out}, parameters={})
+    first = read_layer(out, "units")
+    first.loc[0, "value"] = 99.0  # the caller's frame is its own
+    first["new"] = 1
+    again = read_layer(out, "units")
+    assert reads == ["units", "units", "units"]
+    assert again["value"].tolist() == [1.0, 2.0] and "new" not in again.columns
+    again.loc[1, "value"] = -1.0
+    assert read_layer(out, "units")["value"].tolist() == [1.0, 2.0] and len(reads) == 3
+    read_table(out, "summary")
+    read_table(out, "summary")  # attribute tables are read every time
+    assert reads[3:] == ["summary", "summary"]
+    # a new version of the file (another inode, size or time) is read again
+    changed = _squares()
+    changed["value"] = [5.0, 6.0]
+    write_gpkg(out, {"units": changed, "summary": table}, overwrite=True)
+    io_mod.write_manifest(tmp_path / "manifest.json", stage="s", inputs={}, outputs={"x": out}, parameters={})
+    assert read_layer(out, "units")["value"].tolist() == [5.0, 6.0] and reads[5:] == ["units"]
+    assert len(io_mod._FRAMES) == 1  # the old version was dropped
+    monkeypatch.setattr(io_mod, "_FRAMES_PID", [os.getpid() + 1])  # as in a forked child
+    read_layer(out, "units")
+    assert reads[6:] == ["units"]
+
+
 def test_read_layer_errors_name_the_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The layers are listed only when a read fails; a missing layer and a failed read keep their messages."""
     import geo_pipeline._io as io_mod

@@ -221,6 +221,52 @@ def test_stage_outputs_are_trusted_and_not_revalidated(export_done: Path, tmp_pa
     assert sha256(processed / "population.gpkg")
 
 
+def _same_frame(got: pd.DataFrame, want: pd.DataFrame, where: str) -> None:
+    assert type(got) is type(want), where
+    assert list(got.columns) == list(want.columns) and got.dtypes.equals(want.dtypes), where
+    assert got.attrs == want.attrs, where
+    pd.testing.assert_index_equal(got.index, want.index, exact=True)
+    if isinstance(want, gpd.GeoDataFrame):
+        assert got.geometry.name == want.geometry.name and got.crs == want.crs, where
+        assert got.crs.to_wkt() == want.crs.to_wkt(), where
+        assert list(shapely.to_wkb(got.geometry.values)) == list(shapely.to_wkb(want.geometry.values)), where
+        got = pd.DataFrame(got.drop(columns=got.geometry.name))
+        want = pd.DataFrame(want.drop(columns=want.geometry.name))
+    pd.testing.assert_frame_equal(got, want, check_exact=True, check_flags=True)
+
+
+def test_frames_read_again_equal_a_fresh_read(export_done: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every spatial layer of a real run, read again from the process cache, equals a read of the file."""
+    import pyogrio
+
+    import geo_pipeline._io as io_mod
+
+    processed = export_done / "data_processed"
+    reads: list[str] = []
+    real_read = io_mod.pyogrio.read_dataframe
+    monkeypatch.setattr(io_mod.pyogrio, "read_dataframe",
+                        lambda p, **k: reads.append(f"{Path(p).name}:{k['layer']}") or real_read(p, **k))
+    checked = []
+    for gpkg in sorted(processed.glob("*.gpkg")):
+        for layer, geom_type in pyogrio.list_layers(gpkg):
+            if geom_type is None:
+                continue  # attribute tables are not kept
+            name = f"{gpkg.name}:{layer}"
+            monkeypatch.setattr(io_mod, "_FRAMES", io_mod.collections.OrderedDict())
+            first = read_layer(gpkg, layer)
+            again = read_layer(gpkg, layer)
+            assert reads.count(name) == 1, name  # the second read came from the cache
+            monkeypatch.setattr(io_mod, "_FRAMES", io_mod.collections.OrderedDict())
+            fresh = read_layer(gpkg, layer)
+            assert reads.count(name) == 2, name
+            _same_frame(again, fresh, name)
+            _same_frame(first, fresh, name)
+            checked.append(name)
+    # the layers the stages read more than once in a run are among them
+    assert {"population.gpkg:units", "population.gpkg:prefectures", "distance.gpkg:cores",
+            "boundaries.gpkg:counties", "shrinkage.gpkg:units"} <= set(checked)
+
+
 # --------------------------------------------------------------------------- full disk, read-only folder
 @contextlib.contextmanager
 def small_filesystem(path: Path, *, size: str = "2m", read_only: bool = False) -> Iterator[Path]:
