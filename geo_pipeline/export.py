@@ -314,11 +314,14 @@ def merge_unit_columns(
                 DataQualityWarning, stacklevel=2,
             )
         new_cols = []
+        # the columns this stage repeats, compared after one join for all of them (a join per column
+        # took 0.12 s of the 0.2 s of the two levels' merges; the same rows and comparisons)
+        repeated = [c for c in tab.columns if c != "unit_id" and c in merged.columns]
+        joined = merged[["unit_id", *repeated]].merge(tab[["unit_id", *repeated]], on="unit_id", how="inner")
         for col in tab.columns:
             if col == "unit_id":
                 continue
             if col in merged.columns:
-                joined = merged[["unit_id", col]].merge(tab[["unit_id", col]], on="unit_id", how="inner")
                 a, b = joined[f"{col}_x"], joined[f"{col}_y"]
                 same = (a.astype(str) == b.astype(str)) | (a.isna() & b.isna())
                 if not same.all():
@@ -371,7 +374,9 @@ def band_column(frame: pd.DataFrame) -> str | None:
 
 def rail_class_column(frame: pd.DataFrame) -> str | None:
     """The rail line class column (``class``, ``rail_class``, ``line_class``, ``type`` ...)."""
-    return _find_column(frame, ("class", "rail_class", "line_class", "speed_class", "type", "category", "kind"))
+    return _find_column(
+        frame, ("class", "rail_class", "line_class", "speed_class", "type", "category", "kind")
+    )
 
 
 def _underused_note(frame: pd.DataFrame) -> str:
@@ -428,7 +433,8 @@ def _styles_for(name: str, frame: gpd.GeoDataFrame) -> tuple[LayerStyle, ...]:
     out: list[LayerStyle] = []
     if not len(frame):
         pass
-    elif name in ("units", "prefectures") and "change_pct" in frame.columns and frame["change_pct"].notna().any():
+    elif (name in ("units", "prefectures") and "change_pct" in frame.columns
+          and frame["change_pct"].notna().any()):
         out.append(_graduated(frame, "change_pct", "Population change 2010-2020 (%)", default=True))
         if "net_outflow_ratio" in frame.columns and frame["net_outflow_ratio"].notna().any():
             out.append(_graduated(frame, "net_outflow_ratio", "Net outflow ratio", default=False,
@@ -785,7 +791,9 @@ def _write_views(con: sqlite3.Connection, layers: Mapping[str, ExportLayer], now
 
 
 def _geometry_column(con: sqlite3.Connection, table: str) -> str:
-    row = con.execute("SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (table,)).fetchone()
+    row = con.execute(
+        "SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (table,)
+    ).fetchone()
     return str(row[0]) if row else ""
 
 
@@ -839,7 +847,9 @@ def _write_field_descriptions(con: sqlite3.Connection, layers: Mapping[str, Expo
     )
     for table in ("gpkg_data_columns", "gpkg_data_column_constraints"):
         con.execute(
-            "INSERT OR IGNORE INTO gpkg_extensions (table_name, column_name, extension_name, definition, scope) "
-            "VALUES (?, NULL, 'gpkg_schema', 'http://www.geopackage.org/spec/#extension_schema', 'read-write')",
+            "INSERT OR IGNORE INTO gpkg_extensions "
+            "(table_name, column_name, extension_name, definition, scope) "
+            "VALUES (?, NULL, 'gpkg_schema', 'http://www.geopackage.org/spec/#extension_schema', "
+            "'read-write')",
             (table,),
         )

@@ -50,7 +50,8 @@ def synthetic_units() -> gpd.GeoDataFrame:
         pop_2020 = int(round(pop_2010 * (1 + CHANGE[i] / 100)))
         hukou = int(pop_2010 * (1.2 if CHANGE[i] < 0 else 0.9))
         rows.append({
-            "unit_id": f"{prov[:2]}{i:04d}", "name": f"测试县{i}", "province": "湖南省" if c < 2 else "湖北省",
+            "unit_id": f"{prov[:2]}{i:04d}", "name": f"测试县{i}",
+            "province": "湖南省" if c < 2 else "湖北省",
             "province_code": prov, "prefecture": f"市{r}", "prefecture_code": f"{prov[:2]}{r:02d}00",
             "level": "county", "n_members": 1, "pop_2010": pop_2010, "pop_2020": pop_2020,
             "change": pop_2020 - pop_2010, "change_pct": 100 * (pop_2020 - pop_2010) / pop_2010,
@@ -76,8 +77,8 @@ def write_stage_outputs(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str
     provinces = provinces.rename(columns={"province": "name"}).assign(
         adcode=lambda d: d["province_code"], level="province", in_census=True)
     prefectures = units.dissolve("prefecture_code", as_index=False, aggfunc={
-        "pop_2010": "sum", "pop_2020": "sum", "hukou_2010": "sum", "province": "first", "province_code": "first",
-        "prefecture": "first"})
+        "pop_2010": "sum", "pop_2020": "sum", "hukou_2010": "sum", "province": "first",
+        "province_code": "first", "prefecture": "first"})
     prefectures["change_pct"] = 100 * (prefectures["pop_2020"] / prefectures["pop_2010"] - 1)
     prefectures["unit_id"] = prefectures["prefecture_code"]
     prefectures["name"] = prefectures["prefecture"]
@@ -121,7 +122,8 @@ def write_stage_outputs(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str
         "rail_lines": lines,
         "rail_stations": gpd.GeoDataFrame({"name": ["甲站", "乙站", "丙站"], "trains_per_day": [120, 40, 8],
                                            "high_speed": [True, True, False]},
-                                          geometry=[Point(110.2, 30.1), Point(111.0, 30.7), Point(111.8, 31.3)],
+                                          geometry=[Point(110.2, 30.1), Point(111.0, 30.7),
+                                                    Point(111.8, 31.3)],
                                           crs="EPSG:4326"),
         "corridors": gpd.GeoDataFrame({"name": ["京广高铁"]}, geometry=[lines.geometry.iloc[0].buffer(0.2)],
                                       crs="EPSG:4326"),
@@ -201,11 +203,11 @@ def test_diverging_classes_break_at_zero_and_count_every_value() -> None:
     # 0 is an edge, the extremes are the data's min and max, and every finite value is counted once
     assert 0.0 in cl.edges and cl.edges[0] == -30.0 and cl.edges[-1] == 40.0
     assert sum(cl.counts) == 12
-    below = sum(c for c, hi in zip(cl.counts, cl.edges[1:]) if hi <= 0)
+    below = sum(c for c, hi in zip(cl.counts, cl.edges[1:], strict=False) if hi <= 0)
     assert below == sum(v <= 0 for v in CHANGE) == 6
     # shrinking classes are red, growing ones blue
-    assert all(c in styles.SHRINK_COLORS for c, hi in zip(cl.colors, cl.edges[1:]) if hi <= 0)
-    assert all(c in styles.GROW_COLORS for c, hi in zip(cl.colors, cl.edges[1:]) if hi > 0)
+    assert all(c in styles.SHRINK_COLORS for c, hi in zip(cl.colors, cl.edges[1:], strict=False) if hi <= 0)
+    assert all(c in styles.GROW_COLORS for c, hi in zip(cl.colors, cl.edges[1:], strict=False) if hi > 0)
     # assign agrees with mapclassify's "x <= upper bound" rule
     idx = cl.assign([-30.0, 0.0, 0.5, 40.0, np.nan])
     assert idx[0] == 0 and cl.edges[idx[1] + 1] == 0.0 and cl.edges[idx[2]] == 0.0
@@ -257,7 +259,8 @@ def test_graduated_qml_ranges_match_classes() -> None:
     ranges = renderer.findall("ranges/range")
     assert [float(r.get("lower")) for r in ranges] == list(cl.edges[:-1])
     assert [float(r.get("upper")) for r in ranges] == list(cl.edges[1:])
-    colors = [s.find("layer/Option/Option[@name='color']").get("value") for s in renderer.findall("symbols/symbol")]
+    colors = [s.find("layer/Option/Option[@name='color']").get("value")
+              for s in renderer.findall("symbols/symbol")]
     assert colors[0] == "178,24,43,255" or colors[0].startswith(("103,0,31", "214,96,77"))
 
 
@@ -300,6 +303,32 @@ def test_merge_unit_columns_warns_on_unknown_and_duplicate_ids() -> None:
         merge_unit_columns(units, {"raster": dup})
     with pytest.raises(InputError, match="missing column"):
         merge_unit_columns(units, {"raster": pd.DataFrame({"id": ["a"]})})
+
+
+def test_merge_unit_columns_compares_repeated_columns() -> None:
+    """Columns a stage repeats are compared row by row (unit_id join, NaN equal NaN); the first kept."""
+    units = synthetic_units()
+    units.loc[3, "net_outflow_ratio"] = np.nan
+    table = pd.DataFrame({"unit_id": units["unit_id"][::-1].to_numpy(), "score": np.arange(12.0)})
+    table["name"] = units["name"][::-1].to_numpy()  # same values, other order: no warning
+    table["net_outflow_ratio"] = units["net_outflow_ratio"][::-1].to_numpy()  # with the NaN
+    table["pop_2010"] = units["pop_2010"][::-1].to_numpy()
+    table.loc[0, "pop_2010"] += 1  # the last unit differs
+    table.loc[1, "name"] = "别的"  # and the 11th
+    table = table.iloc[:-1]  # the first unit has no row: 11 compared rows
+    with pytest.warns(DataQualityWarning) as rec:
+        merged, prov = merge_unit_columns(units, {"raster": table})
+    assert [str(w.message) for w in rec] == [
+        "raster units: 1 of 12 units have no row; their raster columns are empty in the export",
+        "raster units: column 'name' differs from the one of the population stage in 1 rows; "
+        "the population column is kept",
+        "raster units: column 'pop_2010' differs from the one of the population stage in 1 rows; "
+        "the population column is kept",
+    ]
+    assert merged["name"].tolist() == units["name"].tolist()
+    assert merged["pop_2010"].tolist() == units["pop_2010"].tolist()
+    assert prov["name"] == prov["pop_2010"] == "population" and prov["score"] == "raster"
+    assert np.isnan(merged["score"].iloc[0]) and merged["score"].tolist()[1:] == list(np.arange(10.0, -1, -1))
 
 
 def test_assemble_rejects_wrong_crs() -> None:
@@ -377,14 +406,17 @@ def test_export_styles_one_default_per_spatial_layer(exported: tuple[Path, dict[
     # units also carry the alternative styles a user can switch to in QGIS
     ageing_styles = {"Aged 60+ 2020 (%)", "Aged 60+ change (pts)", "Bivariate LISA share_60plus_2010"}
     assert set(st.loc[st["f_table_name"] == "units", "styleName"]) == {
-        "Population change 2010-2020 (%)", "Net outflow ratio", "LISA clusters", "Distance bands", *ageing_styles}
+        "Population change 2010-2020 (%)", "Net outflow ratio", "LISA clusters", "Distance bands",
+        *ageing_styles}
     bv = st[(st["f_table_name"] == "units") & (st["styleName"] == "Bivariate LISA share_60plus_2010")].iloc[0]
     assert 'attr="bv_change_pct_vs_share_60plus_2010_cluster"' in bv["styleQML"]
     ageing = st[(st["f_table_name"] == "units") & (st["styleName"] == "Aged 60+ 2020 (%)")].iloc[0]
-    assert all(c.lstrip("#") for c in styles.AGEING_COLORS) and 'attr="share_60plus_2020"' in ageing["styleQML"]
+    assert all(c.lstrip("#") for c in styles.AGEING_COLORS)
+    assert 'attr="share_60plus_2020"' in ageing["styleQML"]
     # prefecture units are styled like units
     assert set(st.loc[st["f_table_name"] == "prefecture_units", "styleName"]) == {
-        "Population change 2010-2020 (%)", "Net outflow ratio", "LISA clusters", "Distance bands", *ageing_styles}
+        "Population change 2010-2020 (%)", "Net outflow ratio", "LISA clusters", "Distance bands",
+        *ageing_styles}
     with sqlite3.connect(path) as con:
         kind = con.execute("SELECT data_type FROM gpkg_contents WHERE table_name = 'layer_styles'").fetchone()
     assert kind == ("attributes",)
@@ -396,8 +428,10 @@ def test_export_descriptions(exported: tuple[Path, dict[str, pd.DataFrame]]) -> 
         desc = dict(con.execute("SELECT table_name, description FROM gpkg_contents"))
         cols = {(t, c): d for t, c, d in con.execute(
             "SELECT table_name, column_name, description FROM gpkg_data_columns")}
-        ext = {r[0] for r in con.execute("SELECT table_name FROM gpkg_extensions WHERE extension_name = 'gpkg_schema'")}
-        n_md = con.execute("SELECT count(*) FROM gpkg_metadata_reference WHERE table_name = 'units'").fetchone()[0]
+        ext = {r[0] for r in con.execute(
+            "SELECT table_name FROM gpkg_extensions WHERE extension_name = 'gpkg_schema'")}
+        n_md = con.execute(
+            "SELECT count(*) FROM gpkg_metadata_reference WHERE table_name = 'units'").fetchone()[0]
     assert "every indicator" in desc["units"] and "LISA" in desc["lisa"]
     assert cols[("units", "change_pct")].startswith("Population change 2010-2020 in %")
     assert "LISA cluster of change_pct" in cols[("lisa", "lisa_change_pct_cluster")]
