@@ -264,13 +264,19 @@ def parse_geojson_geometries(texts: Sequence[str | bytes]) -> np.ndarray:
 def _ragged_geometries(arr: Any, depth: int) -> np.ndarray | None:
     """(Multi)Polygons from nested Arrow lists; None when they are not plain 2-D coordinates."""
     offsets = []
-    for _ in range(depth):
+    for level in range(depth):
         if arr.null_count:
             return None
-        off = np.asarray(arr.offsets, dtype=np.int64)
-        offsets.append(off - off[0])
+        if level < depth - 1:
+            off = np.asarray(arr.offsets, dtype=np.int64)
+            offsets.append(off - off[0])
+        else:  # points: only checked to hold 2 numbers each, on Arrow's int32 offsets (no int64
+            # copies of the 6.8 M offsets: 4 temporaries of 55 MB fewer, about 0.1 s)
+            points = np.asarray(arr.offsets)
+            if not bool(np.all(np.diff(points) == 2)):
+                return None
         arr = arr.flatten()
-    if arr.null_count or not bool(np.all(np.diff(offsets[-1]) == 2)):
+    if arr.null_count:
         return None
     xy = np.asarray(arr, dtype=np.float64).reshape(-1, 2)
     if depth == 4:
