@@ -391,6 +391,7 @@ def _run_stage(
     without the census city table) is skipped with a log message; a chosen one
     fails in the stage with the missing layer named.
     """
+    from .._heap import frozen_heap
     from .._outputs import output_batch
 
     for level in levels if _per_level(module) else [BASE_LEVEL]:
@@ -405,7 +406,9 @@ def _run_stage(
         t0 = time.perf_counter()
         if _per_level(module):
             log.info("%s: %s", lctx.label, level_title(level))
-        with output_batch():  # the stage's outputs (and manifest entry) replace the old ones together
+        # the stage's outputs (and manifest entry) replace the old ones together; the objects alive
+        # before the stage (imported modules, earlier stages' settings) stay out of the GC's full passes
+        with output_batch(), frozen_heap():
             module.run(lctx, **options)
             lctx.finish()
         log.info("%s: finished in %.1f s", lctx.label, time.perf_counter() - t0)

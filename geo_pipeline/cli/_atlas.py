@@ -23,6 +23,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from .. import __version__
+from .._heap import frozen_heap
 from .._io import atomic_path, check_writable, list_layers, read_layer
 from .._levels import BASE_LEVEL, level_layer, level_title
 from .._outputs import pending_source
@@ -236,7 +237,10 @@ def _draw_in_processes(job: _Job, groups: list[list[int]], tmp: Path, metadata: 
         parts = [Path(folder) / "part0.pdf", Path(folder) / "part1.pdf"]
         _JOB = job
         try:
-            with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+            # frozen before the fork: neither process's collector walks (and the child copies) the
+            # prepared layers and everything else made before it (see geo_pipeline._heap)
+            with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool, \
+                    frozen_heap():
                 with warnings.catch_warnings():
                     # Python >= 3.12 warns when forking with threads running (e.g. pyarrow's
                     # idle pool from the boundaries stage); the child only draws with
