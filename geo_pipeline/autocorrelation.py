@@ -314,6 +314,14 @@ def global_moran(y: np.ndarray, weights: UnitWeights, *, permutations: int, seed
     return out
 
 
+def _draw_orders(rs: np.random.RandomState, n: int, count: int) -> np.ndarray:
+    """The next ``count`` ``rs.permutation(n)`` as rows (int32 below 2**31 units)."""
+    orders = np.empty((count, n), dtype=np.int32 if n < 2**31 else np.int64)
+    for p in range(count):
+        orders[p] = rs.permutation(n)
+    return orders
+
+
 @functools.lru_cache(maxsize=2)
 def _permutation_orders(seed: int, n: int, permutations: int) -> np.ndarray:
     """``permutations`` orders of ``range(n)`` (rows), as esda draws them.
@@ -323,14 +331,16 @@ def _permutation_orders(seed: int, n: int, permutations: int) -> np.ndarray:
     NumPy's global legacy RNG; the shuffle depends only on the length, not on
     the values). Cached: every global statistic of a level uses the same
     seed, hence the same orders (6 per level in the default run; drawing them
-    takes 29 ms for 2,733 units and 999 permutations).
+    takes 29 ms for 2,733 units and 999 permutations, 11 MB).
     """
-    rs = np.random.RandomState(seed % 2**32)
-    orders = np.empty((permutations, n), dtype=np.int32 if n < 2**31 else np.int64)
-    for p in range(permutations):
-        orders[p] = rs.permutation(n)
+    orders = _draw_orders(np.random.RandomState(seed % 2**32), n, permutations)
     orders.flags.writeable = False
     return orders
+
+
+#: Largest ``permutations * n`` whose orders :func:`_permuted_sums` keeps in memory for the
+#: next statistic (64 MB of int32); beyond it they are drawn chunk by chunk for each statistic.
+_MAX_CACHED_ORDERS = 16_000_000
 
 
 #: Permutations per matrix product in :func:`_permuted_sums` (0.7 MB per array for 2,733 units;
@@ -350,12 +360,20 @@ def _permuted_sums(x: np.ndarray, y: np.ndarray, lag: Any, *, seed: int, permuta
     values. esda.Moran with 999 permutations took 64 ms for the 2,733
     counties, 49 ms of it in that loop (29 ms drawing the orders); here the
     loop takes 17 ms and the orders are drawn once per level
-    (:func:`_permutation_orders`).
+    (:func:`_permutation_orders`) while they fit in :data:`_MAX_CACHED_ORDERS`.
     """
-    orders = _permutation_orders(int(seed), len(y), int(permutations))
+    n = len(y)
+    cached = permutations * n <= _MAX_CACHED_ORDERS
+    if cached:
+        orders = _permutation_orders(int(seed), n, int(permutations))
+    else:  # e.g. 99,999 permutations: the same orders, drawn as they are used
+        rs = np.random.RandomState(int(seed) % 2**32)
     out = np.empty(permutations)
     for a in range(0, permutations, _SIM_CHUNK):
-        perm = np.ascontiguousarray(y[orders[a : a + _SIM_CHUNK]].T)  # (n, chunk)
+        rows = (
+            orders[a : a + _SIM_CHUNK] if cached else _draw_orders(rs, n, min(_SIM_CHUNK, permutations - a))
+        )
+        perm = np.ascontiguousarray(y[rows].T)  # (n, chunk)
         lagged = lag @ perm
         left = perm if x is y else x[:, None]
         out[a : a + _SIM_CHUNK] = np.ascontiguousarray((left * lagged).T).sum(axis=1)
@@ -475,7 +493,10 @@ def permutation_block(
         # Draw id t stands for unit t + (t >= u) (ids over the n - 1 units other than u): gather the
         # two candidate values once per block, then per unit only choose (no (m, P, k) index array).
         cols = np.ascontiguousarray(rids.T)  # (kmax, P)
-        pairs = [np.stack([vals[cols + 1, c], vals[cols, c]], axis=-1) for c in range(n_vec)]  # (kmax, P, 2)
+        # (kmax, P, 2) per vector, kept for the block while small (the default 999 permutations:
+        # 3 MB for 9 vectors); for many more permutations made per group of units instead
+        eager = n_vec * kmax * permutations * 16 <= _EAGER_PAIRS_BYTES
+        pairs = [np.stack([vals[cols + 1, c], vals[cols, c]], axis=-1) for c in range(n_vec)] if eager else []
     for k in np.unique(card[card > 0]):
         local = np.flatnonzero(card == k)
         table = rids[:, :k][None, :, :]
@@ -500,7 +521,7 @@ def permutation_block(
                 tol = 8 * np.finfo(float).eps * scales[c] * k  # equal multisets summed in another order tie
                 obs = obs_all[u, c]
                 if by_column:
-                    pc = pairs[c]
+                    pc = pairs[c] if eager else np.stack([vals[cols[:k] + 1, c], vals[cols[:k], c]], axis=-1)
                     sums = _column_sums(
                         lambda j, pc=pc, counts=counts, m=m: np.repeat(pc[j].ravel(), counts[j]).reshape(
                             -1, m
@@ -551,6 +572,9 @@ def permutation_block(
                 out[loc, c] = np.minimum(at_least, permutations - at_least)
     return out[:, 0] if one else out
 
+
+#: Largest size of the value pairs :func:`permutation_block` keeps for a whole block (bytes).
+_EAGER_PAIRS_BYTES = 64_000_000
 
 #: Rows up to this length are summed by NumPy's pairwise summation in one block
 #: (``PW_BLOCKSIZE`` in NumPy's ``loops_utils.h``): 8 interleaved accumulators.

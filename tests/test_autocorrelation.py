@@ -1015,3 +1015,38 @@ def test_save_png_same_bytes_as_savefig(lattice_result, tmp_path: Path) -> None:
     c.set_layout_engine(None)
     c.savefig(tmp_path / "wrong.png", dpi=PNG_DPI, format="png")
     assert (tmp_path / "wrong.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
+
+
+def test_global_moran_orders_drawn_as_used_beyond_the_cache_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # many permutations (up to 99,999) are not kept in memory: drawn chunk by chunk, same figures
+    from geo_pipeline import autocorrelation as ac
+
+    units = gradient_lattice()
+    w = build_weights(units)
+    y = units["v"].to_numpy()
+    x = units["row"].to_numpy(float)
+    kept = (
+        ac.global_moran(y, w, permutations=333, seed=4),
+        ac.global_moran_bv(x, y, w, permutations=333, seed=4),
+    )
+    monkeypatch.setattr(ac, "_MAX_CACHED_ORDERS", 0)
+    ac._permutation_orders.cache_clear()
+    drawn = (
+        ac.global_moran(y, w, permutations=333, seed=4),
+        ac.global_moran_bv(x, y, w, permutations=333, seed=4),
+    )
+    assert ac._permutation_orders.cache_info().currsize == 0  # nothing cached on this path
+    assert drawn == kept and 0 < kept[0]["p_sim"] < 0.01
+
+
+def test_permutation_pairs_made_per_group_beyond_the_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geo_pipeline import autocorrelation as ac
+
+    units = gradient_lattice()
+    w = build_weights(units)
+    y = units["v"].to_numpy()
+    values = np.column_stack([y, np.round(y, 1), -y])
+    kept = conditional_pvalues(values, w, permutations=499, seed=3, direction=values)
+    monkeypatch.setattr(ac, "_EAGER_PAIRS_BYTES", 0)
+    made = conditional_pvalues(values, w, permutations=499, seed=3, direction=values)
+    assert np.array_equal(made, kept, equal_nan=True) and np.nanmin(kept) < 0.01
