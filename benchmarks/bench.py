@@ -435,8 +435,10 @@ def run_pipeline(ctx: Context) -> list[Row]:
             )
         rows.append(row)
     err = runs["ours"]["export"][3]
-    for name, secs in re.findall(r"cli: (\w+): finished in ([\d.]+) s", err):
-        rows.append(Row(step=f"stage {name} (wall, from the run log)", median_s=float(secs)))
+    stage_line = r"cli: ([\w\[\]]+): finished in ([\d.]+) s(?: \(CPU ([\d.]+) s\))?"
+    for name, secs, cpu in re.findall(stage_line, err):
+        rows.append(Row(step=f"stage {name} (wall, from the run log)", median_s=float(secs),
+                        note=f"CPU {cpu} s" if cpu else ""))
     return rows
 
 

@@ -403,7 +403,7 @@ def _run_stage(
                 lctx.label, lctx.units_layer, level,
             )
             continue
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if _per_level(module):
             log.info("%s: %s", lctx.label, level_title(level))
         # the stage's outputs (and manifest entry) replace the old ones together; the objects alive
@@ -411,7 +411,9 @@ def _run_stage(
         with output_batch(), frozen_heap():
             module.run(lctx, **options)
             lctx.finish()
-        log.info("%s: finished in %.1f s", lctx.label, time.perf_counter() - t0)
+        # CPU of the whole process (all its threads) during the stage, next to the wall time
+        log.info("%s: finished in %.1f s (CPU %.1f s)", lctx.label, time.perf_counter() - t0,
+                 time.process_time() - c0)
 
 
 def _make_stage_command(name: str, module: ModuleType) -> click.Command:
@@ -450,7 +452,7 @@ def run_all(settings: Settings, overwrite: bool, start: str | None, stop: str | 
     names = STAGE_ORDER[first:last]
 
     def go() -> None:
-        t_all = time.perf_counter()
+        t_all, c_all = time.perf_counter(), time.process_time()
         for name in names:
             module = _stage_module(name)
             if module is None:
@@ -459,7 +461,8 @@ def run_all(settings: Settings, overwrite: bool, start: str | None, stop: str | 
             log.info("== %s ==", name)
             ctx = StageContext(settings=settings, overwrite=overwrite, stage=name)
             _run_stage(module, ctx, ctx.levels)
-        log.info("pipeline finished in %.1f s", time.perf_counter() - t_all)
+        log.info("pipeline finished in %.1f s (CPU %.1f s)", time.perf_counter() - t_all,
+                 time.process_time() - c_all)
 
     _run_guarded(lambda: _locked(settings, go))
 
