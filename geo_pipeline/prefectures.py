@@ -38,6 +38,7 @@ computed from the data in :func:`shrinking_comparison`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import geopandas as gpd
@@ -350,8 +351,7 @@ def prefecture_totals(
         county census in the same province (``difference_county =
         units_total - county_units_total``).
     """
-    # only the columns used: the loop below filters the frames 2 x 33 times, and whole unit frames
-    # (geometry, 40 columns) made that 0.3 s of the population stage (measured: 0.31 -> 0.08 s CPU)
+    # only the columns used (whole unit frames with geometry made the filters 0.3 s: 0.31 -> 0.08 s CPU)
     keep = [c for c in ("province", "city", "popu_2010", "popu_2020") if c in city_table.columns]
     ct = pd.DataFrame(city_table[keep]).assign(status=match.rows["status"].to_numpy(),
                                                pc=city_table["province_code"].astype(str))
@@ -359,28 +359,21 @@ def prefecture_totals(
     pu = pd.DataFrame(prefecture_units[pops]).assign(pc=prefecture_units["province_code"].astype(str))
     cu = None if county_units is None else pd.DataFrame(county_units[pops]).assign(
         pc=county_units["province_code"].astype(str))
-    recs = []
     names = dict(zip(ct["pc"], ct["province"], strict=False)) if "province" in ct.columns else {}
+    codes = sorted(set(ct["pc"]) | set(pu["pc"]))
+    recs = []
     for year in (2010, 2020):
         col = f"popu_{year}"
-        groups = [("province", pc) for pc in sorted(set(ct["pc"]) | set(pu["pc"]))] + [("nation", None)]
-        for level, pc in groups:
-            t = ct if pc is None else ct[ct["pc"].eq(pc)]
-            u = pu if pc is None else pu[pu["pc"].eq(pc)]
-            fig = pd.to_numeric(t[col])
-            out_rows = t[fig.notna() & ~t["status"].eq("matched")]
-            left = int(pd.to_numeric(out_rows[col]).sum())
-            table_total = int(fig.sum())
-            units_total = int(pd.to_numeric(u[f"pop_{year}"]).sum())
-            county = None
-            if cu is not None:
-                c = cu if pc is None else cu[cu["pc"].eq(pc)]
-                county = int(pd.to_numeric(c[f"pop_{year}"]).fillna(0).sum())
+        sums = _integer_sums(ct, pu, cu, col=col, pop=f"pop_{year}")
+        for level, pc in [("province", pc) for pc in codes] + [("nation", None)]:
+            table_total, units_total, left, county, left_rows = (
+                _group_totals(ct, pu, cu, pc, col=col, pop=f"pop_{year}") if sums is None else sums(pc)
+            )
             recs.append({
                 "year": year, "level": level, "code": "000000" if pc is None else pc,
                 "name": "全国" if pc is None else names.get(pc, pc),
                 "table_total": table_total, "units_total": units_total, "left_out": left,
-                "left_out_rows": ", ".join(f"{r.city} {int(getattr(r, col))}" for r in out_rows.itertuples()),
+                "left_out_rows": left_rows,
                 "difference": units_total + left - table_total,
                 "county_units_total": county,
                 "difference_county": None if county is None else units_total - county,
@@ -390,6 +383,67 @@ def prefecture_totals(
         if c != "left_out_rows":
             out[c] = out[c].astype("Int64")
     return out
+
+
+_Totals = tuple[int, int, int, int | None, str]
+
+
+def _group_totals(
+    ct: pd.DataFrame, pu: pd.DataFrame, cu: pd.DataFrame | None, pc: str | None, *, col: str, pop: str
+) -> _Totals:
+    """Totals of one province (``pc``) or the nation (None) by filtering the frames (any dtypes)."""
+    t = ct if pc is None else ct[ct["pc"].eq(pc)]
+    u = pu if pc is None else pu[pu["pc"].eq(pc)]
+    fig = pd.to_numeric(t[col])
+    out_rows = t[fig.notna() & ~t["status"].eq("matched")]
+    county = None
+    if cu is not None:
+        c = cu if pc is None else cu[cu["pc"].eq(pc)]
+        county = int(pd.to_numeric(c[pop]).fillna(0).sum())
+    return (
+        int(fig.sum()), int(pd.to_numeric(u[pop]).sum()), int(pd.to_numeric(out_rows[col]).sum()), county,
+        ", ".join(f"{r.city} {int(getattr(r, col))}" for r in out_rows.itertuples()),
+    )
+
+
+def _integer_sums(
+    ct: pd.DataFrame, pu: pd.DataFrame, cu: pd.DataFrame | None, *, col: str, pop: str
+) -> Callable[[str | None], _Totals] | None:
+    """:func:`_group_totals` of every group from one groupby per column, for integer columns.
+
+    Why: filtering the three frames per province (2 x 34 groups) cost 0.13 s CPU of the population
+    stage; the grouped sums take 0.01 s. Sums of integers are exact in any order, so the totals are
+    the same; the left-out rows are listed in table order as before. None (use
+    :func:`_group_totals`) when a column is not integer after ``pd.to_numeric``, where a float sum
+    could depend on the order of its terms.
+    """
+    fig = pd.to_numeric(ct[col])
+    upop = pd.to_numeric(pu[pop])
+    cpop = None if cu is None else pd.to_numeric(cu[pop])
+    if not all(pd.api.types.is_integer_dtype(v.dtype) for v in (fig, upop, cpop) if v is not None):
+        return None
+    out_mask = (fig.notna() & ~ct["status"].eq("matched")).to_numpy(dtype=bool)
+    out_rows = ct[out_mask]
+    texts = [f"{r.city} {int(getattr(r, col))}" for r in out_rows.itertuples()]
+    by_code: dict[str, list[str]] = {}
+    for code, text in zip(out_rows["pc"], texts, strict=True):
+        by_code.setdefault(code, []).append(text)
+
+    def grouped(values: pd.Series, keys: pd.Series) -> dict[str, int]:
+        return {k: int(v) for k, v in values.groupby(keys.to_numpy()).sum().items()}
+
+    table, units = grouped(fig, ct["pc"]), grouped(upop, pu["pc"])
+    left = grouped(fig[out_mask], ct["pc"][out_mask])
+    county = None if cpop is None or cu is None else grouped(cpop.fillna(0), cu["pc"])
+
+    def sums(pc: str | None) -> _Totals:
+        if pc is None:
+            c = None if cpop is None else int(cpop.fillna(0).sum())
+            return int(fig.sum()), int(upop.sum()), int(fig[out_mask].sum()), c, ", ".join(texts)
+        c = None if county is None else county.get(pc, 0)
+        return table.get(pc, 0), units.get(pc, 0), left.get(pc, 0), c, ", ".join(by_code.get(pc, []))
+
+    return sums
 
 
 def shrinking_comparison(

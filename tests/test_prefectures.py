@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from shapely.geometry import box
 
+from geo_pipeline import prefectures as prefectures_module
 from geo_pipeline._io import read_layer, read_table
 from geo_pipeline.population import prefecture_indicators
 from geo_pipeline.prefectures import (
@@ -117,6 +118,38 @@ def test_prefecture_indicators_merged_unit_and_totals() -> None:
     assert cmp["published"].iloc[0] == PUBLISHED_SHRINKING_CITIES
 
 
+
+def _totals_by_filtering(monkeypatch: pytest.MonkeyPatch, *args: object) -> pd.DataFrame:
+    """prefecture_totals through the per-province filters only (the path for non-integer columns)."""
+    with monkeypatch.context() as m:
+        m.setattr(prefectures_module, "_integer_sums", lambda *a, **k: None)
+        return prefecture_totals(*args)  # type: ignore[arg-type]
+
+
+def test_grouped_totals_equal_the_filtered_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    units, counties = _county_units()
+    pref, _ = prefecture_indicators(_table(), _polygons(), units, counties=counties)
+    match = match_prefectures(_table(), _polygons(), units, counties=counties)
+    units = units.astype({"pop_2010": "Int64"})
+    units.loc[1, "pop_2010"] = pd.NA  # a missing county figure counts 0, as before
+    units.loc[len(units)] = {**units.iloc[0].to_dict(), "province_code": "130000", "pop_2010": 7}  # no table
+    for cu in (units, None):
+        fast = prefecture_totals(_table(), match, pref, cu)
+        pd.testing.assert_frame_equal(fast, _totals_by_filtering(monkeypatch, _table(), match, pref, cu))
+    assert fast.set_index(["year", "code"]).loc[(2020, "120000"), "left_out_rows"] == "岛市 9"
+    with_cu = prefecture_totals(_table(), match, pref, units).set_index(["year", "code"])
+    assert with_cu.loc[(2010, "120000"), "county_units_total"] == 200 + 4
+    # a county unit of a province without prefecture units counts for the nation only
+    assert with_cu.loc[(2010, "000000"), "county_units_total"] == 1000 + 200 + 4 + 7
+    assert "130000" not in with_cu.index.get_level_values("code")
+    # float figures: the grouped path is not used (a float sum may depend on the order of its terms)
+    floats = pref.astype({"pop_2010": "float64"})
+    assert prefectures_module._integer_sums(
+        pd.DataFrame({"popu_2010": [1], "pc": ["1"], "status": ["matched"]}),
+        pd.DataFrame({"pop_2010": [1.5], "pc": ["1"]}), None, col="popu_2010", pop="pop_2010") is None
+    pd.testing.assert_frame_equal(prefecture_totals(_table(), match, floats, units),
+                                  _totals_by_filtering(monkeypatch, _table(), match, floats, units))
+
 # -- real data ------------------------------------------------------------------------------------
 def _recount(mirror: Path) -> pd.DataFrame:
     """The city table's rows that are prefecture units, recounted from the raw CSV with pandas only."""
@@ -193,3 +226,23 @@ def test_real_prefecture_level_through_the_stages(run_stage: Callable[[str], Pat
     assert {"band", "lisa_change_pct_cluster", "hsr_station_km"} <= set(export.columns)
     county = read_layer(out / "shrinkage.gpkg", "units")
     assert len(county) == 2734  # the county outputs keep their names
+
+
+@pytest.mark.slow
+def test_real_grouped_totals_equal_the_filtered_ones(
+    run_stage: Callable[[str], Path], mirror: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from geo_pipeline.census import read_city_table
+
+    out = run_stage("population")
+    city = read_city_table(mirror / CITY)
+    units = read_layer(out / "population.gpkg", "units")
+    pref = read_layer(out / "population.gpkg", "prefectures")
+    counties = read_table(out / "boundaries.gpkg", "counties")[["adcode", "prefecture_code"]]
+    boundary = read_layer(out / "boundaries.gpkg", "prefectures")
+    match = match_prefectures(city, boundary, units, counties=counties)
+    fast = prefecture_totals(city, match, pref, units)
+    pd.testing.assert_frame_equal(fast, _totals_by_filtering(monkeypatch, city, match, pref, units))
+    pd.testing.assert_frame_equal(fast, read_table(out / "population.gpkg", "prefecture_totals"),
+                                  check_dtype=False)
+    assert fast["left_out_rows"].str.len().gt(0).sum() == 2 * 3 + 1  # 三沙, 香港, 澳门 and the 2010 rows
