@@ -73,7 +73,13 @@ from ._validate import Kind, check_frame
 from .ageing import AGEING_COLUMNS, COUNT_COLUMNS, ageing_indicators, prefecture_ageing, unit_age_counts
 from .census import AGGREGATE_KINDS, CENSUS_ROW_COLUMNS, CITY_AGE_COLUMNS, check_totals, correction_action
 from .crosswalk import harmonise, match_census_rows
-from .prefectures import county_unit_prefectures, match_prefectures, prefecture_members, union_geometry
+from .prefectures import (
+    PrefectureMatch,
+    county_unit_prefectures,
+    match_prefectures,
+    prefecture_members,
+    union_geometry,
+)
 from .regions import county_kind, region_of, unit_kind
 
 __all__ = [
@@ -734,6 +740,7 @@ def prefecture_indicators(
     shrink_threshold_pct: float = 0.0,
     county_rows: Sequence[pd.DataFrame] = (),
     counties: pd.DataFrame | None = None,
+    match: PrefectureMatch | None = None,
 ) -> tuple[gpd.GeoDataFrame, pd.DataFrame]:
     """Prefecture indicators from ``census_city_2010-2020_v1.csv`` on boundary polygons (pure).
 
@@ -759,6 +766,10 @@ def prefecture_indicators(
         each county unit spans, for merging polygons without figures into
         their host prefecture and for the county cross-checks (without it,
         the units' ``prefecture_code`` is used).
+    match : PrefectureMatch, optional
+        :func:`~geo_pipeline.prefectures.match_prefectures` of these same
+        ``city_table``, ``prefectures``, ``units`` and ``counties``, when the
+        caller needs it too (the CLI: prefecture totals); None: matched here.
 
     Returns
     -------
@@ -801,7 +812,8 @@ def prefecture_indicators(
         prefectures, name="prefectures layer", columns=["adcode", "name", "province", "province_code"],
         geometry=True, crs="EPSG:4326", unique=("adcode",),
     ).raise_if_any()
-    match = match_prefectures(city_table, prefectures, units, counties=counties)
+    if match is None:
+        match = match_prefectures(city_table, prefectures, units, counties=counties)
     pref = prefectures.reset_index(drop=True)
     members = prefecture_members(match)
     ct = city_table.assign(unit_id=match.rows["unit_id"].to_numpy())

@@ -150,6 +150,24 @@ def test_grouped_totals_equal_the_filtered_ones(monkeypatch: pytest.MonkeyPatch)
     pd.testing.assert_frame_equal(prefecture_totals(_table(), match, floats, units),
                                   _totals_by_filtering(monkeypatch, _table(), match, floats, units))
 
+
+def test_prefecture_indicators_use_a_given_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    import geo_pipeline.population as population_module
+
+    units, counties = _county_units()
+    pref, report = prefecture_indicators(_table(), _polygons(), units, counties=counties)
+    match = match_prefectures(_table(), _polygons(), units, counties=counties)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("matched again")
+
+    monkeypatch.setattr(population_module, "match_prefectures", refuse)
+    again, again_report = prefecture_indicators(_table(), _polygons(), units, counties=counties, match=match)
+    pd.testing.assert_frame_equal(again, pref)
+    pd.testing.assert_frame_equal(again_report, report)
+    with pytest.raises(AssertionError, match="matched again"):
+        prefecture_indicators(_table(), _polygons(), units, counties=counties)
+
 # -- real data ------------------------------------------------------------------------------------
 def _recount(mirror: Path) -> pd.DataFrame:
     """The city table's rows that are prefecture units, recounted from the raw CSV with pandas only."""

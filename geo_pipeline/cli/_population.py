@@ -126,10 +126,12 @@ def run(ctx: StageContext, **options: Any) -> None:
         result = build_population(rows[2010], rows[2020], counties, known_changes=table,
                                   shrink_threshold_pct=threshold, unknown_codes=settings.unknown_codes)
     county_codes = pd.DataFrame(counties[["adcode", "prefecture_code"]])
+    # matched once for the indicators and the totals (it was matched twice: 0.03 s CPU)
+    pref_match = match_prefectures(city, prefectures, result.units, counties=county_codes)
     pref, pref_report = prefecture_indicators(city, prefectures, result.units,
                                                  shrink_threshold_pct=threshold,
-                                                 county_rows=(rows[2010], rows[2020]), counties=county_codes)
-    pref_match = match_prefectures(city, prefectures, result.units, counties=county_codes)
+                                                 county_rows=(rows[2010], rows[2020]), counties=county_codes,
+                                                 match=pref_match)
     pref_totals = prefecture_totals(city, pref_match, pref, result.units)
     shrinking_ref = shrinking_comparison(pref, result.units)
     ageing = province_ageing(rows[2010], rows[2020], result.units)
