@@ -108,6 +108,84 @@ def test_queen_pairs_degenerate_inputs() -> None:
     assert [len(a) for a in queen_pairs([box(0, 0, 1, 1)])] == [0, 0]
 
 
+def lexsort_queen_pairs(geometries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return queen pairs as the previous ``queen_pairs`` found them (lexsort of all vertices): reference."""
+    geoms = np.asarray(geometries, dtype=object)
+    n = len(geoms)
+    coords, owner = shapely.get_coordinates(geoms, return_index=True)
+    x, y = coords[:, 0], coords[:, 1]
+    order = np.lexsort((y, x))
+    x, y, owner = x[order], y[order], owner[order]
+    new_group = np.ones(len(x), dtype=bool)
+    new_group[1:] = (x[1:] != x[:-1]) | (y[1:] != y[:-1])
+    group = np.cumsum(new_group) - 1
+    shared = np.bincount(group)[group] > 1
+    group, owner = group[shared], owner[shared]
+    rows, cols = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for d in range(1, len(group)):
+        hit = group[d:] == group[:-d]
+        if not hit.any():
+            break
+        a, b = owner[:-d][hit], owner[d:][hit]
+        rows.append(a[a != b])
+        cols.append(b[a != b])
+    a, b = np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64)
+    key = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
+    return key // n, key % n
+
+
+def assert_same_pairs(geoms: np.ndarray) -> None:
+    """Assert queen_pairs equals the lexsort reference, values and dtypes."""
+    got, ref = queen_pairs(geoms), lexsort_queen_pairs(geoms)
+    for g, r in zip(got, ref, strict=True):
+        assert g.dtype == r.dtype == np.int64
+        np.testing.assert_array_equal(g, r)
+
+
+def test_queen_pairs_hash_collisions_resolved_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    # weak hashes (equal vertices still get equal hashes): all vertices in one group, or grouped by x only
+    # (x modulo 3): every group holds different vertices; the pairs are those of the lexsort
+    from geo_pipeline import weights as wmod
+
+    real = wmod._vertex_keys
+    shapes = lattice(5, 6).geometry.to_numpy()
+    tricky = np.array(
+        [
+            box(0, 0, 2, 2),
+            box(2, 2, 4, 4),
+            MultiPolygon([box(4, 0, 5, 1), box(6, 0, 7, 1)]),
+            box(2, 0, 4, 2),
+            box(7, 0, 8, 1),
+            Polygon([(-0.0, 0), (-1, 0), (-1, 1), (-0.0, 1)]),  # -0.0 touches the first box's 0.0
+            Polygon([(1, 1), (1.5, 1), (1.5, 1.5), (1, 1)]),  # closing vertex repeats the first
+        ],
+        dtype=object,
+    )
+    for geoms in (shapes, tricky):
+        assert_same_pairs(geoms)
+        for by_x in (False, True):
+
+            def weak(coords: np.ndarray, by_x: bool = by_x) -> tuple[np.ndarray, int]:
+                keys, bits = real(coords)
+                mask = np.uint64((1 << bits) - 1)
+                high = np.floor(coords[:, 0]).astype(np.int64).astype(np.uint64) % np.uint64(3) if by_x else 0
+                return (keys & mask) | (np.uint64(high) << np.uint64(62)), bits
+
+            monkeypatch.setattr(wmod, "_vertex_keys", weak)
+            assert_same_pairs(geoms)
+            monkeypatch.setattr(wmod, "_vertex_keys", real)
+    i, j = queen_pairs(tricky)
+    assert (0, 5) in set(zip(i.tolist(), j.tolist(), strict=True))
+
+
+@pytest.mark.filterwarnings("default::geo_pipeline._errors.DataQualityWarning")  # upstream stages' data notes
+def test_queen_pairs_equal_lexsort_reference_on_real_units(run_stage: Callable[[str], Path]) -> None:
+    # the hash sort finds exactly the pairs of the lexsort of all vertices (7,817 for the counties)
+    path = run_stage("boundaries") / "boundaries.gpkg"
+    for layer in ("counties", "prefectures"):
+        assert_same_pairs(read_layer(path, layer).geometry.to_numpy())
+
+
 # ---------------------------------------------------------------------------
 # KNN and distance band: geodesic, checked against brute force
 # ---------------------------------------------------------------------------
