@@ -797,3 +797,42 @@ def test_real_stage_via_cli(run_stage: Callable[[str], Path]) -> None:
     provs = report[(report["item"] == "polygon") & (report["kind"] == "province")]
     assert set(provs["code"]) == {"710000", "810000", "820000"}
     assert set(read_layer(gpkg, "prefectures")["level"]) == {"prefecture"}
+
+
+def _same_items(got: list[object], want: list[object]) -> bool:
+    """Element by element: the same type and value (NaN and NA where iteration gives them)."""
+    return len(got) == len(want) and all(
+        type(g) is type(w) and (g is w or g == w) for g, w in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [
+    pd.StringDtype("pyarrow", na_value=np.nan), pd.StringDtype("pyarrow"), pd.StringDtype("python"), object,
+])
+def test_iter_values_give_what_iteration_gives(dtype: object) -> None:
+    from geo_pipeline.population import _collect, _iter_values
+
+    s = pd.Series(["b", None, "a", "", "b", "城区", None], dtype=dtype)
+    assert _same_items(list(_iter_values(s)), list(s))
+    assert len(list(_iter_values(s.iloc[:0]))) == 0
+    values = s.dropna()  # (``in`` on pd.NA raises, with the old loop too)
+    keys = pd.Series(["u2", "u1", "u2", "u1", "u3"], dtype=dtype)
+    got = _collect(keys, values)
+    want: dict[object, list[object]] = {}
+    for k, v in zip(keys, values, strict=True):  # the loop _collect replaced (iteration of the Series)
+        if v not in want.setdefault(k, []):
+            want[k].append(v)
+    assert list(got) == list(want) and all(_same_items(got[k], want[k]) for k in want)
+
+
+@pytest.mark.slow
+def test_real_iter_values_give_what_iteration_gives(run_stage: Callable[[str], Path]) -> None:
+    from geo_pipeline.population import _iter_values
+
+    out = run_stage("population")
+    for path, layer in ((out / "boundaries.gpkg", "counties"), (out / "population.gpkg", "crosswalk"),
+                        (out / "population.gpkg", "units")):
+        frame = read_table(path, layer)
+        strings = [c for c in frame.columns if isinstance(frame[c].dtype, pd.StringDtype)]
+        assert strings, layer
+        for c in strings:
+            assert _same_items(list(_iter_values(frame[c])), list(frame[c])), (layer, c)
