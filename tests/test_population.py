@@ -836,3 +836,33 @@ def test_real_iter_values_give_what_iteration_gives(run_stage: Callable[[str], P
         assert strings, layer
         for c in strings:
             assert _same_items(list(_iter_values(frame[c])), list(frame[c])), (layer, c)
+
+
+@pytest.mark.parametrize("dtype", [
+    pd.StringDtype("pyarrow", na_value=np.nan), pd.StringDtype("pyarrow"), pd.StringDtype("python"), object,
+])
+def test_joined_per_unit_equals_the_groupby(dtype: object) -> None:
+    from geo_pipeline.population import _join_unique, _joined_per_unit
+
+    keys = pd.Series(["u2", "u1", "u2", "u2", "u1", "u3", "u4"], name="unit_id")
+    values = pd.Series(["乙", "甲", None, "丙", "甲", None, "丁"], dtype=dtype, name="province")
+    want = values.groupby(keys).agg(_join_unique)  # what _units did (sorted units)
+    got = _joined_per_unit(keys, values, want.index)
+    pd.testing.assert_series_equal(got, want, check_index_type=True)
+    assert got.tolist() == ["甲", "乙+丙", "", "丁"] and got.dtype == want.dtype
+
+
+@pytest.mark.slow
+def test_real_joined_per_unit_equals_the_groupby(run_stage: Callable[[str], Path]) -> None:
+    from geo_pipeline.population import _join_unique, _joined_per_unit
+
+    out = run_stage("population")
+    counties = read_table(out / "boundaries.gpkg", "counties")
+    units = read_table(out / "population.gpkg", "units")
+    of = {a: u for u, m in zip(units["unit_id"], units["members"], strict=True) for a in m.split(";")}
+    attrs = counties.assign(unit_id=counties["adcode"].map(of)).dropna(subset=["unit_id"])
+    attrs = attrs.sort_values("adcode")
+    for c in ("province", "prefecture"):
+        want = attrs.groupby("unit_id", sort=True)[c].agg(_join_unique)
+        pd.testing.assert_series_equal(_joined_per_unit(attrs["unit_id"], attrs[c], want.index), want)
+    assert (want.str.contains("+", regex=False)).sum() > 0  # units spanning prefectures are joined
