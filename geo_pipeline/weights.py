@@ -137,10 +137,11 @@ def queen_pairs(geometries: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.
     ``Graph.build_contiguity`` 20 s, with identical neighbour sets (7,824
     pairs; pygeoda's queen weights and an STRtree ``intersects`` query give
     the same 7,824). Why the hash sort: a ``numpy.lexsort`` of all vertices
-    by ``(x, y)`` (this function until Dec 2026) took 0.87 s CPU for the
-    2,734 analysed counties and 0.32 s for the prefectures, this version
-    0.46 and 0.17 s (ratios 0.53 and 0.55, alternated, 5 runs each; AVX-512
-    value sorts are several times faster than ``lexsort``/``argsort``).
+    by ``(x, y)`` (this function until Dec 2026) took 0.74-0.84 s CPU for
+    the 2,736 counties and 0.26 s for the prefectures, this version
+    0.25-0.35 and 0.10 s (ratios 0.34-0.42 and 0.38-0.41, alternated, 3-5
+    runs each in 3 sessions): AVX-512/AVX2 value sorts are several times
+    faster than ``lexsort``/``argsort``, and the gathers are of int32.
     ``tests/test_weights.py`` checks the pairs against that ``lexsort``
     version on the real counties and prefectures and with forced hash
     collisions, and the identity against libpysal on
@@ -156,12 +157,13 @@ def queen_pairs(geometries: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.
     m = len(coords)
     if m == 0:
         return empty, empty
-    coords = coords + 0.0  # -0.0 -> 0.0 (they compare equal); a C-contiguous copy
+    if not coords.all():
+        coords += 0.0  # -0.0 -> 0.0 (they compare equal, and must hash equal)
     key, bits = _vertex_keys(coords)
     key.sort()
     pos = (key & np.uint64((1 << bits) - 1)).view(np.int64)
     z = np.take(coords.view(np.complex128).ravel(), pos)  # x + iy: == compares both exactly
-    owner = np.take(owner, pos)
+    owner = np.take(owner.astype(np.int32) if n < 2**31 else owner, pos)  # int32: a cheaper gather
     same_hash = np.zeros(m, dtype=bool)
     same_hash[1:] = (key[1:] ^ key[:-1]) < np.uint64(1 << bits)
     same_xy = np.zeros(m, dtype=bool)
@@ -178,20 +180,16 @@ def queen_pairs(geometries: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.
     # in a group of equal vertices the polygons are in increasing order (by position)
     fresh = ~same_xy
     fresh[1:] |= owner[1:] != owner[:-1]
-    group = np.cumsum(~same_xy[fresh])
     owner = owner[fresh]
-    shared = np.zeros(len(group), dtype=bool)
-    shared[1:] = group[1:] == group[:-1]
-    shared[:-1] |= shared[1:]
-    group, owner = group[shared], owner[shared]
+    link = same_xy[fresh]  # True: same vertex as the previous entry
+    # entries d apart are at the same vertex when the d links between them are all True
     pairs: list[np.ndarray] = []
+    hit = link[1:]
     d = 1
-    while d < len(group):
-        hit = group[d:] == group[:-d]
-        if not hit.any():
-            break
-        pairs.append(owner[:-d][hit] * n + owner[d:][hit])  # first < second
+    while hit.any():
+        pairs.append(owner[:-d][hit].astype(np.int64) * n + owner[d:][hit])  # first < second
         d += 1
+        hit = hit[:-1] & link[d:]
     if not pairs:
         return empty, empty
     pair = np.sort(np.concatenate(pairs).astype(np.int64))  # a sort, then drop repeats: 5x np.unique's time
