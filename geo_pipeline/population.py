@@ -357,7 +357,10 @@ def _warn_problems(
             "row of one census year gets no figure for that year (NA), not 0",
             DataQualityWarning, stacklevel=3,
         )
-    lonely = counties[~counties["adcode"].isin(links["adcode"]) & ~counties["adcode"].isin(list(no_census))]
+    # object keys: pandas' isin on an Arrow string column makes a pyarrow scalar of every value looked
+    # for (6,000 links: 0.022 s CPU); object isin hashes them (0.001 s), with the same membership
+    linked = counties["adcode"].astype(object).isin(links["adcode"].astype(object))
+    lonely = counties[~linked & ~counties["adcode"].isin(list(no_census))]
     if len(lonely):
         shown = ", ".join(f"{a} {n}" for a, n in zip(lonely["adcode"][:10], lonely["name"][:10], strict=True))
         warnings.warn(

@@ -866,3 +866,19 @@ def test_real_joined_per_unit_equals_the_groupby(run_stage: Callable[[str], Path
         want = attrs.groupby("unit_id", sort=True)[c].agg(_join_unique)
         pd.testing.assert_series_equal(_joined_per_unit(attrs["unit_id"], attrs[c], want.index), want)
     assert (want.str.contains("+", regex=False)).sum() > 0  # units spanning prefectures are joined
+
+
+def test_polygons_without_census_rows_are_named() -> None:
+    extra = gpd.GeoDataFrame(
+        {"adcode": ["100199", "100198"], "name": ["无人区", "外区"], "province": "甲省",
+         "province_code": "100000", "prefecture": "子市", "prefecture_code": "100100", "level": "county",
+         "in_census": [True, False]},
+        geometry=[box(8, 0, 9, 1), box(9, 0, 10, 1)], crs="EPSG:4326")
+    counties = pd.concat([_counties(), extra], ignore_index=True)
+    assert isinstance(counties["adcode"].dtype, pd.StringDtype)  # the layer's dtype (Arrow strings)
+    with pytest.warns(DataQualityWarning) as record:
+        res = build_population(_rows(RAW_2010, 2010), _rows(RAW_2020, 2020), counties, unknown_codes="warn")
+    lonely = [str(w.message) for w in record if "polygon(s) have no census row" in str(w.message)]
+    # 外区 is outside the census (in_census False): not warned about
+    assert lonely == ["1 polygon(s) have no census row and are not units: 100199 无人区"]
+    assert "100199" not in set(res.units["unit_id"])
