@@ -364,10 +364,9 @@ def match_census_rows(
         stem = name_stem(name)
         found = None
         for scope_name, scope in (("prefecture", c_pref == pref), ("province", c_prov == prov)):
-            free = scope & free_by_year[int(year)]
-            for method, mask in (("name", free & (c_name == name)),
-                                 ("stem", free & ((c_stem == stem) | (c_name == stem) | (c_stem == name)))):
-                hits = np.flatnonzero(mask)
+            by_name, by_stem = _name_hits(np.flatnonzero(scope & free_by_year[int(year)]), c_name, c_stem,
+                                          name, stem)
+            for method, hits in (("name", by_name), ("stem", by_stem)):
                 if len(hits) == 1:
                     i = hits[0]
                     found = (i, method, f"{method} {name} ~ {c_name[i]} within {scope_name} "
@@ -384,6 +383,21 @@ def match_census_rows(
     out["year"] = out["year"].astype("int64")
     return out.drop_duplicates(["census_id", "adcode"]).reset_index(drop=True)
 
+
+
+def _name_hits(
+    candidates: np.ndarray, c_name: np.ndarray, c_stem: np.ndarray, name: str, stem: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Polygons among ``candidates`` (ascending positions) matching ``name``, and by stem.
+
+    The same positions as ``np.flatnonzero(free & (c_name == name))`` and ``np.flatnonzero(free &
+    ((c_stem == stem) | (c_name == stem) | (c_stem == name)))`` with ``candidates =
+    np.flatnonzero(free)``. Why: comparing only the free polygons of the scope (a prefecture's
+    dozen, a province's hundred) instead of all 2,848 names four times per census row matched by
+    name took match_census_rows from 0.10 to 0.066 s CPU on the real tables.
+    """
+    names, stems = c_name[candidates], c_stem[candidates]
+    return candidates[names == name], candidates[(stems == stem) | (names == stem) | (stems == name)]
 
 # --------------------------------------------------------------------------- graph
 def harmonise(census_rows: pd.DataFrame, counties: pd.DataFrame, links: pd.DataFrame) -> pd.DataFrame:

@@ -882,3 +882,53 @@ def test_polygons_without_census_rows_are_named() -> None:
     # 外区 is outside the census (in_census False): not warned about
     assert lonely == ["1 polygon(s) have no census row and are not units: 100199 无人区"]
     assert "100199" not in set(res.units["unit_id"])
+
+
+def _full_mask_hits(free: np.ndarray, c_name: np.ndarray, c_stem: np.ndarray, name: str,
+                    stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """The masks over every polygon that match_census_rows computed before _name_hits."""
+    return (np.flatnonzero(free & (c_name == name)),
+            np.flatnonzero(free & ((c_stem == stem) | (c_name == stem) | (c_stem == name))))
+
+
+def _check_name_hits(names: list[str], prefectures: list[str], queries: list[str], seed: int) -> int:
+    from geo_pipeline.census import name_stem, normalise_name
+    from geo_pipeline.crosswalk import _name_hits
+
+    c_name = np.array([normalise_name(v) for v in names], dtype=object)
+    c_stem = np.array([name_stem(v) for v in c_name], dtype=object)
+    c_pref = np.array(prefectures, dtype=object)
+    rng = np.random.default_rng(seed)
+    found = 0
+    for q, pref in zip(queries, rng.choice(c_pref, size=len(queries)), strict=True):
+        for scope in (c_pref == pref, np.ones(len(c_name), dtype=bool)):
+            free = scope & (rng.random(len(c_name)) < 0.9)
+            got = _name_hits(np.flatnonzero(free), c_name, c_stem, q, name_stem(q))
+            want = _full_mask_hits(free, c_name, c_stem, q, name_stem(q))
+            assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want, strict=True)), q
+            found += sum(len(w) for w in want)
+    return found
+
+
+def test_name_hits_equal_the_full_masks() -> None:
+    # 新城区市 (stem 新城区) is found for 新城区 (stem 新城) only by its stem equal to the name
+    names = ["库车县", "库车市", "沙县区", "沙县", "城区", "城区", "东区", "甲乙市", "乙", "新城区市"]
+    prefs = ["1", "1", "2", "2", "1", "2", "3", "3", "3", "3"]
+    assert _check_name_hits(names, prefs, [*names, "库车", "西区", "新城区", ""], seed=1) > 0
+    from geo_pipeline.crosswalk import _name_hits
+
+    arr = np.array(names, dtype=object)
+    empty = _name_hits(np.array([], dtype=np.intp), arr, arr, "城区", "城")
+    assert [len(h) for h in empty] == [0, 0]
+
+
+@pytest.mark.slow
+def test_real_name_hits_equal_the_full_masks(run_stage: Callable[[str], Path]) -> None:
+    out = run_stage("population")
+    counties = read_table(out / "boundaries.gpkg", "counties")
+    report = read_table(out / "population.gpkg", "match_report")
+    queries = report.loc[report["item"].str.startswith("census") & report["kind"].eq("unit"), "name"]
+    queries = [str(q) for q in queries.dropna().unique()[::7]]  # every 7th census name (both years)
+    assert len(queries) > 400
+    hits = _check_name_hits(counties["name"].tolist(), counties["prefecture_code"].tolist(), queries, seed=2)
+    assert hits > 400
