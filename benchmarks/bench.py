@@ -402,20 +402,38 @@ def _checkout(rev: str, folder: Path) -> Path:
 def run_pipeline(ctx: Context) -> list[Row]:
     """``geo-pipeline run --to export`` and the atlas stage, end to end in subprocesses.
 
-    Reports wall and CPU time (user + sys of the child); per-stage wall times come from the
-    run's own log. With ``--baseline-rev REV`` the same two commands run on git revision REV
+    Reports wall and CPU time (user + sys of the child); per-stage wall and CPU times come from
+    the run's own log. With ``--pipeline-repeat N`` every run is made N times, alternated, and
+    the medians are reported. With ``--baseline-rev REV`` the same two commands run on git revision REV
     (exported to the work folder, imported through PYTHONPATH, same interpreter and
     libraries) in the same benchmark run, and the CPU ratio REV / ours is reported.
     """
-    runs = {"ours": _pipeline_cpu(ctx.workdir, ctx.mirror, env=None, atlas=not ctx.args.quick)}
+    specs: list[tuple[str, Path, dict[str, str] | None, bool, str]] = [
+        ("ours", ctx.workdir, None, not ctx.args.quick, "")]
     if ctx.args.county_only:  # like for like with revisions that had the county level only
-        runs["county"] = _pipeline_cpu(ctx.workdir / "run_county", ctx.mirror, env=None, atlas=False,
-                                       extra='[pipeline]\nlevels = ["county"]\n')
+        specs.append(("county", ctx.workdir / "run_county", None, False, '[pipeline]\nlevels = ["county"]\n'))
     if ctx.args.baseline_rev:
         tree = _checkout(ctx.args.baseline_rev, ctx.workdir / f"rev_{ctx.args.baseline_rev}")
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        base_dir = ctx.workdir / f"run_{ctx.args.baseline_rev}"
-        runs["base"] = _pipeline_cpu(base_dir, ctx.mirror, env=env, atlas=not ctx.args.quick)
+        specs.append(("base", ctx.workdir / f"run_{ctx.args.baseline_rev}", env, not ctx.args.quick, ""))
+    # --pipeline-repeat N: the runs alternate (ours, county, base, ours, ...) so that a change of
+    # machine load hits them alike; each figure is the median of its N runs
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for _ in range(max(1, ctx.args.pipeline_repeat)):
+        rounds.append({key: _pipeline_cpu(folder, ctx.mirror, env=env, atlas=atlas, extra=extra)
+                       for key, folder, env, atlas, extra in specs})
+
+    def median_of(key: str, part: str) -> tuple[float, float, int, str, list[float]] | None:
+        got = [r[key][part] for r in rounds if part in r.get(key, {})]
+        if not got:
+            return None
+        cpus = [g[1] for g in got]
+        failed = [g for g in got if g[2] != 0]
+        code, err = (failed[0][2], failed[0][3]) if failed else (0, got[-1][3])
+        return float(np.median([g[0] for g in got])), float(np.median(cpus)), code, err, cpus
+
+    runs = {key: {part: m for part in ("export", "atlas") if (m := median_of(key, part)) is not None}
+            for key, *_ in specs}
     rows = []
     parts = [("ours", "export", "geo-pipeline run --to export"),
              ("county", "export", "run --to export, levels = [county]"),
@@ -423,14 +441,19 @@ def run_pipeline(ctx: Context) -> list[Row]:
     for run, part, label in parts:
         if part not in runs.get(run, {}):
             continue
-        wall, cpu, code, err = runs[run][part]
-        row = Row(step=f"{label}: CPU s (user+sys)", median_s=cpu, note=f"wall {wall:.1f} s")
+        wall, cpu, code, err, cpus = runs[run][part]
+        row = Row(step=f"{label}: CPU s (user+sys)", median_s=cpu, note=f"wall {wall:.1f} s",
+                  extra={"cpu_runs": cpus})
+        if len(cpus) > 1:
+            row.note += f"; median of {len(cpus)} alternated runs: " + ", ".join(f"{c:.1f}" for c in cpus)
         if code != 0:
             row.error = f"exit code {code}: {(err.strip().splitlines() or ['?'])[-1]}"
-        if "base" in runs:
-            bwall, bcpu, bcode, berr = runs["base"][part]
+        if "base" in runs and part in runs["base"]:
+            bwall, bcpu, bcode, berr, bcpus = runs["base"][part]
             row.baseline, row.baseline_s = f"same at {ctx.args.baseline_rev}", bcpu
+            row.extra["baseline_cpu_runs"] = bcpus
             row.note += f"; {ctx.args.baseline_rev}: wall {bwall:.1f} s" + (
+                f" ({', '.join(f'{c:.1f}' for c in bcpus)})" if len(bcpus) > 1 else "") + (
                 f", exit {bcode}: {(berr.strip().splitlines() or ['?'])[-1][:120]}" if bcode else ""
             )
         rows.append(row)
@@ -1147,6 +1170,12 @@ def main(argv: list[str] | None = None) -> int:
         "revision that had the county level only) and report its CPU ratio",
     )
     parser.add_argument(
+        "--pipeline-repeat",
+        type=int,
+        default=1,
+        help="run the pipeline N times, alternating ours and the baseline, and report the medians",
+    )
+    parser.add_argument(
         "--skip-run",
         action="store_true",
         help="do not run the pipeline; use the outputs already in --workdir",
@@ -1155,12 +1184,13 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         default=None,
         help="run only these benchmarks, comma-separated names without bench_ (e.g. stage_startup); "
-        "with --skip-run the pipeline is not run",
+        "with --skip-run the pipeline is not run; 'pipeline' alone: only the pipeline runs",
     )
     args = parser.parse_args(argv)
     benchmarks = BENCHMARKS
     if args.only:
         names = {f"bench_{n.strip().removeprefix('bench_')}" for n in args.only.split(",")}
+        names.discard("bench_pipeline")  # the pipeline runs anyway unless --skip-run
         unknown = names - {b.__name__ for b in BENCHMARKS}
         if unknown:
             parser.error(f"--only: no benchmark {', '.join(sorted(unknown))}")
