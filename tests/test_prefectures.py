@@ -168,6 +168,39 @@ def test_prefecture_indicators_use_a_given_match(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(AssertionError, match="matched again"):
         prefecture_indicators(_table(), _polygons(), units, counties=counties)
 
+
+def _members_by_groupby(match: prefectures_module.PrefectureMatch) -> pd.DataFrame:
+    """prefecture_members as it was, with a sub-frame per unit (the reference of the one-pass version)."""
+    poly = match.polygons[match.polygons["unit_id"].notna()]
+    own = match.rows[match.rows["status"].eq("matched")].set_index("unit_id")["method"]
+    out = []
+    for uid, g in poly.groupby("unit_id", sort=True):
+        members = sorted(g["adcode"])
+        join = str(own.get(uid, ""))
+        if (g["method"] == "merged").any():
+            merged = ";".join(sorted(g.loc[g["method"].eq("merged"), "adcode"]))
+            join = f"{join}+merged ({merged})"
+        out.append({"unit_id": uid, "members": ";".join(members), "join": join, "n_polygons": len(members)})
+    return pd.DataFrame.from_records(out, columns=["unit_id", "members", "join", "n_polygons"])
+
+
+def test_members_equal_the_groupby_version() -> None:
+    units, counties = _county_units()
+    match = match_prefectures(_table(), _polygons(), units, counties=counties)
+    pd.testing.assert_frame_equal(prefecture_members(match), _members_by_groupby(match))
+    # units given in another order, two merged polygons (listed against their order), a polygon
+    # without a method, and no own row for one unit
+    polygons = pd.DataFrame({
+        "adcode": ["3", "9", "2", "5", "1", "7"], "unit_id": ["b", "a", "b", None, "b", "c"],
+        "method": ["merged", "code", "code", "code", "merged", None]})
+    rows = pd.DataFrame({"unit_id": ["b", "a", "x"], "method": ["code", "municipality", "code"],
+                         "status": ["matched", "matched", "no_figures"]})
+    m = prefectures_module.PrefectureMatch(rows=rows, polygons=polygons, report=pd.DataFrame())
+    got = prefecture_members(m)
+    pd.testing.assert_frame_equal(got, _members_by_groupby(m))
+    assert got["join"].tolist() == ["municipality", "code+merged (1;3)", ""]
+    assert got["members"].tolist() == ["9", "1;2;3", "7"]
+
 # -- real data ------------------------------------------------------------------------------------
 def _recount(mirror: Path) -> pd.DataFrame:
     """The city table's rows that are prefecture units, recounted from the raw CSV with pandas only."""
@@ -259,6 +292,7 @@ def test_real_grouped_totals_equal_the_filtered_ones(
     counties = read_table(out / "boundaries.gpkg", "counties")[["adcode", "prefecture_code"]]
     boundary = read_layer(out / "boundaries.gpkg", "prefectures")
     match = match_prefectures(city, boundary, units, counties=counties)
+    pd.testing.assert_frame_equal(prefecture_members(match), _members_by_groupby(match))
     fast = prefecture_totals(city, match, pref, units)
     pd.testing.assert_frame_equal(fast, _totals_by_filtering(monkeypatch, city, match, pref, units))
     pd.testing.assert_frame_equal(fast, read_table(out / "population.gpkg", "prefecture_totals"),
