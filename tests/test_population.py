@@ -982,3 +982,45 @@ def test_real_unit_geometries_equal_the_groupby_version(run_stage: Callable[[str
     got = [shapely.to_wkb(g) for g in _unit_geometries(counties, assign, units["unit_id"])]
     assert got == _unit_geometries_by_groupby(counties, assign, units["unit_id"])
     assert (units["n_members"] > 1).sum() == 80
+
+
+def _numeric_both_paths(series: pd.Series) -> tuple[object, object]:
+    """_numeric of a numeric column (fast path) and of the same cells as objects (general path)."""
+    from geo_pipeline.census import _numeric
+
+    out = []
+    for s in (series, series.astype(object)):
+        try:
+            out.append(_numeric(s, name="c", source="t"))
+        except InputError as exc:
+            out.append(str(exc))
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("values", [
+    [1.0, np.nan, 3.0, 0.0], [5, 0, 7], [np.nan, np.nan], [], [2.5, 1.0], [-1.0, 3.0], [1e15, 2.0],
+])
+def test_numeric_columns_skip_the_string_steps_with_the_same_result(values: list[float]) -> None:
+    dtype = "int64" if values and all(isinstance(v, int) for v in values) else "float64"
+    fast, general = _numeric_both_paths(pd.Series(values, dtype=dtype, index=range(3, 3 + len(values))))
+    if isinstance(general, str):
+        assert fast == general and "non-negative whole numbers" in general
+    else:
+        assert isinstance(fast, pd.Series)
+        pd.testing.assert_series_equal(fast, general, check_exact=True)
+        assert fast.dtype == "Int64"
+
+
+@pytest.mark.slow
+def test_real_numeric_columns_skip_the_string_steps_with_the_same_result(mirror: Path) -> None:
+    from geo_pipeline.census import _read_excel, age_band_columns
+
+    checked = 0
+    for year in (2010, 2020):
+        frame = next(iter(_read_excel(mirror / f"census/census_county_{year}_v1.xlsx").values()))
+        for c in [c for cols in age_band_columns(frame.columns, year=year).values() for c in cols]:
+            fast, general = _numeric_both_paths(frame[c].reset_index(drop=True))
+            assert isinstance(fast, pd.Series) and isinstance(general, pd.Series), c
+            pd.testing.assert_series_equal(fast, general, check_exact=True)
+            checked += 1
+    assert checked == 76
