@@ -613,9 +613,13 @@ def _check_choices(s: Settings, source: str) -> None:
         raise ConfigError(f"{source}: [infrastructure] underused_threshold must be in (0, 1]")
     for key in ("corridor_min_share", "utilisation_quantile"):
         if not 0 < getattr(inf, key) <= 1:
-            raise ConfigError(f"{source}: [infrastructure] {key} must be in (0, 1], found {getattr(inf, key)}")
+            raise ConfigError(
+                f"{source}: [infrastructure] {key} must be in (0, 1], found {getattr(inf, key)}"
+            )
     if not inf.corridor_buffer_km > 0 or inf.hsr_min_trains < 1:
-        raise ConfigError(f"{source}: [infrastructure] corridor_buffer_km > 0 and hsr_min_trains >= 1 required")
+        raise ConfigError(
+            f"{source}: [infrastructure] corridor_buffer_km > 0 and hsr_min_trains >= 1 required"
+        )
     if inf.geometry not in ("threaded", "straight"):
         raise ConfigError(
             f"{source}: [infrastructure] geometry = {inf.geometry!r}; expected 'threaded' or 'straight'"
@@ -652,8 +656,8 @@ def _check_choices(s: Settings, source: str) -> None:
         )
     if inf.stations not in ("osm_stations", "osm") and not inf.stations.lower().endswith(layer_suffixes):
         raise ConfigError(
-            f"{source}: [infrastructure] stations = {inf.stations!r}; expected 'osm_stations', 'osm' or a path "
-            f"ending in one of {list(layer_suffixes)}"
+            f"{source}: [infrastructure] stations = {inf.stations!r}; expected 'osm_stations', 'osm' or a "
+            f"path ending in one of {list(layer_suffixes)}"
         )
 
 

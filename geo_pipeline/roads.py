@@ -76,7 +76,9 @@ def prepare_expressways(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
         A CRS other than EPSG:4326 (reproject it first; GCJ-02 data must be
         converted to WGS84 before).
     """
-    p = check_frame(frame, name="expressways layer", geometry=True, geom_types=("LineString", "MultiLineString"))
+    p = check_frame(
+        frame, name="expressways layer", geometry=True, geom_types=("LineString", "MultiLineString")
+    )
     if frame.empty:
         p.add("no features; expected at least one expressway line")
     p.raise_if_any()
@@ -156,7 +158,9 @@ def expressway_overlay(
 
 
 def expressway_summary(units: pd.DataFrame, overlay: pd.DataFrame) -> pd.DataFrame:
-    """Shrinkage inside vs outside expressway corridors (:func:`geo_pipeline.infrastructure.corridor_summary`).
+    """Shrinkage inside vs outside expressway corridors.
+
+    The same table as :func:`geo_pipeline.infrastructure.corridor_summary`.
 
     Returns
     -------

@@ -274,7 +274,7 @@ def diverging_classes(
     counts = np.bincount(_mapclassify().UserDefined(v, bins=bins).yb, minlength=len(bins))
     labels = tuple(
         f"{_fmt(hi, decimals)}{unit}" if lo == hi else f"{_fmt(lo, decimals)} to {_fmt(hi, decimals)}{unit}"
-        for lo, hi in zip(edges[:-1], edges[1:])
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
     )
     return Classes(
         column, tuple(float(e) for e in edges), tuple(colors), labels,
@@ -411,7 +411,10 @@ def band_categories(values: Iterable[Any], *, palette: str = "YlGnBu") -> list[C
     cmap = colormaps[palette]
     n = len(vals)
     cols = [to_hex(cmap(0.85 - 0.7 * i / max(n - 1, 1))) for i in range(n)]
-    return [Category(v, c, f"{v:g} km" if isinstance(v, (int, float)) else str(v)) for v, c in zip(vals, cols)]
+    return [
+        Category(v, c, f"{v:g} km" if isinstance(v, (int, float)) else str(v))
+        for v, c in zip(vals, cols, strict=True)
+    ]
 
 
 def _is_missing(v: Any) -> bool:
@@ -493,7 +496,8 @@ def _symbol_layer(kind: SymbolKind, color: str, *, width: float | None, outline:
         props = {
             "line_color": _rgba(color), "line_style": "dash" if dashed else "solid",
             "line_width": f"{0.4 if width is None else width:g}", "line_width_unit": "MM",
-            "capstyle": "flat" if dashed else "round", "joinstyle": "round", "offset": "0", "offset_unit": "MM",
+            "capstyle": "flat" if dashed else "round", "joinstyle": "round",
+            "offset": "0", "offset_unit": "MM",
             "use_custom_dash": "1" if dashed else "0", "customdash": "2.5;1.5" if dashed else "5;2",
             "customdash_unit": "MM",
         }
@@ -587,7 +591,7 @@ def graduated_qml(
     ranges = ET.SubElement(r, "ranges")
     symbols = ET.SubElement(r, "symbols")
     for i, (lo, hi, color, label) in enumerate(
-        zip(classes.edges[:-1], classes.edges[1:], classes.colors, classes.labels)
+        zip(classes.edges[:-1], classes.edges[1:], classes.colors, classes.labels, strict=False)
     ):
         ET.SubElement(ranges, "range", symbol=str(i), lower=repr(float(lo)), upper=repr(float(hi)),
                       label=label, render="true")

@@ -153,6 +153,8 @@ def underused_lines(lines: gpd.GeoDataFrame, units: gpd.GeoDataFrame) -> gpd.Geo
                            gpd.GeoSeries([], crs=lines.crs), crs=lines.crs)
     if len(out):
         crossed = out["n_units"].sum()
-        log.info("underused lines: %d, crossing %d unit(s) in all; %.0f %% of the crossings are shrinking units",
-                 len(out), int(crossed), 100.0 * out["n_shrinking"].sum() / crossed if crossed else float("nan"))
+        log.info(
+            "underused lines: %d, crossing %d unit(s) in all; %.0f %% of the crossings are shrinking units",
+            len(out), int(crossed), 100.0 * out["n_shrinking"].sum() / crossed if crossed else float("nan"),
+        )
     return out
