@@ -62,6 +62,7 @@ from scipy.spatial import cKDTree
 
 from ._crs import CHINA_ALBERS, WGS84, equal_area_centroids
 from ._errors import CRSError, DataQualityWarning, GeometryError, InputError
+from ._groups import group_figures
 from ._validate import Problems, check_frame
 
 __all__ = [
@@ -656,7 +657,6 @@ def band_summary(
             f"units: band_index must be in 0..{len(labels) - 1} for breaks {b.tolist()}, "
             f"found {int(bi.min())}..{int(bi.max())}; recompute the bands with the same breaks"
         )
-    shrinking = units["shrinking"].astype("boolean").fillna(False).to_numpy(dtype=bool)
     if "net_outflow" in units.columns:
         has_hukou = units["net_outflow"].notna().to_numpy()
         if "hukou_2010" in units.columns:
@@ -665,30 +665,22 @@ def band_summary(
     else:
         has_hukou = np.zeros(len(units), dtype=bool)
         outflow = has_hukou
-    p10 = pd.to_numeric(units["pop_2010"]).to_numpy(dtype=float)
-    p20 = pd.to_numeric(units["pop_2020"]).to_numpy(dtype=float)
-    chg = pd.to_numeric(units["change_pct"]).to_numpy(dtype=float)
     edges = [0.0, *b.tolist(), np.nan]
     groups = [(labels[i], i, edges[i], edges[i + 1], bi == i) for i in range(len(labels))]
     if include_all:
         groups.append(("all", -1, 0.0, np.nan, np.ones(len(units), dtype=bool)))
+    # Missing shrinking counts as not shrinking; populations are checked not null above;
+    # the median is NaN unless a band has a finite change_pct (group_figures options).
+    figures = group_figures(units, [g[-1] for g in groups], median="finite")
     rows = []
-    for label, index, lower, upper, m in groups:
-        n = int(m.sum())
+    for (label, index, lower, upper, m), fig in zip(groups, figures, strict=True):
         n_hukou = int(has_hukou[m].sum())
-        s10, s20 = float(p10[m].sum()), float(p20[m].sum())
         rows.append({
             "band": label,
             "band_index": index,
             "lower_km": lower,
             "upper_km": upper,
-            "n_units": n,
-            "n_shrinking": int(shrinking[m].sum()),
-            "shrinking_share": shrinking[m].sum() / n if n else np.nan,
-            "pop_2010": int(round(s10)),
-            "pop_2020": int(round(s20)),
-            "pop_weighted_change_pct": 100.0 * (s20 - s10) / s10 if s10 > 0 else np.nan,
-            "median_change_pct": float(np.nanmedian(chg[m])) if n and np.isfinite(chg[m]).any() else np.nan,
+            **fig,
             "n_with_hukou": n_hukou,
             "n_net_outflow": int(outflow[m].sum()),
             "net_outflow_share": outflow[m].sum() / n_hukou if n_hukou else np.nan,

@@ -54,6 +54,7 @@ from scipy.spatial import cKDTree
 
 from ._crs import CHINA_ALBERS
 from ._errors import CRSError, DataQualityWarning, InputError
+from ._groups import group_figures
 from ._progress import timed
 from ._validate import Kind, check_frame, check_same_crs
 from .rail import APPROXIMATE_NOTE
@@ -786,7 +787,6 @@ def corridor_summary(units: pd.DataFrame, overlay: pd.DataFrame) -> pd.DataFrame
         )
     df = left.merge(right, on="unit_id", how="inner", validate="one_to_one")
     df["corridor"] = np.where(df["in_corridor"].astype(bool), "inside", "outside")
-    rows = []
     groupings = [
         ("corridor", "corridor", ["inside", "outside"]),
         (
@@ -795,28 +795,23 @@ def corridor_summary(units: pd.DataFrame, overlay: pd.DataFrame) -> pd.DataFrame
             [f"before {CENSUS_YEARS[0]}", f"{CENSUS_YEARS[0]}-{CENSUS_YEARS[1]}", "none"],
         ),
     ]
-    for grouping, col, order in groupings:
-        for g in order:
-            rows.append(_summary_row(grouping, g, df.loc[df[col] == g]))
-    rows.append(_summary_row("all", "all", df))
+    # A missing value of the grouping column is in no group (as df.loc[df[col] == g] did).
+    groups = [
+        (grouping, g, df[col].eq(g).to_numpy(dtype=bool, na_value=False))
+        for grouping, col, order in groupings
+        for g in order
+    ]
+    groups.append(("all", "all", np.ones(len(df), dtype=bool)))
+    # corridor_summary's rules: shrinking cast with astype(bool) (a missing value raises),
+    # missing populations and change_pct skipped as pandas sum/median do.
+    figures = group_figures(
+        df, [m for *_, m in groups], missing_shrinking="error", change_column="pop_change_pct"
+    )
+    station_km = df["hsr_station_km"]
+    rows = [
+        {"grouping": grouping, "group": g, **fig,
+         "mean_hsr_station_km": float(station_km[m].mean()) if fig["n_units"] else np.nan}
+        for (grouping, g, m), fig in zip(groups, figures, strict=True)
+    ]
     out = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     return out.astype(SUMMARY_COLUMNS)
-
-
-def _summary_row(grouping: str, group: str, d: pd.DataFrame) -> dict[str, Any]:
-    n = len(d)
-    p10 = float(pd.to_numeric(d["pop_2010"]).sum())
-    p20 = float(pd.to_numeric(d["pop_2020"]).sum())
-    n_shr = int(d["shrinking"].astype(bool).sum())
-    return {
-        "grouping": grouping,
-        "group": group,
-        "n_units": n,
-        "n_shrinking": n_shr,
-        "shrinking_share": n_shr / n if n else np.nan,
-        "pop_2010": int(round(p10)),
-        "pop_2020": int(round(p20)),
-        "pop_change_pct": 100.0 * (p20 - p10) / p10 if p10 > 0 else np.nan,
-        "median_change_pct": float(d["change_pct"].median()) if n else np.nan,
-        "mean_hsr_station_km": float(d["hsr_station_km"].mean()) if n else np.nan,
-    }

@@ -63,6 +63,7 @@ import pyproj
 import shapely
 
 from ._errors import InputError
+from ._groups import group_figures
 from ._validate import check_frame
 from .distance import band_summary
 from .infrastructure import nearest_station_km
@@ -626,23 +627,18 @@ def access_change_summary(units: pd.DataFrame) -> pd.DataFrame:
                  "pop_2010": "numeric", "pop_2020": "numeric", "change_pct": "numeric", "shrinking": "any"},
     ).raise_if_any()
     saved = (units["rail_minutes_to_core_2010"] - units["rail_minutes_to_core"]).to_numpy(dtype=float)
-    rows = []
     groups = [(g, (saved >= lo) & (saved < hi)) for g, lo, hi in CHANGE_GROUPS]
     groups.append(("all", np.ones(len(units), dtype=bool)))
-    for name, m in groups:
+    # Defaults of group_figures: missing shrinking counts as not shrinking, missing
+    # populations and change_pct are skipped (pandas sum/median), as before.
+    figures = group_figures(units, [m for _, m in groups])
+    rows = []
+    for (name, m), fig in zip(groups, figures, strict=True):
         d = units.loc[m]
-        n = len(d)
-        p10, p20 = float(d["pop_2010"].sum()), float(d["pop_2020"].sum())
-        shr = int(d["shrinking"].astype("boolean").fillna(False).sum())
+        n = fig["n_units"]
         rows.append({
             "group": name,
-            "n_units": n,
-            "n_shrinking": shr,
-            "shrinking_share": shr / n if n else np.nan,
-            "pop_2010": int(round(p10)),
-            "pop_2020": int(round(p20)),
-            "pop_weighted_change_pct": 100.0 * (p20 - p10) / p10 if p10 > 0 else np.nan,
-            "median_change_pct": float(d["change_pct"].median()) if n else np.nan,
+            **fig,
             "median_minutes_2010": float(d["rail_minutes_to_core_2010"].median()) if n else np.nan,
             "median_minutes_2020": float(d["rail_minutes_to_core"].median()) if n else np.nan,
             "median_saved_min": float(np.median(saved[m])) if n else np.nan,

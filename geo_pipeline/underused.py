@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from ._groups import group_figures
 from ._validate import check_frame, check_same_crs
 
 __all__ = ["UNDERUSED_SUFFIX", "UNDERUSED_COLUMNS", "map_class", "underused_lines"]
@@ -121,14 +122,14 @@ def underused_lines(lines: gpd.GeoDataFrame, units: gpd.GeoDataFrame) -> gpd.Geo
     li, ui = np.asarray(li, dtype=np.int64), np.asarray(ui, dtype=np.int64)
     ids = units["unit_id"].astype(str).to_numpy()
     names = units["name"].astype(str).to_numpy() if "name" in units.columns else ids
-    shrinking = units["shrinking"].astype("boolean").fillna(False).to_numpy(dtype=bool)
-    p10 = pd.to_numeric(units["pop_2010"]).to_numpy(dtype=float)
-    p20 = pd.to_numeric(units["pop_2020"]).to_numpy(dtype=float)
+    crossed_units = [np.sort(ui[li == k]) for k in range(len(under))]
+    # underused_lines' rules: missing shrinking counts as not shrinking, a missing
+    # population of a crossed unit propagates (and fails the integer sum), no median.
+    figures = group_figures(
+        units, crossed_units, missing_population="propagate", median=None, change_column="pop_change_pct"
+    )
     rows = []
-    for k, (_, line) in enumerate(under.iterrows()):
-        sel = np.sort(ui[li == k])
-        n = len(sel)
-        s10, s20 = float(p10[sel].sum()), float(p20[sel].sum())
+    for (_, line), sel, fig in zip(under.iterrows(), crossed_units, figures, strict=True):
         rows.append({
             "line_id": str(line["line_id"]),
             "name": str(line["name"]),
@@ -137,12 +138,7 @@ def underused_lines(lines: gpd.GeoDataFrame, units: gpd.GeoDataFrame) -> gpd.Geo
             "utilisation": float(line["utilisation"]),
             "utilisation_basis": str(line.get("utilisation_basis", "")),
             "trains_per_day": float(line.get("trains_per_day", np.nan)),
-            "n_units": n,
-            "n_shrinking": int(shrinking[sel].sum()),
-            "shrinking_share": float(shrinking[sel].mean()) if n else np.nan,
-            "pop_2010": int(round(s10)),
-            "pop_2020": int(round(s20)),
-            "pop_change_pct": 100.0 * (s20 - s10) / s10 if s10 > 0 else np.nan,
+            **fig,
             "unit_ids": ";".join(ids[sel]),
             "unit_names": ";".join(names[sel]),
             "map_class": f"{line['class']}{UNDERUSED_SUFFIX}",
