@@ -537,40 +537,6 @@ def permutation_block(
                 at_least = np.where(dir_all[u, c] >= 0, up, down)
                 out[loc, c] = np.minimum(at_least, permutations - at_least)
     return out[:, 0] if one else out
-    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(block),)))
-    rids = _draw_neighbour_sets(rng, n - 1, permutations, kmax)
-    by_column = kmax <= _PAIRWISE_BLOCK and _column_sums_are_numpys()
-    if by_column:
-        # Draw id t stands for unit t + (t >= u) (ids over the n - 1 units other than u): gather the
-        # two candidate values once per block, then per unit only select (no (m, P, k) index array).
-        cols = np.ascontiguousarray(rids.T)  # (kmax, P)
-        below = [np.ascontiguousarray(vals[:, c])[cols] for c in range(n_vec)]
-        above = [np.ascontiguousarray(vals[:, c])[cols + 1] for c in range(n_vec)]
-    for k in np.unique(card[card > 0]):
-        local = np.flatnonzero(card == k)
-        table = rids[:, :k][None, :, :]
-        step = max(1, 4_000_000 // (permutations * int(k)))
-        for start in range(0, len(local), step):
-            loc = local[start : start + step]
-            u = lo + loc
-            if by_column:
-                shifted = [cols[j] >= u[:, None] for j in range(k)]  # shared by the V vectors
-            else:
-                # ids over the n - 1 other units -> ids over all units (skip the unit itself)
-                ids = table + (table >= u[:, None, None])
-            for c in range(n_vec):
-                if by_column:
-                    a, b = above[c], below[c]
-                    sums = _column_sums(lambda j, a=a, b=b, m=shifted: np.where(m[j], a[j], b[j]), int(k))
-                else:
-                    sums = vals[:, c][ids].sum(axis=2)
-                tol = 8 * np.finfo(float).eps * scales[c] * k  # equal multisets summed in another order tie
-                obs = obs_all[u, c][:, None]
-                up = (sums >= obs - tol).sum(axis=1)
-                down = (sums <= obs + tol).sum(axis=1)
-                at_least = np.where(dir_all[u, c] >= 0, up, down)
-                out[loc, c] = np.minimum(at_least, permutations - at_least)
-    return out[:, 0] if one else out
 
 
 #: Largest size of the value pairs :func:`permutation_block` keeps for a whole block (bytes).
