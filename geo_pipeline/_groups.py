@@ -18,7 +18,21 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["group_figures"]
+__all__ = ["figure_columns", "group_figures"]
+
+
+def figure_columns(*, change_column: str = "pop_weighted_change_pct", median: bool = True) -> dict[str, str]:
+    """The keys of :func:`group_figures`' dicts and their column dtypes, in their order.
+
+    For the schemas of the tables built from them (``change_column`` and
+    ``median`` as given to :func:`group_figures`; ``median=False`` for
+    ``median=None`` there).
+    """
+    out = {"n_units": "int64", "n_shrinking": "int64", "shrinking_share": "float64",
+           "pop_2010": "int64", "pop_2020": "int64", change_column: "float64"}
+    if median:
+        out["median_change_pct"] = "float64"
+    return out
 
 
 def group_figures(

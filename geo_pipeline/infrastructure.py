@@ -54,7 +54,7 @@ from scipy.spatial import cKDTree
 
 from ._crs import CHINA_ALBERS
 from ._errors import CRSError, DataQualityWarning, InputError
-from ._groups import group_figures
+from ._groups import figure_columns, group_figures
 from ._progress import timed
 from ._validate import Kind, check_frame, check_same_crs
 from .rail import APPROXIMATE_NOTE
@@ -95,13 +95,7 @@ UNIT_COLUMNS: dict[str, str] = {
 SUMMARY_COLUMNS: dict[str, str] = {
     "grouping": "str",
     "group": "str",
-    "n_units": "int64",
-    "n_shrinking": "int64",
-    "shrinking_share": "float64",
-    "pop_2010": "int64",
-    "pop_2020": "int64",
-    "pop_change_pct": "float64",
-    "median_change_pct": "float64",
+    **figure_columns(change_column="pop_change_pct"),
     "mean_hsr_station_km": "float64",
 }
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from ._groups import group_figures
+from ._groups import figure_columns, group_figures
 from ._validate import check_frame, check_same_crs
 
 __all__ = ["UNDERUSED_SUFFIX", "UNDERUSED_COLUMNS", "map_class", "underused_lines"]
@@ -38,12 +38,7 @@ UNDERUSED_COLUMNS: dict[str, str] = {
     "utilisation": "float64",
     "utilisation_basis": "str",
     "trains_per_day": "float64",
-    "n_units": "int64",
-    "n_shrinking": "int64",
-    "shrinking_share": "float64",
-    "pop_2010": "int64",
-    "pop_2020": "int64",
-    "pop_change_pct": "float64",
+    **figure_columns(change_column="pop_change_pct", median=False),
     "unit_ids": "str",
     "unit_names": "str",
     "map_class": "str",

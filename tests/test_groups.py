@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geo_pipeline._groups import group_figures
+from geo_pipeline._groups import figure_columns, group_figures
 
 
 def _units() -> pd.DataFrame:
@@ -78,3 +78,16 @@ def test_group_figures_options_reproduce_each_callers_rule() -> None:
         group_figures(gap, [np.array([0, 1])], missing_population="propagate")
     with pytest.raises(ValueError, match="missing_shrinking"):
         group_figures(units, [], missing_shrinking="na")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("change_column", "median"), [
+    ("pop_weighted_change_pct", "skipna"), ("pop_change_pct", "finite"), ("pop_change_pct", None),
+])
+def test_figure_columns_are_the_keys_and_types_of_group_figures(
+    change_column: str, median: str | None
+) -> None:
+    kinds = {int: "int64", float: "float64"}
+    row = group_figures(_units(), [np.array([0, 1])], median=median, change_column=change_column)[0]
+    assert figure_columns(change_column=change_column, median=median is not None) == {
+        k: kinds[type(v)] for k, v in row.items()
+    }
