@@ -5,6 +5,7 @@ Usage::
 
     python benchmarks/bench.py [--quick] [--repeat N] [--out benchmarks/results/bench.json]
                                [--workdir DIR] [--skip-run] [--baseline-rev REV] [--county-only]
+                               [--same-work]
                                [--only NAME[,NAME...]]
 
 What it does:
@@ -14,7 +15,9 @@ What it does:
    reports wall and CPU time (user + sys). With ``--baseline-rev REV`` the same two commands run
    on an older git revision in the same benchmark run (same interpreter and libraries), so the
    CPU ratio compares like with like; ``--county-only`` adds a run with ``[pipeline] levels =
-   ["county"]`` (the revisions before the prefecture level ran the county level only).
+   ["county"]`` (the revisions before the prefecture level ran the county level only), and
+   ``--same-work`` one with every later option that can be switched off switched off as well
+   (:data:`SAME_WORK_TOML`: the work of ``ddb1726`` as far as the options allow).
 2. Times stage functions on those real outputs and on scaled inputs (units x3 and x10: each unit
    cut by a fishnet; population rasters of China's extent at 0.01 and 0.0025 deg), each against
    the library default a user would call, on the same inputs, with the outputs asserted equal:
@@ -343,6 +346,19 @@ def synthetic_raster(folder: Path, res: float) -> Path:
 # -- the whole pipeline ------------------------------------------------------------------------
 
 
+#: ``--same-work``: the options added after ddb1726 (the start of issue 16) set back to that
+#: revision's work, as far as options allow: one level, its two Moran variables (no EB rate,
+#: no bivariate pairs), rail lines straight between key stations (not threaded through the
+#: stations), no rail network. What cannot be switched off stays: the ageing shares, regions and
+#: unit kinds, the core-set sensitivity table, the 2010 census corrections and the per-unit
+#: comparability flag.
+SAME_WORK_TOML = (
+    '[pipeline]\nlevels = ["county"]\n'
+    '[autocorrelation]\nvariables = ["change_pct", "net_outflow_ratio"]\nbivariate = []\n'
+    '[infrastructure]\ngeometry = "straight"\nnetwork = false\n'
+)
+
+
 def _write_run_config(workdir: Path, mirror: Path, extra: str = "") -> Path:
     cfg = workdir / "geo_pipeline.toml"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -412,6 +428,8 @@ def run_pipeline(ctx: Context) -> list[Row]:
         ("ours", ctx.workdir, None, not ctx.args.quick, "")]
     if ctx.args.county_only:  # like for like with revisions that had the county level only
         specs.append(("county", ctx.workdir / "run_county", None, False, '[pipeline]\nlevels = ["county"]\n'))
+    if ctx.args.same_work:  # like for like in the options too (SAME_WORK_TOML)
+        specs.append(("same", ctx.workdir / "run_same", None, False, SAME_WORK_TOML))
     if ctx.args.baseline_rev:
         tree = _checkout(ctx.args.baseline_rev, ctx.workdir / f"rev_{ctx.args.baseline_rev}")
         env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -437,6 +455,7 @@ def run_pipeline(ctx: Context) -> list[Row]:
     rows = []
     parts = [("ours", "export", "geo-pipeline run --to export"),
              ("county", "export", "run --to export, levels = [county]"),
+             ("same", "export", "run --to export, ddb1726's options (--same-work)"),
              ("ours", "atlas", "atlas stage (after export)")]
     for run, part, label in parts:
         if part not in runs.get(run, {}):
@@ -1168,6 +1187,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run the pipeline with [pipeline] levels = [\"county\"] (like for like with a baseline "
         "revision that had the county level only) and report its CPU ratio",
+    )
+    parser.add_argument(
+        "--same-work",
+        action="store_true",
+        help="also run the pipeline with the options added since ddb1726 switched off (county level, "
+        "two Moran variables, no bivariate, straight rail lines, no rail network) and report its CPU ratio",
     )
     parser.add_argument(
         "--pipeline-repeat",
