@@ -149,15 +149,18 @@ def read_cnmaps(*, adcodes: Iterable[str] | None = None) -> gpd.GeoDataFrame:
     Notes
     -----
     The files are bare GeoJSON geometries, parsed by
-    :func:`parse_geojson_geometries` (pyarrow's JSON reader, exactly the
-    geometries of :func:`shapely.from_geojson`). Measured on the 3,240 files
-    (6.8 million vertices, 171 MB) on a shared 2-core machine: reading the
-    text 0.2 s, ``shapely.from_geojson`` 3.4-4.1 s, the pyarrow reader 1.7 s
-    CPU with its threads (1.5 s wall; 1.4 s CPU and wall in one thread, which
-    is used); ``json.loads`` alone
-    takes 7.9 s (plus 1.9 s to build geometries with
-    ``shapely.from_ragged_array``) and ``pyogrio.read_dataframe`` file by file
-    about 3 ms per file (about 11 s).
+    :func:`parse_geojson_geometries` (simdjson for all 3,240 files, exactly
+    the geometries of :func:`shapely.from_geojson` and of pyarrow's JSON
+    reader). Measured on the 3,240 files (6.8 million vertices, 171 MB) on a
+    shared 2-core machine: reading the text 0.2 s, simdjson with its checks
+    0.45-0.6 s CPU (parse 0.17 s, coordinates 0.05 s, skeleton check 0.1 s),
+    the pyarrow reader 1.1-1.3 s (one thread; more with its threads),
+    ``shapely.from_geojson`` 3.4-4.1 s; ``json.loads`` alone takes 7.9 s
+    (plus 1.9 s to build geometries with ``shapely.from_ragged_array``) and
+    ``pyogrio.read_dataframe`` file by file about 3 ms per file (about
+    11 s). This whole function, in fresh processes alternated with the
+    pyarrow reader (main bd0ff97), 4 runs each: 1.40-2.05 s -> 0.70-0.74 s
+    CPU.
     """
     db = cnmaps_index_path()
     with contextlib.closing(sqlite3.connect(f"file:{db.as_posix()}?mode=ro", uri=True)) as con:
@@ -199,18 +202,29 @@ def read_cnmaps(*, adcodes: Iterable[str] | None = None) -> gpd.GeoDataFrame:
 _GEOJSON_TYPE = re.compile(rb'\s*\{\s*"type"\s*:\s*"(Polygon|MultiPolygon)"')
 #: Nesting depth of ``coordinates`` per GeoJSON type (geometry > parts > rings > points > x, y).
 _GEOJSON_DEPTH = {b"MultiPolygon": 4, b"Polygon": 3}
+#: The plain form read by simdjson: ``type`` then ``coordinates`` first, up to the array.
+_PLAIN_HEAD = re.compile(rb'\s*\{\s*"type"\s*:\s*"(Polygon|MultiPolygon)"\s*,\s*"coordinates"\s*:\s*(?=\[)')
+#: Deleted from a text to get its skeleton: JSON whitespace and the characters of numbers but '.'.
+_SKELETON_DELETE = b"0123456789+-eE \t\n\r"
 
 
 def parse_geojson_geometries(texts: Sequence[str | bytes]) -> np.ndarray:
     """Parse bare GeoJSON geometries into shapely geometries, like :func:`shapely.from_geojson`.
 
     Polygon and MultiPolygon texts (``{"type": ..., "coordinates": ...}``,
-    2-D) are read in one go by pyarrow's JSON reader (C++, multi-threaded)
-    into nested lists whose offsets and values go straight into
-    :func:`shapely.from_ragged_array`; anything else, and any group the
-    reader rejects, is parsed by :func:`shapely.from_geojson`. Both parse
-    numbers with correct rounding, so the geometries are the same (tested
-    on all cnmaps files: identical WKB).
+    2-D) in the plain form below are parsed by simdjson (``pysimdjson``);
+    the other Polygon and MultiPolygon texts by pyarrow's JSON reader; both
+    give nested lists whose offsets and values go straight into
+    :func:`shapely.from_ragged_array`. Anything else, and any group the
+    pyarrow reader rejects, is parsed by :func:`shapely.from_geojson`. All
+    three parse numbers with correct rounding, so the geometries are the
+    same (tested on all cnmaps files: identical WKB).
+
+    The plain form: valid JSON (simdjson checks it), ``"type"`` and
+    ``"coordinates"`` are the first members and appear once, every
+    coordinate has a decimal point (simdjson reads ``-0`` and other integers
+    as 64-bit integers, which would lose the sign of ``-0``), every point has
+    two coordinates and no list is empty.
 
     Parameters
     ----------
@@ -222,13 +236,145 @@ def parse_geojson_geometries(texts: Sequence[str | bytes]) -> np.ndarray:
     numpy.ndarray of shapely.Geometry
         In the order of ``texts``.
     """
-    import pyarrow as pa
-    import pyarrow.json as pa_json
-
     out = np.empty(len(texts), dtype=object)
     raw = [t.encode("utf-8") if isinstance(t, str) else bytes(t) for t in texts]
     kinds = [m.group(1) if (m := _GEOJSON_TYPE.match(t)) else None for t in raw]
     rest = [i for i, k in enumerate(kinds) if k is None]
+    todo = [i for i, k in enumerate(kinds) if k is not None]
+    for reader in (_simdjson_geometries, _arrow_geometries):
+        if not todo:
+            break
+        done, geoms = reader([raw[i] for i in todo], [kinds[i] for i in todo])
+        out[[todo[j] for j in done]] = geoms
+        parsed = set(done)
+        todo = [i for j, i in enumerate(todo) if j not in parsed]
+    rest += todo
+    if rest:
+        out[rest] = shapely.from_geojson([raw[i] for i in rest])
+    return out
+
+
+def _simdjson_geometries(raw: list[bytes], kinds: list[bytes]) -> tuple[list[int], np.ndarray]:
+    """The texts in the plain form (see :func:`parse_geojson_geometries`), parsed by simdjson.
+
+    Why: pyarrow's JSON reader took 1.1-1.3 s CPU for the 3,240 cnmaps files
+    (6.8 M points) and shapely 3.4-4.1 s; simdjson 0.25-0.3 s and the
+    skeleton check below 0.1 s. Measured with ``read_cnmaps``, alternated
+    with the pyarrow reader: see :func:`read_cnmaps`.
+
+    The numbers come from ``as_buffer`` (simdjson's exact decimal to double
+    conversion, as pyarrow's and GEOS's). The structure is checked on the
+    text's skeleton (:data:`_SKELETON_DELETE` removed): it must equal the
+    canonical skeleton of the part, ring and point counts simdjson reports,
+    ``[.,.]`` per point. In valid JSON this leaves each point exactly two
+    numbers, each with a decimal point. Anything else is left to the other
+    readers.
+
+    Returns
+    -------
+    tuple of (list of int, numpy.ndarray)
+        Positions in ``raw`` of the texts parsed, and their geometries.
+    """
+    try:
+        import simdjson
+    except ImportError:  # a declared dependency; without it the pyarrow reader does all
+        return [], np.empty(0, dtype=object)
+    parser = simdjson.Parser()
+    done: list[int] = []
+    geoms = []
+    for kind in _GEOJSON_DEPTH:
+        idx, xys, counts = [], [], []
+        for i, (text, k) in enumerate(zip(raw, kinds, strict=True)):
+            if k == kind and (got := _plain_coordinates(parser, text, kind)) is not None:
+                idx.append(i)
+                xys.append(got[0])
+                counts.append(got[1])
+        if not idx:
+            continue
+        off, xy = _ragged_offsets(xys, counts)
+        # an unclosed ring: from_ragged_array would close it, GEOS's reader refuses it, the pyarrow
+        # reader's result depends on the other texts of its group: left to the other readers
+        unclosed = np.flatnonzero(np.any(xy[off[0][:-1]] != xy[off[0][1:] - 1], axis=1))
+        if len(unclosed):
+            rings_per_text = [sum(len(part) for part in c) for c in counts]
+            bad = set(np.repeat(np.arange(len(idx)), rings_per_text)[unclosed].tolist())
+            keep = [j for j in range(len(idx)) if j not in bad]
+            idx, xys, counts = [idx[j] for j in keep], [xys[j] for j in keep], [counts[j] for j in keep]
+            if not idx:
+                continue
+            off, xy = _ragged_offsets(xys, counts)
+        try:
+            if kind == b"MultiPolygon":
+                made = shapely.from_ragged_array(shapely.GeometryType.MULTIPOLYGON, xy, tuple(off))
+            else:  # one part per polygon
+                made = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, (off[0], off[1]))
+        except (ValueError, shapely.errors.GEOSException):  # e.g. a ring of 3 points: as before
+            continue
+        done += idx
+        geoms.append(made)
+    return done, (np.concatenate(geoms) if geoms else np.empty(0, dtype=object))
+
+
+def _ragged_offsets(xys: list[np.ndarray], counts: list[list[list[int]]]) -> tuple[list, np.ndarray]:
+    """Offsets into points, rings and parts (from_ragged_array's), and the points as (n, 2)."""
+    parts = [len(c) for c in counts]
+    rings = [len(p) for c in counts for p in c]
+    points = [n for c in counts for p in c for n in p]
+    off = [np.concatenate([[0], np.cumsum(n, dtype=np.int64)]) for n in (points, rings, parts)]
+    return off, np.concatenate(xys).reshape(-1, 2)
+
+
+def _plain_coordinates(parser: Any, text: bytes, kind: bytes) -> tuple[np.ndarray, list] | None:
+    """Coordinates (flat float64) and point counts per ring per part of a plain text, else None."""
+    head = _PLAIN_HEAD.match(text)
+    if head is None or head.group(1) != kind:
+        return None
+    try:
+        doc = parser.parse(text)
+        keys = list(doc.keys())
+        if keys.count("type") != 1 or keys.count("coordinates") != 1:
+            return None
+        coords = doc["coordinates"]
+        parts = coords if kind == b"MultiPolygon" else [coords]
+        counts = [[len(ring) for ring in part] for part in parts]
+        xy = np.frombuffer(coords.as_buffer(of_type="d"), dtype=np.float64)
+    except (ValueError, TypeError, KeyError, RuntimeError):  # invalid JSON, or a wrong nesting
+        return None
+    finally:
+        doc = coords = parts = None  # no proxy may outlive the document (the parser is reused)
+    if not counts or not all(counts) or not all(n for part in counts for n in part):
+        return None
+    rings = [b"[" + (b"[.,.]," * n)[:-1] + b"]" for part in counts for n in part]
+    if kind == b"MultiPolygon":
+        polys, start = [], 0
+        for part in counts:
+            polys.append(b"[" + b",".join(rings[start:start + len(part)]) + b"]")
+            start += len(part)
+        expected = b"[" + b",".join(polys) + b"]"
+    else:
+        expected = b"[" + b",".join(rings) + b"]"
+    start = len(text[: head.end()].translate(None, _SKELETON_DELETE))
+    if not text.translate(None, _SKELETON_DELETE).startswith(expected, start):
+        return None
+    if len(xy) != 2 * sum(n for part in counts for n in part):  # implied by the skeleton; cheap
+        return None
+    return xy, counts
+
+
+def _arrow_geometries(raw: list[bytes], kinds: list[bytes]) -> tuple[list[int], np.ndarray]:
+    """Polygon and MultiPolygon texts read in one go by pyarrow's JSON reader.
+
+    Returns
+    -------
+    tuple of (list of int, numpy.ndarray)
+        Positions in ``raw`` of the texts parsed (a whole group of one type
+        or none of it), and their geometries.
+    """
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+
+    done: list[int] = []
+    geoms = []
     for kind, depth in _GEOJSON_DEPTH.items():
         idx = [i for i, k in enumerate(kinds) if k == kind]
         if not idx:
@@ -249,16 +395,13 @@ def parse_geojson_geometries(texts: Sequence[str | bytes]) -> np.ndarray:
             block = max(1 << 20, min(len(lines) + 1, 1 << 30))
             single = pa_json.ReadOptions(use_threads=False, block_size=block)
             table = pa_json.read_json(pa.BufferReader(lines), read_options=single, parse_options=options)
-            geoms = _ragged_geometries(table.column("coordinates").combine_chunks(), depth)
+            got = _ragged_geometries(table.column("coordinates").combine_chunks(), depth)
         except (pa.ArrowException, ValueError):
-            geoms = None
-        if geoms is None or len(geoms) != len(idx):
-            rest += idx
-        else:
-            out[idx] = geoms
-    if rest:
-        out[rest] = shapely.from_geojson([raw[i] for i in rest])
-    return out
+            got = None
+        if got is not None and len(got) == len(idx):
+            done += idx
+            geoms.append(got)
+    return done, (np.concatenate(geoms) if geoms else np.empty(0, dtype=object))
 
 
 def _ragged_geometries(arr: Any, depth: int) -> np.ndarray | None:

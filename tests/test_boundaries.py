@@ -33,7 +33,10 @@ from geo_pipeline._gcj02 import (
 )
 from geo_pipeline._io import list_layers, read_layer
 from geo_pipeline.boundaries import (
+    _GEOJSON_TYPE,
     BOUNDARY_COLUMNS,
+    _arrow_geometries,
+    _simdjson_geometries,
     build_boundaries,
     cnmaps_index_path,
     parse_geojson_geometries,
@@ -324,16 +327,49 @@ def all_layers(raw_cnmaps: gpd.GeoDataFrame) -> dict[str, gpd.GeoDataFrame]:
     return build_boundaries(raw_cnmaps, exclude_no_census=False)
 
 
-def test_real_geojson_parsed_as_shapely_does(raw_cnmaps: gpd.GeoDataFrame) -> None:
-    """The pyarrow reader gives exactly shapely.from_geojson's geometries for every cnmaps file."""
+def _cnmaps_texts() -> tuple[list[str], list[bytes]]:
     root = cnmaps_index_path().parent.parent / "datasets"
     with sqlite3.connect(cnmaps_index_path()) as con:
         paths = [r[0] for r in con.execute(
             "SELECT DISTINCT path FROM ADMINISTRATIVE WHERE source = '高德' AND kind = '陆地' "
             "AND level IN ('省', '市', '区县') ORDER BY path")]
-    texts = [(root / p).read_bytes() for p in paths]
+    return paths, [(root / p).read_bytes() for p in paths]
+
+
+def _kinds(texts: list[bytes]) -> list[bytes | None]:
+    return [m.group(1) if (m := _GEOJSON_TYPE.match(t)) else None for t in texts]
+
+
+def _pyarrow_then_shapely(texts: list[str | bytes]) -> np.ndarray:
+    """parse_geojson_geometries as it was before the simdjson reader (main bd0ff97)."""
+    raw = [t.encode() if isinstance(t, str) else t for t in texts]
+    kinds = _kinds(raw)
+    out = np.empty(len(raw), dtype=object)
+    todo = [i for i, k in enumerate(kinds) if k is not None]
+    done, geoms = _arrow_geometries([raw[i] for i in todo], [kinds[i] for i in todo])
+    out[[todo[j] for j in done]] = geoms
+    rest = [i for i in range(len(raw)) if out[i] is None]
+    if rest:
+        out[rest] = shapely.from_geojson([raw[i] for i in rest])
+    return out
+
+
+def test_real_geojson_parsed_as_shapely_does(raw_cnmaps: gpd.GeoDataFrame) -> None:
+    """Every cnmaps file: simdjson reader == pyarrow reader == shapely.from_geojson (WKB)."""
+    paths, texts = _cnmaps_texts()
     assert len(texts) == 3240
+    kinds = _kinds(texts)
     expected = shapely.to_wkb(shapely.from_geojson(texts))
+    done, fast = _simdjson_geometries(texts, kinds)
+    assert sorted(done) == list(range(len(texts)))  # every file is in the plain form
+    fast_wkb = np.empty(len(texts), dtype=object)
+    fast_wkb[done] = shapely.to_wkb(fast)
+    done_arrow, arrow = _arrow_geometries(texts, kinds)
+    arrow_wkb = np.empty(len(texts), dtype=object)
+    arrow_wkb[done_arrow] = shapely.to_wkb(arrow)
+    assert sorted(done_arrow) == list(range(len(texts)))
+    assert all(a == b for a, b in zip(expected, fast_wkb, strict=True))
+    assert all(a == b for a, b in zip(expected, arrow_wkb, strict=True))
     got = shapely.to_wkb(parse_geojson_geometries(texts))
     assert all(a == b for a, b in zip(expected, got, strict=True))
     # and read_cnmaps hands them out unchanged, one per index row
@@ -343,28 +379,95 @@ def test_real_geojson_parsed_as_shapely_does(raw_cnmaps: gpd.GeoDataFrame) -> No
         assert shapely.to_wkb(geom) == expected[i]
 
 
-def test_geojson_parser_edge_cases_match_shapely() -> None:
-    texts = [
-        '{"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]], '
-        '[[1, 1], [2, 1], [2, 2], [1, 1]]]}',
-        '{"type":"MultiPolygon","coordinates":[[[[1e-3,-2.5E1],[0.1,-25],[0.2,-24.999999999999996],'
-        '[1e-3,-2.5E1]]],[[[100.123456789012345,30],[101,30],\n[101,31],[100.123456789012345,30]]]]}',
-        '{"coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]], "type": "Polygon"}',  # type not first
-        '{"type": "Polygon", "coordinates": [[[0, 0, 5], [1, 0, 5], [1, 1, 5], [0, 0, 5]]]}',  # 3-D
-        '{"type": "Point", "coordinates": [116.4, 39.9]}',
-        '{"type": "MultiPolygon", "coordinates": []}',
-        b'{"type": "Polygon", "coordinates": [[[116.391275, 39.906217], [116.4, 39.9], [116.39, 39.91], '
-        b'[116.391275, 39.906217]]], "bbox": [116.39, 39.9, 116.4, 39.91]}',
-    ]
+_RING = "[[0.0, 0.0], [4.0, 0.0], [4.0, 4.0], [0.0, 0.0]]"
+_HOLE = "[[1.0, 1.0], [2.0, 1.0], [2.0, 2.0], [1.0, 1.0]]"
+#: (text, read by simdjson?) Every number that simdjson reads has a decimal point.
+_EDGE_CASES = [
+    (f'{{"type": "Polygon", "coordinates": [{_RING}, {_HOLE}]}}', True),  # with a hole
+    ('{"type":"MultiPolygon","coordinates":[[[[1.0e-3,-2.5E1],[0.1,-25.0],[0.2,-24.999999999999996],'
+     '[1.0e-3,-2.5E1]]],[[[100.123456789012345,30.0],[101.0,30.0],\n[101.0,31.0],\t'
+     '[100.123456789012345,30.0]]]]}', True),  # exponents, 17+ digits, no spaces, newline, tab
+    ('{"type": "Polygon", "coordinates": [[[-0.0, 0.0], [1.0, -0.0], [1.0, 1.0], [-0.0, 0.0]]]}',
+     True),  # negative zero keeps its sign
+    ('  {\n "type" : "Polygon" ,\r\n "coordinates" :\n[ [ [ 0.5 , 0.5 ] , [ 1.5 , 0.5 ] , '
+     '[ 1.5 , 1.5 ] , [ 0.5 , 0.5 ] ] ]\n}\n', True),  # whitespace everywhere
+    ('{"type": "Polygon", "coordinates": [[[0.1, 9007199254740993.0], [2.4703282292062328e-324, 0.0], '
+     '[1.7976931348623157e308, 3.14159265358979323846264338327950288], [0.1, 9007199254740993.0]]]}',
+     True),  # ties to even, subnormal halfway, largest double, a long mantissa
+    (f'{{"type": "Polygon", "coordinates": [{_RING}], "properties": {{"adcode": "100000"}}}}', True),
+    (f'{{"type": "Polygon", "coordinates": [{_RING}], "bbox": [0.0, 0.0, 4.0, 4.0]}}', True),
+    ('{"type": "Polygon", "coordinates": [[[1.0e-400, 0.5], [1.0, 0.5], [1.0, 1.0], [1.0e-400, 0.5]]]}',
+     True),  # underflows to 0
+    ('{"type": "Polygon", "coordinates": [[[-0, 0], [1, 0], [1, 1], [-0, 0]]]}', False),  # integers
+    ('{"type": "Polygon", "coordinates": [[[1e-5, 0.5], [1.0, 0.5], [1.0, 1.0], [1e-5, 0.5]]]}', False),
+    ('{"type": "Polygon", "coordinates": [[[0.0, 0.0, 5.0], [1.0, 0.0, 5.0], [1.0, 1.0, 5.0], '
+     '[0.0, 0.0, 5.0]]]}', False),  # 3-D
+    (f'{{"coordinates": [{_RING}], "type": "Polygon"}}', False),  # type not first
+    (f'{{"type": "Polygon", "coordinates": [{_RING}], "coordinates": [{_HOLE}]}}', False),  # twice
+    (f'{{"type": "Polygon", "type": "Polygon", "coordinates": [{_RING}]}}', False),
+    ('{"type": "Polygon", "coordinates": [[]]}', False),  # an empty ring
+    ('{"type": "MultiPolygon", "coordinates": []}', False),
+    ('{"type": "Point", "coordinates": [116.4, 39.9]}', False),
+    (f'{{"type": "GeometryCollection", "geometries": [{{"type": "Polygon", "coordinates": [{_RING}]}}]}}',
+     False),
+]
+_INTEGERS = next(i for i, (t, _) in enumerate(_EDGE_CASES) if "[-0, 0]" in t)
+
+
+def test_geojson_parser_edge_cases_match_pyarrow_and_shapely() -> None:
+    texts = [t for t, _ in _EDGE_CASES]
+    raw = [t.encode() for t in texts]
+    done, fast = _simdjson_geometries(raw, _kinds(raw))
+    assert sorted(done) == [i for i, (_, plain) in enumerate(_EDGE_CASES) if plain]
     got = parse_geojson_geometries(texts)
-    expected = shapely.from_geojson(texts)
-    assert [g.geom_type for g in got] == [
-        "Polygon", "MultiPolygon", "Polygon", "Polygon", "Point", "MultiPolygon", "Polygon"]
-    assert shapely.has_z(got[3]) and not shapely.has_z(got[0])
-    assert list(shapely.to_wkb(got)) == list(shapely.to_wkb(expected))
+    before = _pyarrow_then_shapely(texts)
+    assert list(shapely.to_wkb(got)) == list(shapely.to_wkb(before))
+    assert list(shapely.to_wkb(got[done])) == list(shapely.to_wkb(fast))
+    # the 3-D text sends the other non-plain Polygons to GEOS too, so shapely agrees on all
+    assert list(shapely.to_wkb(got)) == list(shapely.to_wkb(shapely.from_geojson(texts)))
+    assert np.signbit(shapely.get_coordinates(got[2])).sum() == 3  # -0.0 three times
+    assert [g.geom_type for g in got[-2:]] == ["Point", "GeometryCollection"]
+    # each text alone, as before too (alone, the pyarrow reader reads the integer -0 as -0.0, GEOS as +0)
+    for t in texts:
+        alone = parse_geojson_geometries([t])[0]
+        assert shapely.to_wkb(alone) == shapely.to_wkb(_pyarrow_then_shapely([t])[0])
+    assert np.signbit(shapely.get_coordinates(parse_geojson_geometries([texts[_INTEGERS]])[0])).sum() == 2
     assert len(parse_geojson_geometries([])) == 0
+
+
+def test_unclosed_ring_is_left_to_the_pyarrow_reader() -> None:
+    """Alone, the pyarrow reader closes it; GEOS refuses it, and so does a group that goes to GEOS."""
+    unclosed = '{"type": "Polygon", "coordinates": [[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 0.0]]]}'
+    ring = f'{{"type": "Polygon", "coordinates": [{_RING}]}}'
+    assert _simdjson_geometries([unclosed.encode(), ring.encode()], [b"Polygon"] * 2)[0] == [1]
+    got = parse_geojson_geometries([unclosed, ring])
+    assert list(shapely.to_wkb(got)) == list(shapely.to_wkb(_pyarrow_then_shapely([unclosed, ring])))
+    assert shapely.get_coordinates(got[0]).tolist() == [[0, 0], [1, 0], [1, 1], [0.5, 0], [0, 0]]
+    with pytest.raises(shapely.errors.GEOSException, match="closed"):
+        shapely.from_geojson(unclosed)
+    three_d = '{"type": "Polygon", "coordinates": [[[0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 0, 1]]]}'
+    for parse in (_pyarrow_then_shapely, parse_geojson_geometries):
+        with pytest.raises(shapely.errors.GEOSException, match="closed"):
+            parse([unclosed, ring, three_d])
+
+
+@pytest.mark.parametrize("text", [
+    '{"type": "Polygon", "coordinates": [[[0, 0], [1, 0]',  # truncated
+    '{"type": "Polygon", "coordinates": [[[01.5, 0.0], [1.0, 0.0], [1.0, 1.0], [01.5, 0.0]]]}',
+    '{"type": "Polygon", "coordinates": [[[0.0, 0.0], [1.0, 0.0]5.0, [1.0, 1.0], [0.0, 0.0]]]}',
+    '{"type": "Polygon", "coordinates": [[[.5, 0.0], [1.0, 0.0], [1.0, 1.0], [.5, 0.0]]]}',
+    f'{{"type": "MultiPolygon", "coordinates": [{_RING}]}}',  # depth of a Polygon
+    f'{{"type": "Polygon", "coordinates": [{_RING}], "properties": {{"name": "\\ud800"}}}}',
+    # 8 numbers in 4 points, but not 2 each
+    '{"type": "Polygon", "coordinates": [[[0.0, 0.0], [1.0, 0.0, 2.0], [1.0], [0.0, 0.0]]]}',
+    '{"type": "Polygon", "coordinates": [[[1.0e400, 0.0], [1.0, 0.0], [1.0, 1.0], [1.0e400, 0.0]]]}',
+])
+def test_geojson_parser_rejects_what_it_rejected(text: str) -> None:
+    assert _simdjson_geometries([text.encode()], _kinds([text.encode()]))[0] == []
     with pytest.raises(shapely.errors.GEOSException):
-        parse_geojson_geometries(['{"type": "Polygon", "coordinates": [[[0, 0], [1, 0]'])
+        _pyarrow_then_shapely([text])
+    with pytest.raises(shapely.errors.GEOSException):
+        parse_geojson_geometries([text])
 
 
 def test_real_counts_before_exclusion(all_layers: dict[str, gpd.GeoDataFrame]) -> None:
