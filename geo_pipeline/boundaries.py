@@ -258,9 +258,10 @@ def _simdjson_geometries(raw: list[bytes], kinds: list[bytes]) -> tuple[list[int
     """The texts in the plain form (see :func:`parse_geojson_geometries`), parsed by simdjson.
 
     Why: pyarrow's JSON reader took 1.1-1.3 s CPU for the 3,240 cnmaps files
-    (6.8 M points) and shapely 3.4-4.1 s; simdjson 0.25-0.3 s and the
-    skeleton check below 0.1 s. Measured with ``read_cnmaps``, alternated
-    with the pyarrow reader: see :func:`read_cnmaps`.
+    (6.8 M points, best of 3 in one process) and shapely 3.4-4.1 s; this
+    function 0.44-0.49 s (simdjson's parse and the counts 0.18 s,
+    ``as_buffer`` 0.05 s, the skeleton 0.09 s, ``from_ragged_array``
+    0.05 s). ``read_cnmaps`` alternated with the pyarrow reader: see there.
 
     The numbers come from ``as_buffer`` (simdjson's exact decimal to double
     conversion, as pyarrow's and GEOS's). The structure is checked on the

@@ -435,6 +435,35 @@ def test_geojson_parser_edge_cases_match_pyarrow_and_shapely() -> None:
     assert len(parse_geojson_geometries([])) == 0
 
 
+def test_simdjson_numbers_are_correctly_rounded() -> None:
+    """Random and hard decimal strings: simdjson == Python's float (correctly rounded) == pyarrow."""
+    rng = np.random.default_rng(16)
+    tokens = [
+        "2.2250738585072011e-308", "2.2250738585072012e-308", "4.9406564584124654e-324",
+        "1.00000000000000011102230246251565404236316680908203125",  # halfway: ties to even
+        "1.00000000000000011102230246251565404236316680908203124",
+        "1.00000000000000011102230246251565404236316680908203126",
+        "7.2057594037927933e16", "9007199254740993.0", "0.30000000000000004", "123456789012345678.9",
+    ]
+    for _ in range(20_000):
+        digits = "".join(rng.choice(list("0123456789"), size=int(rng.integers(1, 26))))
+        digits = digits.lstrip("0") or "0"
+        cut = int(rng.integers(1, len(digits) + 1))
+        number = f"{digits[:cut]}.{digits[cut:] or '0'}"
+        if rng.random() < 0.5:
+            number += f"e{int(rng.integers(-320, 280))}"
+        tokens.append(("-" if rng.random() < 0.3 else "") + number)
+    tokens += tokens[:2]  # close the ring
+    points = ", ".join(f"[{x}, {y}]" for x, y in zip(tokens[0::2], tokens[1::2], strict=True))
+    text = f'{{"type": "Polygon", "coordinates": [[{points}]]}}'.encode()
+    done, fast = _simdjson_geometries([text], [b"Polygon"])
+    assert done == [0]
+    expected = np.array([float(t) for t in tokens]).view(np.int64)
+    assert np.array_equal(shapely.get_coordinates(fast[0]).ravel().view(np.int64), expected)
+    _, arrow = _arrow_geometries([text], [b"Polygon"])
+    assert np.array_equal(shapely.get_coordinates(arrow[0]).ravel().view(np.int64), expected)
+
+
 def test_unclosed_ring_is_left_to_the_pyarrow_reader() -> None:
     """Alone, the pyarrow reader closes it; GEOS refuses it, and so does a group that goes to GEOS."""
     unclosed = '{"type": "Polygon", "coordinates": [[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 0.0]]]}'
