@@ -147,11 +147,16 @@ class StageContext:
         """Path of an output file in ``data_processed``."""
         return self.processed / name
 
-    def write_gpkg(self, name: str, layers: Mapping[str, pd.DataFrame]) -> Path:
-        """Write layers atomically to ``data_processed/<name>`` and log them."""
+    def write_gpkg(
+        self, name: str, layers: Mapping[str, pd.DataFrame], *, descriptions: Mapping[str, str] | None = None
+    ) -> Path:
+        """Write layers atomically to ``data_processed/<name>`` and log them.
+
+        ``descriptions``: layer abstracts, see :func:`geo_pipeline._io.write_gpkg`.
+        """
         from .._io import write_gpkg
 
-        path = write_gpkg(self.output(name), layers, overwrite=self.overwrite)
+        path = write_gpkg(self.output(name), layers, overwrite=self.overwrite, descriptions=descriptions)
         for lname, frame in layers.items():
             crs = getattr(frame, "crs", None)
             log.info(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import sqlite3
 import time
 import warnings
 import zipfile
@@ -31,7 +30,6 @@ from .. import rail_network as rnet
 from .. import underused as und
 from .._errors import ConfigError, DataQualityWarning, InputError, MissingInputError
 from .._io import attribute_table, check_writable, read_layer, sha256
-from .._outputs import pending_source
 from .._validate import check_frame
 
 if TYPE_CHECKING:
@@ -212,16 +210,6 @@ def _data_quality_to_log() -> Iterator[None]:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def _describe_layers(path: Path, descriptions: dict[str, str]) -> None:
-    """Set gpkg_contents.description (the layer abstract QGIS shows); best effort."""
-    try:
-        with contextlib.closing(sqlite3.connect(path)) as con, con:
-            for name, text in descriptions.items():
-                con.execute("UPDATE gpkg_contents SET description = ? WHERE table_name = ?", (text, name))
-    except sqlite3.Error as exc:  # the data are written; only the descriptions are missing
-        log.warning("could not write layer descriptions to %s: %s", path, exc)
-
-
 def run(
     ctx: StageContext,
     *,
@@ -387,12 +375,12 @@ def run(
     if road_frame is not None and road_summary is not None:
         layers["expressways"] = road_frame
         layers["expressway_summary"] = road_summary
-    gpkg = ctx.write_gpkg(gpkg_name, layers)
     descriptions = dict(DESCRIPTIONS)
     if bool(line_frame["approximate"].any()):
         for layer in ("rail_lines", "corridors"):
             descriptions[layer] += " " + rail.APPROXIMATE_NOTE
-    _describe_layers(pending_source(gpkg), descriptions)  # the new file, moved into place at the end
+    # set in the new file before write_gpkg caches its layers (an edit afterwards changes the file's version)
+    gpkg = ctx.write_gpkg(gpkg_name, layers, descriptions=descriptions)
     csv = ctx.write_csv(csv_name, summary)
     outputs = {"infrastructure": gpkg, "corridor_summary": csv}
     if check is not None:
