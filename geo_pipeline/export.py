@@ -27,7 +27,7 @@ import pyogrio
 
 from . import styles
 from ._errors import CRSError, DataQualityWarning, InputError
-from ._io import atomic_path
+from ._io import _write_through, atomic_path
 from ._levels import UNITS_LAYER, level_layer, level_title
 from ._validate import Problems, check_frame
 
@@ -691,6 +691,7 @@ def write_styled_gpkg(
     layers: Mapping[str, ExportLayer],
     *,
     overwrite: bool = False,
+    cache: bool = False,
 ) -> Path:
     """Write the export layers, their styles and descriptions into one GeoPackage, atomically.
 
@@ -712,6 +713,10 @@ def write_styled_gpkg(
         From :func:`assemble_layers`.
     overwrite : bool, default False
         Replace an existing file.
+    cache : bool, default False
+        Keep the large spatial layers (not the views) in the process's frame cache
+        as a read of the finished file returns them
+        (:func:`geo_pipeline._io._write_through`), for later stages of the same run.
 
     Returns
     -------
@@ -752,6 +757,9 @@ def write_styled_gpkg(
                 _write_field_descriptions(con, layers)
         finally:
             con.close()
+        if cache:  # the file is final from here on
+            _write_through(tmp, dest, {name: layer.frame for name, layer in layers.items()
+                                       if layer.spatial and layer.view_of is None})
     n_styles = sum(len(layer.styles) for layer in layers.values())
     log.debug("wrote %s: %d layers, %d styles", dest, len(layers), n_styles)
     return dest

@@ -7,9 +7,11 @@ geometry WKB), or not be cached at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sqlite3
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,11 @@ from conftest import write_config
 from test_outputs import _same_frame
 
 import geo_pipeline._io as io_mod
+import geo_pipeline.cli._export as cli_export
 from geo_pipeline import DataQualityWarning, StaleInputError
 from geo_pipeline._io import TRUSTED_ATTR, check_provenance, read_layer, write_gpkg, write_manifest
-from geo_pipeline.cli import main
+from geo_pipeline.cli import StageContext, main
+from geo_pipeline.config import load_settings
 
 SQUARE = shapely.box(0, 0, 1, 1)
 #: pyogrio's own read, kept before tests count the reads of geo_pipeline._io
@@ -160,6 +164,20 @@ def test_cached_written_layer_is_checked_against_the_manifest_first(
         read_layer(out, "plain")
 
 
+def test_finite_coordinates_finds_any_nan_or_infinity() -> None:
+    line = shapely.linestrings(np.arange(200.0).reshape(100, 2))
+    geoms = np.array([line] * 150, dtype=object)
+    assert io_mod._finite_coordinates(geoms)
+    for bad in (math.nan, math.inf, -math.inf):
+        for at in (0, 63, 64, 149):  # first and last of a chunk of 64, the last geometry
+            broken = geoms.copy()
+            with np.errstate(invalid="ignore"):
+                broken[at] = shapely.linestrings([[0.0, 0.0], [1.0, bad]])
+            assert not io_mod._finite_coordinates(broken), (bad, at)
+    # finite values whose sum overflows: refused (the safe answer), never accepted wrongly
+    assert not io_mod._finite_coordinates(np.array([shapely.linestrings([[1e308, 0], [1e308, 0]])]))
+
+
 def test_frame_cache_keeps_the_recent_frames_within_the_coordinate_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -181,11 +199,13 @@ def test_frame_cache_keeps_the_recent_frames_within_the_coordinate_budget(
 def test_real_run_written_layers_served_equal_a_fresh_read(
     tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every spatial layer written by write_gpkg in a real run (both levels), as the cache serves it.
+    """Every spatial layer written in a real run (both levels), as the cache serves it.
 
-    Small layers too (in a plain run only layers of 100,000 coordinates or more are written through).
+    Small layers too (in a plain run only layers of 100,000 coordinates or more are written
+    through), and shrinkage.gpkg's as when report or atlas follow export in the run.
     """
     monkeypatch.setattr(io_mod, "_WRITE_THROUGH_MIN_COORDS", 0)
+    monkeypatch.setattr(cli_export, "_read_later", lambda ctx: True)
     recorded: dict[tuple[Any, ...], gpd.GeoDataFrame] = {}
     real_remember = io_mod._remember
 
@@ -203,18 +223,24 @@ def test_real_run_written_layers_served_equal_a_fresh_read(
     assert result.exit_code == 0, result.output
     monkeypatch.setattr(io_mod, "_remember", real_remember)
     processed = tmp_path / "data_processed"
+    with contextlib.closing(sqlite3.connect(processed / "shrinkage.gpkg")) as con:
+        views = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'view'")}
+    assert {"lisa", "prefecture_lisa"} <= views  # a view is read from the file
     written = {
         (str(gpkg.resolve()), layer)
-        for gpkg in processed.glob("*.gpkg") if gpkg.name != "shrinkage.gpkg"  # export writes its own way
-        for layer, geom_type in pyogrio.list_layers(gpkg) if geom_type is not None
+        for gpkg in processed.glob("*.gpkg")
+        for layer, geom_type in pyogrio.list_layers(gpkg)
+        if geom_type is not None and not (gpkg.name == "shrinkage.gpkg" and layer in views)
     }
     assert {k[:2] for k in recorded} == written
     assert {Path(p).name for p, _ in written} >= {
-        "boundaries.gpkg", "population.gpkg", "distance_prefecture.gpkg", "infrastructure_prefecture.gpkg"}
+        "boundaries.gpkg", "population.gpkg", "distance_prefecture.gpkg", "infrastructure_prefecture.gpkg",
+        "shrinkage.gpkg"}
     big = {(Path(k[0]).name, k[1]) for k, f in recorded.items() if io_mod._coordinates(f) >= 100_000}
     assert big == {("boundaries.gpkg", "counties"), ("boundaries.gpkg", "prefectures"),
                    ("boundaries.gpkg", "provinces"), ("population.gpkg", "units"),
-                   ("population.gpkg", "prefectures")}  # what a plain run writes through
+                   ("population.gpkg", "prefectures"), ("shrinkage.gpkg", "units"),
+                   ("shrinkage.gpkg", "prefecture_units"), ("shrinkage.gpkg", "provinces")}  # in a plain run
     reads = _count_geometry_reads(monkeypatch)
     for key, frame in recorded.items():
         path, layer = Path(key[0]), key[1]
@@ -226,3 +252,24 @@ def test_real_run_written_layers_served_equal_a_fresh_read(
         assert not reads, reads  # from the cache
         _same_frame(served, _fresh(path, layer), f"{path.name}:{layer}")
         assert served.attrs[TRUSTED_ATTR]
+
+
+def test_export_keeps_its_layers_only_for_a_later_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_all tells each stage which stages follow; export writes through when one reads its file."""
+    import geo_pipeline.cli as cli_mod
+
+    seen: dict[str, tuple[str, ...]] = {}
+    monkeypatch.setattr(cli_mod, "_run_stage",
+                        lambda module, ctx, levels, **k: seen.setdefault(ctx.stage, ctx.later))
+    cfg = write_config(tmp_path, tmp_path / "no_mirror")
+    result = CliRunner().invoke(main, ["-c", str(cfg), "-q", "run", "--from", "infrastructure",
+                                       "--to", "report"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"infrastructure": ("export", "report"), "export": ("report",), "report": ()}
+    settings = load_settings(cfg)
+    for later, keep in (((), False), (("report",), True), (("atlas", "qgis_project"), True),
+                        (("qgis_project",), True), (("fetch",), False)):
+        assert cli_export._read_later(StageContext(settings=settings, stage="export", later=later)) is keep
+    assert StageContext(settings=settings).for_level("prefecture").later == ()

@@ -87,6 +87,9 @@ class StageContext:
     overwrite: bool = False
     stage: str = ""
     level: str = BASE_LEVEL
+    #: The stages ``geo-pipeline run`` runs after this one in the same process (empty for a
+    #: single stage command): a stage may keep what they will read (see the export stage).
+    later: tuple[str, ...] = ()
     _record: dict[str, Any] | None = None
 
     @property
@@ -458,13 +461,13 @@ def run_all(settings: Settings, overwrite: bool, start: str | None, stop: str | 
 
     def go() -> None:
         t_all, c_all = time.perf_counter(), time.process_time()
-        for name in names:
+        for i, name in enumerate(names):
             module = _stage_module(name)
             if module is None:
                 log.warning("stage %s is not available in this version; skipped", name)
                 continue
             log.info("== %s ==", name)
-            ctx = StageContext(settings=settings, overwrite=overwrite, stage=name)
+            ctx = StageContext(settings=settings, overwrite=overwrite, stage=name, later=tuple(names[i + 1:]))
             _run_stage(module, ctx, ctx.levels)
         log.info("pipeline finished in %.1f s (CPU %.1f s)", time.perf_counter() - t_all,
                  time.process_time() - c_all)
