@@ -128,6 +128,7 @@ def write_gpkg(
     *,
     overwrite: bool = False,
     descriptions: Mapping[str, str] | None = None,
+    cache: bool = False,
 ) -> Path:
     """Write several layers (spatial or attribute-only) into one GeoPackage atomically.
 
@@ -144,6 +145,11 @@ def write_gpkg(
         Layer name to ``gpkg_contents.description`` (the layer abstract QGIS
         shows); set in the new file before it is moved into place, best effort
         (a warning when SQLite refuses).
+    cache : bool, default False
+        Keep the large spatial layers in this process's frame cache as a read
+        of the finished file returns them (:func:`_write_through`), for later
+        stages of the same ``geo-pipeline run``. Off for a write nobody in this
+        process reads again: it costs the attribute read-back and the checks.
 
     Returns
     -------
@@ -156,7 +162,8 @@ def write_gpkg(
             _write_layer(tmp, name, frame)
         if descriptions:
             _describe_layers(tmp, descriptions)
-        _write_through(tmp, dest, layers)  # the file is final from here on
+        if cache:  # the file is final from here on
+            _write_through(tmp, dest, layers)
     log.debug("wrote %s (%d layers)", dest, len(layers))
     return dest
 

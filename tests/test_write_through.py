@@ -118,7 +118,7 @@ def test_written_layers_are_served_as_a_read_gives_them_or_not_at_all(
     layers = _layers()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # geopandas: "GeoSeries.notna" on the missing geometry
-        write_gpkg(out, layers)
+        write_gpkg(out, layers, cache=True)
     reads = _count_geometry_reads(monkeypatch)
     # not in a manifest: not trusted, so never served from the cache
     read_layer(out, "plain")
@@ -149,11 +149,11 @@ def test_cached_written_layer_is_checked_against_the_manifest_first(
     monkeypatch.setattr(io_mod, "_FRAMES", io_mod.collections.OrderedDict())
     monkeypatch.setattr(io_mod, "_WRITE_THROUGH_MIN_COORDS", 0)
     out = tmp_path / "x.gpkg"
-    write_gpkg(out, {"plain": _layers()["plain"], "small": _layers()["multi"]})
+    write_gpkg(out, {"plain": _layers()["plain"], "small": _layers()["multi"]}, cache=True)
     assert [k[1] for k in io_mod._FRAMES] == ["plain", "small"]
     monkeypatch.setattr(io_mod, "_WRITE_THROUGH_MIN_COORDS", 13)  # "plain" has 15 coordinates, "small" 20
     io_mod._FRAMES.clear()
-    write_gpkg(out, {"plain": _layers()["plain"], "small": _layers()["lines"]}, overwrite=True)
+    write_gpkg(out, {"plain": _layers()["plain"], "small": _layers()["lines"]}, overwrite=True, cache=True)
     manifest = tmp_path / "manifest.json"
     write_manifest(manifest, stage="s", inputs={}, outputs={"x": out}, parameters={})
     assert [k[1] for k in io_mod._FRAMES] == ["plain"]
@@ -273,3 +273,22 @@ def test_export_keeps_its_layers_only_for_a_later_reader(
                         (("qgis_project",), True), (("fetch",), False)):
         assert cli_export._read_later(StageContext(settings=settings, stage="export", later=later)) is keep
     assert StageContext(settings=settings).for_level("prefecture").later == ()
+
+
+def test_stage_writes_through_only_when_stages_follow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single stage command does not pay for the write-through; a stage of `run` followed by others does."""
+    monkeypatch.setattr(io_mod, "_FRAMES", io_mod.collections.OrderedDict())
+    monkeypatch.setattr(io_mod, "_WRITE_THROUGH_MIN_COORDS", 0)
+    settings = load_settings(write_config(tmp_path, tmp_path / "no_mirror"))
+    settings.path("data_processed").mkdir(parents=True, exist_ok=True)
+    alone = StageContext(settings=settings, stage="population")
+    alone.write_gpkg("alone.gpkg", {"plain": _layers()["plain"]})
+    assert list(io_mod._FRAMES) == []
+    in_run = StageContext(settings=settings, stage="population", later=("distance",))
+    in_run.for_level("prefecture").write_gpkg("in_run.gpkg", {"plain": _layers()["plain"]})
+    assert [(Path(k[0]).name, k[1]) for k in io_mod._FRAMES] == [("in_run.gpkg", "plain")]
+    # the default of the library function is off
+    write_gpkg(tmp_path / "lib.gpkg", {"plain": _layers()["plain"]})
+    assert len(io_mod._FRAMES) == 1

@@ -155,11 +155,14 @@ class StageContext:
     ) -> Path:
         """Write layers atomically to ``data_processed/<name>`` and log them.
 
-        ``descriptions``: layer abstracts, see :func:`geo_pipeline._io.write_gpkg`.
+        ``descriptions``: layer abstracts, see :func:`geo_pipeline._io.write_gpkg`. The
+        large spatial layers are kept in the frame cache only when stages follow in this
+        process (:attr:`later`): a single stage command does not pay for it.
         """
         from .._io import write_gpkg
 
-        path = write_gpkg(self.output(name), layers, overwrite=self.overwrite, descriptions=descriptions)
+        path = write_gpkg(self.output(name), layers, overwrite=self.overwrite, descriptions=descriptions,
+                          cache=bool(self.later))
         for lname, frame in layers.items():
             crs = getattr(frame, "crs", None)
             log.info(
