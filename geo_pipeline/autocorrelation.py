@@ -1215,22 +1215,28 @@ def _bivariate_pair(
 
     def finish() -> None:
         loc = parts.frame(alpha=alpha, fdr=fdr)
-        idx = out.index[pos[ok]]
-        for c in ("I", "p", "q", "cluster", "std", "lag"):
-            out.loc[idx, f"bv_{key}_{c}"] = loc[c].to_numpy()
-        counts = loc["cluster"].value_counts()
-        log.info(
-            "%s: bivariate Moran's I = %.3f (p_sim = %.3g); local HH %d, LL %d, HL %d, LH %d",
-            key,
-            g["I"],
-            g["p_sim"],
-            counts.get("HH", 0),
-            counts.get("LL", 0),
-            counts.get("HL", 0),
-            counts.get("LH", 0),
-        )
+        _put_local(out, out.index[pos[ok]], loc, f"bv_{key}")
+        log.info("%s: bivariate Moran's I = %.3f (p_sim = %.3g); local HH %d, LL %d, HL %d, LH %d",
+                 key, g["I"], g["p_sim"], *_cluster_counts(loc["cluster"]))
 
     return {**row, **g, "n_links": w_pair.n_links, "weights": w_pair.description}, parts, finish
+
+
+#: Columns of a local-statistics frame (:meth:`_LocalParts.frame`) copied to the units, as
+#: ``<prefix>_<column>`` (LISA and bivariate LISA alike).
+_LOCAL_COLUMNS = ("I", "p", "q", "cluster", "std", "lag")
+
+
+def _put_local(out: pd.DataFrame, idx: pd.Index, loc: pd.DataFrame, prefix: str) -> None:
+    """Copy the local statistics ``loc`` into ``out``'s rows ``idx`` as ``<prefix>_<column>``."""
+    for c in _LOCAL_COLUMNS:
+        out.loc[idx, f"{prefix}_{c}"] = loc[c].to_numpy()
+
+
+def _cluster_counts(cluster: Any) -> tuple[int, ...]:
+    """Units labelled HH, LL, HL and LH, for the log."""
+    counts = pd.Series(cluster).value_counts()
+    return tuple(int(counts.get(k, 0)) for k in ("HH", "LL", "HL", "LH"))
 
 
 def spatial_autocorrelation(
@@ -1447,28 +1453,11 @@ def spatial_autocorrelation(
 
     def finish_variable(var: str, parts: _LocalParts, idx: pd.Index, g: dict[str, float]) -> None:
         loc = parts.frame(alpha=alpha, fdr=fdr)
-        for src, dst in (
-            ("I", "I"),
-            ("p", "p"),
-            ("q", "q"),
-            ("cluster", "cluster"),
-            ("std", "std"),
-            ("lag", "lag"),
-        ):
-            out.loc[idx, f"lisa_{var}_{dst}"] = loc[src].to_numpy()
+        _put_local(out, idx, loc, f"lisa_{var}")
         for src, dst in (("gi_z", "z"), ("gi_p", "p"), ("gi_class", "class")):
             out.loc[idx, f"gi_{var}_{dst}"] = loc[src].to_numpy()
-        counts = pd.Series(loc["cluster"]).value_counts()
-        log.info(
-            "%s: Moran's I = %.3f (p_sim = %.3g); LISA HH %d, LL %d, HL %d, LH %d",
-            var,
-            g["I"],
-            g["p_sim"],
-            counts.get("HH", 0),
-            counts.get("LL", 0),
-            counts.get("HL", 0),
-            counts.get("LH", 0),
-        )
+        log.info("%s: Moran's I = %.3f (p_sim = %.3g); LISA HH %d, LL %d, HL %d, LH %d",
+                 var, g["I"], g["p_sim"], *_cluster_counts(loc["cluster"]))
 
     for var in variables:
         values = source[var] if var in derived else units[var].to_numpy(dtype=float, na_value=np.nan)
