@@ -852,16 +852,20 @@ def test_joined_per_unit_equals_the_groupby(dtype: object) -> None:
     assert got.tolist() == ["甲", "乙+丙", "", "丁"] and got.dtype == want.dtype
 
 
+def _counties_with_unit(counties: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:
+    """The counties in a unit, with its ``unit_id`` (from the units' ``members``), by adcode."""
+    of = {a: u for u, m in zip(units["unit_id"], units["members"], strict=True) for a in m.split(";")}
+    inside = counties.assign(unit_id=counties["adcode"].map(of)).dropna(subset=["unit_id"])
+    return inside.sort_values("adcode")
+
+
 @pytest.mark.slow
 def test_real_joined_per_unit_equals_the_groupby(run_stage: Callable[[str], Path]) -> None:
     from geo_pipeline.population import _join_unique, _joined_per_unit
 
     out = run_stage("population")
     counties = read_table(out / "boundaries.gpkg", "counties")
-    units = read_table(out / "population.gpkg", "units")
-    of = {a: u for u, m in zip(units["unit_id"], units["members"], strict=True) for a in m.split(";")}
-    attrs = counties.assign(unit_id=counties["adcode"].map(of)).dropna(subset=["unit_id"])
-    attrs = attrs.sort_values("adcode")
+    attrs = _counties_with_unit(counties, read_table(out / "population.gpkg", "units"))
     for c in ("province", "prefecture"):
         want = attrs.groupby("unit_id", sort=True)[c].agg(_join_unique)
         pd.testing.assert_series_equal(_joined_per_unit(attrs["unit_id"], attrs[c], want.index), want)
@@ -976,9 +980,7 @@ def test_real_unit_geometries_equal_the_groupby_version(run_stage: Callable[[str
     out = run_stage("population")
     counties = read_layer(out / "boundaries.gpkg", "counties")
     units = read_table(out / "population.gpkg", "units")
-    of = {a: u for u, m in zip(units["unit_id"], units["members"], strict=True) for a in m.split(";")}
-    assign = counties.assign(unit_id=counties["adcode"].map(of)).dropna(subset=["unit_id"])
-    assign = assign.sort_values("adcode")[["adcode", "unit_id"]]
+    assign = _counties_with_unit(counties, units)[["adcode", "unit_id"]]
     got = [shapely.to_wkb(g) for g in _unit_geometries(counties, assign, units["unit_id"])]
     assert got == _unit_geometries_by_groupby(counties, assign, units["unit_id"])
     assert (units["n_members"] > 1).sum() == 80
